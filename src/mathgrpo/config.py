@@ -1,0 +1,309 @@
+"""Every setting of mathgrpo as dataclasses: defaults, help strings, YAML recipes and `a.b=c` overrides.
+
+A recipe is a YAML file whose keys mirror `Config`; overrides on the command line use dotted keys
+(`grpo.lr=1e-4`). OmegaConf merges them over the structured defaults, so unknown keys and values of
+the wrong type fail with the key named. `validate` then checks the values against each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "tiny-cpu"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it and says what to do."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (lists and dicts get a factory)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("tiny", "Base model: a hub id (Qwen/Qwen3-4B-Base), a local folder, or `tiny` (built in, CPU).")
+    backend: str = _f("transformers", "How the model is loaded: `transformers` (+PEFT) or `unsloth` (optional extra).")
+    dtype: str = _f("auto", "Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+    device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N.")
+    trust_remote_code: bool = _f(False, "Run model code shipped with a hub repo. Off unless you trust it.")
+    attn_implementation: str = _f("auto", "auto, eager, sdpa, flash_attention_2.")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory (GPU only).")
+    load_in_4bit: bool = _f(False, "Unsloth backend only: load the frozen base in 4-bit.")
+    max_seq_length: int = _f(2048, "Longest prompt + completion the run may use, in tokens.")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(True, "Train LoRA adapters (PEFT). Off trains every weight (tiny models only).")
+    r: int = _f(32, "LoRA rank.")
+    alpha: int = _f(64, "LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = _f(0.0, "Dropout on the LoRA branch.")
+    target_modules: list = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Module names that get adapters (all attention and MLP projections by default).",
+    )
+
+
+@dataclass
+class FormatConfig:
+    preset: str = _f("reasoning", "Reasoning format: reasoning ([REASONING]/[ANSWER]), think, unsloth, boxed.")
+    system_prompt: Optional[str] = _f(None, "Replace the preset's system prompt.")
+    template: str = _f(
+        "auto",
+        "Prompt layout: auto (the tokenizer's chat template if it has one, else ours), chat, plain "
+        "(system and question as text), or bare (the question alone; tiny models).",
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "gsm8k",
+        "Training problems: gsm8k, math500, hub:<id>[:config][@split], a local .jsonl/.json/.parquet/.csv "
+        "file, or procedural:<name> (reasoning-gym, or the built-in `arith`).",
+    )
+    split: str = _f("train", "Split for bundled and hub sources.")
+    question_field: Optional[str] = _f(None, "Column holding the question (local files and unknown hub sets).")
+    answer_field: Optional[str] = _f(None, "Column holding the final answer.")
+    solution_field: Optional[str] = _f(None, "Column holding a worked solution (for the warm-up).")
+    size: int = _f(10000, "Problems to draw from a procedural source.")
+    limit: Optional[int] = _f(None, "Use at most this many problems (after a seeded shuffle).")
+    seed: int = _f(0, "Seed for shuffling and procedural generation.")
+    strict: bool = _f(False, "Stop at the first bad row instead of counting and skipping it.")
+    heldout_source: Optional[str] = _f(None, "Held-out problems for accuracy during training (default: same source, separate seed).")
+    heldout_size: int = _f(200, "Held-out problems evaluated at start, every eval_every steps, and at the end.")
+
+
+@dataclass
+class RewardConfig:
+    preset: str = _f("default", "Reward preset: default (correct 1.0 + format 0.1) or unsloth (the reference notebook's scale).")
+    weights: dict = _f({}, "Override weights by reward name, e.g. {correct: 2.0, overlong: 0.5}; 0 disables one.")
+    overlong_buffer: int = _f(64, "Tokens before max_new_tokens where the soft overlong penalty starts (DAPO).")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("auto", "Generation engine: auto (native on GPU, hf elsewhere), hf (transformers generate), native, vllm.")
+    max_new_tokens: int = _f(1024, "Longest completion, in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature (0 = greedy).")
+    top_p: float = _f(1.0, "Nucleus sampling mass.")
+    top_k: int = _f(0, "Keep the k most likely tokens (0 = off).")
+    min_p: float = _f(0.0, "Drop tokens below min_p x the top probability (0 = off).")
+    batch_size: int = _f(0, "Sequences generated at once (0 = decided by the memory budget).")
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = _f(True, "Run the supervised format warm-up before GRPO (in `mathgrpo train`).")
+    source: Optional[str] = _f(None, "Worked solutions to learn from (default: data.source).")
+    steps: int = _f(200, "Optimizer steps.")
+    lr: float = _f(2e-4, "Peak learning rate (AdamW).")
+    batch_size: int = _f(8, "Sequences per optimizer step.")
+    micro_batch_size: int = _f(0, "Sequences per forward pass (0 = batch_size).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
+    full_finetune: bool = _f(False, "Train every weight in the warm-up (a model trained from scratch) instead of LoRA.")
+    stop_at_accuracy: Optional[float] = _f(None, "Stop once greedy held-out accuracy reaches this fraction.")
+    eval_every: int = _f(20, "Held-out evaluation interval (steps) for stop_at_accuracy.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+
+
+@dataclass
+class GRPOConfig:
+    enabled: bool = _f(True, "Run GRPO (in `mathgrpo train`).")
+    steps: int = _f(100, "Optimizer steps (one batch of rollouts each, times num_iterations).")
+    prompts_per_step: int = _f(8, "Distinct problems per step.")
+    num_generations: int = _f(8, "Completions per problem: the group size G.")
+    lr: float = _f(5e-6, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    lr_scheduler: str = _f("constant", "constant, linear or cosine decay after warm-up.")
+    warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    micro_batch_size: int = _f(0, "Completions per forward/backward pass (0 = decided by the memory budget).")
+    scale_rewards: str = _f(
+        "group",
+        "Advantage scaling: group (divide by the group's std, GRPO, Shao et al. 2024), batch (the batch's std, "
+        "Hu et al. 2025 REINFORCE++-style), none (only subtract the group mean; Dr. GRPO, Liu et al. 2025).",
+    )
+    loss_type: str = _f(
+        "dapo",
+        "Loss normalisation: grpo (mean over each sequence's tokens, then over sequences; Shao et al. 2024), "
+        "dr_grpo (sum over tokens / (sequences x max_new_tokens); Liu et al. 2025), dapo (mean over all tokens "
+        "of the batch; Yu et al. 2025).",
+    )
+    epsilon_low: float = _f(0.2, "Lower clip of the importance ratio (1 - eps_low), PPO/GRPO.")
+    epsilon_high: float = _f(0.28, "Upper clip (1 + eps_high); above epsilon_low is DAPO's clip-higher (Yu et al. 2025).")
+    importance_sampling_level: str = _f(
+        "token", "token (GRPO) or sequence (GSPO, Zheng et al. 2025: one length-normalised ratio per sequence)."
+    )
+    beta: float = _f(0.0, "KL penalty to the base model (k3 estimator); the base is the adapter switched off. 0 = off (DAPO, Dr. GRPO).")
+    num_iterations: int = _f(1, "Optimizer steps per batch of rollouts (mu in GRPO); >1 needs the old-policy log-probs.")
+    mask_truncated: bool = _f(False, "Exclude completions cut at max_new_tokens from the loss (DAPO's overlong filtering).")
+    dynamic_sampling: bool = _f(False, "Drop groups whose rewards are all equal (zero advantage; DAPO).")
+    max_memory_gb: Optional[float] = _f(None, "Memory budget for sizing micro-batches (default: the card's size).")
+
+
+@dataclass
+class EvalConfig:
+    bench: str = _f("gsm8k", "Comma-separated benchmarks: gsm8k, math500, or any data source.")
+    limit: Optional[int] = _f(None, "At most this many problems per benchmark (seeded subset).")
+    seed: int = _f(0, "Seed for subsets and sampling.")
+    n: int = _f(1, "Samples per problem (1 = greedy pass@1; >1 samples at rollout.temperature).")
+    k: list = _f([1], "k values for pass@k and maj@k.")
+    shots: int = _f(0, "Few-shot worked examples in the prompt (base models: 4, as the Qwen3 report).")
+    output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<date>).")
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = _f(None, "Run folder name under output_dir (default: recipe name + time).")
+    output_dir: str = _f("runs", "Where run folders go.")
+    seed: int = _f(0, "Seed for model init, sampling and data order.")
+    threads: int = _f(0, "CPU threads for torch (0 = leave torch's default). Fix it for repeatable CPU runs.")
+    log_every: int = _f(1, "Metrics interval (steps).")
+    sample_every: int = _f(10, "Log a few completions every N steps.")
+    eval_every: int = _f(50, "Held-out accuracy every N GRPO steps (and at start and end).")
+    checkpoint_every: int = _f(50, "Checkpoint interval (steps).")
+    keep_last: int = _f(2, "Checkpoints kept.")
+    report_to: list = _f(["jsonl"], "Metric sinks: jsonl (always), tensorboard, wandb.")
+    progress: bool = _f(True, "Show progress bars.")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES = {
+    "model.backend": ("transformers", "unsloth"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "format.preset": ("reasoning", "think", "unsloth", "boxed"),
+    "format.template": ("auto", "chat", "plain", "bare"),
+    "rewards.preset": ("default", "unsloth"),
+    "rollout.engine": ("auto", "hf", "native", "vllm"),
+    "grpo.scale_rewards": ("group", "batch", "none"),
+    "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
+    "grpo.importance_sampling_level": ("token", "sequence"),
+    "grpo.lr_scheduler": ("constant", "linear", "cosine"),
+}
+
+POSITIVE = (
+    "lora.r", "lora.alpha", "rollout.max_new_tokens", "sft.batch_size", "grpo.prompts_per_step",
+    "grpo.num_generations", "grpo.num_iterations", "run.keep_last", "run.log_every", "run.eval_every",
+    "run.checkpoint_every", "run.sample_every", "model.max_seq_length", "sft.eval_every", "eval.n",
+)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    """Read a dotted key (`grpo.lr`) from a Config."""
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def validate(cfg: Config) -> Config:
+    """Check values against their allowed ranges and each other; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
+    if cfg.rollout.temperature < 0:
+        raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be >= 0")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    if not 0 <= cfg.rollout.min_p < 1:
+        raise ConfigError(f"rollout.min_p={cfg.rollout.min_p} must be in [0, 1)")
+    if cfg.grpo.num_generations < 2:
+        raise ConfigError("grpo.num_generations must be at least 2: advantages compare completions within a group")
+    if cfg.grpo.epsilon_low < 0 or cfg.grpo.epsilon_high < 0:
+        raise ConfigError("grpo.epsilon_low and grpo.epsilon_high must be >= 0")
+    if cfg.grpo.beta < 0:
+        raise ConfigError(f"grpo.beta={cfg.grpo.beta} must be >= 0")
+    if cfg.grpo.beta > 0 and not cfg.lora.enabled:
+        raise ConfigError("grpo.beta > 0 needs lora.enabled=true: the reference model is the base with the adapter switched off")
+    if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
+        raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
+    if cfg.sft.stop_at_accuracy is not None and not 0 < cfg.sft.stop_at_accuracy <= 1:
+        raise ConfigError(f"sft.stop_at_accuracy={cfg.sft.stop_at_accuracy} must be a fraction in (0, 1]")
+    unknown = set(cfg.run.report_to) - {"jsonl", "tensorboard", "wandb"}
+    if unknown:
+        raise ConfigError(f"run.report_to has unknown sinks {sorted(unknown)}; use jsonl, tensorboard, wandb")
+    return cfg
+
+
+def recipe_path(recipe: str) -> Path:
+    """Resolve a recipe name (`tiny-cpu`) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{recipe}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"recipe {recipe!r} is neither a YAML file nor a known recipe ({known})")
+
+
+def load_config(recipe: Optional[str] = DEFAULT_RECIPE, overrides: Optional[list] = None) -> Config:
+    """Defaults, then the recipe's YAML, then `a.b=c` overrides; validated."""
+    merged = OmegaConf.structured(Config)
+    try:
+        if recipe:
+            path = recipe_path(recipe)
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"{path}: {err.msg}") from None
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. grpo.lr=1e-5)")
+        if overrides:
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"override: {err.msg}") from None
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err.msg)) from None
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict of a Config (for saving next to a run)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write a Config as YAML that `load_config` reads back."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def help_table() -> list:
+    """(key, default, help) for every setting, for `mathgrpo config`-style listings and docs."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            default = getattr(section.default_factory(), f.name)
+            rows.append((f"{section.name}.{f.name}", default, f.metadata.get("help", "")))
+    return rows
