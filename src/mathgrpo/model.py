@@ -1,0 +1,185 @@
+"""Load a base model and tokenizer (hub id, local folder, adapter folder, or `tiny`), add LoRA, save.
+
+The PEFT adapter is the unit of training: `add_lora` wraps the base, `save_trainable` writes the
+adapter (or, without LoRA, the whole model) in the format transformers and PEFT read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import LoraConfig, ModelConfig
+
+
+class ModelError(RuntimeError):
+    """A model or adapter cannot be loaded; the message says what was tried and what to do."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device={name} but no CUDA device is visible; use model.device=cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on GPU and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """True for a folder holding a PEFT adapter rather than a full model."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
+    """Model and tokenizer by hub id or local folder through transformers (safetensors only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).exists()
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+        attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, use_safetensors=True, attn_implementation=attn, **kwargs
+        )
+    except (OSError, ValueError) as err:
+        where = "local folder" if local else "hub id (no hub access? set HF_HUB_OFFLINE=1 and use a local copy)"
+        raise ModelError(f"cannot load model {name!r} as a {where}: {err}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def load_base(cfg: ModelConfig, seed: int = 0) -> tuple:
+    """(model, tokenizer) on the configured device and dtype; `tiny` builds the built-in model."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.backend == "unsloth":
+        from .unsloth_backend import load_unsloth  # optional extra; clear error inside
+
+        return load_unsloth(cfg, dtype)
+    if cfg.name == "tiny":
+        from .tiny import build_tiny
+
+        model, tok = build_tiny(seed)
+    else:
+        path = Path(cfg.name)
+        if path.exists() and is_adapter_dir(path):
+            return load_with_adapter(path, cfg)
+        model, tok = _from_pretrained(cfg.name, cfg, dtype)
+    model.to(device=device, dtype=dtype)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def load_with_adapter(adapter_dir: Path, cfg: ModelConfig, trainable: bool = False) -> tuple:
+    """Base named in the adapter's config plus the adapter itself (a PeftModel)."""
+    from peft import PeftModel
+
+    base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base_name:
+        raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    base_cfg = ModelConfig(**{**cfg.__dict__, "name": base_name})
+    model, tok = load_base(base_cfg)
+    if (Path(adapter_dir) / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(adapter_dir))
+        tok.padding_side = "left"
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable), tok
+
+
+def add_lora(model: Any, lora: LoraConfig) -> Any:
+    """Wrap `model` with fresh LoRA adapters (PEFT); only the adapters are trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        raise ModelError(f"lora.target_modules {missing} are not modules of this model; it has e.g. {sorted(names)[:12]}")
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def enable_checkpointing(model: Any, cfg: ModelConfig) -> None:
+    """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it)."""
+    if cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+
+
+def stop_token_ids(tokenizer: Any) -> list:
+    """Token ids that end a completion: eos plus the chat turn end where the tokenizer has one."""
+    ids = {tokenizer.eos_token_id}
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+        if tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
+def save_trainable(model: Any, tokenizer: Any, path: Path) -> None:
+    """Write the adapter (PEFT format) or the whole model (safetensors) and the tokenizer to `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
+
+
+def trainable_state(model: Any) -> dict:
+    """The tensors an optimizer updates (adapter weights, or all weights without LoRA), by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, state: dict) -> None:
+    """Copy tensors saved by `trainable_state` back into `model` (names must match)."""
+    params = dict(model.named_parameters())
+    unknown = set(state) - set(params)
+    if unknown:
+        raise ModelError(f"checkpoint has tensors this model lacks, e.g. {sorted(unknown)[:3]}: wrong model or LoRA settings?")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def count_parameters(model: Any) -> tuple:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def set_threads(threads: int) -> None:
+    """Fix torch's CPU thread count (0 leaves it); the count changes numerics, so runs that must repeat fix it."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def describe(model: Any, name: Optional[str] = None) -> str:
+    """One line about a model: name, parameters, trainable share, dtype and device."""
+    trainable, total = count_parameters(model)
+    p = next(model.parameters())
+    return f"{name or model.config._name_or_path}: {total / 1e6:.2f}M params, {trainable / 1e6:.3f}M trainable, {p.dtype}, {p.device}"

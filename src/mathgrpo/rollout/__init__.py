@@ -1,0 +1,36 @@
+"""Rollout engines behind one interface: `hf` (transformers generate) and `native` (static cache, graphs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Generation, RolloutEngine, SamplingParams
+
+__all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine"]
+
+
+def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0) -> RolloutEngine:
+    """The engine `name` (auto: native on GPU where the model is supported, else hf)."""
+    from .hf import HFEngine
+
+    device = next(model.parameters()).device
+    if name == "auto":
+        name = "native" if device.type == "cuda" else "hf"
+    if name == "native":
+        try:
+            from .native import NativeEngine, supports
+        except ImportError:
+            supports = None
+        if supports is None:
+            print("rollout: the native engine is not available in this build; using hf (transformers generate)")
+            return HFEngine(model, tokenizer, stop_ids, batch_size)
+        reason = supports(model)
+        if reason:
+            print(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
+            return HFEngine(model, tokenizer, stop_ids, batch_size)
+        return NativeEngine(model, tokenizer, stop_ids, batch_size)
+    if name == "hf":
+        return HFEngine(model, tokenizer, stop_ids, batch_size)
+    if name == "vllm":
+        raise ValueError("rollout.engine=vllm is not supported yet; use native (GPU) or hf")
+    raise ValueError(f"unknown rollout.engine {name!r}; use auto, native, hf")

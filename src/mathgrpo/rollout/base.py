@@ -1,0 +1,54 @@
+"""The rollout-engine interface: prompts in, G completions each out, with their sampling log-probs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: temperature 0 is greedy; top_k 0, top_p 1 and min_p 0 are off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class Generation:
+    """One completion of one prompt."""
+
+    prompt_index: int  # position of its prompt in the request
+    prompt_ids: list  # [P] prompt token ids, no padding
+    token_ids: list  # [C] completion token ids, the stop token included when one was produced
+    text: str  # decoded completion, stop token removed, markers kept
+    finished: bool  # ended on a stop token (False: cut at max_new_tokens)
+    logprobs: Optional[list] = None  # [C] log-prob of each token under the sampling distribution
+
+
+class RolloutEngine(ABC):
+    """Generates completions with the current policy weights."""
+
+    name = "base"
+
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = list(stop_ids)
+
+    @abstractmethod
+    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
+        """`n` Generations per prompt, grouped: prompt 0's n first, then prompt 1's, ..."""
+
+    def decode(self, token_ids: list) -> str:
+        """Completion text without the stop token, markers kept (they may be added tokens)."""
+        ids = [t for t in token_ids if t not in self.stop_ids and t != self.tokenizer.pad_token_id]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -1,0 +1,76 @@
+"""The `hf` engine: transformers `generate` with left padding; works for any causal LM, CPU or GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Generation, RolloutEngine, SamplingParams
+
+
+class HFEngine(RolloutEngine):
+    """Rollouts through `model.generate` (dynamic KV cache). Slow on GPU, exact and portable."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, stop_ids, batch_size: int = 0) -> None:
+        super().__init__(model, tokenizer, stop_ids)
+        self.batch_size = batch_size
+
+    def _generation_kwargs(self, params: SamplingParams) -> dict:
+        """Arguments for `generate` that reproduce `params` (None switches a filter off)."""
+        kwargs = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": not params.greedy,
+            "eos_token_id": self.stop_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "return_dict_in_generate": True,
+            "output_scores": not params.greedy,
+        }
+        if params.greedy:
+            kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
+        else:
+            kwargs.update(
+                temperature=params.temperature,
+                top_p=params.top_p if params.top_p < 1 else None,
+                top_k=params.top_k or None,
+                min_p=params.min_p or None,
+            )
+        return kwargs
+
+    @torch.no_grad()
+    def _run(self, prompts: list, params: SamplingParams) -> list:
+        """Generate one completion per prompt string in one padded batch."""
+        device = next(self.model.parameters()).device
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = self.model.generate(**enc, **self._generation_kwargs(params))
+        width = enc["input_ids"].shape[1]
+        new = out.sequences[:, width:]
+        logprobs = None
+        if out.scores is not None and len(out.scores):
+            scores = torch.stack(out.scores, dim=1).float()  # [B, C, V] processed logits
+            logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new[:, : scores.shape[1], None]).squeeze(-1)
+        results = []
+        for i in range(len(prompts)):
+            ids = new[i].tolist()
+            stop_at = next((j for j, t in enumerate(ids) if t in self.stop_ids), None)
+            ids = ids[: stop_at + 1] if stop_at is not None else [t for t in ids if t != self.tokenizer.pad_token_id]
+            prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+            lp = logprobs[i, : len(ids)].tolist() if logprobs is not None else None
+            results.append(Generation(i, prompt_ids, ids, self.decode(ids), stop_at is not None, lp))
+        return results
+
+    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
+        """`n` completions per prompt, in batches of `batch_size` sequences (0 = all at once)."""
+        flat = [p for p in prompts for _ in range(n)]
+        step = self.batch_size or len(flat)
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(flat), step):
+                for g in self._run(flat[start : start + step], params):
+                    g.prompt_index = (start + g.prompt_index) // n
+                    out.append(g)
+        finally:
+            self.model.train(was_training)
+        return out
