@@ -31,6 +31,7 @@ def messy_jsonl(tmp_path):
 
 
 def test_jsonl_bad_rows_are_counted_with_line_numbers(messy_jsonl):
+    """Each kind of bad .jsonl line is skipped and reported at its 1-based line; blank lines are not rows."""
     report = load_source(str(messy_jsonl))
     assert [(p.question, p.answer) for p in report.problems] == [("1+1?", "2"), ("5*5?", "25")]
     where = [b.where for b in report.bad_rows]
@@ -45,6 +46,7 @@ def test_jsonl_bad_rows_are_counted_with_line_numbers(messy_jsonl):
 
 
 def test_ids_and_meta(messy_jsonl):
+    """Ids count every record; unused scalar columns land in meta."""
     problems = load_source(str(messy_jsonl)).problems
     # Ids count every record (bad ones too), so they stay put when a bad row is fixed.
     assert [p.id for p in problems] == ["mixed-0", "mixed-6"]
@@ -52,11 +54,13 @@ def test_ids_and_meta(messy_jsonl):
 
 
 def test_strict_stops_at_the_first_bad_row_naming_file_and_line(messy_jsonl):
+    """strict=True raises at the first bad row, naming file and line."""
     with pytest.raises(DataError, match=rf"^{messy_jsonl}:2: no answer .*strict"):
         load_source(str(messy_jsonl), strict=True)
 
 
 def test_gsm8k_style_answers_are_split_and_a_row_without_marker_is_bad(tmp_path):
+    """An answer column of `####` solutions is split; a row without the marker is bad, not gold."""
     path = write_lines(tmp_path / "g.jsonl", [
         json.dumps({"question": "q1", "answer": "4*5=<<4*5=20>>20\n#### 1,020"}),
         json.dumps({"question": "q2", "answer": "it is 7"}),
@@ -67,6 +71,7 @@ def test_gsm8k_style_answers_are_split_and_a_row_without_marker_is_bad(tmp_path)
 
 
 def test_common_column_names_and_explicit_fields(tmp_path):
+    """Common column names are found; other names need the *_field options, checked against the columns."""
     path = write_lines(tmp_path / "p.jsonl", [json.dumps({"problem": "x?", "expected_answer": "1", "generated_solution": "work"})])
     problem = load_source(str(path)).problems[0]
     assert (problem.question, problem.answer, problem.solution) == ("x?", "1", "work")
@@ -80,6 +85,7 @@ def test_common_column_names_and_explicit_fields(tmp_path):
 
 
 def test_json_list_wrapped_list_and_json_lines(tmp_path):
+    """A .json file may be a list, an object holding one list, or JSON Lines; anything else is a clear error."""
     rows = [{"question": "a?", "answer": "1"}, {"question": "b?"}]
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps(rows))
@@ -102,6 +108,7 @@ def test_json_list_wrapped_list_and_json_lines(tmp_path):
 
 
 def test_parquet(tmp_path):
+    """Parquet rows, numeric answers as text, bad records at their 0-based index, a damaged file named."""
     path = tmp_path / "set.parquet"
     pq.write_table(pa.table({"prompt": ["a?", "b?", None], "answer": [1, 2, 3], "level": [1, 2, 3]}), path)
     report = load_source(str(path))
@@ -114,6 +121,7 @@ def test_parquet(tmp_path):
 
 
 def test_csv_line_numbers_follow_multiline_fields_and_bad_bytes(tmp_path):
+    """CSV rows are reported at the line where they start, past multi-line fields; bad bytes spoil one row only."""
     path = write_lines(tmp_path / "set.csv", [
         "question,answer,solution",
         '"two',                      # a quoted question over lines 2-3
@@ -133,6 +141,7 @@ def test_csv_line_numbers_follow_multiline_fields_and_bad_bytes(tmp_path):
 
 
 def test_missing_file_and_unknown_extension(tmp_path):
+    """A missing file and an unsupported extension are errors naming the path and the supported types."""
     with pytest.raises(DataError, match=rf"{tmp_path}/nope.jsonl: no such file"):
         load_source(str(tmp_path / "nope.jsonl"))
     (tmp_path / "set.txt").write_text("1+1? 2")

@@ -94,12 +94,14 @@ def load(hub_root, tmp_path):
 
 
 def test_offline_for_this_module():
+    """The module's offline setting reached `datasets` (nothing imported it earlier)."""
     import datasets
 
     assert datasets.config.HF_HUB_OFFLINE, "datasets was imported before this module set HF_HUB_OFFLINE"
 
 
 def test_gsm8k_layout(load, hub_root):
+    """openai/gsm8k: default config main, `####` gold, calculator notes removed, bad row at its index, configs in ids."""
     report = load("hub:openai/gsm8k@test")
     assert [(p.id, p.question, p.answer, p.solution) for p in report.problems] == [
         ("gsm8k-test-0", "test q0?", "1000", "0+1=1"), ("gsm8k-test-1", "test q1?", "2000", "1+1=2")]
@@ -113,6 +115,7 @@ def test_gsm8k_layout(load, hub_root):
 
 
 def test_math500_layout(load):
+    """HuggingFaceH4/MATH-500: gold, unwrapped solution, meta, unique_id ids; train is not a split."""
     problems = load("hub:HuggingFaceH4/MATH-500@test").problems
     assert [(p.id, p.answer, p.solution) for p in problems] == [
         ("math500-test/algebra/1.json", "\\frac{1}{2}", "So $x=\\frac{1}{2}$."),
@@ -123,6 +126,7 @@ def test_math500_layout(load):
 
 
 def test_dapo_layout_configs(load):
+    """open-r1/DAPO-Math-17k-Processed: solution is the gold, default config all, `:en` picks a config."""
     everything = load("hub:open-r1/DAPO-Math-17k-Processed").problems
     assert [(p.id, p.question, p.answer) for p in everything][:2] == [("dapo17k-train-0", "en p0", "0"), ("dapo17k-train-1", "en p1", "1")]
     assert len(everything) == 5 and all(p.solution is None for p in everything)
@@ -134,6 +138,7 @@ def test_dapo_layout_configs(load):
 
 
 def test_openmathreasoning_layout(load):
+    """unsloth/OpenMathReasoning-mini: train means cot; think tags and the box leave the solution."""
     problems = load("hub:unsloth/OpenMathReasoning-mini").problems  # train -> its only split, cot
     assert [(p.id, p.answer, p.solution) for p in problems] == [
         ("omr-mini-cot-0", "14", "Two sevens make 14.\n\nThe answer is 14."), ("omr-mini-cot-1", "2", "1+1=2")]
@@ -143,6 +148,7 @@ def test_openmathreasoning_layout(load):
 
 
 def test_unknown_set_needs_fields_and_lists_columns(load):
+    """An unknown set needs question_field and answer_field; the error lists the columns."""
     with pytest.raises(DataError, match=r"hub:someone/my-set@train is not a known set .*question_field= and answer_field= \(columns found: q, gold, hint\)"):
         load("hub:someone/my-set")
     problems = load("hub:someone/my-set", question_field="q", answer_field="gold").problems
@@ -153,11 +159,13 @@ def test_unknown_set_needs_fields_and_lists_columns(load):
 
 
 def test_known_set_with_overridden_field(load):
+    """A field given for a known set overrides its column map."""
     problems = load("hub:unsloth/OpenMathReasoning-mini", solution_field="problem_source").problems
     assert problems[0].solution == "aops_c4"
 
 
 def test_environment_root_and_local_folder_as_id(hub_root, tmp_path, monkeypatch):
+    """MATHGRPO_HUB_ROOT routes ids; a folder path as id picks the map from its last two parts."""
     monkeypatch.setenv("MATHGRPO_HUB_ROOT", str(hub_root))
     assert len(load_source("hub:openai/gsm8k@test", cache_dir=str(tmp_path)).problems) == 2
     monkeypatch.delenv("MATHGRPO_HUB_ROOT")
@@ -167,11 +175,13 @@ def test_environment_root_and_local_folder_as_id(hub_root, tmp_path, monkeypatch
 
 
 def test_missing_set_offline_says_what_to_do(load):
+    """A set that is neither local nor cached fails offline with a hint about local copies."""
     with pytest.raises(DataError, match=r"hub:nobody/nothing@train: cannot load 'nobody/nothing'.*MATHGRPO_HUB_ROOT/nobody/nothing"):
         load("hub:nobody/nothing")
 
 
 def test_fresh_interpreter_with_offline_variables(hub_root, tmp_path):
+    """A fresh interpreter with only the HF offline variables set loads a local hub layout."""
     code = ("from mathgrpo.data import load_source; import sys; "
             "r = load_source('hub:openai/gsm8k@test', hub_root=sys.argv[1], cache_dir=sys.argv[2]); "
             "print(len(r.problems), len(r.bad_rows))")

@@ -9,6 +9,7 @@ from mathgrpo.formats import PRESETS, parse_completion
 
 
 def test_arith_splits_are_fixed_and_disjoint():
+    """The built-in arith splits keep their sizes, do not overlap, and reject unknown splits."""
     splits = {s: load_source(f"procedural:arith@{s}").problems for s in ("train", "dev", "test")}
     assert [len(splits[s]) for s in ("train", "dev", "test")] == [15050 - 400, 200, 200]
     ids = [{p.id for p in problems} for problems in splits.values()]
@@ -19,6 +20,7 @@ def test_arith_splits_are_fixed_and_disjoint():
 
 
 def test_arith_limit_is_a_seeded_subset():
+    """limit on arith draws the same subset for the same seed and another for another seed."""
     a = load_source("procedural:arith", limit=10, seed=3).problems
     assert [p.id for p in a] == [p.id for p in load_source("procedural:arith", limit=10, seed=3).problems]
     assert [p.id for p in a] != [p.id for p in load_source("procedural:arith", limit=10, seed=4).problems]
@@ -26,6 +28,7 @@ def test_arith_limit_is_a_seeded_subset():
 
 @pytest.mark.parametrize("name", SUGGESTED)
 def test_each_suggested_generator_works_offline(name):
+    """Each suggested reasoning-gym generator builds problems offline, ids and meta filled."""
     report = load_source(f"procedural:{name}", size=20, seed=1)
     assert len(report.problems) == 20 and report.bad_rows == []
     first = report.problems[0]
@@ -35,6 +38,7 @@ def test_each_suggested_generator_works_offline(name):
 
 
 def test_splits_differ_and_seeds_reproduce():
+    """train/dev/test are different draws; the same seed gives the same problems."""
     train = [p.question for p in load_source("procedural:chain_sum", size=30, seed=5).problems]
     again = [p.question for p in load_source("procedural:chain_sum", size=30, seed=5).problems]
     test = [p.question for p in load_source("procedural:chain_sum@test", size=30, seed=5).problems]
@@ -46,6 +50,7 @@ def test_splits_differ_and_seeds_reproduce():
 
 
 def test_gsm_symbolic_carries_a_worked_solution():
+    """gsm_symbolic's answer_cot becomes a solution whose warm-up text parses back."""
     problem = load_source("procedural:gsm_symbolic", size=3).problems[0]
     assert problem.solution and "####" not in problem.solution
     fmt = PRESETS["reasoning"]
@@ -54,6 +59,7 @@ def test_gsm_symbolic_carries_a_worked_solution():
 
 
 def test_bad_names_splits_and_sizes():
+    """Unknown generators (with a suggestion), splits and sizes are clear errors."""
     with pytest.raises(DataError, match="procedural:basic_arith: no such reasoning-gym generator; did you mean basic_arithmetic"):
         load_source("procedural:basic_arith")
     with pytest.raises(DataError, match="procedural:chain_sum has splits train, dev, test"):

@@ -14,6 +14,7 @@ def wide_terminal(monkeypatch):
 
 
 def test_show_prints_examples_warm_up_and_counts(capsys):
+    """show prints n problems with their warm-up text, and the counts."""
     assert show_main("gsm8k", n=2, split="test") == 0
     out = capsys.readouterr().out
     assert "gsm8k-test-0" in out and "gsm8k-test-1" in out and "gsm8k-test-2" not in out
@@ -24,6 +25,7 @@ def test_show_prints_examples_warm_up_and_counts(capsys):
 
 
 def test_show_in_another_format_and_without_solutions(capsys):
+    """show renders another preset and says when a problem has no worked solution."""
     assert show_main("procedural:chain_sum", n=1, fmt_preset="think", size=5) == 0
     out = capsys.readouterr().out
     assert "chain_sum-train-s0-0" in out and "(no worked solution)" in out
@@ -32,6 +34,7 @@ def test_show_in_another_format_and_without_solutions(capsys):
 
 
 def test_show_lists_bad_rows(tmp_path, capsys):
+    """show lists bad rows with where and why."""
     path = tmp_path / "set.jsonl"
     path.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "x?"}) + "\n")
     assert show_main(str(path)) == 0
@@ -45,6 +48,7 @@ def test_show_lists_bad_rows(tmp_path, capsys):
     ("nope.jsonl", {}, "nope.jsonl: no such file"),
 ])
 def test_show_errors_exit_2_with_the_message(spec, kwargs, message, capsys):
+    """Errors exit with 2 and the message on stderr, nothing on stdout."""
     assert show_main(spec, **kwargs) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
