@@ -94,14 +94,17 @@ def _next_pow2(x: int) -> int:
 class SplitKDecode:
     """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
 
+    # launch settings, tuned on an H100 by benchmarks/rollout.py (attention micro-benchmark)
     BLOCK_N = 64
+    NUM_WARPS = 4
+    TARGET_PROGRAMS = 1024  # split the cache until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
         self.kv_heads, self.groups, self.head_dim = kv_heads, groups, head_dim
         self.gp = max(16, _next_pow2(groups))  # tl.dot needs at least 16 rows
-        # enough programs to fill the card, but no split shorter than 256 positions
-        want = _next_pow2(max(1, -(-1024 // (batch * kv_heads))))
-        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // 256)), 16))
+        # enough programs to fill the card, but no split shorter than 128 positions
+        want = _next_pow2(max(1, -(-self.TARGET_PROGRAMS // (batch * kv_heads))))
+        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // 128)), 16))
         per_split = -(-max_len // self.nsplit)
         self.chunk = -(-per_split // self.BLOCK_N) * self.BLOCK_N
         rows = batch * kv_heads * self.nsplit * self.gp
@@ -123,7 +126,7 @@ class SplitKDecode:
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             scale_log2, self.chunk,
             KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
-            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=4,
+            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=self.NUM_WARPS,
         )
         out = self.out[:bsz]
         _combine_kernel[(bsz * self.kv_heads,)](

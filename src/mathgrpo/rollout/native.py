@@ -353,5 +353,6 @@ class NativeEngine(RolloutEngine):
             ids = tokens[r][: lengths[r]]
             lp = None if params.greedy else logprobs[r][: lengths[r]]
             prompt = list(prompt_ids[r // n])
-            out.append(Generation(first_index + r // n, prompt, ids, self.decode(ids), bool(done[r]), lp))
+            text = self.decode(ids) if self.tokenizer is not None else ""  # token-only use: benchmarks
+            out.append(Generation(first_index + r // n, prompt, ids, text, bool(done[r]), lp))
         return out

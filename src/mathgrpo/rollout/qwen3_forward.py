@@ -20,7 +20,8 @@ def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them."""
     y = F.linear(x, proj.weight, proj.bias)
     for a, b, scale in proj.lora:
-        y = y + F.linear(F.linear(x.to(a.dtype), a), b) * scale
+        # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does
+        y = (y + F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(x.dtype)
     return y
 
 
