@@ -94,9 +94,10 @@ def _next_pow2(x: int) -> int:
 class SplitKDecode:
     """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
 
-    # launch settings, tuned on an H100 by benchmarks/rollout.py (attention micro-benchmark)
+    # launch settings: the fastest of 8 timed by benchmarks/rollout.py on an H100 (64 rows, 768 filled):
+    # 137 us = 1.41 TB/s; BLOCK_N 128 or 8 splits per row were slower (results/rollout.json)
     BLOCK_N = 64
-    NUM_WARPS = 4
+    NUM_WARPS = 8
     TARGET_PROGRAMS = 1024  # split the cache until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
