@@ -82,14 +82,16 @@ def _training_command(stages: tuple) -> Callable:
 
     def setup(parser: argparse.ArgumentParser) -> Callable:
         add_recipe_args(parser)
-        parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last checkpoint")
+        parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                            help="continue the run in RUN_DIR from its last checkpoint (overrides apply on top of its saved config)")
 
         def run(args: argparse.Namespace) -> int:
             from .grpo.trainer import TrainingStopped
             from .train import main as train_main
 
             try:
-                train_main(config_from(args), recipe=args.recipe, resume=args.resume, stages=stages)
+                cfg = None if args.resume else config_from(args)
+                train_main(cfg, recipe=args.recipe, resume=args.resume, stages=stages, overrides=args.overrides)
             except TrainingStopped as err:
                 print(f"mathgrpo: {err}", file=sys.stderr)
                 return 1

@@ -49,13 +49,15 @@ def _sft_problems(cfg: Config, train: list) -> list:
     return _load(cfg, cfg.sft.source, cfg.data.split, cfg.data.limit, cfg.data.seed)
 
 
-def _start(cfg: Config, recipe: Optional[str], resume: Optional[str]) -> tuple:
-    """(config, run folder): a new folder, or the saved config of the run being resumed."""
+def _start(cfg: Config, recipe: Optional[str], resume: Optional[str], overrides: Optional[list]) -> tuple:
+    """(config, run folder): a new folder, or the saved config (plus overrides, e.g. more steps) of a resumed run."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
-        cfg = load_config(str(run_dir / "config.yaml"))
+        cfg = load_config(str(run_dir / "config.yaml"), overrides)
+        if overrides and dist.world().main:
+            save_config(cfg, run_dir / "config.yaml")
         return cfg, run_dir
     if dist.world().main:
         run_dir = new_run_dir(cfg, recipe)
@@ -85,10 +87,14 @@ def run_grpo(cfg: Config, run_dir: Path, train: list, test: list) -> dict:
     return stage.run()
 
 
-def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None, stages: tuple = ("sft", "grpo")) -> dict:
-    """Run the stages of a recipe in a run folder and write `summary.json`; returns the summary."""
+def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None, stages: tuple = ("sft", "grpo"),
+         overrides: Optional[list] = None) -> dict:
+    """Run the stages of a recipe in a run folder and write `summary.json`; returns the summary.
+
+    With `resume`, the run's saved config is used, with `overrides` (say `grpo.steps=400`) on top.
+    """
     dist.init()
-    cfg, run_dir = _start(cfg, recipe, resume)
+    cfg, run_dir = _start(cfg, recipe, resume, overrides)
     set_threads(cfg.run.threads)
     import torch
 

@@ -54,7 +54,7 @@ class HFEngine(RolloutEngine):
         for i in range(len(prompts)):
             ids = new[i].tolist()
             stop_at = next((j for j, t in enumerate(ids) if t in self.stop_ids), None)
-            ids = ids[: stop_at + 1] if stop_at is not None else [t for t in ids if t != self.tokenizer.pad_token_id]
+            ids = ids[: stop_at + 1] if stop_at is not None else ids  # no stop: the row ran to the end, all real
             prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
             lp = logprobs[i, : len(ids)].tolist() if logprobs is not None else None
             results.append(Generation(i, prompt_ids, ids, self.decode(ids), stop_at is not None, lp))

@@ -142,8 +142,17 @@ class NativeEngine(RolloutEngine):
 
     # ---- public API -------------------------------------------------------------------------
 
-    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
-        """`n` completions per prompt string, grouped by prompt."""
+    def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:
+        """`n` completions per prompt string, grouped by prompt.
+
+        seeds: the first one seeds this call's draws (repeatable runs); unlike the hf engine the
+        draws depend on the batch, so data-parallel runs match a single process only in distribution.
+        """
+        if seeds:
+            if self.generator is not None:
+                self.generator.manual_seed(int(seeds[0]))
+            else:
+                torch.cuda.manual_seed(int(seeds[0]))
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         return self.generate_ids(ids, n, params)
 

@@ -13,6 +13,7 @@ import hashlib
 import torch
 
 from .base import SamplingParams
+from .sampling import filter_logits
 
 
 def sequence_seed(*parts: int) -> int:
@@ -22,21 +23,8 @@ def sequence_seed(*parts: int) -> int:
 
 
 def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Log-probs of the sampling distribution: temperature, then top-k, top-p and min-p. [B, V] fp32."""
-    logits = logits.float() / max(params.temperature, 1e-6)
-    if params.top_k and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    logp = torch.log_softmax(logits, dim=-1)
-    if params.min_p > 0:
-        floor = logp.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(params.min_p))
-        logp = logp.masked_fill(logp < floor, float("-inf"))
-    if params.top_p < 1:
-        sorted_lp, order = torch.sort(logp, dim=-1, descending=True)
-        before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()  # mass strictly above each token
-        drop_sorted = before >= params.top_p
-        logp = logp.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
-    return torch.log_softmax(logp, dim=-1)
+    """Log-probs of the sampling distribution (generate's filters, in generate's order). [B, V] fp32"""
+    return torch.log_softmax(filter_logits(logits.float(), params), dim=-1)
 
 
 class SeededSampler:
@@ -54,7 +42,7 @@ class SeededSampler:
     def pick(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         """One token per row, sampled from the filtered distribution. [B]"""
         logp = filtered_logprobs(logits, params)
-        tokens = torch.argmax(logp - torch.log(self.noise(logp.shape[-1], logp.device)), dim=-1)
+        tokens = torch.argmax(logp - self.noise(logp.shape[-1], logp.device).clamp_min(1e-30).log(), dim=-1)
         self.chosen_logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
         return tokens
 

@@ -1,0 +1,77 @@
+"""Data parallelism: two gloo ranks under torchrun give the same run as one process with the same global batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mathgrpo.tracking import read_jsonl
+
+WARMUP = ["run.threads=1", "run.progress=false", "sft.steps=60", "sft.stop_at_accuracy=null", "sft.batch_size=64"]
+# GRPO from one shared warmed-up model: Adam amplifies float-rounding differences in near-zero
+# gradients, so comparing two warm-ups too would compare rounding, not the parallelism.
+SETTINGS = [
+    "run.threads=1", "run.progress=false", "sft.enabled=false", "grpo.steps=4", "grpo.prompts_per_step=8", "grpo.num_generations=4", "data.heldout_size=10",
+    "run.eval_every=2", "run.checkpoint_every=2",
+]
+TIMING = ("step_time", "rollout_time", "tokens_per_s")
+
+
+def _run(launcher, out, name, settings):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, *launcher, "-m", "mathgrpo", "train", *settings, f"run.output_dir={out}", f"run.name={name}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / name
+
+
+def _close(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """(settings, run folder): one process's GRPO run from a shared warmed-up model."""
+    root = tmp_path_factory.mktemp("dist")
+    warm = _run([], root, "warm", [*WARMUP, "grpo.enabled=false"]) / "sft" / "model"
+    settings = [*SETTINGS, f"model.name={warm}"]
+    return settings, _run([], root, "single", settings)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_equal_one_process(single, tmp_path):
+    """Metrics at every step and the final adapter agree to float tolerance; rank 0 alone wrote files."""
+    settings, single = single
+    ddp = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path, "ddp", settings)
+    want, got = read_jsonl(single / "grpo" / "metrics.jsonl"), read_jsonl(ddp / "grpo" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]
+    for w, g in zip(want, got):
+        for key in set(w) - set(TIMING):
+            assert _close(g[key], w[key]), (w["step"], key, g[key], w[key])
+    a = load_file(single / "grpo" / "checkpoints" / "ckpt-000004" / "model" / "adapter_model.safetensors")
+    b = load_file(ddp / "grpo" / "checkpoints" / "ckpt-000004" / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not list((ddp / "grpo" / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_resume_on_another_rank_count(single, tmp_path):
+    """Two ranks stop at step 2; one process resumes to step 4 and lands where one process alone does."""
+    settings, single = single
+    half = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path, "half",
+                [*settings, "grpo.steps=2"])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "mathgrpo", "train", "--resume", str(half), "grpo.steps=4"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    want, got = read_jsonl(single / "grpo" / "metrics.jsonl"), read_jsonl(half / "grpo" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
+    for w, g in zip(want[3:], got[3:]):
+        for key in set(w) - set(TIMING):
+            assert _close(g[key], w[key]), (w["step"], key, g[key], w[key])
