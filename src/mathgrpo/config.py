@@ -34,6 +34,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class ModelConfig:
     name: str = _f("tiny", "Base model: a hub id (Qwen/Qwen3-4B-Base), a local folder, or `tiny` (built in, CPU).")
+    init: str = _f("pretrained", "pretrained (load the weights) or random (only the folder's config.json: speed and memory benchmarks).")
     backend: str = _f("transformers", "How the model is loaded: `transformers` (+PEFT) or `unsloth` (optional extra).")
     dtype: str = _f("auto", "Weights dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
     device: str = _f("auto", "auto (cuda if available), cpu, cuda, cuda:N.")
@@ -197,6 +198,7 @@ class Config:
 
 CHOICES = {
     "model.backend": ("transformers", "unsloth"),
+    "model.init": ("pretrained", "random"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "format.preset": ("reasoning", "think", "unsloth", "boxed"),
     "format.template": ("auto", "chat", "plain", "bare"),

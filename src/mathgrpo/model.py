@@ -48,12 +48,15 @@ def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
 
     local = Path(name).exists()
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
-        attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, use_safetensors=True, attn_implementation=attn, **kwargs
-        )
+        if cfg.init == "random":
+            model = _random_from_config(name, dtype, attn, kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, use_safetensors=True, attn_implementation=attn, **kwargs
+            )
     except (OSError, ValueError) as err:
         where = "local folder" if local else "hub id (no hub access? set HF_HUB_OFFLINE=1 and use a local copy)"
         raise ModelError(f"cannot load model {name!r} as a {where}: {err}") from None
@@ -61,6 +64,16 @@ def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return model, tok
+
+
+def _random_from_config(name: str, dtype: torch.dtype, attn: Optional[str], kwargs: dict) -> Any:
+    """A model with freshly initialised weights from `name`'s config, built directly on the device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    with device:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn, **kwargs)
 
 
 def load_base(cfg: ModelConfig, seed: int = 0) -> tuple:
