@@ -1,0 +1,120 @@
+"""The judge: literal equivalence cases, every bundled gold against itself and its own solution,
+hostile inputs under a hard time limit (also off the main thread), extraction and `grade_main`."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mathgrpo import grading
+from mathgrpo.data import Problem
+from mathgrpo.formats import get_format, last_boxed
+
+BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mathgrpo" / "data" / "bundled"
+HOSTILE_LIMIT_S = 1.0
+SLACK_S = 0.75  # pipe round trip, killing the overrunning worker, forking the next one
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers():
+    """Two warm math-verify workers for the whole module (the start-up is not part of any check)."""
+    grading.warm_up(2)
+    yield
+
+
+EQUIVALENT = [
+    # numbers: thousands commas, currency, trailing zeros, percent, units
+    ("1,000", "1000"), ("1,234,567.5", "1234567.5"), ("$18", "18"), ("\\$18", "18"), ("18 dollars", "18"),
+    ("18.0", "18"), ("18.00", "18"), ("-3", "-3.0"), ("50%", "50"), ("50\\%", "50"), ("18 eggs", "18"),
+    ("5 cm", "5"), ("5\\text{ cm}", "5"), ("30^\\circ", "30"), ("30^{\\circ}", "30"), ("30 degrees", "30"),
+    ("12\\text{ inches}^2", "12"), ("1{,}000", "1000"), ("0.50", ".5"),
+    # LaTeX: fractions, radicals, pi, tuples, intervals, sets, expressions, assignments
+    ("\\frac{1}{2}", "0.5"), ("\\dfrac{1}{2}", "\\frac12"), ("1/2", "\\tfrac{1}{2}"), ("\\frac{3}{4}", "0.75"),
+    ("\\sqrt{2}", "\\sqrt2"), ("2\\sqrt{2}", "\\sqrt{8}"), ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}"),
+    ("2\\pi", "\\pi \\cdot 2"), ("\\frac{\\pi}{2}", "\\dfrac{\\pi}{2}"), ("(1,2)", "(1, 2)"),
+    ("\\left(3, \\frac{\\pi}{2}\\right)", "(3,\\frac{\\pi}{2})"), ("[0,1)", "[0, 1)"), ("\\{1,2\\}", "\\{2,1\\}"),
+    ("x^2+2x+1", "(x+1)^2"), ("x = 3", "3"), ("y=\\frac{1}{2}", "0.5"), ("\\boxed{7}", "7"), ("$7$", "7"),
+    ("(-\\infty, 3]", "(-\\infty,3]"), ("2^{10}", "1024"),
+    # plain text and multiple choice
+    ("Evelyn", "\\text{Evelyn}"), ("evelyn", "Evelyn"), ("  Monday ", "\\text{Monday}"), ("(A)", "A"),
+    ("A", "\\text{(A)}"), ("\\text{(C)}", "C"), ("(b)", "B"),
+]
+
+NOT_EQUIVALENT = [
+    ("1,001", "1000"), ("$19", "18"), ("18.01", "18"), ("51%", "50"), ("19 eggs", "18"), ("-18", "18"),
+    ("\\frac{1}{3}", "0.5"), ("1/3", "\\frac{1}{2}"), ("\\sqrt{3}", "\\sqrt{2}"), ("3\\pi", "2\\pi"),
+    ("(1,2)", "(2,1)"), ("[0,1)", "[0,1]"), ("(0,1)", "[0,1]"), ("\\{1,2\\}", "\\{1,3\\}"),
+    ("x^2+2x+2", "(x+1)^2"), ("x = 4", "3"), ("Evelyn", "Emily"), ("(A)", "B"), ("\\text{(C)}", "D"),
+    ("2 pi", "2"), ("", "3"), ("3", ""), ("1000", "1,000,000"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", EQUIVALENT)
+def test_equivalent_literals(pred, gold):
+    """Each of the 57 literal pairs means the same answer (and does so in both directions)."""
+    assert grading.is_equivalent(pred, gold)
+    assert grading.is_equivalent(gold, pred)
+
+
+@pytest.mark.parametrize("pred,gold", NOT_EQUIVALENT)
+def test_not_equivalent_literals(pred, gold):
+    """Each of the 23 literal pairs is a different answer."""
+    assert not grading.is_equivalent(pred, gold)
+
+
+def test_none_prediction_is_wrong():
+    """No answer extracted (None) is never right."""
+    assert not grading.is_equivalent(None, "3")
+
+
+def test_integer_answers_take_the_fast_path():
+    """Integer answers (the default tiny task) are decided without the worker."""
+    grading.reset_stats()
+    assert grading.is_equivalent("85", "85") and not grading.is_equivalent("84", "85")
+    assert grading.is_equivalent("085", "85")
+    assert grading.stats.math_verify == 0 and grading.stats.checks == 3
+
+
+def _gsm8k_pairs() -> list:
+    """(raw text after the last ####, gold with commas removed) for every GSM8K test row (1,319)."""
+    pairs = []
+    for line in (BUNDLED / "gsm8k_test.jsonl").read_text().splitlines():
+        raw = json.loads(line)["answer"].split("####")[-1].strip()
+        pairs.append((raw, raw.replace(",", "")))
+    return pairs
+
+
+def _math500_pairs() -> list:
+    """(last \\boxed{} of the solution, answer field) for every MATH-500 row (500)."""
+    pairs = []
+    for line in (BUNDLED / "math500_test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        pairs.append((last_boxed(row["solution"]), row["answer"]))
+    return pairs
+
+
+def _bump_first_integer(text: str) -> str:
+    """`text` with its first integer increased by one (unchanged when it has none)."""
+    return re.sub(r"\d+", lambda m: str(int(m.group()) + 1), text, count=1)
+
+
+def test_every_gold_equals_itself_and_its_own_solution():
+    """All 1,819 golds (1,319 GSM8K + 500 MATH-500) equal themselves and their worked solution's answer."""
+    pairs = _gsm8k_pairs() + _math500_pairs()
+    assert len(pairs) == 1819
+    failed = [(s, g) for s, g in pairs if not (grading.is_equivalent(g, g) and grading.is_equivalent(s, g))]
+    assert failed == []
+
+
+def test_changed_golds_are_not_equivalent():
+    """Every gold with a number (about 1,808 of 1,819) stops matching once its first integer is bumped."""
+    golds = [g for _, g in _gsm8k_pairs() + _math500_pairs()]
+    changed = [(_bump_first_integer(g), g) for g in golds if _bump_first_integer(g) != g]
+    assert len(changed) > 1800
+    assert [(c, g) for c, g in changed if grading.is_equivalent(c, g)] == []
