@@ -1,20 +1,73 @@
 """Data sources: every source yields `Problem`s; bad rows are counted and reported with where they are.
 
 `load_source(spec, ...)` is the one entry point. Specs:
-  gsm8k, math500                  bundled copies (offline); split train/test for gsm8k
-  hub:<id>[:config][@split]       Hugging Face `datasets`, with column maps for known sets
-  path/to/file.{jsonl,json,parquet,csv}
-  procedural:<name>               reasoning-gym generators, or the built-in `arith` task
+  gsm8k, math500[@split]          bundled copies (offline); gsm8k has train/test, math500 test only
+  hub:<id>[:config][@split]       Hugging Face `datasets`, with column maps for known sets (data/hub.py)
+  path/to/file.{jsonl,json,parquet,csv}   local files (data/files.py)
+  procedural:<name>[@split]       reasoning-gym generators, or the built-in `arith` task
+A `@split` in the spec overrides the `split` argument.
 """
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Optional
 
-from . import arith
+from . import arith, bundled, files, hub, procedural
 from .problem import BadRow, DataError, LoadReport, Problem, as_dict
+from .solutions import sft_text
 
-__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_source"]
+__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_source", "sft_text", "take_subset"]
+
+
+def take_subset(problems: list, limit: Optional[int], seed: int) -> list:
+    """`limit` problems: shuffle a copy with `random.Random(seed)`, keep the first `limit`.
+
+    Deterministic for a given seed and input order; a larger limit keeps a smaller one's problems
+    as its prefix. None keeps every problem in source order.
+    """
+    if limit is None:
+        return problems
+    if limit < 0:
+        raise DataError(f"limit={limit} must be >= 0 (or None for every problem)")
+    shuffled = list(problems)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:limit]
+
+
+def _with_split(spec: str, split: str) -> tuple:
+    """(name, split) from `name[@split]`."""
+    name, at, spec_split = spec.partition("@")
+    return name, spec_split if at else split
+
+
+def _load_arith(split: str) -> LoadReport:
+    """The built-in arith task's fixed split (held-out sets drawn with seed 0)."""
+    train, dev, test = arith.split(seed=0)
+    problems = {"train": train, "dev": dev, "test": test}.get(split)
+    if problems is None:
+        raise DataError(f"procedural:arith has splits train, dev, test (not {split!r})")
+    return LoadReport(source=f"procedural:arith@{split}", problems=list(problems))
+
+
+def _dispatch(spec: str, split: str, fields: dict, size: int, seed: int, strict: bool,
+              hub_root: Optional[str], cache_dir: Optional[str]) -> LoadReport:
+    """The report of the loader that `spec` names, before any subset."""
+    if spec.startswith("hub:"):
+        return hub.load(spec[len("hub:"):], split=split, strict=strict, hub_root=hub_root, cache_dir=cache_dir, **fields)
+    if spec.startswith("procedural:"):
+        name, split = _with_split(spec[len("procedural:"):], split)
+        if name == "arith":
+            return _load_arith(split)
+        return procedural.load(name, split=split, size=size, seed=seed, strict=strict)
+    name, bundled_split = _with_split(spec, split)
+    if name in bundled.SETS:
+        return bundled.load(name, bundled_split, strict=strict)
+    if Path(spec).suffix or Path(spec).exists():
+        return files.load(spec, strict=strict, **fields)
+    raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
+                    f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
 
 
 def load_source(
@@ -28,16 +81,17 @@ def load_source(
     seed: int = 0,
     limit: Optional[int] = None,
     strict: bool = False,
+    hub_root: Optional[str] = None,
+    cache_dir: Optional[str] = None,
 ) -> LoadReport:
-    """Load problems from `spec` (see the module docstring); `limit` takes a seeded subset."""
-    if spec == "procedural:arith":
-        train, dev, test = arith.split(seed=0)
-        problems = {"train": train, "dev": dev, "test": test}.get(split)
-        if problems is None:
-            raise DataError(f"procedural:arith has splits train, dev, test (not {split!r})")
-        report = LoadReport(source=spec, problems=list(problems))
-    else:
-        raise DataError(f"unknown data source {spec!r}")
-    if limit is not None:
-        report.problems = report.problems[:limit]
+    """Load problems from `spec` (see the module docstring).
+
+    The *_field arguments name columns of local files and hub sets; `size` and `seed` drive
+    procedural generators (seed also picks the `limit` subset, see take_subset); `strict` turns
+    the first bad row into a DataError; `hub_root` is a folder of local copies of hub sets
+    (`<hub_root>/<owner>/<name>`) and `cache_dir` the `datasets` cache (see data/hub.py).
+    """
+    fields = {"question_field": question_field, "answer_field": answer_field, "solution_field": solution_field}
+    report = _dispatch(spec, split, fields, size, seed, strict, hub_root, cache_dir)
+    report.problems = take_subset(report.problems, limit, seed)
     return report

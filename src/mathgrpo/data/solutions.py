@@ -1,0 +1,92 @@
+"""Worked solutions: cleaning a source's solution text into plain reasoning, and the warm-up target.
+
+Sources write their solutions with markup of their own: GSM8K puts calculator annotations
+(`<<16-3-4=9>>`) in the text and the answer after `####`; MATH wraps the final answer in `\\boxed{}`
+inside the last sentence; OpenMathReasoning wraps its thinking in `<think>` tags. `clean_solution`
+removes that markup and keeps the words, so the reasoning reads naturally inside any reasoning
+format; the gold answer is written once, by the format, after the reasoning.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from ..formats import Format
+from .problem import Problem
+
+# Only `<<expr=value>>` (GSM8K's calculator calls), so a stray `<<` in other text survives.
+_CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")
+_THINK_TAG = re.compile(r"</?think>")
+
+
+class GoldError(ValueError):
+    """The gold answer cannot be read from a row (e.g. a GSM8K answer without `####`)."""
+
+
+def split_gsm8k(text: str) -> tuple:
+    """(worked solution, gold answer) from a GSM8K answer field `... #### 1,234`.
+
+    Gold is the text after the last `####`, commas removed and stripped; the solution is the text
+    before it with calculator annotations removed. Raises GoldError when there is no gold.
+    """
+    head, sep, gold = text.rpartition("####")
+    if not sep:
+        raise GoldError("answer has no '#### <answer>' line (GSM8K style)")
+    gold = gold.replace(",", "").strip()
+    if not gold:
+        raise GoldError("nothing after '####' in the answer")
+    return strip_calculator(head).strip(), gold
+
+
+def strip_calculator(text: str) -> str:
+    """Text without GSM8K calculator annotations: `2+1=<<2+1=3>>3 bolts` -> `2+1=3 bolts`."""
+    return _CALCULATOR.sub("", text)
+
+
+def unwrap_boxed(text: str) -> str:
+    """Text with every `\\boxed{X}` / `\\fbox{X}` replaced by `X` (braces balanced)."""
+    out, i = [], 0
+    pattern = re.compile(r"\\(?:boxed|fbox)\s*\{")
+    while True:
+        match = pattern.search(text, i)
+        if match is None:
+            return "".join(out) + text[i:]
+        end = _closing_brace(text, match.end() - 1)
+        if end is None:  # unbalanced: leave the rest as it is
+            return "".join(out) + text[i:]
+        out.append(text[i : match.start()])
+        out.append(text[match.end() : end])
+        i = end + 1
+
+
+def _closing_brace(text: str, open_idx: int) -> Optional[int]:
+    """Index of the brace that closes the one at `open_idx`, or None."""
+    depth = 0
+    for j in range(open_idx, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
+def clean_solution(text: Optional[str]) -> Optional[str]:
+    """A source's solution as plain reasoning (markup above removed), or None if nothing is left."""
+    if text is None:
+        return None
+    text = unwrap_boxed(_THINK_TAG.sub("", strip_calculator(text))).strip()
+    return text or None
+
+
+def sft_text(problem: Problem, fmt: Format) -> Optional[str]:
+    """The warm-up target for `problem`: its worked solution and gold answer written in `fmt`.
+
+    None when the problem has no worked solution, or when the solution itself contains one of the
+    format's markers (the target would not parse back as well formed).
+    """
+    if not problem.solution or any(tag in problem.solution for tag in fmt.markers):
+        return None
+    return fmt.solution(problem.solution, problem.answer)
