@@ -75,6 +75,35 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     return run
 
 
+@command("eval", "benchmark a model (gsm8k, math500, any data source) or compare two results folders")
+def _eval(parser: argparse.ArgumentParser) -> Callable:
+    parser.add_argument("--model", default=None, help="hub id, model folder, adapter folder or run folder (default: model.name)")
+    parser.add_argument("--bench", default=None, help="comma-separated benchmarks, e.g. gsm8k,math500 (default: eval.bench)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N problems per benchmark (seeded subset)")
+    parser.add_argument("--n", type=int, default=None, help="samples per problem (1 = greedy; more sample at rollout.temperature)")
+    parser.add_argument("--shots", type=int, default=None, help="few-shot worked examples (base models: 4)")
+    parser.add_argument("--output", default=None, help="results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="compare two results folders (B - A)")
+    add_recipe_args(parser, default=None)
+
+    def run(args: argparse.Namespace) -> int:
+        from .data import DataError
+        from .evaluate import EvalError, main
+        from .model import ModelError
+
+        flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
+        overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+        try:
+            if args.compare:
+                return main(None, compare=args.compare, output=args.output)
+            return main(load_config(args.recipe, overrides), args.model, args.bench, output=args.output)
+        except (EvalError, DataError, ModelError) as err:
+            print(f"mathgrpo eval: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")

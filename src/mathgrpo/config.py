@@ -163,7 +163,12 @@ class EvalConfig:
     n: int = _f(1, "Samples per problem (1 = greedy pass@1; >1 samples at rollout.temperature).")
     k: list = _f([1], "k values for pass@k and maj@k.")
     shots: int = _f(0, "Few-shot worked examples in the prompt (base models: 4, as the Qwen3 report).")
-    output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<date>).")
+    shots_source: str = _f(
+        "gsm8k",
+        "Where few-shot examples come from: the first eval.shots problems with a worked solution of this "
+        "source's train split (gsm8k train for every benchmark by default: MATH has no bundled train split).",
+    )
+    output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot; rerun to resume).")
 
 
 @dataclass
