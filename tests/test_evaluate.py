@@ -108,7 +108,7 @@ def test_samples_shots_and_any_source(tiny_dir, tmp_path):
     assert "Natalia sold clips" in prompts["example_prompt"]
     assert "[REASONING]Natalia sold 48/2 = 24 clips in May." in prompts["example_prompt"]
     assert "[ANSWER]72" in prompts["example_prompt"]
-    assert "3 samples at temperature 1.0" in (out / "report.md").read_text()
+    assert "3 samples per problem at temperature 1.0" in (out / "report.md").read_text()
 
 
 def _save(model, tok, path: Path) -> None:

@@ -340,10 +340,10 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
         print(report.summary())
         if not report.problems:
             raise EvalError(f"benchmark {spec} has no problems (eval.limit={cfg.eval.limit}); check --bench and --limit")
+    shots = load_shots(cfg, fmt)
     model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "name": model.path})
     net, tok = load_base(model_cfg, seed=cfg.run.seed)
     engine = make_engine(cfg.rollout.engine, net, tok, stop_token_ids(tok), cfg.rollout.batch_size)
-    shots = load_shots(cfg, fmt)
     samples_path = out / "samples.jsonl"
     done = read_samples(samples_path)
     grading.reset_stats()

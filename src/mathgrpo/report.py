@@ -209,7 +209,9 @@ def curves_figure(series: dict) -> Any:
 
 def _settings_line(m: dict) -> str:
     s = m["settings"]
-    sampling = "greedy" if s["greedy"] else f"{s['n']} samples at temperature {s['temperature']}"
+    sampling = ("greedy decoding, accuracy = pass@1" if s["greedy"] else
+                f"{s['n']} samples per problem at temperature {s['temperature']}, accuracy = mean over samples, "
+                f"maj@k votes over the first k")
     return (f"Model `{m['model_path']}`; {sampling}; {s['shots']}-shot; format {s['format']} ({s['template']} "
             f"template); up to {s['max_new_tokens']} new tokens; engine {m.get('engine')}; "
             f"{m.get('elapsed_s', '?')} s.")
