@@ -57,7 +57,7 @@ NOT_EQUIVALENT = [
 
 @pytest.mark.parametrize("pred,gold", EQUIVALENT)
 def test_equivalent_literals(pred, gold):
-    """Each of the 57 literal pairs means the same answer (and does so in both directions)."""
+    """Each of the 46 literal pairs means the same answer (and does so in both directions)."""
     assert grading.is_equivalent(pred, gold)
     assert grading.is_equivalent(gold, pred)
 
@@ -118,3 +118,106 @@ def test_changed_golds_are_not_equivalent():
     changed = [(_bump_first_integer(g), g) for g in golds if _bump_first_integer(g) != g]
     assert len(changed) > 1800
     assert [(c, g) for c, g in changed if grading.is_equivalent(c, g)] == []
+
+
+# --- hostile input ---------------------------------------------------------------------------------
+
+
+def _grading_check():
+    """benchmarks/grading_check.py as a module: the test asserts on the numbers the script prints."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grading_check.py"
+    spec = importlib.util.spec_from_file_location("grading_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hostile_inputs_neither_raise_nor_overrun():
+    """1,000 seeded hostile predictions, graded from two non-main threads: no exception, each check
+    within its 1.0 s limit + 0.75 s slack; at least one really hit the limit and was killed."""
+    gc = _grading_check()
+    result = gc.hostile_check(limit=HOSTILE_LIMIT_S, n=1000, seed=0, threads=2)
+    print(f"\nhostile: worst {result['worst_s']:.3f} s, total {result['total_s']:.1f} s, {result['timeouts']} timeouts")
+    assert result["n"] == 1000 and result["exceptions"] == []
+    assert result["worst_s"] <= HOSTILE_LIMIT_S + SLACK_S
+    assert result["timeouts"] > 0
+
+
+@pytest.mark.parametrize("pred", ["(10^{6})!", "(10^{8})!", "\\sum_{k=1}^{10^{4}} k^{k}"])
+def test_time_limit_holds_off_the_main_thread(pred):
+    """A check that would run for minutes in sympy ends within 0.5 s + slack when run from a
+    threading.Thread (where math-verify's own signal timeout cannot work), and counts as a timeout."""
+    out = {}
+
+    def run():
+        t0 = time.monotonic()
+        out["equal"] = grading.is_equivalent(pred, "3", timeout=0.5)
+        out["seconds"] = time.monotonic() - t0
+
+    grading.reset_stats()
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert out["equal"] is False and out["seconds"] <= 0.5 + SLACK_S
+    assert grading.stats.timeouts == 1
+
+
+def test_worker_recovers_after_a_timeout():
+    """After a killed check the next one still gets a real math-verify answer."""
+    assert not grading.is_equivalent("(10^{6})!", "3", timeout=0.3)
+    assert grading.is_equivalent("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}")
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [("10^{10^{10^{10}}}", "tower"), ("2^{100000}", "exponent"), ("1000000!", "factorial"), ("{" * 30 + "1" + "}" * 30, "nesting")],
+)
+def test_guards_stop_numbers_sympy_would_build(text, reason):
+    """Each of the 4 guard kinds names its reason; a plain exponent like 2^{10} passes."""
+    assert reason in grading.hostile_reason(text)
+    assert grading.hostile_reason("2^{10}") is None
+
+
+# --- extraction, grade, grade_main ----------------------------------------------------------------
+
+
+def test_extract_answer_per_format():
+    """The answer comes from the format's marker; without one there is none (no guessing from free
+    text), except the boxed preset, which reads the last \\boxed{}."""
+    assert grading.extract_answer("[REASONING]8+7=15[ANSWER]85", "reasoning") == "85"
+    assert grading.extract_answer("the answer is 85", "reasoning") is None
+    assert grading.extract_answer("<think>x</think><answer> 12 </answer>", get_format("think")) == "12"
+    assert grading.extract_answer("so \\boxed{1} then \\boxed{\\frac{1}{2}}.", "boxed") == "\\frac{1}{2}"
+    assert grading.extract_answer("so the answer is 2", "boxed") is None
+
+
+def test_grade_reads_correctness_and_form():
+    """grade() gives the extracted answer, correctness against the gold and well-formedness."""
+    problem = Problem(id="p1", question="What is half of 1?", answer="\\frac{1}{2}", source="test")
+    fmt = get_format("unsloth")
+    good = "<start_working_out>1/2<end_working_out><SOLUTION>0.5</SOLUTION>"
+    assert grading.grade(good, problem, fmt) == grading.Verdict(answer="0.5", correct=True, well_formed=True)
+    sloppy = "1/2 <SOLUTION>0.5</SOLUTION> and more"
+    assert grading.grade(sloppy, problem, fmt) == grading.Verdict(answer="0.5", correct=True, well_formed=False)
+    wrong = "<start_working_out>x<end_working_out><SOLUTION>0.25</SOLUTION>"
+    assert grading.grade(wrong, problem, "unsloth") == grading.Verdict(answer="0.25", correct=False, well_formed=True)
+    assert grading.grade("no answer", problem, fmt) == grading.Verdict(answer=None, correct=False, well_formed=False)
+
+
+def test_grade_main_prints_verdict_forms_and_path(capsys):
+    """grade_main prints the verdict, both readings and the deciding path, and returns 0."""
+    assert grading.grade_main("1,000", "1000") == 0
+    out = capsys.readouterr().out
+    assert "verdict: EQUIVALENT" in out and "decided: string" in out
+    assert grading.grade_main("\\frac{1}{2}", "0.5") == 0
+    out = capsys.readouterr().out
+    assert "EQUIVALENT" in out and "decided: number" in out
+    assert grading.grade_main("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}") == 0
+    out = capsys.readouterr().out
+    assert "verdict: EQUIVALENT" in out and "decided: math-verify" in out and "sqrt(2)/2" in out
+    assert grading.grade_main("10^{10^{10^{10}}}", "3") == 0
+    out = capsys.readouterr().out
+    assert "NOT EQUIVALENT" in out and "decided: guard (tower" in out

@@ -27,8 +27,8 @@ from .formats import Format, get_format, parse_completion
 
 DEFAULT_TIMEOUT_S = 3.0
 MAX_ANSWER_CHARS = 1000  # longer answers are compared as strings only: no regex, no sympy
-MAX_BRACE_DEPTH = 24
-MAX_EXPONENT = 10_000
+MAX_BRACE_DEPTH = 10  # MATH-500 golds nest at most 2 deep
+MAX_EXPONENT = 1_000  # MATH-500 golds have exponents up to 8
 MAX_FACTORIAL = 1_000
 
 
@@ -94,6 +94,7 @@ _SUBS = [
     (re.compile(r"\\?%"), ""),
     (re.compile(r"\\?\$"), ""),
     (re.compile(r"−"), "-"),
+    (re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060\ufeff]"), ""),
 ]
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
 _MATH_DELIMS = re.compile(r"^\\[(\[](.*)\\[)\]]$", re.S)
@@ -215,6 +216,8 @@ _prepare_gold = lru_cache(maxsize=16384)(_prepare)
 _EXPONENT = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
 _TOWER = re.compile(r"\d\s*(?:\^|\*\*)\s*\{?\s*\(?\s*\d+\s*\}?\s*(?:\^|\*\*)\s*\{?\s*\(?\s*\d")
 _FACTORIAL = re.compile(r"(\d+)\s*!")
+# Characters no answer of ours is written with; math-verify would spend its whole limit on them.
+_NOT_MATH = re.compile(r"[@#\"?;`]")
 
 
 def _brace_depth(text: str) -> int:
@@ -230,9 +233,13 @@ def _brace_depth(text: str) -> int:
 
 
 def hostile_reason(text: str) -> Optional[str]:
-    """Why `text` must not reach sympy (a number it would try to build, nesting), or None."""
+    """Why `text` must not reach sympy (a number it would build, nesting, malformed LaTeX), or None."""
     if _brace_depth(text) > MAX_BRACE_DEPTH:
         return "nesting too deep"
+    if text.count("{") != text.count("}"):
+        return "unbalanced braces"
+    if _NOT_MATH.search(text):
+        return "characters that are not math"
     if _TOWER.search(text):
         return "tower of numeric exponents"
     if any(len(e) > 5 or int(e) > MAX_EXPONENT for e in _EXPONENT.findall(text)):
