@@ -14,6 +14,7 @@ from .problem import Problem
 
 
 def _add_steps(a: int, b: int) -> str:
+    """Column-wise working of a + b: ones first, then tens with the carry."""
     ones = a % 10 + b % 10
     carry = ones // 10
     tens = a // 10 + b // 10 + carry
@@ -21,6 +22,7 @@ def _add_steps(a: int, b: int) -> str:
 
 
 def _sub_steps(a: int, b: int) -> str:
+    """Column-wise working of a - b: ones first (borrowing when needed), then tens."""
     borrow = int(a % 10 < b % 10)
     ones = a % 10 + 10 * borrow - b % 10
     tens = a // 10 - borrow - b // 10

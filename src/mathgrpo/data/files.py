@@ -69,7 +69,8 @@ def read_json(path: Path) -> list:
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(data) != 1 or len(lists) != 1:
-            raise DataError(f"{path}: expected a list of objects (or an object holding one list); found an object with keys {', '.join(data)}")
+            raise DataError(f"{path}: expected a list of objects (or an object holding one list); "
+                            f"found an object with keys {', '.join(data)}")
         data = lists[0]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of objects, found {type(data).__name__}")

@@ -41,7 +41,9 @@ KNOWN = {
         "math500",
     ),
     # `solution` holds the final answer here, not a worked solution.
-    "open-r1/DAPO-Math-17k-Processed": HubSet(Columns("prompt", "solution", meta=("data_source",)), "dapo17k", default_config="all"),
+    "open-r1/DAPO-Math-17k-Processed": HubSet(
+        Columns("prompt", "solution", meta=("data_source",)), "dapo17k", default_config="all"
+    ),
     # Its only split is `cot`; asking for train gets it.
     "unsloth/OpenMathReasoning-mini": HubSet(
         Columns("problem", "expected_answer", solution="generated_solution",

@@ -90,7 +90,8 @@ def build_report(source: str, rows: Iterable, cols: Columns, id_prefix: str, str
             report.problems.append(to_problem(row, cols, _problem_id(id_prefix, index, row, cols), source))
         except GoldError as err:
             if strict:
-                raise DataError(f"{where}: {err} (strict mode stops at the first bad row; fix it or set strict=False to skip it)") from None
+                raise DataError(f"{where}: {err} (strict mode stops at the first bad row; "
+                                "fix it or set strict=False to skip it)") from None
             report.bad_rows.append(BadRow(where=where, reason=str(err)))
     return report
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..formats import Format
+from ..formats import Format, parse_completion
 from .problem import Problem
 
 # Only `<<expr=value>>` (GSM8K's calculator calls), so a stray `<<` in other text survives.
@@ -84,9 +84,12 @@ def clean_solution(text: Optional[str]) -> Optional[str]:
 def sft_text(problem: Problem, fmt: Format) -> Optional[str]:
     """The warm-up target for `problem`: its worked solution and gold answer written in `fmt`.
 
-    None when the problem has no worked solution, or when the solution itself contains one of the
-    format's markers (the target would not parse back as well formed).
+    None when the problem has no worked solution, or when the text would not parse back as a
+    well-formed completion with the gold answer (a solution containing the format's own markers):
+    the warm-up must never teach a form that the reward and the benchmark read differently.
     """
-    if not problem.solution or any(tag in problem.solution for tag in fmt.markers):
+    if not problem.solution:
         return None
-    return fmt.solution(problem.solution, problem.answer)
+    text = fmt.solution(problem.solution, problem.answer)
+    parsed = parse_completion(text, fmt)
+    return text if parsed.well_formed and parsed.answer == problem.answer.strip() else None
