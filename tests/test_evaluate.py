@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mathgrpo.cli import main as cli
-from mathgrpo.config import LoraConfig
+from mathgrpo.config import LoraConfig, load_config, save_config
 from mathgrpo.evaluate import resolve_model
 from mathgrpo.model import add_lora
 from mathgrpo.tiny import build_tiny
@@ -146,12 +146,16 @@ def test_eval_of_a_run_folder_with_an_adapter_plots_training_curves(tiny_dir, tm
     rows = [{"step": s, "reward": 0.1 * s, "accuracy": 0.02 * s, "note": "text is skipped"} for s in range(1, 6)]
     rows.append({"step": 5, "heldout_accuracy": 0.3})
     (run / "grpo" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # The run was trained with bare prompts: evaluation must prompt the same way by default.
+    save_config(load_config(None, ["format.template=bare"]), run / "config.yaml")
     out = tmp_path / "res"
     argv = ["eval", "--model", str(run), "--bench", "math500", "--limit", "2", "--output", str(out), *FAST]
     assert cli(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "try1-ckpt-000020" and metrics["run_dir"] == str(run)
     assert (out / "plots" / "training.png").is_file()
+    prompts = json.loads((out / "prompt.json").read_text())["math500"]
+    assert prompts["template"] == "bare" and prompts["prompt_template"] == "{question}"
     md = (out / "report.md").read_text()
     assert "## Training curves" in md and "plots/training.png" in md
 

@@ -11,6 +11,8 @@ import sys
 from typing import Callable, Optional
 
 from .config import DEFAULT_RECIPE, ConfigError, load_config
+from .data.problem import DataError
+from .model import ModelError
 
 COMMANDS: dict = {}
 
@@ -75,6 +77,72 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     return run
 
 
+def _training_command(stages: tuple) -> Callable:
+    """Set-up for train / sft / grpo: a recipe, overrides and --resume."""
+
+    def setup(parser: argparse.ArgumentParser) -> Callable:
+        add_recipe_args(parser)
+        parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last checkpoint")
+
+        def run(args: argparse.Namespace) -> int:
+            from .grpo.trainer import TrainingStopped
+            from .train import main as train_main
+
+            try:
+                train_main(config_from(args), recipe=args.recipe, resume=args.resume, stages=stages)
+            except TrainingStopped as err:
+                print(f"mathgrpo: {err}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                return 130
+            return 0
+
+        return run
+
+    return setup
+
+
+command("train", "warm-up then GRPO, held-out accuracy before and after (default: the tiny CPU recipe)")(_training_command(("sft", "grpo")))
+command("sft", "the supervised format warm-up only")(_training_command(("sft",)))
+command("grpo", "GRPO only (from the warm-up's model when the run folder has one)")(_training_command(("grpo",)))
+
+
+@command("export", "write a run's adapter and, with --merged, a merged 16-bit model plain transformers loads")
+def _export(parser: argparse.ArgumentParser) -> Callable:
+    parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, adapter folder or model folder")
+    parser.add_argument("--merged", action="store_true", help="also write the adapter merged into the base weights")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="dtype of the merged model")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .export import export_main
+
+        return export_main(args.model, args.out, args.merged, args.dtype)
+
+    return run
+
+
+@command("solve", "answer one question with a model and print its reasoning and final answer")
+def _solve(parser: argparse.ArgumentParser) -> Callable:
+    parser.add_argument("question", help="the problem text")
+    parser.add_argument("--model", required=True, help="run folder, adapter, local model or hub id")
+    parser.add_argument("--format", default=None, help="format preset (default: the run's, else reasoning)")
+    parser.add_argument("--template", default=None, help="prompt template (default: the run's, else auto)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
+
+    def run(args: argparse.Namespace) -> int:
+        from .export import solve_main
+        from .runs import run_config
+
+        saved = run_config(args.model)
+        fmt = args.format or (saved.format.preset if saved else "reasoning")
+        template = args.template or (saved.format.template if saved else "auto")
+        limit = args.max_new_tokens or (saved.rollout.max_new_tokens if saved else 1024)
+        return solve_main(args.question, args.model, fmt, template, limit)
+
+    return run
+
+
 @command("eval", "benchmark a model (gsm8k, math500, any data source) or compare two results folders")
 def _eval(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--model", default=None, help="hub id, model folder, adapter folder or run folder (default: model.name)")
@@ -84,20 +152,19 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--shots", type=int, default=None, help="few-shot worked examples (base models: 4)")
     parser.add_argument("--output", default=None, help="results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="compare two results folders (B - A)")
-    add_recipe_args(parser, default=None)
+    add_recipe_args(parser, default=None)  # None: Config defaults, or the run's config.yaml for a run folder
 
     def run(args: argparse.Namespace) -> int:
-        from .data import DataError
-        from .evaluate import EvalError, main
-        from .model import ModelError
+        from .evaluate import EvalError, main, run_recipe
 
         flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
         overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         try:
             if args.compare:
                 return main(None, compare=args.compare, output=args.output)
-            return main(load_config(args.recipe, overrides), args.model, args.bench, output=args.output)
-        except (EvalError, DataError, ModelError) as err:
+            recipe = args.recipe or run_recipe(args.model)
+            return main(load_config(recipe, overrides), args.model, args.bench, output=args.output)
+        except EvalError as err:
             print(f"mathgrpo eval: {err}", file=sys.stderr)
             return 2
 
@@ -125,6 +192,9 @@ def main(argv: Optional[list] = None) -> int:
         return int(args.run(args) or 0)
     except ConfigError as err:
         print(f"mathgrpo {args.command}: bad setting: {err}", file=sys.stderr)
+        return 2
+    except (DataError, ModelError, FileNotFoundError, FileExistsError) as err:
+        print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -89,6 +89,24 @@ def resolve_model(ref: str) -> ModelRef:
     return ModelRef(str(path), path.resolve().name)
 
 
+def run_recipe(model_ref: Optional[str]) -> Optional[str]:
+    """The config.yaml of the training run `model_ref` lies in (run, stage or checkpoint folder), else None.
+
+    A trained model is evaluated the way it was trained: the run's format, template and rollout
+    settings become the defaults (flags and overrides still win).
+    """
+    from .runs import is_run_dir
+
+    if not model_ref or not Path(model_ref).is_dir():
+        return None
+    path = Path(model_ref).resolve()
+    for folder in [path, *path.parents][:6]:
+        if is_run_dir(folder):
+            print(f"settings: {folder / 'config.yaml'} (the run's own; --recipe or key=value overrides change them)")
+            return str(folder / "config.yaml")
+    return None
+
+
 # --- benchmarks and prompts -----------------------------------------------------------------------
 
 

@@ -148,6 +148,19 @@ def save_trainable(model: Any, tokenizer: Any, path: Path) -> None:
     tokenizer.save_pretrained(str(path))
 
 
+def publish_model(model: Any, tokenizer: Any, path: Path) -> None:
+    """Save to a temporary folder, then swap it in: `path` is either the old model or the new one."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_trainable(model, tokenizer, tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
 def trainable_state(model: Any) -> dict:
     """The tensors an optimizer updates (adapter weights, or all weights without LoRA), by name."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,32 @@
+"""Group-relative advantages: each completion's reward against the other completions of its prompt."""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages for rewards laid out group by group.
+
+    rewards: [B*G] total reward per completion, prompt 0's G completions first.
+    scale: `group` divides by each group's std (GRPO), `batch` by the std of the whole batch,
+    `none` only subtracts the group mean (Dr. GRPO: std scaling biases toward easy or hard prompts).
+    Returns [B*G].
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale_rewards {scale!r}; use group, batch or none")
+    return centred.reshape(-1)
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] True where a group's rewards are not all equal (DAPO's dynamic sampling keeps only these)."""
+    grouped = rewards.view(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values) > 1e-6

@@ -1,0 +1,295 @@
+"""The GRPO stage: rollouts, rewards, group advantages, the clipped policy loss, LoRA updates.
+
+One step: draw `prompts_per_step` problems, sample `num_generations` completions each with the
+rollout engine, score them with the reward functions, turn rewards into advantages within each
+group, and take `num_iterations` optimizer steps on the clipped loss. Departures from the GRPO
+paper are switches in `GRPOConfig` (loss normalisation, clip-higher, GSPO ratios, no KL by default).
+Lifecycle: setup (`__init__`), `resume`, `run` (steps, held-out evaluation, checkpoints), and
+clean stops on Ctrl-C, out-of-memory and NaN, each after saving.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .. import checkpoint
+from ..config import Config
+from ..formats import get_format, render_prompt
+from ..heldout import heldout_accuracy
+from ..model import add_lora, enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, stop_token_ids
+from ..optim import make_optimizer, make_scheduler
+from ..progress import StepProgress
+from ..rewards import RewardContext, build_rewards
+from ..rollout import SamplingParams, make_engine
+from ..tracking import MetricsWriter, truncate_after
+from .advantages import group_advantages, informative_groups
+from .batch import RolloutBatch, collate
+from .logprobs import token_logprobs
+from .loss import LossSettings, policy_loss
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (NaN, out of memory) after saving; the message says what to change."""
+
+
+def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
+    """The model GRPO trains: the warm-up's adapter (kept training), or a model with fresh LoRA."""
+    if start_from is not None and is_adapter_dir(start_from):
+        return load_with_adapter(Path(start_from), cfg.model, trainable=True)
+    model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
+    model, tok = load_base(model_cfg, seed=cfg.run.seed)
+    if cfg.lora.enabled:
+        model = add_lora(model, cfg.lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    enable_checkpointing(model, cfg.model)
+    return model, tok
+
+
+class DataOrder:
+    """Problems in a seeded order, epoch after epoch; its position is part of a checkpoint."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._order = self._shuffled()
+
+    def _shuffled(self) -> list:
+        order = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list:
+        """The next `k` indices, starting a new epoch when one runs out."""
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffled()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffled()
+
+
+class GRPORun:
+    """The GRPO stage of a run folder."""
+
+    def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
+        self.cfg, self.dir = cfg, Path(run_dir) / "grpo"
+        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+        self.model, self.tok = prepare_policy(cfg, start_from)
+        self.device = next(self.model.parameters()).device
+        self.train_problems, self.heldout = train, heldout
+        if not train:
+            raise ValueError(f"no training problems from {cfg.data.source}")
+        self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), cfg.rollout.batch_size)
+        g = cfg.grpo
+        self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
+        self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
+        self.order = DataOrder(len(train), cfg.run.seed)
+        self.loss_settings = LossSettings(
+            g.loss_type, g.epsilon_low, g.epsilon_high, g.importance_sampling_level, g.beta, cfg.rollout.max_new_tokens
+        )
+        self.params = SamplingParams(
+            cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.min_p
+        )
+        self.step = 0
+        self.history: dict = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def resume(self) -> bool:
+        """Continue from the newest GRPO checkpoint; False when there is none."""
+        ckpt = checkpoint.latest(self.dir / "checkpoints")
+        if ckpt is None:
+            return False
+        extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
+        self.step = extra["step"]
+        self.order.restore(extra["order"])
+        self.history = extra.get("history", {})
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if (self.dir / name).exists():
+                truncate_after(self.dir / name, self.step)
+        print(f"grpo: resumed from {ckpt} (step {self.step})")
+        return True
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the current step (adapter, optimizer, scheduler, RNGs, data position)."""
+        extra = {"order": self.order.state(), "history": self.history}
+        return checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
+
+    def evaluate(self) -> dict:
+        """Greedy accuracy on the held-out set."""
+        return heldout_accuracy(self.engine, self.heldout, self.fmt, self.cfg.format.template, self.cfg.rollout.max_new_tokens)
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def rollout(self) -> tuple:
+        """(problems, generations, total rewards [B*G], reward parts) for the next batch of prompts."""
+        problems = [self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)]
+        prompts = [render_prompt(p.question, self.fmt, self.tok, self.cfg.format.template) for p in problems]
+        gens = self.engine.generate(prompts, self.cfg.grpo.num_generations, self.params)
+        per_gen = [problems[g.prompt_index] for g in gens]
+        ctxs = [
+            RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished, self.cfg.rewards.overlong_buffer)
+            for g in gens
+        ]
+        total, parts = self.rewards([g.text for g in gens], per_gen, ctxs)
+        return problems, gens, torch.tensor(total, dtype=torch.float32), parts
+
+    def _reference_logps(self, batch: RolloutBatch) -> None:
+        """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients."""
+        need_old, need_ref = self.cfg.grpo.num_iterations > 1, self.cfg.grpo.beta > 0
+        if not (need_old or need_ref):
+            return
+        temp = self.params.temperature or 1.0
+        with torch.no_grad():
+            if need_old:
+                batch.old_logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.prompt_width, temp)
+            if need_ref:
+                with self.model.disable_adapter():
+                    batch.ref_logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.prompt_width, temp)
+
+    def _micro_size(self, batch: RolloutBatch) -> int:
+        return self.cfg.grpo.micro_batch_size or len(batch)
+
+    def optimize(self, batch: RolloutBatch) -> dict:
+        """num_iterations optimizer steps on `batch`; returns loss, clip fraction, KL, grad norm."""
+        temp = self.params.temperature or 1.0
+        total_tokens = float(batch.completion_mask.sum())
+        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+        for _ in range(self.cfg.grpo.num_iterations):
+            self.opt.zero_grad(set_to_none=True)
+            for micro in batch.micro_batches(self._micro_size(batch)):
+                logp = token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width, temp)
+                old = micro.old_logp if micro.old_logp is not None else logp.detach()
+                loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
+                                       micro.ref_logp, total_tokens, len(batch))
+                loss.backward()
+                stats["loss"] += loss.item()
+                for k in ("clipped_tokens", "kl_sum", "tokens"):
+                    stats[k] += st[k]
+            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grpo.max_grad_norm)
+            if not torch.isfinite(norm) or not torch.isfinite(torch.tensor(stats["loss"])):
+                raise FloatingPointError(f"loss {stats['loss']} / grad norm {float(norm)}")
+            self.opt.step()
+            self.sched.step()
+            stats["grad_norm"] += float(norm)
+        iters = self.cfg.grpo.num_iterations
+        tokens = max(stats["tokens"], 1.0)
+        return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
+                "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters}
+
+    def train_step(self) -> dict:
+        """One GRPO step; returns its metrics."""
+        t0 = time.time()
+        problems, gens, total, parts = self.rollout()
+        t_roll = time.time() - t0
+        G = self.cfg.grpo.num_generations
+        adv = group_advantages(total, G, self.cfg.grpo.scale_rewards)
+        keep = torch.ones(len(gens), dtype=torch.bool)
+        if self.cfg.grpo.dynamic_sampling:
+            keep = informative_groups(total, G).repeat_interleave(G)
+        metrics = self._rollout_metrics(gens, total, parts, keep)
+        if keep.any():
+            kept = [g for g, k in zip(gens, keep.tolist()) if k]
+            batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device)
+            self.model.train()
+            self._reference_logps(batch)
+            metrics.update(self.optimize(batch))
+        self.step += 1
+        n_tokens = sum(len(g.token_ids) for g in gens)
+        dt = time.time() - t0
+        metrics.update({"lr": self.sched.get_last_lr()[0], "step_time": dt, "rollout_time": t_roll, "tokens_per_s": n_tokens / dt})
+        self._log_samples(problems, gens, total)
+        return metrics
+
+    def _rollout_metrics(self, gens: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
+        """Reward parts, accuracy, format rate, lengths and truncation of one batch of rollouts."""
+        m = {"reward": float(total.mean()), "reward_std": float(total.std()) if len(total) > 1 else 0.0}
+        for name, values in parts.items():
+            m[f"rewards/{name}"] = sum(values) / len(values)
+        if "correct" in parts:
+            m["accuracy"] = m["rewards/correct"]
+        lengths = [len(g.token_ids) for g in gens]
+        m["completion_length"] = sum(lengths) / len(lengths)
+        m["truncated_fraction"] = sum(not g.finished for g in gens) / len(gens)
+        m["kept_fraction"] = float(keep.float().mean())
+        from ..formats import parse_completion
+
+        m["format_rate"] = sum(parse_completion(g.text, self.fmt).well_formed for g in gens) / len(gens)
+        return m
+
+    def _log_samples(self, problems: list, gens: list, total: torch.Tensor) -> None:
+        """Every run.sample_every steps, append the first group's completions to samples.jsonl."""
+        if self.step % self.cfg.run.sample_every:
+            return
+        G = self.cfg.grpo.num_generations
+        rows = [{"step": self.step, "question": problems[0].question, "gold": problems[0].answer,
+                 "completion": g.text, "reward": float(r)} for g, r in zip(gens[:G], total[:G].tolist())]
+        with open(self.dir / "samples.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _heldout_row(self, key: str) -> dict:
+        acc = self.evaluate()
+        self.history[key] = acc["accuracy"]
+        return {"heldout_accuracy": acc["accuracy"], "heldout_format_rate": acc["format_rate"], "heldout_length": acc["length"]}
+
+    def run(self) -> dict:
+        """Steps until grpo.steps with held-out accuracy at start, every run.eval_every steps and at the end."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "grpo")
+        if self.step == 0 and "start" not in self.history:
+            writer.log(0, self._heldout_row("start"))
+        progress = StepProgress("grpo", self.cfg.grpo.steps, self.step, enabled=self.cfg.run.progress)
+        try:
+            while self.step < self.cfg.grpo.steps:
+                row = self._guarded_step()
+                if self.step % self.cfg.run.eval_every == 0 or self.step == self.cfg.grpo.steps:
+                    row.update(self._heldout_row(f"step{self.step}"))
+                writer.log(self.step, row)
+                progress.update(self.step, f"reward {row['reward']:.2f} acc {row.get('accuracy', 0):.2f}")
+                if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            print(f"\ngrpo: interrupted; saved {path}. Continue with --resume {self.dir.parent}")
+            raise
+        finally:
+            progress.close()
+            writer.close()
+        return {"accuracy_before_grpo": self.history.get("start"), "accuracy_after_grpo": self.history.get(f"step{self.step}"), "steps": self.step}
+
+    def _guarded_step(self) -> dict:
+        """A step that, on NaN or out-of-memory, restores nothing, saves the last good state and says what to change."""
+        try:
+            return self.train_step()
+        except FloatingPointError as err:
+            path = self.save_checkpoint()
+            raise TrainingStopped(
+                f"grpo step {self.step + 1}: non-finite {err}. Saved the last good state to {path}. "
+                "Lower grpo.lr, keep grpo.max_grad_norm at 1.0, or check the rewards for NaN; then --resume."
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            path = self.save_checkpoint()
+            raise TrainingStopped(
+                f"grpo step {self.step + 1}: out of GPU memory. Saved {path}. Lower grpo.micro_batch_size, "
+                "rollout.batch_size or rollout.max_new_tokens, or set grpo.max_memory_gb; then --resume."
+            ) from None

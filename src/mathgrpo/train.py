@@ -1,0 +1,113 @@
+"""`mathgrpo train` / `sft` / `grpo`: a run folder, the data, the warm-up, then GRPO, then a summary.
+
+Stages hand over through the disk (`sft/model`), so an uninterrupted run and a resumed one take
+exactly the same path.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import Config, load_config, save_config
+from .data import DataError, load_source
+from .model import set_threads
+from .runs import new_run_dir, read_json, write_json
+
+
+def _load(cfg: Config, spec: str, split: str, limit: Optional[int], seed: int) -> list:
+    """Problems of one split of a source, with its bad-row summary printed."""
+    d = cfg.data
+    report = load_source(
+        spec, split=split, question_field=d.question_field, answer_field=d.answer_field,
+        solution_field=d.solution_field, size=d.size, seed=seed, limit=limit, strict=d.strict,
+    )
+    print(f"data: {report.summary()} [{split}]")
+    return report.problems
+
+
+def load_problems(cfg: Config) -> tuple:
+    """(train, dev, test): held-out sets come from the `test` split (dev from `dev` where one exists)."""
+    d = cfg.data
+    heldout_spec = d.heldout_source or d.source
+    test = _load(cfg, heldout_spec, "test", d.heldout_size, d.seed)
+    try:
+        dev = _load(cfg, heldout_spec, "dev", d.heldout_size, d.seed)
+    except DataError:
+        dev = test
+    held = {p.question for p in test} | {p.question for p in dev}
+    train = [p for p in _load(cfg, d.source, d.split, d.limit, d.seed) if p.question not in held]
+    return train, dev, test
+
+
+def _sft_problems(cfg: Config, train: list) -> list:
+    """Warm-up problems: sft.source when set, else the training problems."""
+    if not cfg.sft.source:
+        return train
+    return _load(cfg, cfg.sft.source, cfg.data.split, cfg.data.limit, cfg.data.seed)
+
+
+def _start(cfg: Config, recipe: Optional[str], resume: Optional[str]) -> tuple:
+    """(config, run folder): a new folder, or the saved config of the run being resumed."""
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
+        cfg = load_config(str(run_dir / "config.yaml"))
+        return cfg, run_dir
+    run_dir = new_run_dir(cfg, recipe)
+    save_config(cfg, run_dir / "config.yaml")
+    return cfg, run_dir
+
+
+def run_sft(cfg: Config, run_dir: Path, train: list, dev: list) -> dict:
+    """The warm-up stage, skipped when its model is already there (a resumed run)."""
+    from .sft import SFTRun
+
+    if (run_dir / "sft" / "model").exists():
+        return read_json(run_dir / "summary.json").get("sft", {})
+    stage = SFTRun(cfg, run_dir, _sft_problems(cfg, train), dev)
+    stage.resume()
+    return stage.run()
+
+
+def run_grpo(cfg: Config, run_dir: Path, train: list, test: list) -> dict:
+    """The GRPO stage, starting from the warm-up's model when there is one."""
+    from .grpo.trainer import GRPORun
+
+    sft_model = run_dir / "sft" / "model"
+    stage = GRPORun(cfg, run_dir, train, test, sft_model if sft_model.exists() else None)
+    stage.resume()
+    return stage.run()
+
+
+def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None, stages: tuple = ("sft", "grpo")) -> dict:
+    """Run the stages of a recipe in a run folder and write `summary.json`; returns the summary."""
+    cfg, run_dir = _start(cfg, recipe, resume)
+    set_threads(cfg.run.threads)
+    import torch
+
+    torch.manual_seed(cfg.run.seed)
+    print(f"run: {run_dir}")
+    t0 = time.time()
+    summary = read_json(run_dir / "summary.json")
+    train, dev, test = load_problems(cfg)
+    if "sft" in stages and cfg.sft.enabled:
+        summary["sft"] = run_sft(cfg, run_dir, train, dev)
+        write_json(run_dir / "summary.json", summary)
+    if "grpo" in stages and cfg.grpo.enabled:
+        summary.update(run_grpo(cfg, run_dir, train, test))
+    summary["wall_seconds"] = summary.get("wall_seconds", 0.0) + time.time() - t0
+    summary["run_dir"] = str(run_dir)
+    write_json(run_dir / "summary.json", summary)
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    """The few numbers a person wants at the end of a run."""
+    before, after = summary.get("accuracy_before_grpo"), summary.get("accuracy_after_grpo")
+    if before is not None and after is not None:
+        print(f"held-out accuracy: {before:.1%} before GRPO -> {after:.1%} after ({(after - before) * 100:+.1f} points, {summary.get('steps')} steps)")
+    print(f"summary: {Path(summary['run_dir']) / 'summary.json'} ({summary['wall_seconds']:.0f} s)")

@@ -1,0 +1,65 @@
+"""Config: defaults, recipes, overrides and validation messages."""
+
+import pytest
+
+from mathgrpo.config import RECIPES_DIR, Config, ConfigError, help_table, load_config, save_config
+
+
+def test_every_field_has_help():
+    """Each setting documents itself."""
+    rows = help_table()
+    assert len(rows) > 60
+    assert all(help_text for _, _, help_text in rows)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+def test_shipped_recipes_validate(recipe):
+    """Every shipped recipe loads and passes validation."""
+    assert isinstance(load_config(recipe), Config)
+
+
+def test_reference_recipe_mirrors_notebook():
+    """The Qwen3-4B recipe carries the reference notebook's settings."""
+    cfg = load_config("qwen3-4b-grpo")
+    assert cfg.model.name == "Qwen/Qwen3-4B-Base" and cfg.model.max_seq_length == 2048
+    assert (cfg.lora.r, cfg.lora.alpha) == (32, 64)
+    assert (cfg.grpo.lr, cfg.rollout.temperature, cfg.rollout.min_p) == (5e-6, 1.0, 0.1)
+    assert cfg.sft.enabled and cfg.grpo.enabled
+
+
+def test_overrides_apply_and_type_check():
+    """Dotted overrides win over the recipe; a wrong type or unknown key names the key."""
+    cfg = load_config("tiny-cpu", ["grpo.lr=0.5", "run.name=x"])
+    assert cfg.grpo.lr == 0.5 and cfg.run.name == "x"
+    with pytest.raises(ConfigError, match="grpo.steps"):
+        load_config("tiny-cpu", ["grpo.steps=many"])
+    with pytest.raises(ConfigError, match="nope"):
+        load_config("tiny-cpu", ["grpo.nope=1"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config("tiny-cpu", ["grpo.lr"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.loss_type=ppo", "grpo.loss_type"),
+        ("grpo.num_generations=1", "num_generations"),
+        ("rollout.top_p=0", "top_p"),
+        ("model.load_in_4bit=true", "load_in_4bit"),
+        ("run.report_to=[csv]", "report_to"),
+        ("sft.stop_at_accuracy=3", "stop_at_accuracy"),
+    ],
+)
+def test_validation_messages(override, message):
+    """Out-of-range values fail with the setting named."""
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny-cpu", [override])
+
+
+def test_unknown_recipe_lists_known(tmp_path):
+    """An unknown recipe name lists the shipped ones; a saved config loads back equal."""
+    with pytest.raises(ConfigError, match="tiny-cpu"):
+        load_config("no-such-recipe")
+    cfg = load_config("tiny-cpu", ["grpo.steps=7"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
