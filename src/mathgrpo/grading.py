@@ -189,6 +189,11 @@ def as_number(key: str) -> Optional[Fraction]:
     return None
 
 
+def numeric_value(answer: str) -> Optional[Fraction]:
+    """The exact value of an answer that is a plain number once cleaned (`$1,000`, `50%`, `\\frac12`), else None."""
+    return _prepare(answer).number
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """One side of a comparison, normalised once."""
