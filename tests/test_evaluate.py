@@ -121,6 +121,7 @@ def test_run_folder_resolution(tmp_path):
     assert resolve_model("Qwen/Qwen3-4B-Base").path == "Qwen/Qwen3-4B-Base"
     (run / "sft" / "model").mkdir(parents=True)
     assert resolve_model(str(run)).path == str(run / "sft" / "model")
+    assert resolve_model(str(run / "sft" / "model")).label == "try1-sft"
     for step in (10, 50, 200):
         (run / "grpo" / "checkpoints" / f"ckpt-{step:06d}" / "model").mkdir(parents=True)
     ref = resolve_model(str(run))

@@ -86,7 +86,15 @@ def resolve_model(ref: str) -> ModelRef:
         return ModelRef(str(path / "sft" / "model"), f"{path.resolve().name}-sft", path)
     if (path / "checkpoints").is_dir() or (path / "grpo").is_dir():
         raise EvalError(f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model")
-    return ModelRef(str(path), path.resolve().name)
+    return ModelRef(str(path), _folder_label(path))
+
+
+def _folder_label(path: Path) -> str:
+    """A folder's label: its name, or for a `.../<run>/sft/model` style path the two names that tell it apart."""
+    if path.resolve().name != "model":
+        return path.resolve().name
+    parts = [p for p in path.resolve().parts if p not in ("model", "checkpoints", "grpo")]
+    return "-".join(parts[-2:])
 
 
 def run_recipe(model_ref: Optional[str]) -> Optional[str]:
