@@ -91,8 +91,9 @@ def test_other_settings_in_the_same_folder_fail_clearly(tiny_dir, tmp_path, caps
 
 def test_samples_shots_and_any_source(tiny_dir, tmp_path):
     out = tmp_path / "res"
-    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k,procedural:arith", "--limit", "2", "--n", "3",
-            "--shots", "2", "--output", str(out), "rollout.temperature=1.0", "eval.k=[1,2]", *FAST]
+    # Overrides between flags, too: argparse alone would refuse the second run of key=value words.
+    argv = ["eval", "--model", str(tiny_dir), "rollout.temperature=1.0", "--bench", "gsm8k,procedural:arith",
+            "--limit", "2", "--n", "3", "--shots", "2", "--output", str(out), "eval.k=[1,2]", *FAST]
     assert cli(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["benchmarks"]) == {"gsm8k", "procedural_arith"}

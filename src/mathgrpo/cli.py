@@ -184,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the `mathgrpo` console command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after flags (`eval --limit 3 a.b=1 --n 2 c.d=2`): argparse takes one run of
+    # positionals, so later `key=value` words arrive as unknown and are appended to the overrides here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -96,15 +96,18 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     console = Console()
+    console = console if console.is_terminal else Console(width=120)  # logs and pipes: no squeezed columns
     for bench in result["benchmarks"].values():
         if bench["warning"]:
             console.print(f"[yellow]warning:[/yellow] {bench['warning']}")
     table = Table(title=f"B {result['b']['model']} vs A {result['a']['model']}")
-    for col in ("benchmark", "shared", "A", "B", "B - A", "95% CI", "fixed", "broken"):
-        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    width = max(len(k) for k in result["benchmarks"])
+    table.add_column("benchmark", no_wrap=True, min_width=width)
+    for col in ("shared", "A", "B", "B - A", "95% CI (pts)", "fixed", "broken"):
+        table.add_column(col, justify="right", no_wrap=True)
     for key, c in result["benchmarks"].items():
-        table.add_row(key, str(c["shared"]), f"{c['accuracy_a']:.1%}", f"{c['accuracy_b']:.1%}", f"{c['diff']:+.1%}",
-                      f"{c['ci'][0]:+.1%} to {c['ci'][1]:+.1%}", str(len(c["fixed"])), str(len(c["broken"])))
+        table.add_row(key, str(c["shared"]), f"{c['accuracy_a']:.1%}", f"{c['accuracy_b']:.1%}", f"{100 * c['diff']:+.1f}",
+                      f"{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}", str(len(c["fixed"])), str(len(c["broken"])))
     console.print(table)
 
 

@@ -409,12 +409,14 @@ def print_table(metrics: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{metrics['model']}")
-    for col in ("benchmark", "problems", "accuracy", "95% CI", "format", "mean len"):
-        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    table.add_column("benchmark", no_wrap=True, min_width=max(len(k) for k in metrics["benchmarks"]))
+    for col in ("problems", "accuracy", "95% CI", "format", "mean len"):
+        table.add_column(col, justify="right", no_wrap=True)
     for key, m in metrics["benchmarks"].items():
         table.add_row(key, str(m["problems"]), f"{m['accuracy']:.1%}", f"{m['ci'][0]:.1%}-{m['ci'][1]:.1%}",
                       f"{m['format_adherence']:.1%}", f"{m['length']['mean']:.0f}")
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=120)).print(table)
 
 
 def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional[str] = None,

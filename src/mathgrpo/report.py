@@ -184,7 +184,9 @@ def read_curves(run_dir: Path) -> dict:
                     xs, ys = series.setdefault(f"{stage}/{key}", ([], []))
                     xs.append(step)
                     ys.append(value)
-    return series
+    # Accuracy and reward first, then losses: when panels run out, the timing keys go unplotted.
+    rank = lambda name: 0 if ("accuracy" in name or "reward" in name) else 1 if "loss" in name else 2  # noqa: E731
+    return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
 
 
 def curves_figure(series: dict) -> Any:
