@@ -1,9 +1,14 @@
-"""Greedy accuracy on a fixed held-out set: the number training reports before, during and after."""
+"""Greedy accuracy on a fixed held-out set: the number training reports before, during and after.
+
+Under torchrun each rank answers its share of the problems and the verdicts are gathered, so
+every rank reports the same accuracy.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import dist
 from .formats import Format, render_prompt
 from .rollout import RolloutEngine, SamplingParams
 
@@ -13,18 +18,29 @@ def prompts_for(problems: list, fmt: Format, tokenizer: Any, template: str) -> l
     return [render_prompt(p.question, fmt, tokenizer, template) for p in problems]
 
 
+def _rank_share(problems: list) -> list:
+    """This rank's problems: every size-th one from its rank on (any count splits)."""
+    w = dist.world()
+    return problems[w.rank :: w.size]
+
+
 def heldout_accuracy(engine: RolloutEngine, problems: list, fmt: Format, template: str, max_new_tokens: int) -> dict:
-    """Greedy pass@1, format rate and mean completion length over `problems`."""
+    """Greedy pass@1, format rate and mean completion length over `problems` (all ranks)."""
     from .grading import grade
 
     if not problems:
         return {"accuracy": float("nan"), "format_rate": float("nan"), "length": float("nan")}
-    prompts = prompts_for(problems, fmt, engine.tokenizer, template)
-    gens = engine.generate(prompts, 1, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    verdicts = [grade(g.text, problems[g.prompt_index], fmt) for g in gens]
-    n = len(verdicts)
+    mine = _rank_share(problems)
+    gens = engine.generate(prompts_for(mine, fmt, engine.tokenizer, template), 1,
+                           SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)) if mine else []
+    local = []
+    for g in gens:
+        v = grade(g.text, mine[g.prompt_index], fmt)
+        local.append((v.correct, v.well_formed, len(g.token_ids)))
+    rows = dist.gather_concat(local)
+    n = len(rows)
     return {
-        "accuracy": sum(v.correct for v in verdicts) / n,
-        "format_rate": sum(v.well_formed for v in verdicts) / n,
-        "length": sum(len(g.token_ids) for g in gens) / n,
+        "accuracy": sum(r[0] for r in rows) / n,
+        "format_rate": sum(r[1] for r in rows) / n,
+        "length": sum(r[2] for r in rows) / n,
     }

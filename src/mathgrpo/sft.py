@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, dist
 from .config import Config
 from .data import Problem
 from .formats import Format, get_format, render_prompt
@@ -66,11 +66,23 @@ def collate(examples: list, pad_id: int, device: torch.device) -> tuple:
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def sft_loss(model: Any, batch: list, pad_id: int, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over the answer-side tokens of `batch`."""
+def target_tokens(batch: list) -> int:
+    """Answer-side tokens in `batch` (the ones the loss counts)."""
+    return sum(len(e.ids) - e.prompt_len - 1 for e in batch)
+
+
+def sft_loss(model: Any, batch: list, pad_id: int, device: torch.device, total_tokens: float) -> torch.Tensor:
+    """Summed cross-entropy over the answer-side tokens of `batch`, divided by the step's total count.
+
+    Dividing by the whole step's token count (not the micro-batch's) makes micro-batches and ranks
+    add up to exactly the loss of one big batch.
+    """
     ids, mask, labels = collate(batch, pad_id, device)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return loss / max(total_tokens, 1.0)
 
 
 def prepare_model(cfg: Config) -> tuple:
@@ -112,26 +124,31 @@ class SFTRun:
         extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
         self.step, self.last_dev = extra["step"], extra.get("last_dev")
         self.rng.setstate(extra["data_rng"])
-        truncate_after(self.dir / "metrics.jsonl", self.step)
+        if dist.world().main:
+            truncate_after(self.dir / "metrics.jsonl", self.step)
         print(f"sft: resumed from {ckpt} (step {self.step})")
 
     def _batch(self) -> list:
         return [self.examples[self.rng.randrange(len(self.examples))] for _ in range(self.cfg.sft.batch_size)]
 
     def train_step(self) -> float:
-        """One optimizer step over sft.batch_size examples (in micro-batches); returns the loss."""
-        batch = self._batch()
+        """One optimizer step over sft.batch_size examples (this rank's share, in micro-batches); returns the loss."""
+        whole = self._batch()
+        total_tokens = target_tokens(whole)
+        _, batch = dist.share(whole)
         micro = self.cfg.sft.micro_batch_size or len(batch)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for i in range(0, len(batch), micro):
-            part = batch[i : i + micro]
-            loss = sft_loss(self.model, part, self.tok.pad_token_id, self.device) * len(part) / len(batch)
+            loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)
             loss.backward()
             total += loss.item()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        dist.sum_gradients(trainable)
+        total = dist.all_sum(total)
         if not torch.isfinite(torch.tensor(total)):
             raise FloatingPointError(f"sft loss is {total} at step {self.step + 1}: lower sft.lr")
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.sft.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable, self.cfg.sft.max_grad_norm)
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -143,9 +160,11 @@ class SFTRun:
         return heldout_accuracy(engine, self.dev, self.fmt, self.cfg.format.template, self.cfg.rollout.max_new_tokens)
 
     def save_checkpoint(self) -> None:
-        """Checkpoint the warm-up at the current step."""
+        """Checkpoint the warm-up at the current step (rank 0 writes)."""
         extra = {"data_rng": self.rng.getstate(), "last_dev": self.last_dev}
-        checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
+        if dist.world().main:
+            checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
+        dist.barrier()
 
     def _should_stop(self) -> bool:
         """Held-out check every sft.eval_every steps when a stop accuracy is set."""
@@ -158,8 +177,9 @@ class SFTRun:
     def run(self) -> dict:
         """Train until sft.steps or the stop accuracy; write `sft/model`; return a summary."""
         self.model.train()
-        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "sft")
-        progress = StepProgress("warm-up", self.cfg.sft.steps, self.step, enabled=self.cfg.run.progress)
+        main = dist.world().main
+        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "sft") if main else None
+        progress = StepProgress("warm-up", self.cfg.sft.steps, self.step, enabled=self.cfg.run.progress and main)
         start = time.time()
         try:
             while self.step < self.cfg.sft.steps:
@@ -169,7 +189,8 @@ class SFTRun:
                 row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
                 if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
                     row["dev_accuracy"] = self.last_dev["accuracy"]
-                writer.log(self.step, row)
+                if writer:
+                    writer.log(self.step, row)
                 progress.update(self.step, f"loss {loss:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else ""))
                 if stop:
                     break
@@ -180,6 +201,9 @@ class SFTRun:
             raise
         finally:
             progress.close()
-            writer.close()
-        publish_model(self.model, self.tok, self.dir / "model")
+            if writer:
+                writer.close()
+        if main:
+            publish_model(self.model, self.tok, self.dir / "model")
+        dist.barrier()
         return {"sft_steps": self.step, "sft_seconds": time.time() - start, "sft_dev": self.last_dev}

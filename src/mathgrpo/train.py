@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from . import dist
 from .config import Config, load_config, save_config
 from .data import DataError, load_source
 from .model import set_threads
@@ -56,8 +57,10 @@ def _start(cfg: Config, recipe: Optional[str], resume: Optional[str]) -> tuple:
             raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
         cfg = load_config(str(run_dir / "config.yaml"))
         return cfg, run_dir
-    run_dir = new_run_dir(cfg, recipe)
-    save_config(cfg, run_dir / "config.yaml")
+    if dist.world().main:
+        run_dir = new_run_dir(cfg, recipe)
+        save_config(cfg, run_dir / "config.yaml")
+    run_dir = Path(dist.gather(str(run_dir) if dist.world().main else None)[0])
     return cfg, run_dir
 
 
@@ -84,6 +87,7 @@ def run_grpo(cfg: Config, run_dir: Path, train: list, test: list) -> dict:
 
 def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None, stages: tuple = ("sft", "grpo")) -> dict:
     """Run the stages of a recipe in a run folder and write `summary.json`; returns the summary."""
+    dist.init()
     cfg, run_dir = _start(cfg, recipe, resume)
     set_threads(cfg.run.threads)
     import torch
@@ -95,13 +99,16 @@ def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None
     train, dev, test = load_problems(cfg)
     if "sft" in stages and cfg.sft.enabled:
         summary["sft"] = run_sft(cfg, run_dir, train, dev)
-        write_json(run_dir / "summary.json", summary)
+        if dist.world().main:
+            write_json(run_dir / "summary.json", summary)
     if "grpo" in stages and cfg.grpo.enabled:
         summary.update(run_grpo(cfg, run_dir, train, test))
     summary["wall_seconds"] = summary.get("wall_seconds", 0.0) + time.time() - t0
     summary["run_dir"] = str(run_dir)
-    write_json(run_dir / "summary.json", summary)
-    _print_summary(summary)
+    summary["ranks"] = dist.world().size
+    if dist.world().main:
+        write_json(run_dir / "summary.json", summary)
+        _print_summary(summary)
     return summary
 
 

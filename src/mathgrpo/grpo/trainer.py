@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import checkpoint
+from .. import checkpoint, dist
 from ..config import Config
 from ..formats import get_format, render_prompt
 from ..heldout import heldout_accuracy
@@ -27,6 +27,7 @@ from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
 from ..rollout import SamplingParams, make_engine
+from ..rollout.seeded import sequence_seed
 from ..tracking import MetricsWriter, truncate_after
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
@@ -122,15 +123,19 @@ class GRPORun:
         self.order.restore(extra["order"])
         self.history = extra.get("history", {})
         for name in ("metrics.jsonl", "samples.jsonl"):
-            if (self.dir / name).exists():
+            if (self.dir / name).exists() and dist.world().main:
                 truncate_after(self.dir / name, self.step)
         print(f"grpo: resumed from {ckpt} (step {self.step})")
         return True
 
     def save_checkpoint(self) -> Path:
-        """Checkpoint the current step (adapter, optimizer, scheduler, RNGs, data position)."""
+        """Checkpoint the current step (adapter, optimizer, scheduler, RNGs, data position); rank 0 writes."""
         extra = {"order": self.order.state(), "history": self.history}
-        return checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
+        folder = self.dir / "checkpoints"
+        if dist.world().main:
+            checkpoint.save(folder, self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
+        dist.barrier()
+        return folder / f"{checkpoint.PREFIX}{self.step:06d}"
 
     def evaluate(self) -> dict:
         """Greedy accuracy on the held-out set."""
@@ -139,10 +144,17 @@ class GRPORun:
     # ---- one step --------------------------------------------------------------------------
 
     def rollout(self) -> tuple:
-        """(problems, generations, total rewards [B*G], reward parts) for the next batch of prompts."""
-        problems = [self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)]
+        """(problems, generations, total rewards [n*G], reward parts) for this rank's share of the next prompts.
+
+        Every rank draws the same global list of problems and takes its contiguous share; each
+        sequence is sampled with a seed from (run seed, step, global prompt index, sample index),
+        so a sequence is the same whatever the number of ranks or the batch it lands in.
+        """
+        G = self.cfg.grpo.num_generations
+        offset, problems = dist.share([self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)])
         prompts = [render_prompt(p.question, self.fmt, self.tok, self.cfg.format.template) for p in problems]
-        gens = self.engine.generate(prompts, self.cfg.grpo.num_generations, self.params)
+        seeds = [sequence_seed(self.cfg.run.seed, self.step, offset + i, j) for i in range(len(problems)) for j in range(G)]
+        gens = self.engine.generate(prompts, G, self.params, seeds)
         per_gen = [problems[g.prompt_index] for g in gens]
         ctxs = [
             RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished, self.cfg.rewards.overlong_buffer)
@@ -167,35 +179,44 @@ class GRPORun:
     def _micro_size(self, batch: RolloutBatch) -> int:
         return self.cfg.grpo.micro_batch_size or len(batch)
 
-    def optimize(self, batch: RolloutBatch) -> dict:
-        """num_iterations optimizer steps on `batch`; returns loss, clip fraction, KL, grad norm."""
+    def optimize(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
+        """num_iterations optimizer steps on this rank's `batch` (None: nothing kept here).
+
+        The loss is normalised by the counts of the whole step over all ranks, and gradients are
+        summed over ranks before clipping, so the update equals one process doing all of it.
+        Returns loss, clip fraction, KL and grad norm.
+        """
         temp = self.params.temperature or 1.0
-        total_tokens = float(batch.completion_mask.sum())
+        total_tokens = dist.all_sum(float(batch.completion_mask.sum()) if batch is not None else 0.0)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
         for _ in range(self.cfg.grpo.num_iterations):
             self.opt.zero_grad(set_to_none=True)
-            for micro in batch.micro_batches(self._micro_size(batch)):
+            for micro in batch.micro_batches(self._micro_size(batch)) if batch is not None else []:
                 logp = token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width, temp)
                 old = micro.old_logp if micro.old_logp is not None else logp.detach()
                 loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
-                                       micro.ref_logp, total_tokens, len(batch))
+                                       micro.ref_logp, total_tokens, total_seqs)
                 loss.backward()
                 stats["loss"] += loss.item()
                 for k in ("clipped_tokens", "kl_sum", "tokens"):
                     stats[k] += st[k]
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grpo.max_grad_norm)
+            dist.sum_gradients(trainable)
+            norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grpo.max_grad_norm)
             if not torch.isfinite(norm) or not torch.isfinite(torch.tensor(stats["loss"])):
                 raise FloatingPointError(f"loss {stats['loss']} / grad norm {float(norm)}")
             self.opt.step()
             self.sched.step()
             stats["grad_norm"] += float(norm)
         iters = self.cfg.grpo.num_iterations
+        for k in ("loss", "clipped_tokens", "kl_sum", "tokens"):
+            stats[k] = dist.all_sum(stats[k])
         tokens = max(stats["tokens"], 1.0)
         return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
                 "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters}
 
     def train_step(self) -> dict:
-        """One GRPO step; returns its metrics."""
+        """One GRPO step; returns its metrics (the same on every rank)."""
         t0 = time.time()
         problems, gens, total, parts = self.rollout()
         t_roll = time.time() - t0
@@ -204,39 +225,49 @@ class GRPORun:
         keep = torch.ones(len(gens), dtype=torch.bool)
         if self.cfg.grpo.dynamic_sampling:
             keep = informative_groups(total, G).repeat_interleave(G)
+        total_seqs = int(dist.all_sum(float(keep.sum())))
         metrics = self._rollout_metrics(gens, total, parts, keep)
-        if keep.any():
+        if total_seqs:
             kept = [g for g, k in zip(gens, keep.tolist()) if k]
-            batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device)
+            batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device) if kept else None
             self.model.train()
-            self._reference_logps(batch)
-            metrics.update(self.optimize(batch))
+            if batch is not None:
+                self._reference_logps(batch)
+            metrics.update(self.optimize(batch, total_seqs))
         self.step += 1
-        n_tokens = sum(len(g.token_ids) for g in gens)
+        n_tokens = dist.all_sum(float(sum(len(g.token_ids) for g in gens)))
         dt = time.time() - t0
         metrics.update({"lr": self.sched.get_last_lr()[0], "step_time": dt, "rollout_time": t_roll, "tokens_per_s": n_tokens / dt})
         self._log_samples(problems, gens, total)
         return metrics
 
     def _rollout_metrics(self, gens: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
-        """Reward parts, accuracy, format rate, lengths and truncation of one batch of rollouts."""
-        m = {"reward": float(total.mean()), "reward_std": float(total.std()) if len(total) > 1 else 0.0}
-        for name, values in parts.items():
-            m[f"rewards/{name}"] = sum(values) / len(values)
-        if "correct" in parts:
-            m["accuracy"] = m["rewards/correct"]
-        lengths = [len(g.token_ids) for g in gens]
-        m["completion_length"] = sum(lengths) / len(lengths)
-        m["truncated_fraction"] = sum(not g.finished for g in gens) / len(gens)
-        m["kept_fraction"] = float(keep.float().mean())
+        """Reward parts, accuracy, format rate, lengths and truncation of the step's rollouts, over all ranks."""
         from ..formats import parse_completion
 
-        m["format_rate"] = sum(parse_completion(g.text, self.fmt).well_formed for g in gens) / len(gens)
+        names = list(parts)
+        local = [
+            (float(total[i]), [parts[n][i] for n in names], len(g.token_ids), not g.finished,
+             parse_completion(g.text, self.fmt).well_formed, bool(keep[i]))
+            for i, g in enumerate(gens)
+        ]
+        rows = dist.gather_concat(local)
+        n = len(rows)
+        totals = torch.tensor([r[0] for r in rows])
+        m = {"reward": float(totals.mean()), "reward_std": float(totals.std()) if n > 1 else 0.0}
+        for j, name in enumerate(names):
+            m[f"rewards/{name}"] = sum(r[1][j] for r in rows) / n
+        if "correct" in parts:
+            m["accuracy"] = m["rewards/correct"]
+        m["completion_length"] = sum(r[2] for r in rows) / n
+        m["truncated_fraction"] = sum(r[3] for r in rows) / n
+        m["format_rate"] = sum(r[4] for r in rows) / n
+        m["kept_fraction"] = sum(r[5] for r in rows) / n
         return m
 
     def _log_samples(self, problems: list, gens: list, total: torch.Tensor) -> None:
         """Every run.sample_every steps, append the first group's completions to samples.jsonl."""
-        if self.step % self.cfg.run.sample_every:
+        if self.step % self.cfg.run.sample_every or not dist.world().main:
             return
         G = self.cfg.grpo.num_generations
         rows = [{"step": self.step, "question": problems[0].question, "gold": problems[0].answer,
@@ -254,16 +285,20 @@ class GRPORun:
     def run(self) -> dict:
         """Steps until grpo.steps with held-out accuracy at start, every run.eval_every steps and at the end."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "grpo")
+        main_rank = dist.world().main
+        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "grpo") if main_rank else None
         if self.step == 0 and "start" not in self.history:
-            writer.log(0, self._heldout_row("start"))
-        progress = StepProgress("grpo", self.cfg.grpo.steps, self.step, enabled=self.cfg.run.progress)
+            row = self._heldout_row("start")
+            if writer:
+                writer.log(0, row)
+        progress = StepProgress("grpo", self.cfg.grpo.steps, self.step, enabled=self.cfg.run.progress and main_rank)
         try:
             while self.step < self.cfg.grpo.steps:
                 row = self._guarded_step()
                 if self.step % self.cfg.run.eval_every == 0 or self.step == self.cfg.grpo.steps:
                     row.update(self._heldout_row(f"step{self.step}"))
-                writer.log(self.step, row)
+                if writer:
+                    writer.log(self.step, row)
                 progress.update(self.step, f"reward {row['reward']:.2f} acc {row.get('accuracy', 0):.2f}")
                 if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
                     self.save_checkpoint()
@@ -273,7 +308,8 @@ class GRPORun:
             raise
         finally:
             progress.close()
-            writer.close()
+            if writer:
+                writer.close()
         return {"accuracy_before_grpo": self.history.get("start"), "accuracy_after_grpo": self.history.get(f"step{self.step}"), "steps": self.step}
 
     def _guarded_step(self) -> dict:

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -45,8 +47,20 @@ class RolloutEngine(ABC):
         self.stop_ids = list(stop_ids)
 
     @abstractmethod
-    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
-        """`n` Generations per prompt, grouped: prompt 0's n first, then prompt 1's, ..."""
+    def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:
+        """`n` Generations per prompt, grouped: prompt 0's n first, then prompt 1's, ...
+
+        seeds: one per generated sequence (len(prompts) * n) for batch-independent sampling;
+        None draws them from torch's global RNG.
+        """
+
+    @staticmethod
+    def default_seeds(count: int) -> list:
+        """Per-sequence seeds drawn from torch's global RNG (so torch.manual_seed makes runs repeat)."""
+        from .seeded import sequence_seed
+
+        base = int(torch.randint(0, 2**62, (1,)).item())
+        return [sequence_seed(base, i) for i in range(count)]
 
     def decode(self, token_ids: list) -> str:
         """Completion text without the stop token, markers kept (they may be added tokens)."""

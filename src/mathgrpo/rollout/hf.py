@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from transformers import LogitsProcessorList
 
 from .base import Generation, RolloutEngine, SamplingParams
+from .seeded import SeededLogitsProcessor, SeededSampler
 
 
 class HFEngine(RolloutEngine):
@@ -20,35 +24,32 @@ class HFEngine(RolloutEngine):
         """Arguments for `generate` that reproduce `params` (None switches a filter off)."""
         kwargs = {
             "max_new_tokens": params.max_new_tokens,
-            "do_sample": not params.greedy,
             "eos_token_id": self.stop_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
             "return_dict_in_generate": True,
-            "output_scores": not params.greedy,
+            # Sampling happens in SeededLogitsProcessor; generate itself decodes greedily.
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "min_p": None,
         }
-        if params.greedy:
-            kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
-        else:
-            kwargs.update(
-                temperature=params.temperature,
-                top_p=params.top_p if params.top_p < 1 else None,
-                top_k=params.top_k or None,
-                min_p=params.min_p or None,
-            )
         return kwargs
 
     @torch.no_grad()
-    def _run(self, prompts: list, params: SamplingParams) -> list:
+    def _run(self, prompts: list, params: SamplingParams, seeds: list) -> list:
         """Generate one completion per prompt string in one padded batch."""
         device = next(self.model.parameters()).device
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = self.model.generate(**enc, **self._generation_kwargs(params))
+        kwargs = self._generation_kwargs(params)
+        sampler = None
+        if not params.greedy:
+            sampler = SeededSampler(seeds, device)
+            kwargs["logits_processor"] = LogitsProcessorList([SeededLogitsProcessor(sampler, params)])
+        out = self.model.generate(**enc, **kwargs)
         width = enc["input_ids"].shape[1]
         new = out.sequences[:, width:]
-        logprobs = None
-        if out.scores is not None and len(out.scores):
-            scores = torch.stack(out.scores, dim=1).float()  # [B, C, V] processed logits
-            logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new[:, : scores.shape[1], None]).squeeze(-1)
+        logprobs = torch.stack(sampler.chosen_logprobs, dim=1) if sampler and sampler.chosen_logprobs else None  # [B, C]
         results = []
         for i in range(len(prompts)):
             ids = new[i].tolist()
@@ -59,16 +60,17 @@ class HFEngine(RolloutEngine):
             results.append(Generation(i, prompt_ids, ids, self.decode(ids), stop_at is not None, lp))
         return results
 
-    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
+    def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:
         """`n` completions per prompt, in batches of `batch_size` sequences (0 = all at once)."""
         flat = [p for p in prompts for _ in range(n)]
+        seeds = list(seeds) if seeds is not None else self.default_seeds(len(flat))
         step = self.batch_size or len(flat)
         out = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(flat), step):
-                for g in self._run(flat[start : start + step], params):
+                for g in self._run(flat[start : start + step], params, seeds[start : start + step]):
                     g.prompt_index = (start + g.prompt_index) // n
                     out.append(g)
         finally:

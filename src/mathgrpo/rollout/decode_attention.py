@@ -1,0 +1,136 @@
+"""Decode attention (one new token per sequence) over a static KV cache that reads only filled positions.
+
+A Triton split-K kernel: one program per (sequence, key/value head, split of the cache), all the
+query heads of the group in one tile, so grouped heads cost no repeated keys; each program loops
+only over the positions [pad_b, slot] that sequence has filled, read from device tensors, so one
+captured graph serves every length. A second kernel merges the splits (log-sum-exp weights).
+Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    triton = None
+
+
+def available() -> bool:
+    """True when Triton can be imported (the kernel itself is meant for CUDA; tests run it interpreted)."""
+    return triton is not None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _partial_kernel(
+        Q, K, V, PAD, SLOT, ACC, M, L,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+        scale_log2, chunk,
+        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+        BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr,
+    ):
+        """Unnormalised attention of one (sequence, kv head) over one split's filled positions."""
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        b = pid // KV_HEADS
+        h = pid % KV_HEADS
+        lo = tl.maximum(tl.load(PAD + b).to(tl.int32), split * chunk)
+        hi = tl.minimum(tl.load(SLOT).to(tl.int32) + 1, (split + 1) * chunk)
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
+        m = tl.full([GP], float("-inf"), tl.float32)
+        l = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+        for n0 in range(lo, hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            valid = offs_n < hi
+            k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l = l * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        row = (pid * NSPLIT + split) * GP + offs_g
+        tl.store(M + row, m)
+        tl.store(L + row, l)
+        tl.store(ACC + row[:, None] * D + offs_d[None, :], acc)
+
+    @triton.jit
+    def _combine_kernel(ACC, M, L, OUT, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr):
+        """Merge the splits of one (sequence, kv head): out = sum_s acc_s 2^(m_s-M) / sum_s l_s 2^(m_s-M)."""
+        pid = tl.program_id(0)
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, D)
+        offs_s = tl.arange(0, NSPLIT)
+        rows = (pid * NSPLIT + offs_s[:, None]) * GP + offs_g[None, :]  # [NSPLIT, GP]
+        m_all = tl.load(M + rows)
+        top = tl.max(m_all, 0)
+        weight = tl.exp2(m_all - top[None, :])
+        denom = tl.sum(tl.load(L + rows) * weight, 0)
+        acc = tl.zeros([GP, D], tl.float32)
+        for s in range(NSPLIT):
+            row = (pid * NSPLIT + s) * GP + offs_g
+            w_s = tl.exp2(tl.load(M + row) - top)
+            acc += tl.load(ACC + row[:, None] * D + offs_d[None, :]) * w_s[:, None]
+        out = acc / denom[:, None]
+        tl.store(OUT + (pid * G + offs_g[:, None]) * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=offs_g[:, None] < G)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+class SplitKDecode:
+    """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
+
+    # launch settings: the fastest of 8 timed by benchmarks/rollout.py on an H100 (64 rows, 768 filled):
+    # 137 us = 1.41 TB/s; BLOCK_N 128 or 8 splits per row were slower (results/rollout.json)
+    BLOCK_N = 64
+    NUM_WARPS = 8
+    TARGET_PROGRAMS = 1024  # split the cache until about this many programs run
+
+    def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
+        self.kv_heads, self.groups, self.head_dim = kv_heads, groups, head_dim
+        self.gp = max(16, _next_pow2(groups))  # tl.dot needs at least 16 rows
+        # enough programs to fill the card, but no split shorter than 128 positions
+        want = _next_pow2(max(1, -(-self.TARGET_PROGRAMS // (batch * kv_heads))))
+        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // 128)), 16))
+        per_split = -(-max_len // self.nsplit)
+        self.chunk = -(-per_split // self.BLOCK_N) * self.BLOCK_N
+        rows = batch * kv_heads * self.nsplit * self.gp
+        self.acc = torch.empty(rows, head_dim, device=device, dtype=torch.float32)
+        self.m = torch.empty(rows, device=device, dtype=torch.float32)
+        self.l = torch.empty(rows, device=device, dtype=torch.float32)
+        self.out = torch.empty(batch, kv_heads * groups * head_dim, device=device, dtype=dtype)
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pad: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """q [B, H, 1, D]; caches [B, KV, S, D]; keys [pad_b, slot] attended. Returns [B, 1, H*D]."""
+        bsz = q.shape[0]
+        qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim).contiguous()
+        assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+        scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
+        grid = (bsz * self.kv_heads, self.nsplit)
+        _partial_kernel[grid](
+            qg, k_cache, v_cache, pad, slot, self.acc, self.m, self.l,
+            qg.stride(0), qg.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            scale_log2, self.chunk,
+            KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
+            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=self.NUM_WARPS,
+        )
+        out = self.out[:bsz]
+        _combine_kernel[(bsz * self.kv_heads,)](
+            self.acc, self.m, self.l, out, G=self.groups, GP=self.gp, D=self.head_dim, NSPLIT=self.nsplit, num_warps=4,
+        )
+        return out[:, None]

@@ -1,0 +1,358 @@
+"""The `native` engine: static KV cache, one prefill per prompt, a captured decode step, sampling on device.
+
+How one request runs (per chunk of prompts):
+1. LoRA is merged into the base weights (exact restore afterwards) or applied as low-rank terms.
+2. The decode step's CUDA graphs for this batch bucket exist or are captured (GPU only).
+3. The distinct prompts are prefilled once, left-padded to a common width P; each prompt's keys and
+   values are copied into the cache rows of its n samples, and its last logits give each sample's
+   first token.
+4. The decode step replays: embed the last token, per layer write k/v at cache slot P+t and attend
+   over [pad_b, P+t], sample, record the token and its log-prob, mark rows that produced a stop
+   token as done. The host only looks at the `done` mask every `check_every` steps.
+5. Token ids, log-probs, lengths and the done mask come back to the host once.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import torch
+
+from . import decode_attention
+from .base import Generation, RolloutEngine, SamplingParams
+from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
+from .sampling import sample
+from .weights import LoraMerge, ModelWeights, collect, unwrap
+
+SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
+LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
+
+
+def _rope_type(cfg: Any) -> str:
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+
+
+def supports(model: Any) -> Optional[str]:
+    """None when the native engine can run `model`, else the reason it cannot (the caller uses hf)."""
+    lm = unwrap(model)
+    cfg = getattr(lm, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED_TYPES:
+        return f"model_type {kind!r} is not one of {', '.join(SUPPORTED_TYPES)}"
+    if getattr(cfg, "use_sliding_window", False) or any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "sliding-window attention layers"
+    if _rope_type(cfg) in ("dynamic", "longrope"):
+        return f"rope type {_rope_type(cfg)!r} changes with sequence length"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} (only silu)"
+    inner = getattr(lm, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "unexpected module layout (no model.layers / model.rotary_emb)"
+    if hasattr(inner.embed_tokens, "lora_A") or hasattr(inner.embed_tokens, "lora_embedding_A"):
+        return "LoRA on the embedding layer"
+    for module in lm.modules():
+        dora = getattr(module, "use_dora", None)
+        if isinstance(dora, dict) and any(dora.values()):
+            return "DoRA adapters"
+    return None
+
+
+class _Slab:
+    """The KV cache and decode state for one (batch bucket, cache length); graphs captured over them."""
+
+    def __init__(self, w: ModelWeights, batch: int, length: int, stops: list, triton_attention: bool) -> None:
+        device, dtype = w.embed.device, w.embed.dtype
+        shape = (len(w.layers), batch, w.n_kv_heads, length, w.head_dim)
+        self.batch, self.length = batch, length
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # zeros: padded rows read finite values
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.tok = torch.zeros(batch, dtype=torch.long, device=device)  # [B] token fed to the next step
+        self.pad = torch.zeros(batch, dtype=torch.long, device=device)  # [B] leading pad slots per row
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # cache slot the next step writes
+        self.t = torch.zeros(1, dtype=torch.long, device=device)  # output column the next token goes to
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # [B] produced a stop token
+        self.nlen = torch.zeros(batch, dtype=torch.long, device=device)  # [B] tokens kept per row
+        self.out_tok = torch.zeros(batch, length, dtype=torch.long, device=device)  # [B, S]
+        self.out_lp = torch.zeros(batch, length, dtype=torch.float32, device=device)  # [B, S]
+        self.stops = torch.tensor(stops or [-1], dtype=torch.long, device=device)
+        self.splitk = None
+        if triton_attention:
+            groups = w.n_heads // w.n_kv_heads
+            self.splitk = decode_attention.SplitKDecode(batch, w.n_kv_heads, groups, w.head_dim, length, device, dtype)
+        self.graphs: dict = {}
+
+
+class NativeEngine(RolloutEngine):
+    """Rollouts through our own decode loop over the model's weights (Qwen3 / Qwen2 / Llama)."""
+
+    name = "native"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        stop_ids: list,
+        batch_size: int = 0,
+        lora: str = "merge",
+        attention: str = "auto",
+        use_graphs: Optional[bool] = None,
+        use_compile: Optional[bool] = None,
+        seed: Optional[int] = None,
+        check_every: int = 16,
+    ) -> None:
+        super().__init__(model, tokenizer, stop_ids)
+        reason = supports(model)
+        if reason:
+            raise ValueError(f"native engine cannot run this model: {reason}")
+        if lora not in ("merge", "lowrank"):
+            raise ValueError(f"lora={lora!r}; use merge or lowrank")
+        self.batch_size = batch_size
+        self.lora = lora
+        self.device = next(model.parameters()).device
+        cuda = self.device.type == "cuda"
+        if attention == "auto":
+            attention = "triton" if cuda and decode_attention.available() else ("sdpa" if cuda else "math")
+        if attention not in ("triton", "sdpa", "math"):
+            raise ValueError(f"attention={attention!r}; use auto, triton, sdpa or math")
+        self.attention = attention
+        self.use_graphs = cuda if use_graphs is None else use_graphs
+        self.use_compile = cuda if use_compile is None else use_compile
+        self.check_every = check_every
+        self.generator = None if cuda else torch.Generator(device=self.device)
+        if self.generator is not None and seed is not None:
+            self.generator.manual_seed(seed)
+        elif cuda and seed is not None:
+            torch.cuda.manual_seed(seed)
+        self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+        self._merger = LoraMerge()
+        self._slabs: dict = {}
+        self._fingerprint = None
+        self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
+        self._qkv, self._finish = project_qkv, finish_layer
+        if self.use_compile:
+            from torch import _dynamo
+
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+            self._qkv = torch.compile(project_qkv, dynamic=False)
+            self._finish = torch.compile(finish_layer, dynamic=False)
+        self.last_stats: dict = {}
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def generate(self, prompts: list, n: int, params: SamplingParams) -> list:
+        """`n` completions per prompt string, grouped by prompt."""
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        return self.generate_ids(ids, n, params)
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: list, n: int, params: SamplingParams) -> list:
+        """`n` completions per prompt given as token-id lists, grouped by prompt."""
+        if params.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        per_chunk = len(prompt_ids) if not self.batch_size else max(1, self.batch_size // n)
+        self.last_stats = {"prefill_rows": 0, "capture_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
+        out = []
+        with self._policy() as w:
+            for start in range(0, len(prompt_ids), per_chunk):
+                chunk = prompt_ids[start : start + per_chunk]
+                out.extend(self._run_chunk(w, chunk, start, n, params))
+        return out
+
+    # ---- weights ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _policy(self):
+        """The weights to decode with, LoRA included; graphs are dropped when their storage moved."""
+        if self.lora == "merge":
+            with self._merger.merged(self.model):
+                yield self._checked(collect(self.model, lowrank=False))
+        else:
+            yield self._checked(collect(self.model, lowrank=True))
+
+    def _checked(self, w: ModelWeights) -> ModelWeights:
+        fingerprint = (w.fingerprint(), w.embed.dtype, w.embed.device)
+        if fingerprint != self._fingerprint:
+            self._slabs.clear()
+            self._fingerprint = fingerprint
+        return w
+
+    # ---- buffers and graphs ------------------------------------------------------------------
+
+    def _bucket(self, rows: int) -> int:
+        """Batch rows rounded up so that a few captured graphs serve every request size."""
+        if not self.use_graphs:
+            return rows
+        return 1 << (rows - 1).bit_length() if rows <= 16 else -(-rows // 16) * 16
+
+    def _slab(self, w: ModelWeights, rows: int, length: int) -> _Slab:
+        """A cache of at least `length` slots for `rows` rows, reused across calls."""
+        batch = self._bucket(rows)
+        for (b, s), slab in self._slabs.items():
+            if b == batch and s >= length:
+                return slab
+        length = -(-length // 128) * 128
+        for key in [k for k in self._slabs if k[0] == batch]:
+            del self._slabs[key]  # one cache per batch bucket: a longer one replaces a shorter
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        slab = _Slab(w, batch, length, self.stop_ids, self.attention == "triton")
+        self._slabs[(batch, length)] = slab
+        return slab
+
+    def _attn_len(self, slab: _Slab, slot: int) -> int:
+        """How many cache slots a step at `slot` reads (all filled ones; bucketed when graphs need it)."""
+        if self.attention == "triton":
+            return slab.length
+        if not self.use_graphs:
+            return slot + 1
+        return min(slab.length, -(-(slot + 1) // LENGTH_BUCKET) * LENGTH_BUCKET)
+
+    def _step(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_len: int) -> None:
+        """One decode step on the slab's state: forward, sample, record. No host sync."""
+        positions = slab.slot - slab.pad
+        mask = None
+        if slab.splitk is None:
+            ar = torch.arange(attn_len, device=slab.pad.device)
+            valid = (ar[None] >= slab.pad[:, None]) & (ar[None] <= slab.slot)
+            mask = additive_mask(valid[:, None, None], w.embed.dtype)  # [B, 1, 1, L]
+
+        def attend(i, q, k, v):
+            kc, vc = slab.k[i], slab.v[i]
+            kc.index_copy_(2, slab.slot, k)
+            vc.index_copy_(2, slab.slot, v)
+            if slab.splitk is not None:
+                return slab.splitk(q, kc, vc, slab.pad, slab.slot)
+            return grouped_attention(q, kc[:, :, :attn_len], vc[:, :, :attn_len], mask, self.attention == "sdpa")
+
+        logits = decode_layers(w, slab.tok, positions, attend, self._qkv, self._finish)
+        self._record(slab, *sample(logits, params, self.generator))
+
+    def _record(self, slab: _Slab, tok: torch.Tensor, logprob: torch.Tensor) -> None:
+        """Store a sampled token per row (pad once done), count it, mark stops, advance slot and column."""
+        tok = tok.masked_fill(slab.done, self.pad_id)
+        slab.out_tok.index_copy_(1, slab.t, tok[:, None])
+        slab.out_lp.index_copy_(1, slab.t, logprob[:, None])
+        slab.nlen.add_((~slab.done).long())
+        slab.done.logical_or_((tok[:, None] == slab.stops[None, :]).any(-1))
+        slab.tok.copy_(tok)
+        slab.t.add_(1)
+        slab.slot.add_(1)
+
+    def _capture(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_lens: set) -> None:
+        """Capture the decode step for each needed attention length (scribbles on the state; reset after)."""
+        key_params = (params.temperature, params.top_k, params.top_p, params.min_p)
+        start = time.perf_counter()
+        for attn_len in sorted(attn_lens):
+            key = (key_params, attn_len)
+            if key in slab.graphs:
+                continue
+            self._warm_up(w, slab, params, attn_len)
+            graph = torch.cuda.CUDAGraph()
+            slab.slot.zero_()
+            slab.t.zero_()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._step(w, slab, params, attn_len)
+            slab.graphs[key] = graph
+        torch.cuda.synchronize()
+        self.last_stats["capture_s"] += time.perf_counter() - start
+
+    def _warm_up(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_len: int) -> None:
+        """Run the step eagerly on a side stream (compiles kernels); fall back to eager layers if compile fails."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                slab.slot.zero_()
+                slab.t.zero_()
+                try:
+                    self._step(w, slab, params, attn_len)
+                except Exception as err:  # noqa: BLE001 - any compiler failure: keep going without it
+                    if self._qkv is project_qkv:
+                        raise
+                    print(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
+                    self._qkv, self._finish = project_qkv, finish_layer
+                    self._step(w, slab, params, attn_len)
+        torch.cuda.current_stream().wait_stream(stream)
+
+    # ---- one chunk ------------------------------------------------------------------------------
+
+    def _prefill(self, w: ModelWeights, slab: _Slab, prompt_ids: list, n: int) -> tuple:
+        """Prefill each distinct prompt once into the cache rows of its n samples -> (logits [P, V], pads, width)."""
+        width = max(len(p) for p in prompt_ids)
+        pads = torch.tensor([width - len(p) for p in prompt_ids], dtype=torch.long, device=self.device)
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids], dtype=torch.long, device=self.device)
+        rows = len(prompt_ids) * n
+
+        def store(i, k, v):
+            shape = (len(prompt_ids), n) + slab.k.shape[2:]
+            slab.k[i, :rows].view(shape)[:, :, :, :width] = k[:, None]
+            slab.v[i, :rows].view(shape)[:, :, :, :width] = v[:, None]
+
+        logits = prefill(w, ids, pads, store, fused=self.attention != "math")
+        self.last_stats["prefill_rows"] += len(prompt_ids)
+        return logits, pads, width
+
+    def _start(self, slab: _Slab, logits: torch.Tensor, pads: torch.Tensor, width: int, n: int, params: SamplingParams) -> None:
+        """Reset the state for a new chunk and record each row's first token (from the prefill logits)."""
+        rows = logits.shape[0] * n
+        slab.pad.zero_()
+        slab.pad[:rows] = pads.repeat_interleave(n)
+        slab.slot.fill_(width - 1)
+        slab.t.zero_()
+        slab.nlen.zero_()
+        slab.done.zero_()
+        slab.done[rows:] = True
+        full = torch.zeros(slab.batch, logits.shape[1], device=logits.device, dtype=logits.dtype)
+        full[:rows] = logits.repeat_interleave(n, dim=0)
+        self._record(slab, *sample(full, params, self.generator))
+
+    def _run_chunk(self, w: ModelWeights, prompt_ids: list, first_index: int, n: int, params: SamplingParams) -> list:
+        """Generate n completions for each prompt of one chunk."""
+        width = max(len(p) for p in prompt_ids)
+        rows = len(prompt_ids) * n
+        steps = params.max_new_tokens - 1
+        slab = self._slab(w, rows, width + params.max_new_tokens)
+        key_params = (params.temperature, params.top_k, params.top_p, params.min_p)
+        if self.use_graphs:
+            self._capture(w, slab, params, {self._attn_len(slab, width + i) for i in range(steps)} or {slab.length})
+        start = time.perf_counter()
+        logits, pads, width = self._prefill(w, slab, prompt_ids, n)
+        self._start(slab, logits, pads, width, n, params)
+        self._sync()
+        self.last_stats["prefill_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(steps):
+            if i % self.check_every == 0 and bool(slab.done.all()):
+                break
+            attn_len = self._attn_len(slab, width + i)
+            if self.use_graphs:
+                slab.graphs[(key_params, attn_len)].replay()
+            else:
+                self._step(w, slab, params, attn_len)
+            self.last_stats["decode_steps"] += 1
+        result = self._collect(slab, prompt_ids, first_index, n, params)
+        self.last_stats["decode_s"] += time.perf_counter() - start
+        return result
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _collect(self, slab: _Slab, prompt_ids: list, first_index: int, n: int, params: SamplingParams) -> list:
+        """Copy tokens, log-probs, lengths and stop flags to the host once and build Generations."""
+        rows, cols = len(prompt_ids) * n, params.max_new_tokens
+        tokens = slab.out_tok[:rows, :cols].tolist()
+        logprobs = slab.out_lp[:rows, :cols].tolist()
+        lengths = slab.nlen[:rows].tolist()
+        done = slab.done[:rows].tolist()
+        out = []
+        for r in range(rows):
+            ids = tokens[r][: lengths[r]]
+            lp = None if params.greedy else logprobs[r][: lengths[r]]
+            prompt = list(prompt_ids[r // n])
+            text = self.decode(ids) if self.tokenizer is not None else ""  # token-only use: benchmarks
+            out.append(Generation(first_index + r // n, prompt, ids, text, bool(done[r]), lp))
+        return out

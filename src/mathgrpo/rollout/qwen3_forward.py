@@ -1,0 +1,146 @@
+"""The forward pass of a Qwen3 / Qwen2 / Llama decoder over `ModelWeights`, written for a static KV cache.
+
+The arithmetic follows transformers' modeling code step by step (RMSNorm in float32 then cast,
+rotary tables in float32, softmax in float32) so that greedy decoding on CPU is token-identical.
+Attention handles grouped heads natively: the query heads that share a key/value head are folded
+into the query-length axis ([B, KV, G*T, D]), so keys and values are never repeated.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .weights import LayerWeights, ModelWeights, Proj
+
+
+def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
+    """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them."""
+    y = F.linear(x, proj.weight, proj.bias)
+    for a, b, scale in proj.lora:
+        # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does
+        y = (y + F.linear(F.linear(x.to(a.dtype), a), b) * scale).to(x.dtype)
+    return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis, in float32, cast back before the weight (as transformers does)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rope_tables(positions: torch.Tensor, w: ModelWeights, dtype: torch.dtype) -> tuple:
+    """(cos, sin) [B, T, head_dim] for integer positions [B, T]."""
+    freqs = positions[..., None].float() * w.inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * w.rope_scale).to(dtype), (emb.sin() * w.rope_scale).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, heads, T, D] by the tables [B, T, D] (rotate-half convention)."""
+    cos, sin = cos[:, None], sin[:, None]
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def project_qkv(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
+    """Residual stream x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D], rotary applied."""
+    bsz, t, _ = x.shape
+    h = rms_norm(x, layer.ln1, w.eps)
+    q = linear(h, layer.q).view(bsz, t, w.n_heads, w.head_dim)
+    k = linear(h, layer.k).view(bsz, t, w.n_kv_heads, w.head_dim)
+    v = linear(h, layer.v).view(bsz, t, w.n_kv_heads, w.head_dim)
+    if layer.q_norm is not None:
+        q = rms_norm(q, layer.q_norm, w.eps)
+        k = rms_norm(k, layer.k_norm, w.eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def finish_layer(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual, post-attention norm, SwiGLU MLP, residual. attn: [B, T, H*D]."""
+    x = x + linear(attn, layer.o)
+    h = rms_norm(x, layer.ln2, w.eps)
+    return x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, fused: bool) -> torch.Tensor:
+    """Attention of q [B, H, T, D] over k, v [B, KV, L, D] with an additive mask [B, 1, T, L].
+
+    `fused` uses SDPA (GPU); otherwise explicit matmuls and a float32 softmax as transformers'
+    eager path computes them (CPU, bit-compatible greedy tests). Returns [B, T, H*D].
+    """
+    bsz, heads, t, dim = q.shape
+    kv = k.shape[1]
+    groups = heads // kv
+    qg = q.reshape(bsz, kv, groups * t, dim)
+    scale = dim**-0.5
+    if fused:
+        if t > 1:
+            mask = mask[:, :, None].expand(bsz, 1, groups, t, mask.shape[-1]).reshape(bsz, 1, groups * t, -1)
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    else:
+        scores = torch.matmul(qg, k.transpose(2, 3)) * scale
+        scores = scores.view(bsz, kv, groups, t, -1) + mask[:, :, None]
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs.view(bsz, kv, groups * t, -1), v)
+    return out.view(bsz, heads, t, dim).transpose(1, 2).reshape(bsz, t, heads * dim)
+
+
+def additive_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean [.., L] (True = may attend) -> additive mask with 0 / the dtype's lowest value."""
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, torch.finfo(dtype).min)
+
+
+def logits_of(w: ModelWeights, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and LM head of x [B, hidden] -> float32 logits [B, V]."""
+    return linear(rms_norm(x, w.norm, w.eps), w.lm_head).float()
+
+
+def prefill(w: ModelWeights, ids: torch.Tensor, pad: torch.Tensor, store: Callable, fused: bool) -> torch.Tensor:
+    """Run left-padded prompts ids [P, T] (pad [P] leading pads each) through the model.
+
+    `store(layer_index, k, v)` receives each layer's rotated keys and values [P, KV, T, D] for the
+    cache. Returns the float32 logits of each prompt's last position [P, V].
+    """
+    n, t = ids.shape
+    dtype = w.embed.dtype
+    slots = torch.arange(t, device=ids.device)
+    positions = (slots[None] - pad[:, None]).clamp_min(0)
+    cos, sin = rope_tables(positions, w, dtype)
+    valid = (slots[None, None, :] <= slots[None, :, None]) & (slots[None, None, :] >= pad[:, None, None])
+    mask = additive_mask(valid[:, None], dtype)  # [P, 1, T, T]
+    x = F.embedding(ids, w.embed)
+    for i, layer in enumerate(w.layers):
+        q, k, v = project_qkv(layer, w, x, cos, sin)
+        store(i, k, v)
+        x = finish_layer(layer, w, x, grouped_attention(q, k, v, mask, fused))
+    return logits_of(w, x[:, -1])
+
+
+def decode_layers(
+    w: ModelWeights,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    attend: Callable,
+    qkv_fn: Optional[Callable] = None,
+    finish_fn: Optional[Callable] = None,
+) -> torch.Tensor:
+    """One decode step for tokens [B] at positions [B] -> float32 logits [B, V].
+
+    `attend(layer_index, q, k, v)` writes k, v [B, KV, 1, D] into the cache and returns the
+    attention output [B, 1, H*D]; `qkv_fn` / `finish_fn` default to `project_qkv` / `finish_layer`
+    (the engine passes compiled versions on GPU).
+    """
+    qkv_fn = qkv_fn or project_qkv
+    finish_fn = finish_fn or finish_layer
+    x = F.embedding(tokens[:, None], w.embed)
+    cos, sin = rope_tables(positions[:, None], w, x.dtype)
+    for i, layer in enumerate(w.layers):
+        q, k, v = qkv_fn(layer, w, x, cos, sin)
+        x = finish_fn(layer, w, x, attend(i, q, k, v))
+    return logits_of(w, x[:, 0])

@@ -1,0 +1,54 @@
+"""Token sampling on the device: the filters of transformers' `generate`, an exponential race, no host sync.
+
+The filters run in the order `generate` applies them (temperature, top-k, top-p, min-p) with the
+same rules, so a sampled token's log-prob is the log-softmax of exactly the distribution that
+`generate` would have sampled from.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import SamplingParams
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[B, V] float32 logits -> temperature-scaled scores with filtered tokens set to -inf."""
+    scores = logits / params.temperature
+    vocab = scores.shape[-1]
+    if params.top_k > 0 and params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= (1 - params.top_p)
+        drop_sorted[..., -1:] = False  # the most likely token always stays
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        probs = scores.softmax(dim=-1)
+        drop = probs < params.min_p * probs.amax(dim=-1, keepdim=True)
+        drop.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator] = None) -> tuple:
+    """(token [B] long, log-prob [B] float32) drawn from the filtered distribution of `logits` [B, V].
+
+    Greedy (temperature 0) takes the argmax and reports a log-prob of 0 (a point mass). Sampling is
+    an exponential race: argmax(log p - log E) with E ~ Exp(1) picks token i with probability p_i,
+    using only device kernels, so it can live inside a CUDA graph.
+    """
+    logits = logits.float()
+    if params.greedy:
+        token = logits.argmax(dim=-1)
+        return token, torch.zeros_like(logits[:, 0])
+    logp = torch.log_softmax(filter_logits(logits, params), dim=-1)
+    race = torch.empty_like(logp).exponential_(generator=generator)
+    # clamp: an exact 0 from the exponential would give +inf and could win over a filtered token
+    token = (logp - race.clamp_min(1e-30).log()).argmax(dim=-1)
+    return token, logp.gather(-1, token[:, None])[:, 0]

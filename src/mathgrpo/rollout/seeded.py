@@ -1,0 +1,74 @@
+"""Sampling that does not depend on how sequences are batched: one seeded noise stream per sequence.
+
+Each sequence draws its own exponential noise from a generator seeded by the caller, and picks
+argmax(p / E) (the exponential race, equivalent to sampling from p). So a sequence's completion
+is the same whether it is generated alone, in a batch of 256, or on another rank: runs resume
+exactly and data-parallel runs equal single-process ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .base import SamplingParams
+
+
+def sequence_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, step, prompt index, sample index...)."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Log-probs of the sampling distribution: temperature, then top-k, top-p and min-p. [B, V] fp32."""
+    logits = logits.float() / max(params.temperature, 1e-6)
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)
+    if params.min_p > 0:
+        floor = logp.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(params.min_p))
+        logp = logp.masked_fill(logp < floor, float("-inf"))
+    if params.top_p < 1:
+        sorted_lp, order = torch.sort(logp, dim=-1, descending=True)
+        before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()  # mass strictly above each token
+        drop_sorted = before >= params.top_p
+        logp = logp.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    return torch.log_softmax(logp, dim=-1)
+
+
+class SeededSampler:
+    """Per-sequence noise generators; `pick` samples one token per row and remembers its log-prob."""
+
+    def __init__(self, seeds: list, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.chosen_logprobs: list = []  # per step: [B]
+
+    def noise(self, vocab: int, device: torch.device) -> torch.Tensor:
+        """Exponential(1) noise, one row per sequence from its own generator. [B, V]"""
+        rows = [torch.empty(vocab, device=device).exponential_(generator=g) for g in self.generators]
+        return torch.stack(rows)
+
+    def pick(self, logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """One token per row, sampled from the filtered distribution. [B]"""
+        logp = filtered_logprobs(logits, params)
+        tokens = torch.argmax(logp - torch.log(self.noise(logp.shape[-1], logp.device)), dim=-1)
+        self.chosen_logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
+        return tokens
+
+
+class SeededLogitsProcessor:
+    """A transformers logits processor that samples with a SeededSampler under greedy decoding.
+
+    It returns scores whose argmax is the sampled token, so `generate(do_sample=False)` keeps it.
+    """
+
+    def __init__(self, sampler: SeededSampler, params: SamplingParams) -> None:
+        self.sampler, self.params = sampler, params
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        tokens = self.sampler.pick(scores, self.params)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, tokens[:, None], 0.0)

@@ -1,0 +1,182 @@
+"""The policy's weights as the native engine reads them: references into the transformers model, no copies.
+
+`collect` walks a (possibly PEFT-wrapped) Qwen3 / Qwen2 / Llama causal LM and returns views of its
+own parameter tensors. LoRA is handled in one of two ways, chosen per engine:
+
+- `merge`: `LoraMerge` adds B@A*scale into the base weights for the rollout and afterwards copies
+  the exact base weights back from a host snapshot (a bf16 merge-then-subtract would drift by a
+  rounding step each cycle). The snapshot is taken once and retaken only when the base weight's
+  version counter shows someone else wrote to it.
+- `lowrank`: the forward adds x@A^T@B^T*scale next to each base projection; weights untouched.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Proj:
+    """One linear map y = x W^T + b (+ low-rank LoRA terms when the engine applies them itself)."""
+
+    weight: torch.Tensor  # [out, in] a detached view of the model's parameter
+    bias: Optional[torch.Tensor] = None  # [out]
+    lora: list = field(default_factory=list)  # [(A [r, in], B [out, r], scale)] in lowrank mode
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's tensors."""
+
+    ln1: torch.Tensor  # [hidden] input RMSNorm weight
+    q: Proj
+    k: Proj
+    v: Proj
+    o: Proj
+    ln2: torch.Tensor  # [hidden] post-attention RMSNorm weight
+    gate: Proj
+    up: Proj
+    down: Proj
+    q_norm: Optional[torch.Tensor] = None  # [head_dim] Qwen3 only
+    k_norm: Optional[torch.Tensor] = None
+
+
+@dataclass
+class ModelWeights:
+    """Everything one forward pass reads, plus the shapes it needs."""
+
+    embed: torch.Tensor  # [V, hidden]
+    layers: list
+    norm: torch.Tensor  # [hidden]
+    lm_head: Proj
+    inv_freq: torch.Tensor  # [head_dim / 2] float32, as transformers' rotary embedding holds it
+    rope_scale: float  # transformers' attention_scaling for the rope variant
+    eps: float
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    def fingerprint(self) -> tuple:
+        """Storage addresses of every tensor read: captured graphs stay valid while these do."""
+        ptrs = [self.embed.data_ptr(), self.norm.data_ptr(), self.lm_head.weight.data_ptr()]
+        for layer in self.layers:
+            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+                ptrs.append(proj.weight.data_ptr())
+                ptrs.extend(t.data_ptr() for a, b, _ in proj.lora for t in (a, b))
+        return tuple(ptrs)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _is_lora(module: Any) -> bool:
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
+def active_lora_terms(module: Any) -> list:
+    """[(A, B, scale)] of the adapters a PEFT LoRA layer applies in its forward right now."""
+    if not _is_lora(module) or getattr(module, "disable_adapters", False) or getattr(module, "merged", False):
+        return []
+    terms = []
+    for name in module.active_adapters:
+        if name in module.lora_A:
+            terms.append((module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), float(module.scaling[name])))
+    return terms
+
+
+def _proj(module: Any, lowrank: bool) -> Proj:
+    base = module.base_layer if _is_lora(module) else module
+    bias = base.bias.detach() if base.bias is not None else None
+    return Proj(base.weight.detach(), bias, active_lora_terms(module) if lowrank else [])
+
+
+def _layer(layer: Any, lowrank: bool) -> LayerWeights:
+    attn, mlp = layer.self_attn, layer.mlp
+    q_norm = getattr(attn, "q_norm", None)
+    k_norm = getattr(attn, "k_norm", None)
+    return LayerWeights(
+        ln1=layer.input_layernorm.weight.detach(),
+        q=_proj(attn.q_proj, lowrank),
+        k=_proj(attn.k_proj, lowrank),
+        v=_proj(attn.v_proj, lowrank),
+        o=_proj(attn.o_proj, lowrank),
+        ln2=layer.post_attention_layernorm.weight.detach(),
+        gate=_proj(mlp.gate_proj, lowrank),
+        up=_proj(mlp.up_proj, lowrank),
+        down=_proj(mlp.down_proj, lowrank),
+        q_norm=q_norm.weight.detach() if q_norm is not None else None,
+        k_norm=k_norm.weight.detach() if k_norm is not None else None,
+    )
+
+
+def collect(model: Any, lowrank: bool) -> ModelWeights:
+    """Views of every weight of `model` (PEFT-wrapped or not) that the native forward reads."""
+    lm = unwrap(model)
+    cfg = lm.config
+    inner = lm.model
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return ModelWeights(
+        embed=inner.embed_tokens.weight.detach(),
+        layers=[_layer(layer, lowrank) for layer in inner.layers],
+        norm=inner.norm.weight.detach(),
+        lm_head=_proj(lm.lm_head, lowrank),
+        inv_freq=inner.rotary_emb.inv_freq.float(),
+        rope_scale=float(getattr(inner.rotary_emb, "attention_scaling", 1.0)),
+        eps=float(cfg.rms_norm_eps),
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        head_dim=head_dim,
+    )
+
+
+class LoraMerge:
+    """Merges active LoRA adapters into the base weights for one rollout and restores them exactly."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict = {}  # id(weight) -> (data_ptr, version after our restore, host copy)
+
+    def _snapshot(self, weight: torch.Tensor) -> torch.Tensor:
+        """The exact base weight on the host, retaken when anything but us wrote to `weight`."""
+        key = id(weight)
+        held = self._snapshots.get(key)
+        if held is not None and held[0] == weight.data_ptr() and held[1] == weight._version:
+            return held[2]
+        copy = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=weight.is_cuda)
+        copy.copy_(weight.detach())
+        self._snapshots[key] = (weight.data_ptr(), weight._version, copy)
+        return copy
+
+    @contextmanager
+    def merged(self, model: Any):
+        """Inside the block the base weights hold W + sum(B @ A * scale); outside they hold W, bit for bit."""
+        touched = []
+        try:
+            with torch.no_grad():
+                for module in unwrap(model).modules():
+                    terms = active_lora_terms(module)
+                    if not terms:
+                        continue
+                    weight = module.base_layer.weight
+                    snap = self._snapshot(weight)
+                    touched.append((weight, snap))
+                    merged = weight.float()
+                    for a, b, scale in terms:
+                        merged.addmm_(b.float(), a.float(), alpha=scale)
+                    weight.copy_(merged.to(weight.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for weight, snap in touched:
+                    weight.copy_(snap, non_blocking=True)
+                    held = self._snapshots[id(weight)]
+                    self._snapshots[id(weight)] = (held[0], weight._version, held[2])
+            if touched and touched[0][0].is_cuda:
+                torch.cuda.synchronize()

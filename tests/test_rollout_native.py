@@ -1,0 +1,263 @@
+"""The native rollout engine on CPU: greedy equals transformers, sampling follows the target distribution."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from mathgrpo.rollout import make_engine
+from mathgrpo.rollout.base import SamplingParams
+from mathgrpo.rollout.hf import HFEngine
+from mathgrpo.rollout.native import NativeEngine, supports
+from mathgrpo.tiny import build_tiny
+
+PROMPTS = ["What is 12+7?", "Hi", "Compute 345 - 67 step by step, then answer."]
+
+
+def sharpen(model: torch.nn.Module, seed: int = 0, std: float = 0.15) -> torch.nn.Module:
+    """Redraw the weights larger than the init so the tiny model's greedy text varies and ends sometimes."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = build_tiny(0)
+    return sharpen(model), tok
+
+
+def hf_greedy(model, tok, prompts, n, max_new, stops) -> list:
+    """transformers' greedy `generate` on left-padded prompts: [(prompt_index, completion ids cut after a stop)].
+
+    Built on `generate` directly rather than the hf engine, which drops pad ids that the tiny model
+    may genuinely emit.
+    """
+    flat = [p for p in prompts for _ in range(n)]
+    enc = tok(flat, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=stops or None,
+                         pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+    out = []
+    for i, row in enumerate(gen[:, enc["input_ids"].shape[1]:].tolist()):
+        cut = next((j for j, t in enumerate(row) if t in stops), None)
+        out.append((i // n, row[: cut + 1] if cut is not None else row))
+    return out
+
+
+def assert_same(native: list, reference: list, stops: list) -> None:
+    assert len(native) == len(reference)
+    for g, (index, ids) in zip(native, reference):
+        assert g.prompt_index == index
+        assert g.token_ids == ids
+        assert g.finished == bool(ids and ids[-1] in stops)
+
+
+def test_greedy_matches_transformers_with_ragged_prompts(tiny):
+    model, tok = tiny
+    stops = [tok.eos_token_id]
+    native = NativeEngine(model, tok, stops).generate(PROMPTS, 2, SamplingParams(max_new_tokens=40, temperature=0))
+    reference = hf_greedy(model, tok, PROMPTS, 2, 40, stops)
+    assert_same(native, reference, stops)
+    assert len({tuple(g.token_ids) for g in native}) >= 2, "prompts should lead to different completions"
+
+
+def test_greedy_single_prompt_and_small_batches(tiny):
+    model, tok = tiny
+    stops = [tok.eos_token_id]
+    native = NativeEngine(model, tok, stops, batch_size=2).generate(PROMPTS, 1, SamplingParams(max_new_tokens=25, temperature=0))
+    assert_same(native, hf_greedy(model, tok, PROMPTS, 1, 25, stops), stops)
+
+
+def test_stop_token_ends_a_completion(tiny):
+    model, tok = tiny
+    free = NativeEngine(model, tok, []).generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=30, temperature=0))[0]
+    assert not free.finished and len(free.token_ids) == 30
+    stop = free.token_ids[5]
+    cut = free.token_ids.index(stop)
+    got = NativeEngine(model, tok, [stop]).generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=30, temperature=0))[0]
+    assert got.finished and got.token_ids == free.token_ids[: cut + 1]
+    assert got.text == tok.decode(free.token_ids[:cut], skip_special_tokens=False)
+    assert_same([got], hf_greedy(model, tok, PROMPTS[:1], 1, 30, [stop]), [stop])
+
+
+def test_prefill_once_per_prompt_and_samples_differ(tiny):
+    model, tok = tiny
+    engine = NativeEngine(model, tok, [tok.eos_token_id], seed=0)
+    out = engine.generate(PROMPTS, 4, SamplingParams(max_new_tokens=12, temperature=1.0))
+    assert engine.last_stats["prefill_rows"] == len(PROMPTS)
+    assert [g.prompt_index for g in out] == [i for i in range(len(PROMPTS)) for _ in range(4)]
+    for i in range(len(PROMPTS)):
+        group = {tuple(g.token_ids) for g in out[4 * i : 4 * i + 4]}
+        assert len(group) > 1, "samples of one prompt share a prefill but must not share their draws"
+
+
+def reference_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """transformers' own warpers, in generate's order, applied to float32 logits [B, V]."""
+    scores = logits.float()
+    warpers = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_k:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    if params.min_p:
+        warpers.append(MinPLogitsWarper(params.min_p))
+    for w in warpers:
+        scores = w(None, scores)
+    return scores
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=1, temperature=0.8),
+        SamplingParams(max_new_tokens=1, temperature=1.3, top_k=12, top_p=0.9),
+        SamplingParams(max_new_tokens=1, temperature=0.7, min_p=0.05),
+    ],
+)
+def test_first_token_frequencies_follow_the_filtered_distribution(tiny, params):
+    model, tok = tiny
+    draws = 6000
+    engine = NativeEngine(model, tok, [], seed=1)
+    out = engine.generate(PROMPTS[:1], draws, params)
+    ids = tok(PROMPTS[0], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        target = reference_scores(model(ids).logits[:, -1], params).softmax(-1)[0]
+    counts = torch.bincount(torch.tensor([g.token_ids[0] for g in out]), minlength=target.numel()).double()
+    assert counts[target == 0].sum() == 0, "a filtered token was sampled"
+    expected = target.double() * draws
+    keep = expected > 5
+    chi2 = ((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum().item()
+    dof = int(keep.sum()) - 1
+    assert dof >= 3
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, f"chi-square {chi2:.1f} on {dof} degrees of freedom"
+    for g in out[:50]:
+        assert g.logprobs[0] == pytest.approx(torch.log(target[g.token_ids[0]]).item(), abs=1e-4)
+
+
+def test_logprobs_are_those_of_the_filtered_distribution_at_every_step(tiny):
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=15, temperature=0.9, top_k=30, top_p=0.95)
+    out = NativeEngine(model, tok, [tok.eos_token_id], seed=3).generate(PROMPTS, 2, params)
+    for g in out:
+        seq = torch.tensor([g.prompt_ids + g.token_ids])
+        with torch.no_grad():
+            logits = model(seq).logits[0, len(g.prompt_ids) - 1 : -1]
+        logp = torch.log_softmax(reference_scores(logits, params), -1)
+        expected = logp.gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(g.logprobs), expected, atol=1e-4)
+
+
+def randomised_lora(model):
+    """Wrap in PEFT LoRA r4 on every projection with random B (so the adapter changes outputs)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return peft_model
+
+
+@pytest.mark.parametrize("mode", ["merge", "lowrank"])
+def test_lora_wrapped_model_matches_peft_generate(mode):
+    model, tok = build_tiny(0)
+    sharpen(model)
+    base_out = NativeEngine(model, tok, []).generate(PROMPTS, 1, SamplingParams(max_new_tokens=20, temperature=0))
+    peft_model = randomised_lora(model)
+    stops = [tok.eos_token_id]
+    native = NativeEngine(peft_model, tok, stops, lora=mode).generate(PROMPTS, 1, SamplingParams(max_new_tokens=30, temperature=0))
+    assert_same(native, hf_greedy(peft_model, tok, PROMPTS, 1, 30, stops), stops)
+    assert [g.token_ids[:20] for g in native] != [g.token_ids for g in base_out], "the adapter should matter"
+
+
+def test_lora_merge_leaves_base_weights_bit_identical_over_many_rollouts():
+    model, tok = build_tiny(0)
+    sharpen(model)
+    peft_model = randomised_lora(model.to(torch.bfloat16))
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
+    engine = NativeEngine(peft_model, tok, [], lora="merge", seed=0)
+    for step in range(30):
+        engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=2, temperature=1.0))
+        with torch.no_grad():  # an optimizer step on the adapter between rollouts
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.add_(0.01 * torch.randn_like(p))
+    for n, p in peft_model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), f"{n} drifted"
+
+
+def test_llama_greedy_matches_transformers():
+    _, tok = build_tiny(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(0)
+    model = sharpen(LlamaForCausalLM(cfg), seed=2, std=0.2)
+    model.set_attn_implementation("eager")
+    model.generation_config.pad_token_id = 0
+    assert supports(model) is None
+    stops = [tok.eos_token_id]
+    native = NativeEngine(model, tok, stops).generate(PROMPTS, 2, SamplingParams(max_new_tokens=30, temperature=0))
+    assert_same(native, hf_greedy(model, tok, PROMPTS, 2, 30, stops), stops)
+
+
+def test_unsupported_models_get_a_reason_and_fall_back_to_hf(tiny):
+    model, tok = tiny
+    assert supports(model) is None
+    sliding = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          num_key_value_heads=1, use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    from transformers import Qwen2ForCausalLM
+
+    fallback = Qwen2ForCausalLM(sliding)
+    assert "sliding" in supports(fallback)
+    engine = make_engine("native", fallback, tok, [1])
+    assert engine.name == "hf"
+    assert make_engine("native", model, tok, [1]).name == "native"
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
+)
+def test_split_k_decode_kernel_matches_grouped_attention_interpreted():
+    """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention."""
+    script = """
+import torch
+from mathgrpo.rollout.decode_attention import SplitKDecode
+from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
+torch.manual_seed(0)
+for batch, kv, groups, dim, length, slot in [(3, 2, 2, 32, 300, 290), (2, 2, 4, 32, 1500, 700)]:
+    attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
+    k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
+    q = torch.randn(batch, kv * groups, 1, dim)
+    pad = torch.tensor([0, 70, 5][:batch])
+    out = attn(q, k, v, pad, torch.tensor([slot]))
+    valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
+    ref = grouped_attention(q, k[:, :, : slot + 1], v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
+    assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
+print("ok")
+"""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
