@@ -145,6 +145,34 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
     return run
 
 
+@command("eval", "benchmark a model (gsm8k, math500, any data source) or compare two results folders")
+def _eval(parser: argparse.ArgumentParser) -> Callable:
+    parser.add_argument("--model", default=None, help="hub id, model folder, adapter folder or run folder (default: model.name)")
+    parser.add_argument("--bench", default=None, help="comma-separated benchmarks, e.g. gsm8k,math500 (default: eval.bench)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N problems per benchmark (seeded subset)")
+    parser.add_argument("--n", type=int, default=None, help="samples per problem (1 = greedy; more sample at rollout.temperature)")
+    parser.add_argument("--shots", type=int, default=None, help="few-shot worked examples (base models: 4)")
+    parser.add_argument("--output", default=None, help="results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="compare two results folders (B - A)")
+    add_recipe_args(parser, default=None)  # None: Config defaults, or the run's config.yaml for a run folder
+
+    def run(args: argparse.Namespace) -> int:
+        from .evaluate import EvalError, main, run_recipe
+
+        flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
+        overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+        try:
+            if args.compare:
+                return main(None, compare=args.compare, output=args.output)
+            recipe = args.recipe or run_recipe(args.model)
+            return main(load_config(recipe, overrides), args.model, args.bench, output=args.output)
+        except EvalError as err:
+            print(f"mathgrpo eval: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")
@@ -158,7 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the `mathgrpo` console command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after flags (`eval --limit 3 a.b=1 --n 2 c.d=2`): argparse takes one run of
+    # positionals, so later `key=value` words arrive as unknown and are appended to the overrides here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -164,7 +164,12 @@ class EvalConfig:
     n: int = _f(1, "Samples per problem (1 = greedy pass@1; >1 samples at rollout.temperature).")
     k: list = _f([1], "k values for pass@k and maj@k.")
     shots: int = _f(0, "Few-shot worked examples in the prompt (base models: 4, as the Qwen3 report).")
-    output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<date>).")
+    shots_source: str = _f(
+        "gsm8k",
+        "Where few-shot examples come from: the first eval.shots problems with a worked solution of this "
+        "source's train split (gsm8k train for every benchmark by default: MATH has no bundled train split).",
+    )
+    output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot; rerun to resume).")
 
 
 @dataclass
@@ -249,6 +254,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.sft.stop_at_accuracy is not None and not 0 < cfg.sft.stop_at_accuracy <= 1:
         raise ConfigError(f"sft.stop_at_accuracy={cfg.sft.stop_at_accuracy} must be a fraction in (0, 1]")
+    if cfg.eval.shots < 0:
+        raise ConfigError(f"eval.shots={cfg.eval.shots} must be >= 0 (0 = zero-shot)")
+    if cfg.eval.limit is not None and cfg.eval.limit < 1:
+        raise ConfigError(f"eval.limit={cfg.eval.limit} must be at least 1 (or null for every problem)")
+    if any(k < 1 for k in cfg.eval.k):
+        raise ConfigError(f"eval.k={list(cfg.eval.k)} must hold k values >= 1 (pass@k and maj@k)")
     unknown = set(cfg.run.report_to) - {"jsonl", "tensorboard", "wandb"}
     if unknown:
         raise ConfigError(f"run.report_to has unknown sinks {sorted(unknown)}; use jsonl, tensorboard, wandb")

@@ -1,0 +1,169 @@
+"""`mathgrpo eval` end to end on the tiny model (CPU): results folder, resume, run folders, few-shot, errors."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mathgrpo.cli import main as cli
+from mathgrpo.config import LoraConfig, load_config, save_config
+from mathgrpo.evaluate import resolve_model
+from mathgrpo.model import add_lora
+from mathgrpo.tiny import build_tiny
+
+FAST = ["rollout.max_new_tokens=16", "run.progress=false", "run.threads=1"]
+RECORD_KEYS = {"bench", "id", "sample", "question", "gold", "completion", "answer", "correct", "verdict",
+               "well_formed", "length", "finished", "meta"}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The built-in tiny model and tokenizer saved as an ordinary model folder."""
+    path = tmp_path_factory.mktemp("models") / "tiny-model"
+    model, tok = build_tiny(0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def lines(path: Path) -> list:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_eval_writes_results_and_resumes(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k,math500", "--limit", "3", "--output", str(out), *FAST]
+    assert cli(argv) == 0
+    for name in ("metrics.json", "samples.jsonl", "prompt.json", "eval_config.json", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"gsm8k", "math500"}
+    for key, m in metrics["benchmarks"].items():
+        assert m["problems"] == 3 and m["samples_per_problem"] == 1 and m["generated"] == 3 and m["reused"] == 0
+        assert {"accuracy", "ci", "pass@k", "maj@k", "format_adherence", "answered", "truncated", "length"} <= set(m)
+        assert 0 <= m["ci"][0] <= m["accuracy"] <= m["ci"][1] <= 1
+        assert m["length"]["max"] <= 16
+    assert {"by_level", "by_subject"} <= set(metrics["benchmarks"]["math500"])
+    assert "by_level" not in metrics["benchmarks"]["gsm8k"]
+    samples = lines(out / "samples.jsonl")
+    assert len(samples) == 6 and all(set(r) == RECORD_KEYS for r in samples)
+    assert {r["bench"] for r in samples} == {"gsm8k", "math500"}
+    assert all(r["meta"].get("level") for r in samples if r["bench"] == "math500")
+    prompts = json.loads((out / "prompt.json").read_text())
+    assert prompts["gsm8k"]["shots"] == [] and "{question}" in prompts["gsm8k"]["prompt_template"]
+    assert prompts["gsm8k"]["example_prompt"].count("Problem:") == 1
+    printed = capsys.readouterr().out
+    assert "report.html" in printed and "gsm8k" in printed
+
+    # Second run of the same command: every sample is already there, nothing is generated.
+    before = (out / "samples.jsonl").read_text()
+    assert cli(argv) == 0
+    assert "gsm8k: 3 of 3 samples already in" in capsys.readouterr().out
+    assert (out / "samples.jsonl").read_text() == before
+    again = json.loads((out / "metrics.json").read_text())["benchmarks"]
+    assert all(m["generated"] == 0 and m["reused"] == 3 for m in again.values())
+
+
+def test_interrupted_run_resumes_only_missing_samples(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "3", "--output", str(out), *FAST]
+    assert cli(argv) == 0
+    path = out / "samples.jsonl"
+    kept = path.read_text().splitlines()[:2]
+    # As if killed mid-write: two whole lines, then half of the third.
+    path.write_text("\n".join(kept) + "\n" + '{"bench": "gsm8k", "id": "gsm8')
+    (out / "metrics.json").unlink()
+    assert cli(argv) == 0
+    assert "gsm8k: 2 of 3 samples already in" in capsys.readouterr().out
+    assert len(lines(path)) == 3  # the torn line is gone, the missing sample written once
+    assert json.loads((out / "metrics.json").read_text())["benchmarks"]["gsm8k"]["generated"] == 1
+
+
+def test_other_settings_in_the_same_folder_fail_clearly(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "res"
+    base = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "1", "--output", str(out), *FAST]
+    assert cli(base) == 0
+    assert cli(base + ["--shots", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "shots: 0 -> 1" in err and "--output" in err
+
+
+def test_samples_shots_and_any_source(tiny_dir, tmp_path):
+    out = tmp_path / "res"
+    # Overrides between flags, too: argparse alone would refuse the second run of key=value words.
+    argv = ["eval", "--model", str(tiny_dir), "rollout.temperature=1.0", "--bench", "gsm8k,procedural:arith",
+            "--limit", "2", "--n", "3", "--shots", "2", "--output", str(out), "eval.k=[1,2]", *FAST]
+    assert cli(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"gsm8k", "procedural_arith"}
+    for m in metrics["benchmarks"].values():
+        assert m["samples_per_problem"] == 3 and m["problems"] == 2
+        assert set(m["pass@k"]) == {"1", "2", "3"} and set(m["maj@k"]) == {"1", "2", "3"}
+    samples = lines(out / "samples.jsonl")
+    assert len(samples) == 2 * 2 * 3
+    assert sorted({r["sample"] for r in samples}) == [0, 1, 2]
+    prompts = json.loads((out / "prompt.json").read_text())["gsm8k"]
+    assert len(prompts["shots"]) == 2 and prompts["shots_source"] == "gsm8k@train"
+    # The first gsm8k train problem, its solution written in the reasoning format.
+    assert "Natalia sold clips" in prompts["example_prompt"]
+    assert "[REASONING]Natalia sold 48/2 = 24 clips in May." in prompts["example_prompt"]
+    assert "[ANSWER]72" in prompts["example_prompt"]
+    assert "3 samples per problem at temperature 1.0" in (out / "report.md").read_text()
+
+
+def _save(model, tok, path: Path) -> None:
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def test_run_folder_resolution(tmp_path):
+    run = tmp_path / "runs" / "try1"
+    assert resolve_model("Qwen/Qwen3-4B-Base").path == "Qwen/Qwen3-4B-Base"
+    (run / "sft" / "model").mkdir(parents=True)
+    assert resolve_model(str(run)).path == str(run / "sft" / "model")
+    assert resolve_model(str(run / "sft" / "model")).label == "try1-sft"
+    for step in (10, 50, 200):
+        (run / "grpo" / "checkpoints" / f"ckpt-{step:06d}" / "model").mkdir(parents=True)
+    ref = resolve_model(str(run))
+    assert ref.path.endswith("ckpt-000200/model") and ref.run_dir == run and ref.label == "try1-ckpt-000200"
+    assert resolve_model(str(run / "grpo")).path == ref.path  # the stage folder works too
+    os.symlink("ckpt-000050", run / "grpo" / "checkpoints" / "best")
+    assert resolve_model(str(run)).path.endswith("ckpt-000050/model")
+    empty = tmp_path / "runs" / "empty"
+    (empty / "grpo" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(Exception, match="run folder without checkpoints"):
+        resolve_model(str(empty))
+
+
+def test_eval_of_a_run_folder_with_an_adapter_plots_training_curves(tiny_dir, tmp_path):
+    run = tmp_path / "runs" / "try1"
+    ckpt = run / "grpo" / "checkpoints" / "ckpt-000020" / "model"
+    _, tok = build_tiny(0)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    _save(add_lora(base, LoraConfig(r=4, alpha=8)), tok, ckpt)
+    assert (ckpt / "adapter_config.json").is_file()
+    rows = [{"step": s, "reward": 0.1 * s, "accuracy": 0.02 * s, "note": "text is skipped"} for s in range(1, 6)]
+    rows.append({"step": 5, "heldout_accuracy": 0.3})
+    (run / "grpo" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # The run was trained with bare prompts: evaluation must prompt the same way by default.
+    save_config(load_config(None, ["format.template=bare"]), run / "config.yaml")
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(run), "--bench", "math500", "--limit", "2", "--output", str(out), *FAST]
+    assert cli(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "try1-ckpt-000020" and metrics["run_dir"] == str(run)
+    assert (out / "plots" / "training.png").is_file()
+    prompts = json.loads((out / "prompt.json").read_text())["math500"]
+    assert prompts["template"] == "bare" and prompts["prompt_template"] == "{question}"
+    md = (out / "report.md").read_text()
+    assert "## Training curves" in md and "plots/training.png" in md
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    rc = cli(["eval", "--model", str(tmp_path / "nope"), "--bench", "gsm8k", "--limit", "1",
+              "--output", str(tmp_path / "res"), *FAST])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
