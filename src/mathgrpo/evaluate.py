@@ -19,6 +19,7 @@ Sampling: `eval.n=1` is greedy (pass@1); `eval.n>1` samples at `rollout.temperat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import dist
 from .config import Config, ConfigError, to_dict
 from .data import DataError, LoadReport, load_source, sft_text
 from .formats import Format, get_format, has_chat_template, render_prompt
@@ -296,27 +298,36 @@ def sampling_params(cfg: Config) -> Any:
 
 
 def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Format, log: Any, progress: Any) -> int:
-    """Generate and grade every sample of the (problem, prompt) pairs in `todo`, appending to `log` per batch."""
+    """Generate and grade every sample of the (problem, prompt) pairs in `todo`, appending to `log` per batch.
+
+    Under torchrun each rank takes every size-th pair; the graded lines of each batch are gathered
+    and rank 0 alone writes them (`log` is None on the other ranks).
+    """
     from .grading import grade
 
     n = cfg.eval.n
     params = sampling_params(cfg)
     per_call = max(1, (cfg.rollout.batch_size or DEFAULT_EVAL_BATCH) // n)
     todo = sorted(todo, key=lambda t: len(t[1]))  # similar lengths together: less padding
+    world = dist.world()
+    mine = todo[world.rank :: world.size]
+    batches = -(-len(todo[:: world.size]) // per_call)  # rank 0 has the most: every rank loops as often
     task = progress.add_task(bench, total=len(todo) * n)
     made = 0
-    for start in range(0, len(todo), per_call):
-        chunk = todo[start : start + per_call]
-        gens = engine.generate([prompt for _, prompt in chunk], n, params)
+    for b in range(batches):
+        chunk = mine[b * per_call : (b + 1) * per_call]
+        gens = engine.generate([prompt for _, prompt in chunk], n, params) if chunk else []
         lines = []
         for j, gen in enumerate(gens):
             problem = chunk[gen.prompt_index][0]
             verdict = grade(gen.text, problem, fmt)
             lines.append(json.dumps(sample_record(bench, problem, j % n, gen, verdict), ensure_ascii=False))
-        log.write("\n".join(lines) + "\n")
-        log.flush()
-        made += len(gens)
-        progress.advance(task, len(gens))
+        lines = dist.gather_concat(lines)
+        if log is not None:
+            log.write("\n".join(lines) + "\n")
+            log.flush()
+        made += len(lines)
+        progress.advance(task, len(lines))
     return made
 
 
@@ -374,7 +385,9 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
     done = read_samples(samples_path)
     grading.reset_stats()
     prompts_info, per_bench = {}, {}
-    with open(samples_path, "a", encoding="utf-8") as log, make_progress(cfg.run.progress) as progress:
+    main_rank = dist.world().main
+    with (open(samples_path, "a", encoding="utf-8") if main_rank else contextlib.nullcontext()) as log, \
+            make_progress(cfg.run.progress and main_rank) as progress:
         for spec, report in benches.items():
             key = bench_key(spec)
             prompts = build_prompts(report.problems, fmt, tok, cfg, shots)
@@ -383,12 +396,15 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
             todo = [(p, q) for p, q in zip(report.problems, prompts)
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n
-            print(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
-                  f"generating {len(todo) * cfg.eval.n}")
+            if main_rank:
+                print(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
+                      f"generating {len(todo) * cfg.eval.n}")
             t0 = time.monotonic()
             made = generate_missing(engine, key, todo, cfg, fmt, log, progress) if todo else 0
             per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made,
                               "reused": reused, "generation_s": round(time.monotonic() - t0, 2)}
+    if not main_rank:
+        return {}
     write_json_atomic(out / "prompt.json", prompts_info)
     records = read_samples(samples_path)
     metrics = {"model": model.label, "model_path": model.path,
@@ -430,10 +446,16 @@ def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional
         cfg.eval.bench = bench
     model = resolve_model(model_ref or cfg.model.name)
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
-    prepare_output(out, cfg, model)
-    print(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else ""))
+    world = dist.init()
+    if world.main:
+        prepare_output(out, cfg, model)
+        print(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
+              + (f" on {world.size} ranks" if world.active else ""))
+    dist.barrier()
     t0 = time.monotonic()
     metrics = evaluate(cfg, model, out)
+    if not world.main:
+        return 0
     metrics["elapsed_s"] = round(time.monotonic() - t0, 2)
     write_json_atomic(out / "metrics.json", metrics)
     from .report import write_report
