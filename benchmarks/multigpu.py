@@ -1,0 +1,111 @@
+"""Data-parallel scaling of a GRPO step: the same global batch on 1, 2, ... GPUs of one host.
+
+Subject: a Qwen3-4B-shaped model with random bf16 weights (`model.init=random`), LoRA r32, GSM8K
+prompts in the plain template, 8 prompts x 8 samples, 256 new tokens, the default rollout engine.
+Each rank count runs `torchrun -m mathgrpo train` for a few steps; the first step (graph capture,
+compilation) is left out of the timing. Strong scaling: efficiency = t(1) / (N x t(N)).
+
+    python benchmarks/multigpu.py --gpus 1,2 --out benchmarks/results/multigpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+
+
+def write_model_folder(path: Path, smoke: bool = False) -> None:
+    """config.json of the Qwen3-4B shape (a 2-layer one for --smoke) and a tokenizer of 151,936 ids (no weights)."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config
+
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                      rope_theta=1_000_000.0, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0)
+    if smoke:
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.head_dim = 64, 128, 2, 16
+        cfg.num_attention_heads, cfg.num_key_value_heads = 4, 2
+        cfg.layer_types = cfg.layer_types[:2]
+    cfg.save_pretrained(path)
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    names = ["<pad>", "<eos>", "<unk>"] + chars
+    names += [f"<t{i}>" for i in range(cfg.vocab_size - len(names))]
+    core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(names)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>").save_pretrained(path)
+
+
+def run_ranks(n: int, model_dir: Path, out: Path, steps: int, extra: list) -> dict:
+    """One `mathgrpo train` on n GPUs; its per-step metrics after the first step."""
+    name = f"gpus{n}"
+    overrides = [
+        f"model.name={model_dir}", "model.init=random", "sft.enabled=false", "data.source=gsm8k",
+        "data.heldout_size=8", "format.template=plain", "rollout.max_new_tokens=256", "rollout.min_p=0.0",
+        f"grpo.steps={steps}", "grpo.prompts_per_step=8", "grpo.num_generations=8", "rewards.preset=default",
+        f"run.eval_every={10 * steps}", f"run.checkpoint_every={10 * steps}", "run.progress=false",
+        "run.report_to=[jsonl]", f"run.output_dir={out}", f"run.name={name}", *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+           "-m", "mathgrpo", "train", "--recipe", "qwen3-4b-grpo", *overrides]
+    t0 = time.time()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (out / f"{name}.log").write_text(done.stdout + done.stderr)
+    if done.returncode:
+        return {"gpus": n, "error": (done.stdout + done.stderr)[-1500:]}
+    rows = [json.loads(x) for x in (out / name / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r.get("step", 0) >= 2 and "step_time" in r]
+    mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
+    return {"gpus": n, "steps_timed": len(timed), "step_s": mean("step_time"), "rollout_s": mean("rollout_time"),
+            "tokens_per_s": mean("tokens_per_s"), "wall_s": time.time() - t0}
+
+
+def main() -> None:
+    """Run every rank count, compute scaling efficiency, write the JSON, print a table."""
+    import torch
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--gpus", default="1,2")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--out", default="benchmarks/results/multigpu.json")
+    p.add_argument("--work", default="/tmp/mathgrpo-multigpu")
+    p.add_argument("--smoke", action="store_true", help="a 2-layer model on the CPU (gloo): checks the plumbing")
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_model_folder(work / "qwen3-4b-shape", args.smoke)
+    extra = ["model.device=cpu", "model.dtype=float32", "rollout.max_new_tokens=8", "run.threads=1"] if args.smoke else []
+    rows = [run_ranks(int(n), work / "qwen3-4b-shape", work, args.steps, extra) for n in args.gpus.split(",")]
+    base = next((r for r in rows if r["gpus"] == 1 and "step_s" in r), None)
+    for r in rows:
+        if base and "step_s" in r:
+            r["speedup"] = base["step_s"] / r["step_s"]
+            r["efficiency"] = r["speedup"] / r["gpus"]
+    report = {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "gpus_visible": torch.cuda.device_count(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "subject": "Qwen3-4B shape, random bf16, LoRA r32, 8 prompts x 8 samples, GSM8K prompts, 256 new tokens",
+              "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'gpus':>4} {'step s':>8} {'rollout s':>10} {'tok/s':>8} {'speedup':>8} {'eff':>6}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['gpus']:>4} error: {r['error'][-300:]}")
+            continue
+        print(f"{r['gpus']:>4} {r['step_s']:>8.2f} {r['rollout_s']:>10.2f} {r['tokens_per_s']:>8.0f} "
+              f"{r.get('speedup', 0):>8.2f} {r.get('efficiency', 0):>6.2f}")
+
+
+if __name__ == "__main__":
+    main()
