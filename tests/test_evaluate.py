@@ -125,6 +125,7 @@ def test_run_folder_resolution(tmp_path):
     assert resolve_model(str(run / "sft" / "model")).label == "try1-sft"
     for step in (10, 50, 200):
         (run / "grpo" / "checkpoints" / f"ckpt-{step:06d}" / "model").mkdir(parents=True)
+        (run / "grpo" / "checkpoints" / f"ckpt-{step:06d}" / "meta.json").write_text("{}")
     ref = resolve_model(str(run))
     assert ref.path.endswith("ckpt-000200/model") and ref.run_dir == run and ref.label == "try1-ckpt-000200"
     assert resolve_model(str(run / "grpo")).path == ref.path  # the stage folder works too
@@ -144,6 +145,7 @@ def test_eval_of_a_run_folder_with_an_adapter_plots_training_curves(tiny_dir, tm
 
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     _save(add_lora(base, LoraConfig(r=4, alpha=8)), tok, ckpt)
+    (ckpt.parent / "meta.json").write_text("{}")  # a finished checkpoint, as checkpoint.save leaves it
     assert (ckpt / "adapter_config.json").is_file()
     rows = [{"step": s, "reward": 0.1 * s, "accuracy": 0.02 * s, "note": "text is skipped"} for s in range(1, 6)]
     rows.append({"step": 5, "heldout_accuracy": 0.3})

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
 from .model import ModelError
+from .runs import RunError
 
 COMMANDS: dict = {}
 
@@ -134,9 +135,10 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
 
     def run(args: argparse.Namespace) -> int:
         from .export import solve_main
-        from .runs import run_config
+        from .runs import run_recipe
 
-        saved = run_config(args.model)
+        recipe = run_recipe(args.model)
+        saved = load_config(recipe) if recipe else None
         fmt = args.format or (saved.format.preset if saved else "reasoning")
         template = args.template or (saved.format.template if saved else "auto")
         limit = args.max_new_tokens or (saved.rollout.max_new_tokens if saved else 1024)
@@ -202,7 +204,7 @@ def main(argv: Optional[list] = None) -> int:
     except ConfigError as err:
         print(f"mathgrpo {args.command}: bad setting: {err}", file=sys.stderr)
         return 2
-    except (DataError, ModelError, FileNotFoundError, FileExistsError) as err:
+    except (DataError, ModelError, RunError, FileNotFoundError, FileExistsError) as err:
         print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
         return 2
 

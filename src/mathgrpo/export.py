@@ -14,23 +14,13 @@ import torch
 
 from .config import ModelConfig
 from .model import ModelError, is_adapter_dir, load_base, load_with_adapter, publish_model, stop_token_ids
-from .runs import is_run_dir, model_dir
-
-
-def resolve_model(ref: str) -> str:
-    """A run folder becomes its newest model folder; anything else is passed through."""
-    if Path(ref).exists() and is_run_dir(Path(ref)):
-        found = model_dir(Path(ref))
-        if found is None:
-            raise ModelError(f"run folder {ref} has no model yet (no sft/model, no grpo checkpoint)")
-        return str(found)
-    return ref
+from .runs import is_run_dir, resolve_model
 
 
 def load_any(ref: str, cfg: Optional[ModelConfig] = None) -> tuple:
     """(model, tokenizer) for a hub id, model folder, adapter folder or run folder."""
     cfg = cfg or ModelConfig()
-    path = resolve_model(ref)
+    path = resolve_model(ref).path
     if Path(path).exists() and is_adapter_dir(Path(path)):
         return load_with_adapter(Path(path), cfg)
     return load_base(ModelConfig(**{**cfg.__dict__, "name": path}))
@@ -45,7 +35,7 @@ def merge(model: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
 
 def export_main(ref: str, out: Optional[str], merged: bool, dtype: str = "bfloat16") -> int:
     """Write `adapter/` (when the model has one) and, with `merged`, `merged/` under `out`."""
-    src = resolve_model(ref)
+    src = resolve_model(ref).path
     out_dir = Path(out) if out else (Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(src).name}-export"))
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tok = load_any(ref, ModelConfig(device="cpu", dtype="float32"))

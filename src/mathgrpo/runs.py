@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -43,28 +44,81 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text()) if Path(path).exists() else {}
 
 
-def model_dir(run: Path) -> Optional[Path]:
-    """The newest model a run folder holds: latest GRPO checkpoint, else the warm-up's model."""
-    from .checkpoint import latest
-
-    ckpt = latest(Path(run) / "grpo" / "checkpoints")
-    if ckpt is not None:
-        return ckpt / "model"
-    sft = Path(run) / "sft" / "model"
-    return sft if sft.exists() else None
-
-
 def is_run_dir(path: Path) -> bool:
     """True for a folder laid out by `mathgrpo train`."""
     return (Path(path) / "config.yaml").exists() and ((Path(path) / "sft").exists() or (Path(path) / "grpo").exists())
 
 
-def run_config(ref: str) -> Optional[Config]:
-    """The saved config of a run folder (or of the run a checkpoint model belongs to), else None."""
-    from .config import load_config
 
-    path = Path(ref).resolve()
-    for folder in [path, *path.parents][:5]:
+class RunError(ValueError):
+    """A --model or --resume reference names no usable run, model or folder; the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What `--model` resolved to: the name `load_base` gets, a short label, and the run folder if any."""
+
+    path: str  # hub id, model folder or adapter folder
+    label: str  # for folder names and reports
+    run_dir: Optional[Path] = None  # the training run it came from (training curves in the report)
+
+
+def _latest_checkpoint(ckpts: Path) -> Optional[Path]:
+    """`checkpoints/best` when it exists, else the newest finished checkpoint, else None."""
+    from .checkpoint import latest
+
+    best = ckpts / "best"
+    return best.resolve() if best.exists() else latest(ckpts)
+
+
+def resolve_model(ref: str) -> ModelRef:
+    """Resolve `--model`: a run folder to its best/latest GRPO checkpoint (else its SFT model), else as given.
+
+    Run layout: `<run>/grpo/checkpoints/ckpt-NNNNNN/model/` (adapter or full model), `<run>/sft/model/`,
+    `<run>/grpo/metrics.jsonl`. A stage folder (`<run>/grpo`, holding `checkpoints/`) works too.
+    Anything else (hub id, model folder, adapter folder, `tiny`) goes to `model.load_base` unchanged.
+    """
+    path = Path(ref).expanduser()
+    if not path.exists():
+        if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:
+            raise RunError(f"--model {ref}: no such folder (a hub id looks like owner/name)")
+        return ModelRef(ref, ref.rstrip("/").split("/")[-1])
+    if not path.is_dir():
+        raise RunError(f"--model {ref} is a file; pass a model, adapter or run folder, or a hub id")
+    for run_dir, stage in ((path, path / "grpo"), (path.parent, path)):
+        ckpts = stage / "checkpoints"
+        if ckpts.is_dir():
+            ckpt = _latest_checkpoint(ckpts)
+            if ckpt is None:
+                break  # no checkpoint yet: fall back to the warm-up model below
+            model = ckpt / "model" if (ckpt / "model").is_dir() else ckpt
+            return ModelRef(str(model), f"{run_dir.resolve().name}-{ckpt.name}", run_dir)
+    if (path / "sft" / "model").is_dir():
+        return ModelRef(str(path / "sft" / "model"), f"{path.resolve().name}-sft", path)
+    if (path / "checkpoints").is_dir() or (path / "grpo").is_dir():
+        raise RunError(f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model")
+    return ModelRef(str(path), _folder_label(path))
+
+
+def _folder_label(path: Path) -> str:
+    """A folder's label: its name, or for a `.../<run>/sft/model` style path the two names that tell it apart."""
+    if path.resolve().name != "model":
+        return path.resolve().name
+    parts = [p for p in path.resolve().parts if p not in ("model", "checkpoints", "grpo")]
+    return "-".join(parts[-2:])
+
+
+def run_recipe(model_ref: Optional[str]) -> Optional[str]:
+    """The config.yaml of the training run `model_ref` lies in (run, stage or checkpoint folder), else None.
+
+    A trained model is evaluated the way it was trained: the run's format, template and rollout
+    settings become the defaults (flags and overrides still win).
+    """
+    if not model_ref or not Path(model_ref).is_dir():
+        return None
+    path = Path(model_ref).resolve()
+    for folder in [path, *path.parents][:6]:
         if is_run_dir(folder):
-            return load_config(str(folder / "config.yaml"))
+            print(f"settings: {folder / 'config.yaml'} (the run's own; --recipe or key=value overrides change them)")
+            return str(folder / "config.yaml")
     return None
