@@ -112,23 +112,25 @@ class Parsed:
     well_formed: bool
 
 
+def closing_brace(text: str, open_idx: int) -> Optional[int]:
+    """Index of the brace that closes the one at `open_idx`, or None when it never closes."""
+    depth = 0
+    for j in range(open_idx, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
 def last_boxed(text: str) -> Optional[str]:
     """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, or None."""
     idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if idx < 0:
-        return None
-    start = text.find("{", idx)
-    if start < 0:
-        return None
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
-    return None
+    start = text.find("{", idx) if idx >= 0 else -1
+    end = closing_brace(text, start) if start >= 0 else None
+    return None if end is None else text[start + 1 : end]
 
 
 def _parse_boxed(text: str, fmt: Format) -> Parsed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..formats import Format, parse_completion
+from ..formats import Format, closing_brace, parse_completion
 from .problem import Problem
 
 # Only `<<expr=value>>` (GSM8K's calculator calls), so a stray `<<` in other text survives.
@@ -52,25 +52,12 @@ def unwrap_boxed(text: str) -> str:
         match = pattern.search(text, i)
         if match is None:
             return "".join(out) + text[i:]
-        end = _closing_brace(text, match.end() - 1)
+        end = closing_brace(text, match.end() - 1)
         if end is None:  # unbalanced: leave the rest as it is
             return "".join(out) + text[i:]
         out.append(text[i : match.start()])
         out.append(text[match.end() : end])
         i = end + 1
-
-
-def _closing_brace(text: str, open_idx: int) -> Optional[int]:
-    """Index of the brace that closes the one at `open_idx`, or None."""
-    depth = 0
-    for j in range(open_idx, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return j
-    return None
 
 
 def clean_solution(text: Optional[str]) -> Optional[str]:
