@@ -56,7 +56,8 @@ def run_ranks(n: int, model_dir: Path, out: Path, steps: int, extra: list) -> di
         f"run.eval_every={10 * steps}", f"run.checkpoint_every={10 * steps}", "run.progress=false",
         "run.report_to=[jsonl]", f"run.output_dir={out}", f"run.name={name}", *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(SRC), "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
            "-m", "mathgrpo", "train", "--recipe", "qwen3-4b-grpo", *overrides]
     t0 = time.time()
