@@ -105,9 +105,12 @@ class MemoryPlan:
     rollout_per_token: int  # KV-cache bytes per generated or prompt token
     rollout_per_sequence: int  # sampling scratch per sequence, bytes
 
-    def micro_batch(self, seq_tokens: int) -> int:
-        """Sequences of `seq_tokens` tokens one forward/backward can take (0: not even one fits)."""
-        free = self.budget - self.resident - self.logits_chunk
+    def micro_batch(self, seq_tokens: int, held: int = 0) -> int:
+        """Sequences of `seq_tokens` tokens one forward/backward can take (0: not even one fits).
+
+        held: bytes something else keeps meanwhile, e.g. a rollout engine's KV cache kept for reuse.
+        """
+        free = self.budget - self.resident - self.logits_chunk - held
         return max(free // max(seq_tokens * self.train_per_token, 1), 0)
 
     def rollout_batch(self, seq_tokens: int) -> int:
@@ -116,9 +119,13 @@ class MemoryPlan:
         per_seq = seq_tokens * self.rollout_per_token + self.rollout_per_sequence
         return max(free // max(per_seq, 1), 0)
 
-    def train_bytes(self, sequences: int, seq_tokens: int) -> int:
-        """Estimated peak bytes of one training micro-batch, resident memory included."""
-        return self.resident + self.logits_chunk + sequences * seq_tokens * self.train_per_token
+    def train_bytes(self, sequences: int, seq_tokens: int, held: int = 0) -> int:
+        """Estimated peak bytes of one training micro-batch, resident and held memory included."""
+        return self.resident + self.logits_chunk + held + sequences * seq_tokens * self.train_per_token
+
+    def rollout_cache_bytes(self, sequences: int, seq_tokens: int) -> int:
+        """KV-cache bytes of a rollout batch (what an engine that keeps its cache holds during training)."""
+        return sequences * seq_tokens * self.rollout_per_token
 
     def summary(self, seq_tokens: int) -> str:
         """One line for the log: budget, resident share, and the two batch sizes at `seq_tokens`."""

@@ -104,7 +104,8 @@ class GRPORun:
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
         self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), self._rollout_batch_size())
+        self.engine_batch = self._rollout_batch_size()
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), self.engine_batch)
         g = cfg.grpo
         self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
         self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
@@ -201,10 +202,17 @@ class GRPORun:
         """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width, or the whole batch."""
         if self.cfg.grpo.micro_batch_size or self.plan is None:
             return self.cfg.grpo.micro_batch_size or len(batch)
-        fits = self.plan.micro_batch(batch.input_ids.shape[1])
+        fits = self.plan.micro_batch(batch.input_ids.shape[1], self._held_by_engine())
         if fits < 1:
             print(f"grpo: {self.plan.summary(batch.input_ids.shape[1])}; trying 1 sequence per micro-batch")
         return max(1, min(fits, len(batch)))
+
+    def _held_by_engine(self) -> int:
+        """Bytes the rollout engine keeps between calls: the native engine keeps its KV cache for reuse, hf frees it."""
+        if self.plan is None or self.engine.name == "hf":
+            return 0
+        rows = self.engine_batch or self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations
+        return self.plan.rollout_cache_bytes(rows, self.cfg.model.max_seq_length)
 
     def _clock(self) -> float:
         """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""
