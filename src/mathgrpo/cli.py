@@ -36,8 +36,13 @@ def add_recipe_args(parser: argparse.ArgumentParser, default: Optional[str] = DE
 
 
 def config_from(args: argparse.Namespace):
-    """The Config named by --recipe with the positional overrides applied."""
-    return load_config(args.recipe, args.overrides)
+    """The Config named by --recipe with the positional overrides applied (Unsloth imported first if it is the backend)."""
+    cfg = load_config(args.recipe, args.overrides)
+    if cfg.model.backend == "unsloth":
+        from .unsloth_backend import import_unsloth
+
+        import_unsloth()  # before anything imports transformers, so all of its patches apply
+    return cfg
 
 
 @command("grade", "check whether a predicted answer equals a gold answer, with the parsed forms")

@@ -43,6 +43,12 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory (GPU only).")
     load_in_4bit: bool = _f(False, "Unsloth backend only: load the frozen base in 4-bit.")
     max_seq_length: int = _f(2048, "Longest prompt + completion the run may use, in tokens.")
+    use_liger: Optional[bool] = _f(
+        None,
+        "Liger kernels (RMSNorm, SwiGLU, RoPE) for Qwen3 models: null = on when liger-kernel is installed "
+        "and the model is on a GPU; true = required; false = off. Its fused cross-entropy is never used "
+        "(the trainer computes chunked log-probs itself).",
+    )
 
 
 @dataclass
@@ -153,7 +159,11 @@ class GRPOConfig:
     num_iterations: int = _f(1, "Optimizer steps per batch of rollouts (mu in GRPO); >1 needs the old-policy log-probs.")
     mask_truncated: bool = _f(False, "Exclude completions cut at max_new_tokens from the loss (DAPO's overlong filtering).")
     dynamic_sampling: bool = _f(False, "Drop groups whose rewards are all equal (zero advantage; DAPO).")
-    max_memory_gb: Optional[float] = _f(None, "Memory budget for sizing micro-batches (default: the card's size).")
+    max_memory_gb: Optional[float] = _f(
+        None,
+        "Memory budget in GiB that sizes grpo.micro_batch_size and rollout.batch_size when they are 0 "
+        "(default: 95% of the GPU's memory; on CPU, without it, whole batches). See mathgrpo/memory.py.",
+    )
 
 
 @dataclass
@@ -252,6 +262,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("grpo.beta > 0 needs lora.enabled=true: the reference model is the base with the adapter switched off")
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
+    if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):
+        raise ConfigError("model.backend=unsloth trains LoRA adapters only: set lora.enabled=true and sft.full_finetune=false, "
+                          "or use model.backend=transformers")
+    if cfg.grpo.max_memory_gb is not None and cfg.grpo.max_memory_gb <= 0:
+        raise ConfigError(f"grpo.max_memory_gb={cfg.grpo.max_memory_gb} must be > 0 (or null for the card's size)")
     if cfg.sft.stop_at_accuracy is not None and not 0 < cfg.sft.stop_at_accuracy <= 1:
         raise ConfigError(f"sft.stop_at_accuracy={cfg.sft.stop_at_accuracy} must be a fraction in (0, 1]")
     if cfg.eval.shots < 0:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import LoraConfig, ModelConfig
+from .config import Config, LoraConfig, ModelConfig
 
 
 class ModelError(RuntimeError):
@@ -83,7 +83,7 @@ def load_base(cfg: ModelConfig, seed: int = 0) -> tuple:
     if cfg.backend == "unsloth":
         from .unsloth_backend import load_unsloth  # optional extra; clear error inside
 
-        return load_unsloth(cfg, dtype)
+        return load_unsloth(cfg, dtype, seed)
     if cfg.name == "tiny":
         from .tiny import build_tiny
 
@@ -95,7 +95,41 @@ def load_base(cfg: ModelConfig, seed: int = 0) -> tuple:
         model, tok = _from_pretrained(cfg.name, cfg, dtype)
     model.to(device=device, dtype=dtype)
     model.generation_config.pad_token_id = tok.pad_token_id
+    apply_liger(model, cfg)
     return model, tok
+
+
+LIGER_FAMILIES = ("qwen3",)
+
+
+def apply_liger(model: Any, cfg: ModelConfig) -> bool:
+    """Swap in Liger's RMSNorm, SwiGLU and RoPE kernels for a Qwen3 model when model.use_liger allows it.
+
+    Returns whether it did. Auto (null) applies them only on a GPU with liger-kernel importable;
+    true raises when that is impossible. Liger's fused cross-entropy stays off: our log-probs are
+    chunked over the output head already and need per-token values, not a loss.
+    """
+    if cfg.use_liger is False:
+        return False
+    device = next(model.parameters()).device
+    family = getattr(model.config, "model_type", "")
+    reason = None
+    if device.type != "cuda":
+        reason = f"the model is on {device.type} (Liger's kernels are Triton, GPU only)"
+    elif family not in LIGER_FAMILIES:
+        reason = f"model type {family!r} is not one of {LIGER_FAMILIES}"
+    else:
+        try:
+            from liger_kernel.transformers import apply_liger_kernel_to_qwen3
+        except ImportError as err:
+            reason = f"liger-kernel does not import ({err}); install it with pip install 'mathgrpo[liger]'"
+    if reason:
+        if cfg.use_liger:
+            raise ModelError(f"model.use_liger=true but {reason}; set model.use_liger=null or false")
+        return False
+    apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model)
+    return True
 
 
 def load_with_adapter(adapter_dir: Path, cfg: ModelConfig, trainable: bool = False) -> tuple:
@@ -133,6 +167,21 @@ def add_lora(model: Any, lora: LoraConfig) -> Any:
         bias="none",
     )
     return get_peft_model(model, peft_cfg)
+
+
+def add_adapters(model: Any, cfg: Config) -> Any:
+    """Fresh LoRA adapters through the configured backend, with its gradient checkpointing: what a stage trains.
+
+    Both training stages (warm-up and GRPO) call this, so the backend is chosen in one place.
+    Either way the adapter is a PEFT LoRA adapter and saves in PEFT's format.
+    """
+    if cfg.model.backend == "unsloth":
+        from .unsloth_backend import add_lora_unsloth
+
+        return add_lora_unsloth(model, cfg.lora, cfg.model, cfg.run.seed)
+    model = add_lora(model, cfg.lora)
+    enable_checkpointing(model, cfg.model)
+    return model
 
 
 def enable_checkpointing(model: Any, cfg: ModelConfig) -> None:

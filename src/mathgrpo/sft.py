@@ -21,7 +21,7 @@ from .config import Config
 from .data import Problem
 from .formats import Format, get_format, render_prompt
 from .heldout import heldout_accuracy
-from .model import add_lora, enable_checkpointing, load_base, publish_model, stop_token_ids
+from .model import add_adapters, enable_checkpointing, load_base, publish_model, stop_token_ids
 from .optim import make_optimizer, make_scheduler
 from .progress import StepProgress
 from .rollout import make_engine
@@ -88,12 +88,11 @@ def sft_loss(model: Any, batch: list, pad_id: int, device: torch.device, total_t
 def prepare_model(cfg: Config) -> tuple:
     """The model to warm up: the base, with LoRA unless sft.full_finetune."""
     model, tok = load_base(cfg.model, seed=cfg.run.seed)
-    if cfg.sft.full_finetune:
-        model.train()
-        for p in model.parameters():
-            p.requires_grad_(True)
-    else:
-        model = add_lora(model, cfg.lora)
+    if not cfg.sft.full_finetune:
+        return add_adapters(model, cfg), tok
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
     enable_checkpointing(model, cfg.model)
     return model, tok
 

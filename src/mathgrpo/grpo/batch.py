@@ -42,11 +42,15 @@ class RolloutBatch:
             ref_logp=cut(self.ref_logp),
         )
 
-    def micro_batches(self, size: int) -> list:
-        """Micro-batches of at most `size` completions, grouped by length so padding stays small."""
+    def micro_indices(self, size: int) -> list:
+        """Row indices of micro-batches of at most `size` completions, longest first, grouped by length."""
         lengths = self.attention_mask[:, self.prompt_width :].sum(dim=1)
         order = torch.argsort(lengths, descending=True, stable=True)
-        return [self.rows(order[i : i + size]) for i in range(0, len(self), size)]
+        return [order[i : i + size] for i in range(0, len(self), size)]
+
+    def micro_batches(self, size: int) -> list:
+        """Micro-batches of at most `size` completions, grouped by length so padding stays small."""
+        return [self.rows(index) for index in self.micro_indices(size)]
 
 
 def collate(generations: list, advantages: torch.Tensor, pad_id: int, mask_truncated: bool, device: torch.device) -> RolloutBatch:

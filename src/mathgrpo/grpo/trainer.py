@@ -22,7 +22,8 @@ from .. import checkpoint, dist
 from ..config import Config
 from ..formats import get_format, render_prompt
 from ..heldout import heldout_accuracy
-from ..model import add_lora, enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, stop_token_ids
+from ..memory import MemoryPlan, plan_for_model
+from ..model import add_adapters, enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, stop_token_ids
 from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
@@ -42,14 +43,19 @@ class TrainingStopped(RuntimeError):
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     """The model GRPO trains: the warm-up's adapter (kept training), or a model with fresh LoRA."""
     if start_from is not None and is_adapter_dir(start_from):
-        return load_with_adapter(Path(start_from), cfg.model, trainable=True)
+        if cfg.model.backend == "unsloth":
+            from ..unsloth_backend import load_adapter_unsloth
+
+            return load_adapter_unsloth(Path(start_from), cfg.model)
+        model, tok = load_with_adapter(Path(start_from), cfg.model, trainable=True)
+        enable_checkpointing(model, cfg.model)
+        return model, tok
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)
     if cfg.lora.enabled:
-        model = add_lora(model, cfg.lora)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        return add_adapters(model, cfg), tok
+    for p in model.parameters():
+        p.requires_grad_(True)
     enable_checkpointing(model, cfg.model)
     return model, tok
 
@@ -97,7 +103,10 @@ class GRPORun:
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), cfg.rollout.batch_size)
+        self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device)
+        self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
+        self.engine_batch = self._rollout_batch_size()
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), self.engine_batch)
         g = cfg.grpo
         self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
         self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
@@ -163,44 +172,95 @@ class GRPORun:
         total, parts = self.rewards([g.text for g in gens], per_gen, ctxs)
         return problems, gens, torch.tensor(total, dtype=torch.float32), parts
 
+    def _logps(self, micro: RolloutBatch) -> torch.Tensor:
+        """Completion log-probs of one micro-batch under the current weights. [n, C]"""
+        return token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width,
+                              self.params.temperature or 1.0, self.chunk_tokens)
+
     def _reference_logps(self, batch: RolloutBatch) -> None:
-        """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients."""
+        """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients, micro-batch by micro-batch.
+
+        With one iteration per batch the old policy is the current one, so its log-probs are the
+        detached current ones (ratio 1) and this pass is skipped: one forward less per step.
+        """
         need_old, need_ref = self.cfg.grpo.num_iterations > 1, self.cfg.grpo.beta > 0
         if not (need_old or need_ref):
             return
-        temp = self.params.temperature or 1.0
+        C = batch.completion_mask.shape[1]
+        old = torch.zeros((len(batch), C), device=self.device) if need_old else None
+        ref = torch.zeros((len(batch), C), device=self.device) if need_ref else None
         with torch.no_grad():
-            if need_old:
-                batch.old_logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.prompt_width, temp)
-            if need_ref:
-                with self.model.disable_adapter():
-                    batch.ref_logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.prompt_width, temp)
+            for index in batch.micro_indices(self._micro_size(batch)):
+                micro = batch.rows(index)
+                width = micro.completion_mask.shape[1]
+                if need_old:
+                    old[index, :width] = self._logps(micro).float()
+                if need_ref:
+                    with self.model.disable_adapter():
+                        ref[index, :width] = self._logps(micro).float()
+        batch.old_logp, batch.ref_logp = old, ref
+
+    def _rollout_batch_size(self) -> int:
+        """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one generate call hold."""
+        if self.cfg.rollout.batch_size or self.plan is None:
+            return self.cfg.rollout.batch_size
+        fits = self.plan.rollout_batch(self.cfg.model.max_seq_length)
+        if fits < 1:
+            raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
+                                  "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")
+        return min(fits, self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations)
 
     def _micro_size(self, batch: RolloutBatch) -> int:
-        return self.cfg.grpo.micro_batch_size or len(batch)
+        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width, or the whole batch."""
+        if self.cfg.grpo.micro_batch_size or self.plan is None:
+            return self.cfg.grpo.micro_batch_size or len(batch)
+        fits = self.plan.micro_batch(batch.input_ids.shape[1], self._held_by_engine())
+        if fits < 1:
+            print(f"grpo: {self.plan.summary(batch.input_ids.shape[1])}; trying 1 sequence per micro-batch")
+        return max(1, min(fits, len(batch)))
+
+    def _held_by_engine(self) -> int:
+        """Bytes the rollout engine keeps between calls: the native engine keeps its KV cache for reuse, hf frees it."""
+        if self.plan is None or self.engine.name == "hf":
+            return 0
+        rows = self.engine_batch or self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations
+        return self.plan.rollout_cache_bytes(rows, self.cfg.model.max_seq_length)
+
+    def _clock(self) -> float:
+        """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def optimize(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
         """num_iterations optimizer steps on this rank's `batch` (None: nothing kept here).
 
         The loss is normalised by the counts of the whole step over all ranks, and gradients are
         summed over ranks before clipping, so the update equals one process doing all of it.
-        Returns loss, clip fraction, KL and grad norm.
+        Returns loss, clip fraction, KL, grad norm and phase times.
         """
-        temp = self.params.temperature or 1.0
         total_tokens = dist.all_sum(float(batch.completion_mask.sum()) if batch is not None else 0.0)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+        times = {"logprob_time": 0.0, "backward_time": 0.0, "optimizer_time": 0.0}
+        size = self._micro_size(batch) if batch is not None else 0
         for _ in range(self.cfg.grpo.num_iterations):
             self.opt.zero_grad(set_to_none=True)
-            for micro in batch.micro_batches(self._micro_size(batch)) if batch is not None else []:
-                logp = token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width, temp)
+            for micro in batch.micro_batches(size) if batch is not None else []:
+                t0 = self._clock()
+                logp = self._logps(micro)
                 old = micro.old_logp if micro.old_logp is not None else logp.detach()
                 loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
                                        micro.ref_logp, total_tokens, total_seqs)
+                t1 = self._clock()
                 loss.backward()
                 stats["loss"] += loss.item()
+                t2 = self._clock()
+                times["logprob_time"] += t1 - t0
+                times["backward_time"] += t2 - t1
                 for k in ("clipped_tokens", "kl_sum", "tokens"):
                     stats[k] += st[k]
+            t0 = self._clock()
             dist.sum_gradients(trainable)
             norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grpo.max_grad_norm)
             if not torch.isfinite(norm) or not torch.isfinite(torch.tensor(stats["loss"])):
@@ -208,18 +268,31 @@ class GRPORun:
             self.opt.step()
             self.sched.step()
             stats["grad_norm"] += float(norm)
+            times["optimizer_time"] += self._clock() - t0
         iters = self.cfg.grpo.num_iterations
         for k in ("loss", "clipped_tokens", "kl_sum", "tokens"):
             stats[k] = dist.all_sum(stats[k])
         tokens = max(stats["tokens"], 1.0)
         return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
-                "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters}
+                "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters, "micro_batch_size": size, **times}
+
+    def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
+        """The training half of a step: reference log-probs where needed, then the optimizer steps."""
+        self.model.train()
+        t0 = self._clock()
+        if batch is not None:
+            self._reference_logps(batch)
+        metrics = {"reference_time": self._clock() - t0}
+        metrics.update(self.optimize(batch, total_seqs))
+        return metrics
 
     def train_step(self) -> dict:
         """One GRPO step; returns its metrics (the same on every rank)."""
-        t0 = time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = self._clock()
         problems, gens, total, parts = self.rollout()
-        t_roll = time.time() - t0
+        t_roll = self._clock() - t0
         G = self.cfg.grpo.num_generations
         adv = group_advantages(total, G, self.cfg.grpo.scale_rewards)
         keep = torch.ones(len(gens), dtype=torch.bool)
@@ -230,14 +303,13 @@ class GRPORun:
         if total_seqs:
             kept = [g for g, k in zip(gens, keep.tolist()) if k]
             batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device) if kept else None
-            self.model.train()
-            if batch is not None:
-                self._reference_logps(batch)
-            metrics.update(self.optimize(batch, total_seqs))
+            metrics.update(self.learn(batch, total_seqs))
         self.step += 1
         n_tokens = dist.all_sum(float(sum(len(g.token_ids) for g in gens)))
-        dt = time.time() - t0
+        dt = self._clock() - t0
         metrics.update({"lr": self.sched.get_last_lr()[0], "step_time": dt, "rollout_time": t_roll, "tokens_per_s": n_tokens / dt})
+        if self.device.type == "cuda":
+            metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._log_samples(problems, gens, total)
         return metrics
 

@@ -1,0 +1,422 @@
+"""One GRPO step on the GPU: our trainer against TRL's GRPOTrainer (with PEFT, and on an Unsloth model).
+
+Subject: a Qwen3-4B-shaped model (hidden 2560, 36 layers, 32/8 heads, head_dim 128, intermediate
+9728, vocab 151,936, tied embeddings) with random bf16 weights, built on the GPU once and saved to a
+local folder so that every path loads the same weights by path; a word-level tokenizer over 151,936
+made-up tokens; LoRA r32 / alpha 64 on all projections; 8 prompts x 8 samples, 256-token prompts,
+completions forced to their full length (no stop ids in our engine).
+
+Each phase runs in its own process (Unsloth must be imported before transformers; memory caps and
+Liger's patches must not leak) and appends its rows to the JSON files as soon as it finishes, so a
+run cut short still reports what it measured. Phases past the deadline are skipped and say so.
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/grpo_step.py --out $OUT --deadline 420
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+T0 = time.perf_counter()
+MODEL_DIR = "/tmp/q4b-random"
+PROMPT, NEW, PROMPTS, G, R = 256, 1024, 8, 8, 32
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+# ---- shared helpers (run inside each phase's process) ------------------------------------------
+
+def build_tokenizer(vocab: int):
+    """A word-level tokenizer over `vocab` made-up tokens: text 't5 t17' is ids [5, 17] and back.
+
+    The special tokens get names that are no prefix of a word ('t1' as eos would split 't123').
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"t{i}": i for i in range(3, vocab)}}
+    core = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok
+
+
+def build_and_save() -> dict:
+    """Random Qwen3-4B-shaped weights made on the GPU and saved with the tokenizer (once per machine)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    if (Path(MODEL_DIR) / "config.json").exists():
+        return {"saved": MODEL_DIR, "reused": True}
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=40960,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.02)
+    model.save_pretrained(MODEL_DIR)
+    build_tokenizer(cfg.vocab_size).save_pretrained(MODEL_DIR)
+    return {"saved": MODEL_DIR, "params": sum(p.numel() for p in model.parameters())}
+
+
+def prompts(n: int, length: int = PROMPT, seed: int = 0) -> list:
+    """`n` prompts of exactly `length` made-up tokens."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(f"t{rng.randrange(3, 151936)}" for _ in range(length)) for _ in range(n)]
+
+
+def peak_reset() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def cap(gb: float) -> None:
+    """Cap this process's CUDA allocations at `gb` GiB (what a smaller card would allow)."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(gb * 2**30 / total)
+
+
+# ---- phases ---------------------------------------------------------------------------------------
+
+def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list):
+    """A GRPORun on the saved model with the benchmark's settings."""
+    from mathgrpo.config import load_config
+    from mathgrpo.data.problem import Problem
+    from mathgrpo.grpo.trainer import GRPORun
+
+    over = [f"model.name={MODEL_DIR}", f"model.backend={backend}", "model.dtype=bfloat16", f"model.max_seq_length={PROMPT + new}",
+            f"lora.r={R}", f"lora.alpha={2 * R}", "lora.enabled=true", "sft.full_finetune=false", "format.template=bare",
+            f"rollout.max_new_tokens={new}", "rollout.temperature=1.0", f"grpo.prompts_per_step={prompts_n}",
+            f"grpo.num_generations={g}", "run.progress=false", "run.sample_every=100000", "rollout.engine=auto", "model.gradient_checkpointing=true", *extra]
+    cfg = load_config("tiny-cpu", over)
+    probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(prompts(64))]
+    run = GRPORun(cfg, Path("/tmp/bench-run"), probs, probs[:1])
+    run.engine.stop_ids = []  # forced length
+    return run
+
+
+def phase_ours(args) -> list:
+    """Our step: a warm-up step, then timed steps at 256 + 1,024 (and 256 + 256 for the TRL rows)."""
+    run = ours_run(args.backend, NEW, PROMPTS, G, args.extra)
+    rows = []
+    for label, new in (("warm-up (compile, capture)", NEW), ("timed", NEW), ("timed", 256)):
+        run.params = type(run.params)(max_new_tokens=new, temperature=1.0)
+        m = run.train_step()
+        rows.append(step_row(f"ours ({args.backend})", label, new, PROMPTS * G, m, run))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) -> dict:
+    """One table row from a step's metrics."""
+    keys = ("step_time", "rollout_time", "reference_time", "logprob_time", "backward_time", "optimizer_time",
+            "peak_memory_gb", "micro_batch_size", "completion_length", "tokens_per_s")
+    row = {"path": path, "run": label, "prompt": PROMPT, "new_tokens": new, "completions": rows_n, **{k: m.get(k) for k in keys}}
+    if run is not None:
+        row["engine"] = run.engine.name
+        row["rollout_batch"] = getattr(run.engine, "batch_size", None)
+        row["chunk_tokens"] = run.chunk_tokens
+        norm = run.model.get_base_model().model.norm
+        row["liger"] = "Liger" in type(norm).__name__ or "liger" in str(getattr(norm, "forward", ""))
+        if run.plan is not None:
+            width = PROMPT + new
+            micro = m.get("micro_batch_size") or 1
+            row["estimated_train_peak_gib"] = run.plan.train_bytes(micro, width, run._held_by_engine()) / 2**30
+    return row
+
+
+def phase_capped(args) -> list:
+    """Our step under set_per_process_memory_fraction at args.cap GiB, the budget set to match."""
+    cap(args.cap)
+    run = ours_run("transformers", args.new, args.prompts, args.g, [f"grpo.max_memory_gb={args.cap}", *args.extra])
+    try:
+        m = run.train_step()
+        row = step_row("ours (transformers)", f"capped {args.cap:g} GiB", args.new, args.prompts * args.g, m, run)
+        row["completed"] = True
+    except Exception as err:  # the row records how it failed
+        row = {"path": "ours", "run": f"capped {args.cap:g} GiB", "completed": False, "error": f"{type(err).__name__}: {err}"[:500]}
+    print(row, flush=True)
+    return [row]
+
+
+def phase_fwdbwd(args) -> list:
+    """Forward + backward throughput, batch 8 and 16 x 1,280: transformers + PEFT (full logits) vs our chunked path."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mathgrpo.config import LoraConfig, ModelConfig
+    from mathgrpo.grpo.logprobs import plain_token_logprobs, token_logprobs
+    from mathgrpo.model import add_lora, apply_liger
+
+    rows = []
+    for path in ("transformers + PEFT", "ours"):
+        model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.bfloat16).cuda()
+        liger = apply_liger(model, ModelConfig(use_liger=None)) if path == "ours" and not args.no_liger else False
+        model = add_lora(model, LoraConfig(r=R, alpha=2 * R, target_modules=TARGETS))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.train()
+        for batch in (8, 16):
+            ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
+            mask = torch.ones_like(ids)
+            adv = torch.randn(batch, 1, device="cuda")
+            fn = plain_token_logprobs if path.startswith("transformers") else (lambda *a: token_logprobs(*a, chunk_tokens=1024))
+            try:
+                times = []
+                peak_reset()
+                for _ in range(3):
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    (fn(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t)
+                wall = min(times[1:])
+                row = {"path": path, "liger": liger, "batch": batch, "seq": PROMPT + NEW, "tok_s": batch * (PROMPT + NEW) / wall,
+                       "s_per_iter": wall, "peak_gib": peak_gib()}
+            except torch.cuda.OutOfMemoryError as err:
+                row = {"path": path, "batch": batch, "error": f"OOM: {str(err)[:200]}"}
+            model.zero_grad(set_to_none=True)
+            rows.append(row)
+            print(row, flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def trl_args(new: int, out: str):
+    """GRPOConfig for one optimizer step over 8 prompts x 8 completions, keeping only fields this TRL has."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    wanted = dict(output_dir=out, per_device_train_batch_size=G, gradient_accumulation_steps=PROMPTS, num_generations=G,
+                  max_prompt_length=PROMPT, max_completion_length=new, max_steps=1, learning_rate=5e-6, bf16=True,
+                  gradient_checkpointing=True, logging_steps=1, report_to="none", save_strategy="no", beta=0.0,
+                  temperature=1.0, use_vllm=False, dataloader_num_workers=0, seed=0)
+    known = {f.name for f in dataclasses.fields(GRPOConfig)}
+    return GRPOConfig(**{k: v for k, v in wanted.items() if k in known}), sorted(set(wanted) - known)
+
+
+def trl_step(model, tok, new: int, label: str, peft_config=None) -> dict:
+    """Time one TRL GRPOTrainer step (generation + loss + backward + optimizer) with a callback."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from _rewards import length_reward
+
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            import torch
+
+            torch.cuda.synchronize()
+            marks["begin"] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            import torch
+
+            torch.cuda.synchronize()
+            marks["end"] = time.perf_counter()
+
+    args, dropped = trl_args(new, f"/tmp/trl-{label}")
+    ds = Dataset.from_dict({"prompt": prompts(PROMPTS * 4, seed=1)})
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=ds, processing_class=tok,
+                          peft_config=peft_config, callbacks=[Clock()])
+    peak_reset()
+    t = time.perf_counter()
+    trainer.train()
+    import torch
+
+    torch.cuda.synchronize()
+    return {"path": label, "new_tokens": new, "prompt": PROMPT, "completions": PROMPTS * G, "run": "one step (cold)",
+            "step_time": marks.get("end", time.perf_counter()) - marks.get("begin", t), "train_call_s": time.perf_counter() - t,
+            "peak_memory_gb": peak_gib(), "dropped_config_fields": dropped}
+
+
+def phase_trl_peft(args) -> list:
+    """TRL GRPOTrainer on the transformers model with a PEFT LoRA config."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.bfloat16).cuda()
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tok.padding_side = "left"
+    peft = LoraConfig(r=R, lora_alpha=2 * R, target_modules=TARGETS, task_type="CAUSAL_LM")
+    row = trl_step(model, tok, args.new, "TRL + PEFT", peft)
+    print(row, flush=True)
+    return [row]
+
+
+def phase_unsloth(args) -> list:
+    """Unsloth first: our trainer with backend=unsloth, then TRL on an Unsloth model, in one process."""
+    os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
+    rows = []
+    t = time.perf_counter()
+    import unsloth  # noqa: F401  before transformers
+    rows.append({"path": "unsloth import", "seconds": time.perf_counter() - t, "version": getattr(unsloth, "__version__", "?")})
+    try:
+        run = ours_run("unsloth", args.new, PROMPTS, G, ["model.use_liger=false", *args.extra])
+        for label in ("warm-up", "timed"):
+            rows.append(step_row("ours (unsloth)", label, args.new, PROMPTS * G, run.train_step(), run))
+            print(rows[-1], flush=True)
+        del run
+    except Exception as err:
+        rows.append({"path": "ours (unsloth)", "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-1500:]})
+    import torch
+
+    torch.cuda.empty_cache()
+    if time.perf_counter() - T0 > args.budget:
+        rows.append({"path": "TRL on Unsloth", "skipped": "phase time budget spent"})
+        return rows
+    try:
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(model_name=MODEL_DIR, max_seq_length=PROMPT + args.new, load_in_4bit=False,
+                                                       dtype=torch.bfloat16)
+        model = FastLanguageModel.get_peft_model(model, r=R, lora_alpha=2 * R, target_modules=TARGETS, lora_dropout=0.0,
+                                                 use_gradient_checkpointing="unsloth", random_state=0)
+        rows.append(trl_step(model, tok, args.new, "TRL on Unsloth"))
+    except Exception as err:
+        rows.append({"path": "TRL on Unsloth", "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-1500:]})
+    print(rows[-1], flush=True)
+    return rows
+
+
+PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "capped": phase_capped, "fwdbwd": phase_fwdbwd,
+          "trl_peft": phase_trl_peft, "unsloth": phase_unsloth}
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+
+def run_phase(name: str, out: Path, timeout: float, *flags: str) -> list:
+    """Run one phase in a fresh process; its rows, or one row saying why there are none."""
+    result = out / f"phase-{name}-{abs(hash(flags)) % 10000}.json"
+    cmd = [sys.executable, __file__, "--phase", name, "--result", str(result), *flags]
+    t = time.perf_counter()
+    try:
+        env = dict(os.environ)
+        if name == "unsloth" and os.environ.get("UNSLOTH_SITE"):  # Unsloth's packages only where they are needed
+            env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), os.environ["UNSLOTH_SITE"]])
+        proc = subprocess.run(cmd, timeout=max(timeout, 5), env=env)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    if result.exists():
+        return json.loads(result.read_text())
+    return [{"phase": name, "flags": list(flags), "error": f"no result (exit {rc}) after {time.perf_counter() - t:.0f} s"}]
+
+
+def driver(args) -> None:
+    """All phases in order of importance, each only if the deadline leaves it room; JSON written after each."""
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name(0)
+    meta = {"card": card, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "settings":
+            {"prompts": PROMPTS, "samples": G, "prompt_tokens": PROMPT, "new_tokens": NEW, "lora_r": R, "subject": "Qwen3-4B shape, random bf16"}}
+    for mod in ("transformers", "peft", "trl", "datasets", "unsloth", "liger_kernel"):
+        try:
+            from importlib.metadata import version
+
+            meta[mod] = version(mod if mod != "liger_kernel" else "liger-kernel")
+        except Exception as err:
+            meta[mod] = f"missing: {err}"
+    step, unsloth = {"meta": meta, "rows": []}, {"meta": meta, "rows": []}
+    plan = [  # (name, flags, seconds it needs, file)
+        ("build", [], 60, step),
+        ("ours", [], 90, step),
+        ("fwdbwd", [], 70, step),
+        ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
+        ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
+        ("trl_peft", ["--new", "256"], 70, step),
+        ("unsloth", ["--new", "256", "--budget", "200"], 150, unsloth),
+    ]
+    for name, flags, need, sink in plan:
+        if args.only and name not in args.only:
+            continue
+        left = args.deadline - (time.perf_counter() - T0)
+        if left < need:
+            sink["rows"].append({"phase": name, "flags": flags, "skipped": f"{left:.0f} s left, needs ~{need} s"})
+            continue
+        t = time.perf_counter()
+        rows = run_phase(name, out, left - 5, *flags)
+        for r in rows:
+            r.setdefault("phase_s", round(time.perf_counter() - t, 1))
+        sink["rows"].extend(rows)
+        (out / "grpo_step.json").write_text(json.dumps(step, indent=1))
+        (out / "unsloth.json").write_text(json.dumps(unsloth, indent=1))
+        print(f"[{time.perf_counter() - T0:.0f} s] {name} {' '.join(flags)} done in {time.perf_counter() - t:.0f} s", flush=True)
+    print_table(step["rows"] + unsloth["rows"], card)
+
+
+def print_table(rows: list, card: str) -> None:
+    """The short table at the end of the log."""
+    print(f"\n{card}")
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            print(f"  {r.get('path', r.get('phase'))}: {r.get('error') or r.get('skipped')}")
+        elif "step_time" in r:
+            parts = " ".join(f"{k[:-5]} {r[k]:.2f}" for k in ("rollout_time", "reference_time", "logprob_time", "backward_time", "optimizer_time")
+                             if isinstance(r.get(k), (int, float)))
+            print(f"  {r['path']:<22} {r.get('run', ''):<26} new {r.get('new_tokens')}: step {r['step_time']:.2f} s ({parts}) "
+                  f"peak {r.get('peak_memory_gb') or 0:.1f} GiB")
+        elif "tok_s" in r:
+            print(f"  fwd+bwd {r['path']:<20} {r['batch']} x {r['seq']}: {r['tok_s']:,.0f} tok/s, peak {r['peak_gib']:.1f} GiB")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--deadline", type=float, default=420.0, help="seconds for the whole run")
+    p.add_argument("--phase")
+    p.add_argument("--result")
+    p.add_argument("--backend", default="transformers")
+    p.add_argument("--cap", type=float, default=0)
+    p.add_argument("--new", type=int, default=NEW)
+    p.add_argument("--prompts", type=int, default=PROMPTS)
+    p.add_argument("--g", type=int, default=G)
+    p.add_argument("--budget", type=float, default=1e9)
+    p.add_argument("--no-liger", action="store_true")
+    p.add_argument("--extra", nargs="*", default=[])
+    p.add_argument("--only", nargs="*", default=[], help="run only these phases (build is needed on a fresh machine)")
+    args = p.parse_args()
+    if not args.phase:
+        return driver(args)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        rows = PHASES[args.phase](args)
+    except Exception as err:
+        rows = [{"phase": args.phase, "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-2000:]}]
+        print(rows[0]["trace"], flush=True)
+    Path(args.result).write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The Unsloth backend (`model.backend: unsloth`): load and wrap the model through `FastLanguageModel`.
+
+Unsloth patches transformers' model classes with its own kernels, loads the frozen base in 4-bit
+when asked, and brings its own gradient checkpointing. Everything else stays ours: the rollout
+engines, rewards, loss and checkpoints; the adapter is a PEFT LoRA adapter saved in PEFT's format.
+
+Two things about importing it:
+- Unsloth must be imported before transformers and PEFT, or it warns that some of its patches
+  are missing. `mathgrpo.cli` calls `import_unsloth()` before anything imports transformers when
+  the config asks for this backend; a script should `import mathgrpo.unsloth_backend` (or
+  `unsloth`) first. Imported later it still works, with that warning.
+- Unsloth checks at import that torchvision's compiled operators load, and refuses to import when
+  they don't (CPU wheels whose `torchvision::nms` is missing). mathgrpo never uses torchvision, so
+  the check is switched off (UNSLOTH_SKIP_TORCHVISION_CHECK=1) unless the environment sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LoraConfig, ModelConfig
+from .model import ModelError
+
+INSTALL = "pip install 'mathgrpo[unsloth]'"
+# Unsloth 2026.10's pins on the packages it patches; read from its own metadata when it is installed.
+KNOWN_PINS = {"transformers": "<=5.17.0", "trl": "<=1.15.0", "datasets": "<5.0.0"}
+
+
+def unsloth_pins() -> dict:
+    """{package: specifier} for transformers, trl and datasets, from the installed Unsloth or KNOWN_PINS."""
+    from packaging.requirements import Requirement
+
+    try:
+        requires = metadata.requires("unsloth") or []
+    except metadata.PackageNotFoundError:
+        return dict(KNOWN_PINS)
+    pins = {}
+    for line in requires:
+        req = Requirement(line)
+        if req.name in KNOWN_PINS and (req.marker is None or "extra" not in str(req.marker)):
+            pins[req.name] = str(req.specifier)
+    return pins or dict(KNOWN_PINS)
+
+
+def version_conflicts() -> list:
+    """Installed packages outside Unsloth's pins, as 'name version (unsloth needs name<spec>)'."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    out = []
+    for name, spec in unsloth_pins().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if not SpecifierSet(spec).contains(Version(installed), prereleases=True):
+            out.append(f"{name} {installed} (unsloth needs {name}{spec})")
+    return out
+
+
+def import_unsloth() -> Any:
+    """Import Unsloth (before transformers where possible) and return `FastLanguageModel`; clear errors otherwise."""
+    conflicts = version_conflicts()
+    try:
+        metadata.version("unsloth")
+    except metadata.PackageNotFoundError:
+        extra = f" (pip will also move {', '.join(conflicts)})" if conflicts else ""
+        raise ModelError(f"model.backend=unsloth but Unsloth is not installed: {INSTALL}{extra}, "
+                         "or set model.backend=transformers") from None
+    if conflicts:
+        raise ModelError(f"model.backend=unsloth: installed versions conflict with Unsloth's pins: {'; '.join(conflicts)}. "
+                         f"Install the pinned versions (e.g. {INSTALL} in a fresh virtual environment) or set model.backend=transformers")
+    os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
+    late = [m for m in ("transformers", "peft") if m in sys.modules and "unsloth" not in sys.modules]
+    if late:
+        print(f"unsloth: {', '.join(late)} imported before Unsloth, so some of its patches are missing; "
+              "import mathgrpo.unsloth_backend first in scripts")
+    try:
+        from unsloth import FastLanguageModel
+    except Exception as err:  # Unsloth raises ImportError, RuntimeError or NotImplementedError on a bad setup
+        raise ModelError(f"model.backend=unsloth: Unsloth failed to import: {type(err).__name__}: {err}") from None
+    return FastLanguageModel
+
+
+def _tiny_folder(seed: int) -> str:
+    """The built-in tiny model written to a temporary folder, since Unsloth loads by name or path only."""
+    from .tiny import build_tiny
+
+    model, tok = build_tiny(seed)
+    folder = tempfile.mkdtemp(prefix="mathgrpo-tiny-")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _finish_tokenizer(model: Any, tok: Any) -> Any:
+    """Left padding and a pad token, as the transformers backend sets them."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return tok
+
+
+def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
+    """(model, tokenizer) through FastLanguageModel.from_pretrained; Unsloth picks the device (its GPU if any)."""
+    FastLanguageModel = import_unsloth()
+    name = _tiny_folder(seed) if cfg.name == "tiny" else cfg.name
+    try:
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=name,
+            max_seq_length=cfg.max_seq_length,
+            load_in_4bit=cfg.load_in_4bit,
+            dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"Unsloth cannot load model {cfg.name!r}: {err}") from None
+    return model, _finish_tokenizer(model, tok)
+
+
+def _checkpointing(cfg: ModelConfig) -> Any:
+    """Unsloth's own gradient checkpointing (offloads saved activations) when model.gradient_checkpointing is on."""
+    return "unsloth" if cfg.gradient_checkpointing else False
+
+
+def add_lora_unsloth(model: Any, lora: LoraConfig, cfg: ModelConfig, seed: int) -> Any:
+    """Fresh LoRA adapters through FastLanguageModel.get_peft_model with our settings (a PEFT model)."""
+    FastLanguageModel = import_unsloth()
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        use_gradient_checkpointing=_checkpointing(cfg),
+        random_state=seed,
+        max_seq_length=cfg.max_seq_length,
+    )
+
+
+def load_adapter_unsloth(adapter_dir: Path, cfg: ModelConfig) -> tuple:
+    """Base + a saved PEFT adapter (e.g. the warm-up's) through Unsloth, with the adapter trainable."""
+    import json
+
+    from .model import resolve_device, resolve_dtype
+
+    FastLanguageModel = import_unsloth()
+    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base or not Path(base).exists() and "/" not in base:
+        raise ModelError(f"{adapter_dir}/adapter_config.json names no loadable base model ({base!r}); pass model.name=<base>")
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=str(adapter_dir), max_seq_length=cfg.max_seq_length, load_in_4bit=cfg.load_in_4bit,
+        dtype=dtype, use_gradient_checkpointing=_checkpointing(cfg),
+    )
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+    return model, _finish_tokenizer(model, tok)

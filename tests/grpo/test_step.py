@@ -1,0 +1,114 @@
+"""One GRPO step on the tiny model: the old-policy pass is skipped at num_iterations 1, phases are timed,
+the memory budget sizes micro-batches, and reference log-probs computed per micro-batch equal the whole-batch ones."""
+
+import torch
+
+from mathgrpo.config import load_config
+from mathgrpo.data.arith import split
+from mathgrpo.grpo.advantages import group_advantages
+from mathgrpo.grpo.batch import collate
+from mathgrpo.grpo.logprobs import model_parts, token_logprobs
+from mathgrpo.grpo.trainer import GRPORun
+from mathgrpo.model import apply_liger
+
+
+def make_run(tmp_path, *overrides):
+    cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=2", "grpo.num_generations=4", "rollout.max_new_tokens=8",
+                                   "run.progress=false", "run.sample_every=1000", *overrides])
+    train, _, test = split(0)
+    return GRPORun(cfg, tmp_path, train[:50], test[:4])
+
+
+def rollout_batch(run):
+    _, gens, total, _ = run.rollout()
+    adv = group_advantages(total, run.cfg.grpo.num_generations, "group")
+    adv = adv + torch.linspace(-1, 1, len(gens))  # non-zero advantages so the loss has gradients
+    return collate(gens, adv, run.tok.pad_token_id, False, run.device)
+
+
+def count_body_forwards(run, batch):
+    """(body forward calls during the training half of a step, metrics)."""
+    body, _ = model_parts(run.model)
+    calls = []
+    handle = body.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        metrics = run.learn(batch)
+    finally:
+        handle.remove()
+    return len(calls), metrics
+
+
+def test_old_policy_pass_skipped_at_one_iteration(tmp_path):
+    """num_iterations 1: one body forward per micro-batch, no old log-probs; 2: an extra no-grad pass per micro-batch."""
+    run = make_run(tmp_path / "a", "grpo.micro_batch_size=3")
+    batch = rollout_batch(run)
+    micro = len(batch.micro_indices(3))  # 8 completions -> 3 micro-batches
+    calls, metrics = count_body_forwards(run, batch)
+    assert (calls, micro) == (3, 3)
+    assert batch.old_logp is None and batch.ref_logp is None
+    assert metrics["micro_batch_size"] == 3
+
+    run2 = make_run(tmp_path / "b", "grpo.micro_batch_size=3", "grpo.num_iterations=2")
+    batch2 = rollout_batch(run2)
+    calls2, _ = count_body_forwards(run2, batch2)
+    assert calls2 == micro + 2 * micro
+    assert batch2.old_logp is not None
+
+
+def test_reference_logps_per_micro_batch_equal_whole_batch(tmp_path):
+    """Old-policy log-probs gathered micro-batch by micro-batch match one pass over the padded batch."""
+    run = make_run(tmp_path, "grpo.micro_batch_size=3", "grpo.num_iterations=2", "grpo.beta=0.1")
+    batch = rollout_batch(run)
+    run._reference_logps(batch)
+    with torch.no_grad():
+        whole = token_logprobs(run.model, batch.input_ids, batch.attention_mask, batch.prompt_width)
+        with run.model.disable_adapter():
+            ref = token_logprobs(run.model, batch.input_ids, batch.attention_mask, batch.prompt_width)
+    mask = batch.completion_mask.bool()
+    assert torch.allclose(batch.old_logp[mask], whole[mask], atol=1e-5)
+    assert torch.allclose(batch.ref_logp[mask], ref[mask], atol=1e-5)
+
+
+def test_step_reports_phase_times(tmp_path):
+    """A step's metrics split its time into rollout, reference, log-probs, backward and optimizer."""
+    run = make_run(tmp_path)
+    m = run.train_step()
+    for key in ("rollout_time", "reference_time", "logprob_time", "backward_time", "optimizer_time", "step_time"):
+        assert m[key] >= 0, key
+    parts = m["rollout_time"] + m["reference_time"] + m["logprob_time"] + m["backward_time"] + m["optimizer_time"]
+    assert parts <= m["step_time"] + 1e-3
+    assert m["micro_batch_size"] == 8  # no budget on CPU: the whole batch at once
+
+
+def test_memory_budget_sizes_micro_batches(tmp_path):
+    """With grpo.max_memory_gb and micro_batch_size 0 the plan decides at the batch's width; less room, smaller micro-batches."""
+    import dataclasses
+
+    run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false")
+    batch = rollout_batch(run)
+    assert run._micro_size(batch) == len(batch)  # 1 GiB holds the whole tiny batch
+    width = batch.input_ids.shape[1]
+    for k in (1, 2, 5):
+        room = run.plan.resident + run.plan.logits_chunk + k * width * run.plan.train_per_token
+        run.plan = dataclasses.replace(run.plan, budget=room)
+        assert run._micro_size(batch) == k
+        assert [len(i) for i in batch.micro_indices(k)] == [k] * (len(batch) // k) + ([len(batch) % k] if len(batch) % k else [])
+    run.plan = dataclasses.replace(run.plan, budget=run.plan.resident)  # nothing fits: fall back to 1 and say so
+    assert run._micro_size(batch) == 1
+
+
+def test_liger_skipped_cleanly_on_cpu(tmp_path):
+    """Auto Liger does nothing on CPU (and does not need liger-kernel); use_liger=true there is a clear error."""
+    from mathgrpo.config import ModelConfig
+    from mathgrpo.model import ModelError
+    from mathgrpo.tiny import build_tiny
+
+    model, _ = build_tiny()
+    assert apply_liger(model, ModelConfig(use_liger=None)) is False
+    assert apply_liger(model, ModelConfig(use_liger=False)) is False
+    try:
+        apply_liger(model, ModelConfig(use_liger=True))
+    except ModelError as err:
+        assert "model.use_liger" in str(err) and "cpu" in str(err)
+    else:
+        raise AssertionError("use_liger=true on CPU must raise")

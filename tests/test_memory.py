@@ -1,0 +1,88 @@
+"""The memory estimator: Qwen3-4B's sizes, what fits a 24 GB and a 16 GB card, and the trainer's use of it."""
+
+import pytest
+from transformers import Qwen3Config
+
+from mathgrpo.config import load_config
+from mathgrpo.memory import GIB, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
+from mathgrpo.tiny import build_tiny
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def qwen3_4b() -> ModelShape:
+    config = Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                         head_dim=128, intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True)
+    return ModelShape.from_config(config)
+
+
+def test_qwen3_4b_sizes():
+    """Parameter count, LoRA r32 size and KV bytes per token match the published shape."""
+    s = qwen3_4b()
+    assert 4.00e9 < s.params < 4.05e9  # Qwen3-4B: 4.02B with tied embeddings
+    assert s.lora_params(32, ALL) == 36 * 32 * (2 * (2560 + 4096) + 2 * (2560 + 1024) + 3 * (2560 + 9728))
+    assert s.kv_bytes_per_token() == 2 * 36 * 8 * 128 * 2  # 144 KiB
+
+
+def test_count_params_matches_a_real_model():
+    """The formula counts exactly what transformers builds (tiny Qwen3, tied embeddings)."""
+    model, _ = build_tiny()
+    assert ModelShape.from_config(model.config).params == sum(p.numel() for p in model.parameters())
+
+
+def test_reference_recipe_fits_24gb():
+    """Qwen3-4B, LoRA r32, 2,048 tokens in 24 GB: at least one sequence per micro-batch, within the budget."""
+    plan = plan_memory(qwen3_4b(), 24 * GIB, lora_r=32, lora_targets=ALL)
+    micro = plan.micro_batch(2048)
+    assert micro >= 1
+    assert plan.train_bytes(micro, 2048) <= 24 * GIB < plan.train_bytes(micro + 1, 2048)
+    assert plan.rollout_batch(2048) >= 16  # the recipe's 4 prompts x 4 samples in one generate call
+    assert plan.chunk_tokens * 151936 * 14 <= 24 * GIB / 25
+
+
+def test_budget_orders_batch_sizes():
+    """More memory never means smaller batches; 4-bit weights leave more room; no checkpointing leaves less."""
+    s = qwen3_4b()
+    small, big = plan_memory(s, 16 * GIB), plan_memory(s, 80 * GIB)
+    assert 1 <= small.micro_batch(2048) < big.micro_batch(2048)
+    assert small.rollout_batch(2048) < big.rollout_batch(2048)
+    assert plan_memory(s, 16 * GIB, load_in_4bit=True).micro_batch(2048) > small.micro_batch(2048)
+    assert plan_memory(s, 16 * GIB, gradient_checkpointing=False).micro_batch(2048) < small.micro_batch(2048)
+
+
+def test_too_small_budget_fits_nothing():
+    """A budget below the weights gives 0, which the trainer turns into a clear stop."""
+    plan = plan_memory(qwen3_4b(), 8 * GIB)
+    assert plan.micro_batch(2048) == 0 and plan.rollout_batch(2048) == 0
+
+
+def test_chunk_tokens_bounds():
+    assert chunk_tokens_for(151936, 80 * GIB) == 1024
+    assert chunk_tokens_for(151936, 1 * GIB) == 128
+    assert chunk_tokens_for(100, 1 * GIB) == 4096
+
+
+def test_cpu_has_no_budget_unless_asked():
+    import torch
+
+    assert device_budget(None, torch.device("cpu")) is None
+    assert device_budget(2.5, torch.device("cpu")) == int(2.5 * GIB)
+
+
+def test_plan_for_model_from_config():
+    """A run's settings reach the plan: budget, LoRA rank and chunking."""
+    import torch
+
+    model, _ = build_tiny()
+    cfg = load_config("tiny-cpu", ["grpo.max_memory_gb=0.25", "lora.r=4"])
+    plan = plan_for_model(model, cfg, torch.device("cpu"))
+    assert plan.budget == int(0.25 * GIB)
+    assert plan.micro_batch(64) > 50  # a 0.5M-parameter model fits many 64-token sequences in 0.25 GiB
+    assert plan_for_model(model, load_config("tiny-cpu"), torch.device("cpu")) is None
+
+
+def test_nonpositive_budget_refused():
+    from mathgrpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grpo.max_memory_gb"):
+        load_config("tiny-cpu", ["grpo.max_memory_gb=0"])
