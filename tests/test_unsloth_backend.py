@@ -42,7 +42,7 @@ def test_grpo_steps_through_unsloth_model(tmp_path):
     for _ in range(2):  # the same loop on rollouts with spread-out advantages: the adapters must move
         _, gens, _, _ = run.rollout()
         batch = collate(gens, torch.linspace(-1, 1, len(gens)), run.tok.pad_token_id, False, run.device)
-        assert run.learn(batch)["grad_norm"] > 0
+        assert run.learn(batch, len(batch))["grad_norm"] > 0
     after = dict(run.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
     ckpt = run.save_checkpoint()
