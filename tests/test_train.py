@@ -98,3 +98,30 @@ def test_existing_run_folder_refused(tmp_path, capsys):
     (tmp_path / "x" / "f").write_text("")
     assert main(["train", f"run.output_dir={tmp_path}", "run.name=x"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_advice_after_saving(tmp_path, capsys):
+    """An absurd learning rate makes the loss NaN: exit 1, a checkpoint of the state before the step, advice."""
+    args = [a for a in QUICK if not a.startswith("grpo.steps")]
+    assert main(["train", *args, "grpo.steps=5", "grpo.lr=1e30", f"run.output_dir={tmp_path}", "run.name=nan"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "Lower grpo.lr" in err and "--resume" in err
+    assert list((tmp_path / "nan" / "grpo" / "checkpoints").glob("ckpt-*/meta.json"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+    """SIGINT mid-GRPO: exit code 130, a checkpoint at the step reached, and how to resume."""
+    proc = _run_cli(["train", *QUICK, "grpo.steps=200", "run.checkpoint_every=1000",
+                     f"run.output_dir={tmp_path}", "run.name=int"], cwd=tmp_path)
+    metrics = tmp_path / "int" / "grpo" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while len(read_jsonl(metrics)) < 3:  # the start row and two steps
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted; saved" in out and "--resume" in out
+    assert list((tmp_path / "int" / "grpo" / "checkpoints").glob("ckpt-*/meta.json"))

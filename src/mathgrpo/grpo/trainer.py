@@ -391,7 +391,7 @@ class GRPORun:
         except FloatingPointError as err:
             path = self.save_checkpoint()
             raise TrainingStopped(
-                f"grpo step {self.step + 1}: non-finite {err}. Saved the last good state to {path}. "
+                f"grpo step {self.step + 1}: non-finite {err}. Saved the state before this step to {path}. "
                 "Lower grpo.lr, keep grpo.max_grad_norm at 1.0, or check the rewards for NaN; then --resume."
             ) from None
         except torch.cuda.OutOfMemoryError:
