@@ -4,7 +4,6 @@ hostile inputs under a hard time limit (also off the main thread), extraction an
 from __future__ import annotations
 
 import json
-import random
 import re
 import threading
 import time

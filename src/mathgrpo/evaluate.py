@@ -24,13 +24,12 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from . import dist
 from .config import Config, ConfigError, to_dict
-from .data import DataError, LoadReport, load_source, sft_text
+from .data import LoadReport, load_source, sft_text
 from .formats import Format, get_format, has_chat_template, render_prompt
 from .runs import ModelRef, resolve_model, run_recipe  # noqa: F401 - resolve_model and run_recipe are part of this module's API
 

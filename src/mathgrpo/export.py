@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from .config import ModelConfig
-from .model import ModelError, is_adapter_dir, load_base, load_with_adapter, publish_model, stop_token_ids
+from .model import is_adapter_dir, load_base, load_with_adapter, publish_model, stop_token_ids
 from .runs import is_run_dir, resolve_model
 
 

@@ -8,7 +8,6 @@ reads is exactly what the benchmark reads.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Optional
 

@@ -18,7 +18,6 @@ import torch
 
 from . import checkpoint, dist
 from .config import Config
-from .data import Problem
 from .formats import Format, get_format, render_prompt
 from .heldout import heldout_accuracy
 from .model import add_adapters, enable_checkpointing, load_base, publish_model, stop_token_ids

@@ -19,7 +19,6 @@ from transformers.generation.logits_process import (
 
 from mathgrpo.rollout import make_engine
 from mathgrpo.rollout.base import SamplingParams
-from mathgrpo.rollout.hf import HFEngine
 from mathgrpo.rollout.native import NativeEngine, supports
 from mathgrpo.tiny import build_tiny
 

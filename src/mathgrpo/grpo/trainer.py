@@ -14,7 +14,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
