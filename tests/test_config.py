@@ -48,6 +48,7 @@ def test_overrides_apply_and_type_check():
         ("model.load_in_4bit=true", "load_in_4bit"),
         ("run.report_to=[csv]", "report_to"),
         ("sft.stop_at_accuracy=3", "stop_at_accuracy"),
+        ("run.parallel=fsdp", "full fine-tuning"),  # the tiny recipe's warm-up trains every weight
     ],
 )
 def test_validation_messages(override, message):

@@ -50,10 +50,12 @@ def single(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_process(single, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_ranks_equal_one_process(single, tmp_path, parallel):
     """Metrics at every step and the final adapter agree to float tolerance; rank 0 alone wrote files."""
     settings, single = single
-    ddp = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path, "ddp", settings)
+    ddp = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path, "ddp",
+               [*settings, f"run.parallel={parallel}"])
     want, got = read_jsonl(single / "grpo" / "metrics.jsonl"), read_jsonl(ddp / "grpo" / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]
     for w, g in zip(want, got):
@@ -66,13 +68,14 @@ def test_two_gloo_ranks_equal_one_process(single, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_on_another_rank_count(single, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_resume_on_another_rank_count(single, tmp_path, parallel):
     """Two ranks stop at step 2; one process resumes to step 4 and lands where one process alone does."""
     settings, single = single
     half = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], tmp_path, "half",
-                [*settings, "grpo.steps=2"])
+                [*settings, "grpo.steps=2", f"run.parallel={parallel}"])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    done = subprocess.run([sys.executable, "-m", "mathgrpo", "train", "--resume", str(half), "grpo.steps=4"],
+    done = subprocess.run([sys.executable, "-m", "mathgrpo", "train", "--resume", str(half), "grpo.steps=4", "run.parallel=ddp"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     want, got = read_jsonl(single / "grpo" / "metrics.jsonl"), read_jsonl(half / "grpo" / "metrics.jsonl")

@@ -18,7 +18,14 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
+from . import dist
 from .model import load_trainable_state, save_trainable, trainable_state
 
 PREFIX = "ckpt-"
@@ -41,29 +48,48 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def optimizer_state(model: Any, optimizer: Any) -> dict:
+    """The optimizer's state keyed by parameter name, gathered whole (a collective under torchrun).
+
+    Keyed by name rather than position, and unsharded, so a checkpoint loads into a run with another
+    number of ranks or another parallel mode.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=dist.world().active)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
 def save(folder: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, scheduler: Any, extra: dict, keep_last: int) -> Path:
-    """Write checkpoint `step` under `folder` atomically and prune all but the last `keep_last`."""
+    """Write checkpoint `step` under `folder` atomically and prune all but the last `keep_last`.
+
+    Under torchrun every rank calls this (gathering sharded state is collective); rank 0 writes.
+    """
     folder = Path(folder)
     final = folder / f"{PREFIX}{step:06d}"
+    optim = optimizer_state(model, optimizer)
+    full = dist.full_state_dict(model) if dist.is_sharded(model) else None
+    if dist.world().main:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        trainable = {n: full[n] for n in names} if full is not None else trainable_state(model)
+        _write(folder, final, step, model, tokenizer, full, {
+            "step": step, "trainable": trainable, "optimizer": optim, "scheduler": scheduler.state_dict(),
+            "rng": rng_state(), "extra": extra,
+        })
+        prune(folder, keep_last)
+    dist.barrier()
+    return final
+
+
+def _write(folder: Path, final: Path, step: int, model: Any, tokenizer: Any, full: Optional[dict], state: dict) -> None:
+    """The checkpoint's files in a temporary folder, then one rename into place (full: a sharded model's state)."""
     tmp = folder / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_trainable(model, tokenizer, tmp / "model")
-    state = {
-        "step": step,
-        "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        "extra": extra,
-    }
+    save_trainable(model, tokenizer, tmp / "model", full)
     torch.save(state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    prune(folder, keep_last)
-    return final
 
 
 def complete(folder: Path) -> list:
@@ -92,8 +118,11 @@ def prune(folder: Path, keep_last: int) -> None:
 def load(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
     """Restore model tensors, optimizer, scheduler and RNGs from a checkpoint; returns its `extra`."""
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
-    load_trainable_state(model, state["trainable"])
-    optimizer.load_state_dict(state["optimizer"])
+    if dist.is_sharded(model):
+        set_model_state_dict(model, state["trainable"], options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        load_trainable_state(model, state["trainable"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return {"step": state["step"], **state["extra"]}

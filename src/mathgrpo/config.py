@@ -195,6 +195,12 @@ class RunConfig:
     keep_last: int = _f(2, "Checkpoints kept.")
     report_to: list = _f(["jsonl"], "Metric sinks: jsonl (always), tensorboard, wandb.")
     progress: bool = _f(True, "Show progress bars.")
+    parallel: str = _f(
+        "ddp",
+        "Under torchrun: ddp (every rank holds the whole model; trainable gradients all-reduced) or fsdp "
+        "(FSDP2: each decoder layer's weights, gradients and optimizer state sharded across ranks; rollouts "
+        "then use the hf engine).",
+    )
 
 
 @dataclass
@@ -214,6 +220,7 @@ class Config:
 CHOICES = {
     "model.backend": ("transformers", "unsloth"),
     "model.init": ("pretrained", "random"),
+    "run.parallel": ("ddp", "fsdp"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "format.preset": ("reasoning", "think", "unsloth", "boxed"),
     "format.template": ("auto", "chat", "plain", "bare"),
@@ -260,6 +267,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"grpo.beta={cfg.grpo.beta} must be >= 0")
     if cfg.grpo.beta > 0 and not cfg.lora.enabled:
         raise ConfigError("grpo.beta > 0 needs lora.enabled=true: the reference model is the base with the adapter switched off")
+    if cfg.run.parallel == "fsdp" and (not cfg.lora.enabled or (cfg.sft.enabled and cfg.sft.full_finetune)):
+        raise ConfigError("run.parallel=fsdp shards LoRA training; full fine-tuning (lora.enabled=false or "
+                          "sft.full_finetune=true, the tiny recipe's warm-up) runs with run.parallel=ddp")
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):

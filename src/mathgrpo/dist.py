@@ -4,17 +4,21 @@
 them everything here is a no-op for one process. NCCL on GPU, gloo on CPU. Each rank generates
 and rewards its own prompts (a group never spans ranks); gradients of the trainable weights are
 summed across ranks after each backward pass (the loss is already normalised by global counts),
-so every rank takes the same optimizer step and holds the same weights.
+so every rank takes the same optimizer step and holds the same weights. With `run.parallel=fsdp`
+(FSDP2) each decoder layer's weights, gradients and optimizer state are sharded across the ranks
+instead of replicated, and gradients are reduce-scattered as sums.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as torch_dist
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,14 @@ def gather_concat(items: list) -> list:
 
 
 def sum_gradients(params: list) -> None:
-    """All-reduce (sum) the gradients of `params` across ranks, flattened into one buffer."""
+    """All-reduce (sum) the gradients of `params` across ranks, flattened into one buffer.
+
+    Sharded (FSDP) parameters are skipped: their gradients were already summed by reduce-scatter.
+    """
     if not world().active:
+        return
+    params = [p for p in params if not isinstance(p, DTensor)]
+    if not params:
         return
     for p in params:
         if p.grad is None:  # a rank whose groups were all dropped still takes part
@@ -103,6 +113,61 @@ def sum_gradients(params: list) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def shard(model: Any) -> None:
+    """FSDP2: shard each decoder layer, and the decoder body, across the ranks (gradients summed, not averaged)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    from .grpo.logprobs import model_parts
+
+    body, _ = model_parts(model)
+    for layer in body.layers:
+        fully_shard(layer)
+    fully_shard(body)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # the loss is already normalised by the whole step's counts: sum, as the ddp path does
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+
+
+def is_sharded(model: Any) -> bool:
+    """True when FSDP has sharded some of the model's parameters."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+@contextmanager
+def gathered(model: Any) -> Iterator[None]:
+    """Inside the block every rank holds the full parameters of a sharded model (a collective; no-op otherwise).
+
+    Forward passes inside it gather nothing, so ranks may run different numbers of them (generation
+    stops at different lengths on different ranks) without waiting on each other.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.set_reshard_after_forward(False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True)
+
+
+def full_state_dict(model: Any) -> dict:
+    """A sharded model's whole state dict, on rank 0 (empty elsewhere); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_value(x: torch.Tensor) -> float:
+    """A scalar tensor as a float, gathering it first when it is a DTensor (a grad norm under FSDP)."""
+    return float(x.full_tensor() if isinstance(x, DTensor) else x)
 
 
 def barrier() -> None:

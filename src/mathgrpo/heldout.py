@@ -32,7 +32,7 @@ def heldout_accuracy(engine: RolloutEngine, problems: list, fmt: Format, templat
         return {"accuracy": float("nan"), "format_rate": float("nan"), "length": float("nan")}
     mine = _rank_share(problems)
     gens = engine.generate(prompts_for(mine, fmt, engine.tokenizer, template), 1,
-                           SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)) if mine else []
+                           SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
     local = []
     for g in gens:
         v = grade(g.text, mine[g.prompt_index], fmt)

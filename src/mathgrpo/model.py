@@ -202,22 +202,26 @@ def stop_token_ids(tokenizer: Any) -> list:
     return sorted(i for i in ids if i is not None)
 
 
-def save_trainable(model: Any, tokenizer: Any, path: Path) -> None:
-    """Write the adapter (PEFT format) or the whole model (safetensors) and the tokenizer to `path`."""
+def save_trainable(model: Any, tokenizer: Any, path: Path, state_dict: Optional[dict] = None) -> None:
+    """Write the adapter (PEFT format) or the whole model (safetensors) and the tokenizer to `path`.
+
+    state_dict: the whole unsharded state when the model is sharded (FSDP); None reads the model's own.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path), safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(str(path), safe_serialization=True, **extra)
     tokenizer.save_pretrained(str(path))
 
 
-def publish_model(model: Any, tokenizer: Any, path: Path) -> None:
+def publish_model(model: Any, tokenizer: Any, path: Path, state_dict: Optional[dict] = None) -> None:
     """Save to a temporary folder, then swap it in: `path` is either the old model or the new one."""
     import shutil
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_trainable(model, tokenizer, tmp)
+    save_trainable(model, tokenizer, tmp, state_dict)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

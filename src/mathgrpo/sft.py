@@ -103,6 +103,8 @@ class SFTRun:
         self.cfg, self.dir = cfg, Path(run_dir) / "sft"
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
         self.model, self.tok = prepare_model(cfg)
+        if dist.world().active and cfg.run.parallel == "fsdp":
+            dist.shard(self.model)
         self.device = next(self.model.parameters()).device
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
         if not self.examples:
@@ -160,9 +162,7 @@ class SFTRun:
     def save_checkpoint(self) -> None:
         """Checkpoint the warm-up at the current step (rank 0 writes)."""
         extra = {"data_rng": self.rng.getstate(), "last_dev": self.last_dev}
-        if dist.world().main:
-            checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
-        dist.barrier()
+        checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
 
     def _should_stop(self) -> bool:
         """Held-out check every sft.eval_every steps when a stop accuracy is set."""
@@ -201,7 +201,8 @@ class SFTRun:
             progress.close()
             if writer:
                 writer.close()
+        full = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else None
         if main:
-            publish_model(self.model, self.tok, self.dir / "model")
+            publish_model(self.model, self.tok, self.dir / "model", full)
         dist.barrier()
         return {"sft_steps": self.step, "sft_seconds": time.time() - start, "sft_dev": self.last_dev}

@@ -11,6 +11,7 @@ clean stops on Ctrl-C, out-of-memory and NaN, each after saving.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -98,6 +99,8 @@ class GRPORun:
         self.cfg, self.dir = cfg, Path(run_dir) / "grpo"
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
         self.model, self.tok = prepare_policy(cfg, start_from)
+        if dist.world().active and cfg.run.parallel == "fsdp":
+            dist.shard(self.model)
         self.device = next(self.model.parameters()).device
         self.train_problems, self.heldout = train, heldout
         if not train:
@@ -140,11 +143,8 @@ class GRPORun:
     def save_checkpoint(self) -> Path:
         """Checkpoint the current step (adapter, optimizer, scheduler, RNGs, data position); rank 0 writes."""
         extra = {"order": self.order.state(), "history": self.history}
-        folder = self.dir / "checkpoints"
-        if dist.world().main:
-            checkpoint.save(folder, self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
-        dist.barrier()
-        return folder / f"{checkpoint.PREFIX}{self.step:06d}"
+        return checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra,
+                               self.cfg.run.keep_last)
 
     def evaluate(self) -> dict:
         """Greedy accuracy on the held-out set."""
@@ -263,11 +263,12 @@ class GRPORun:
             t0 = self._clock()
             dist.sum_gradients(trainable)
             norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grpo.max_grad_norm)
-            if not torch.isfinite(norm) or not torch.isfinite(torch.tensor(stats["loss"])):
-                raise FloatingPointError(f"loss {stats['loss']} / grad norm {float(norm)}")
+            norm = dist.full_value(norm)
+            if not math.isfinite(norm) or not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"loss {stats['loss']} / grad norm {norm}")
             self.opt.step()
             self.sched.step()
-            stats["grad_norm"] += float(norm)
+            stats["grad_norm"] += norm
             times["optimizer_time"] += self._clock() - t0
         iters = self.cfg.grpo.num_iterations
         for k in ("loss", "clipped_tokens", "kl_sum", "tokens"):

@@ -13,9 +13,14 @@ def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_siz
     """The engine `name` (auto: native on GPU where the model is supported, else hf)."""
     from .hf import HFEngine
 
+    from .. import dist
+
     device = next(model.parameters()).device
     if name == "auto":
-        name = "native" if device.type == "cuda" else "hf"
+        name = "native" if device.type == "cuda" and not dist.is_sharded(model) else "hf"
+    if name == "native" and dist.is_sharded(model):
+        print("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
+        name = "hf"
     if name == "native":
         try:
             from .native import NativeEngine, supports

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from transformers import LogitsProcessorList
 
+from .. import dist
 from .base import Generation, RolloutEngine, SamplingParams
 from .seeded import SeededLogitsProcessor, SeededSampler
 
@@ -64,15 +65,17 @@ class HFEngine(RolloutEngine):
         """`n` completions per prompt, in batches of `batch_size` sequences (0 = all at once)."""
         flat = [p for p in prompts for _ in range(n)]
         seeds = list(seeds) if seeds is not None else self.default_seeds(len(flat))
-        step = self.batch_size or len(flat)
+        step = self.batch_size or len(flat) or 1
         out = []
         was_training = self.model.training
         self.model.eval()
-        try:
-            for start in range(0, len(flat), step):
-                for g in self._run(flat[start : start + step], params, seeds[start : start + step]):
-                    g.prompt_index = (start + g.prompt_index) // n
-                    out.append(g)
-        finally:
-            self.model.train(was_training)
+        # Under FSDP every rank takes part in gathering the weights, even one with no prompts.
+        with dist.gathered(self.model):
+            try:
+                for start in range(0, len(flat), step):
+                    for g in self._run(flat[start : start + step], params, seeds[start : start + step]):
+                        g.prompt_index = (start + g.prompt_index) // n
+                        out.append(g)
+            finally:
+                self.model.train(was_training)
         return out
