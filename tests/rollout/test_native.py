@@ -260,3 +260,14 @@ print("ok")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+def test_even_chunks_and_one_cache_at_a_time(tiny):
+    """batch_size 6 over 8 prompts gives two chunks of 4, and a call of another size replaces the cache."""
+    model, tok = tiny
+    engine = NativeEngine(model, tok, [tok.eos_token_id], batch_size=6)
+    prompts = (PROMPTS * 4)[:8]
+    engine.generate(prompts, 1, SamplingParams(max_new_tokens=4, temperature=0))
+    assert engine.last_stats["prefill_rows"] == 8 and [k[0] for k in engine._slabs] == [4]
+    engine.generate(prompts[:3], 1, SamplingParams(max_new_tokens=4, temperature=0))
+    assert [k[0] for k in engine._slabs] == [3]
