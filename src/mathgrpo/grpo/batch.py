@@ -27,8 +27,7 @@ class RolloutBatch:
         """The completions at `index`, trimmed to their own widest prompt and completion."""
         am = self.attention_mask[index]
         prompt_real = am[:, : self.prompt_width].sum(dim=1).max().item()
-        comp_len = int(self.completion_mask[index].sum(dim=1).max().item()) if len(index) else 0
-        comp_len = max(comp_len, int(am[:, self.prompt_width :].sum(dim=1).max().item()), 1)
+        comp_len = max(int(am[:, self.prompt_width :].sum(dim=1).max().item()), 1)  # counted tokens are real ones
         lo, hi = self.prompt_width - int(prompt_real), self.prompt_width + comp_len
         cut = lambda t: None if t is None else t[index][:, :comp_len]  # noqa: E731
         return replace(
