@@ -102,19 +102,24 @@ def test_existing_run_folder_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_advice_after_saving(tmp_path, capsys):
-    """An absurd learning rate makes the loss NaN: exit 1, a checkpoint of the state before the step, advice."""
+    """An absurd learning rate makes the loss NaN: exit 1, advice, and a checkpoint of the state the step started from."""
+    import torch
+
     args = [a for a in QUICK if not a.startswith("grpo.steps")]
     assert main(["train", *args, "grpo.steps=5", "grpo.lr=1e30", f"run.output_dir={tmp_path}", "run.name=nan"]) == 1
     err = capsys.readouterr().err
-    assert "non-finite" in err and "Lower grpo.lr" in err and "--resume" in err
-    assert list((tmp_path / "nan" / "grpo" / "checkpoints").glob("ckpt-*/meta.json"))
+    assert "non-finite" in err and "Lower grpo.lr" in err and "--resume" in err and "state before this step" in err
+    ckpts = sorted((tmp_path / "nan" / "grpo" / "checkpoints").glob("ckpt-*"))
+    state = torch.load(ckpts[-1] / "state.pt", weights_only=False)
+    # the data position is that of the last finished step, not of the one that failed
+    assert state["extra"]["order"]["pos"] == 8 * state["step"]
+    assert f"step {state['step'] + 1}:" in err
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
-    """SIGINT mid-GRPO: exit code 130, a checkpoint at the step reached, and how to resume."""
-    proc = _run_cli(["train", *QUICK, "grpo.steps=200", "run.checkpoint_every=1000",
-                     f"run.output_dir={tmp_path}", "run.name=int"], cwd=tmp_path)
+def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(finished_run, tmp_path):
+    """SIGINT mid-GRPO: exit code 130 after saving the step reached; --resume then matches the uninterrupted run."""
+    proc = _run_cli(["train", *QUICK, f"run.output_dir={tmp_path}", "run.name=int"], cwd=tmp_path)
     metrics = tmp_path / "int" / "grpo" / "metrics.jsonl"
     deadline = time.time() + 300
     while len(read_jsonl(metrics)) < 3:  # the start row and two steps
@@ -124,4 +129,8 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted; saved" in out and "--resume" in out
-    assert list((tmp_path / "int" / "grpo" / "checkpoints").glob("ckpt-*/meta.json"))
+    resumed = _run_cli(["train", "--resume", str(tmp_path / "int")], cwd=tmp_path)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    clean = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_time") and k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert clean(read_jsonl(metrics)) == clean(read_jsonl(finished_run / "grpo" / "metrics.jsonl"))

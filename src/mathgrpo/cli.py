@@ -93,7 +93,7 @@ def _training_command(stages: tuple) -> Callable:
                             help="continue the run in RUN_DIR from its last checkpoint (overrides apply on top of its saved config)")
 
         def run(args: argparse.Namespace) -> int:
-            from .grpo.trainer import TrainingStopped
+            from .stopping import TrainingStopped
             from .train import main as train_main
 
             try:

@@ -23,6 +23,7 @@ from .heldout import heldout_accuracy
 from .model import add_adapters, enable_checkpointing, load_base, publish_model, stop_token_ids
 from .optim import make_optimizer, make_scheduler
 from .progress import StepProgress
+from .stopping import StopRequest, TrainingStopped
 from .rollout import make_engine
 from .tracking import MetricsWriter, truncate_after
 
@@ -66,8 +67,8 @@ def collate(examples: list, pad_id: int, device: torch.device) -> tuple:
 
 
 def target_tokens(batch: list) -> int:
-    """Answer-side tokens in `batch` (the ones the loss counts)."""
-    return sum(len(e.ids) - e.prompt_len - 1 for e in batch)
+    """Answer-side tokens in `batch` (the ones the loss counts, the end-of-sequence token included)."""
+    return sum(len(e.ids) - e.prompt_len for e in batch)
 
 
 def sft_loss(model: Any, batch: list, pad_id: int, device: torch.device, total_tokens: float) -> torch.Tensor:
@@ -120,6 +121,8 @@ class SFTRun:
         """Continue from the newest warm-up checkpoint, if any."""
         ckpt = checkpoint.latest(self.dir / "checkpoints")
         if ckpt is None:
+            if dist.world().main and (self.dir / "metrics.jsonl").exists():
+                truncate_after(self.dir / "metrics.jsonl", -1)  # rows of a run killed before its first checkpoint
             return
         extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
         self.step, self.last_dev = extra["step"], extra.get("last_dev")
@@ -154,6 +157,13 @@ class SFTRun:
         self.step += 1
         return total
 
+    def _guarded_step(self) -> float:
+        """A step that turns a non-finite loss into a stop with advice (the last checkpoint stands)."""
+        try:
+            return self.train_step()
+        except FloatingPointError as err:
+            raise TrainingStopped(f"{err}; resume from the last warm-up checkpoint with --resume {self.dir.parent}") from None
+
     def dev_accuracy(self) -> dict:
         """Greedy accuracy on the dev set with the current weights."""
         engine = make_engine("hf", self.model, self.tok, stop_token_ids(self.tok))
@@ -180,23 +190,25 @@ class SFTRun:
         progress = StepProgress("warm-up", self.cfg.sft.steps, self.step, enabled=self.cfg.run.progress and main)
         start = time.time()
         try:
-            while self.step < self.cfg.sft.steps:
-                t0 = time.time()
-                loss = self.train_step()
-                stop = self._should_stop()
-                row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
-                if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
-                    row["dev_accuracy"] = self.last_dev["accuracy"]
-                if writer:
-                    writer.log(self.step, row)
-                progress.update(self.step, f"loss {loss:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else ""))
-                if stop:
-                    break
-                if self.step % self.cfg.run.checkpoint_every == 0:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            raise
+            with StopRequest("warm-up") as interrupt:
+                while self.step < self.cfg.sft.steps:
+                    t0 = time.time()
+                    loss = self._guarded_step()
+                    stop = self._should_stop()
+                    row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
+                    if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
+                        row["dev_accuracy"] = self.last_dev["accuracy"]
+                    if writer:
+                        writer.log(self.step, row)
+                    progress.update(self.step, f"loss {loss:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else ""))
+                    if stop:
+                        break
+                    if self.step % self.cfg.run.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if interrupt.agreed():
+                        self.save_checkpoint()
+                        print(f"sft: interrupted; saved step {self.step}. Continue with --resume {self.dir.parent}", flush=True)
+                        raise KeyboardInterrupt
         finally:
             progress.close()
             if writer:

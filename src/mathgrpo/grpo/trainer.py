@@ -28,6 +28,7 @@ from ..model import add_adapters, enable_checkpointing, is_adapter_dir, load_bas
 from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
+from ..stopping import StopRequest, TrainingStopped
 from ..rollout import SamplingParams, make_engine
 from ..rollout.seeded import sequence_seed
 from ..tracking import MetricsWriter, truncate_after
@@ -35,10 +36,6 @@ from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .logprobs import token_logprobs
 from .loss import LossSettings, policy_loss
-
-
-class TrainingStopped(RuntimeError):
-    """Training stopped on purpose (NaN, out of memory) after saving; the message says what to change."""
 
 
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
@@ -122,6 +119,7 @@ class GRPORun:
         )
         self.step = 0
         self.history: dict = {}
+        self._start_order, self._updated = self.order.state(), False  # where the current step began
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -129,16 +127,21 @@ class GRPORun:
         """Continue from the newest GRPO checkpoint; False when there is none."""
         ckpt = checkpoint.latest(self.dir / "checkpoints")
         if ckpt is None:
+            self._truncate_logs(-1)  # rows of a run killed before its first checkpoint
             return False
         extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
         self.step = extra["step"]
         self.order.restore(extra["order"])
         self.history = extra.get("history", {})
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            if (self.dir / name).exists() and dist.world().main:
-                truncate_after(self.dir / name, self.step)
+        self._truncate_logs(self.step)
         print(f"grpo: resumed from {ckpt} (step {self.step})")
         return True
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop logged rows after `step` (they are logged again by the resumed run)."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            if (self.dir / name).exists() and dist.world().main:
+                truncate_after(self.dir / name, step)
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the current step (adapter, optimizer, scheduler, RNGs, data position); rank 0 writes."""
@@ -157,7 +160,8 @@ class GRPORun:
 
         Every rank draws the same global list of problems and takes its contiguous share; each
         sequence is sampled with a seed from (run seed, step, global prompt index, sample index),
-        so a sequence is the same whatever the number of ranks or the batch it lands in.
+        so with the hf engine a sequence is the same whatever the number of ranks or the batch it lands
+        in (the native engine seeds each call, so there it matches in distribution).
         """
         G = self.cfg.grpo.num_generations
         offset, problems = dist.share([self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)])
@@ -268,6 +272,7 @@ class GRPORun:
                 raise FloatingPointError(f"loss {stats['loss']} / grad norm {norm}")
             self.opt.step()
             self.sched.step()
+            self._updated = True
             stats["grad_norm"] += norm
             times["optimizer_time"] += self._clock() - t0
         iters = self.cfg.grpo.num_iterations
@@ -291,6 +296,7 @@ class GRPORun:
         """One GRPO step; returns its metrics (the same on every rank)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        self._start_order, self._updated = self.order.state(), False
         t0 = self._clock()
         problems, gens, total, parts = self.rollout()
         t_roll = self._clock() - t0
@@ -366,39 +372,55 @@ class GRPORun:
                 writer.log(0, row)
         progress = StepProgress("grpo", self.cfg.grpo.steps, self.step, enabled=self.cfg.run.progress and main_rank)
         try:
-            while self.step < self.cfg.grpo.steps:
-                row = self._guarded_step()
-                if self.step % self.cfg.run.eval_every == 0 or self.step == self.cfg.grpo.steps:
-                    row.update(self._heldout_row(f"step{self.step}"))
-                if writer:
-                    writer.log(self.step, row)
-                progress.update(self.step, f"reward {row['reward']:.2f} acc {row.get('accuracy', 0):.2f}")
-                if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
-                    self.save_checkpoint()
-        except KeyboardInterrupt:
-            path = self.save_checkpoint()
-            print(f"\ngrpo: interrupted; saved {path}. Continue with --resume {self.dir.parent}")
-            raise
+            with StopRequest("grpo") as stop:
+                while self.step < self.cfg.grpo.steps:
+                    row = self._guarded_step()
+                    if self.step % self.cfg.run.eval_every == 0 or self.step == self.cfg.grpo.steps:
+                        row.update(self._heldout_row(f"step{self.step}"))
+                    if writer:
+                        writer.log(self.step, row)
+                    progress.update(self.step, f"reward {row['reward']:.2f} acc {row.get('accuracy', 0):.2f}")
+                    if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
+                        self.save_checkpoint()
+                    if stop.agreed():
+                        path = self._checkpoint_now()
+                        print(f"grpo: interrupted; saved {path}. Continue with --resume {self.dir.parent}", flush=True)
+                        raise KeyboardInterrupt
         finally:
             progress.close()
             if writer:
                 writer.close()
         return {"accuracy_before_grpo": self.history.get("start"), "accuracy_after_grpo": self.history.get(f"step{self.step}"), "steps": self.step}
 
+    def _checkpoint_now(self) -> Path:
+        """A checkpoint of the current step boundary (the one already written, if there is one)."""
+        existing = self.dir / "checkpoints" / f"{checkpoint.PREFIX}{self.step:06d}"
+        return existing if (existing / "meta.json").exists() else self.save_checkpoint()
+
+    def _save_step_start(self) -> Optional[Path]:
+        """Checkpoint the state the failed step started from; None when part of it was already applied."""
+        if self._updated:
+            return None
+        self.order.restore(self._start_order)
+        return self._checkpoint_now()
+
     def _guarded_step(self) -> dict:
-        """A step that, on NaN or out-of-memory, restores nothing, saves the last good state and says what to change."""
+        """A step that, on NaN or out-of-memory, saves the state it started from and says what to change."""
         try:
             return self.train_step()
         except FloatingPointError as err:
-            path = self.save_checkpoint()
+            path = self._save_step_start()  # every rank sees the same (all-reduced) grad norm: all save
+            saved = f"Saved the state before this step to {path}" if path else "Part of the step was applied; resume from the last checkpoint"
             raise TrainingStopped(
-                f"grpo step {self.step + 1}: non-finite {err}. Saved the state before this step to {path}. "
+                f"grpo step {self.step + 1}: non-finite {err}. {saved}. "
                 "Lower grpo.lr, keep grpo.max_grad_norm at 1.0, or check the rewards for NaN; then --resume."
             ) from None
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            path = self.save_checkpoint()
+            # One rank runs out alone; the others cannot join a collective save, so save only alone.
+            path = None if dist.world().active else self._save_step_start()
+            saved = f"Saved the state before this step to {path}" if path else "Resume from the last checkpoint"
             raise TrainingStopped(
-                f"grpo step {self.step + 1}: out of GPU memory. Saved {path}. Lower grpo.micro_batch_size, "
+                f"grpo step {self.step + 1}: out of GPU memory. {saved}. Lower grpo.micro_batch_size, "
                 "rollout.batch_size or rollout.max_new_tokens, or set grpo.max_memory_gb; then --resume."
             ) from None
