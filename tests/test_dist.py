@@ -17,6 +17,7 @@ WARMUP = ["run.threads=1", "run.progress=false", "sft.steps=60", "sft.stop_at_ac
 SETTINGS = [
     "run.threads=1", "run.progress=false", "sft.enabled=false", "grpo.steps=4", "grpo.prompts_per_step=8", "grpo.num_generations=4", "data.heldout_size=10",
     "run.eval_every=2", "run.checkpoint_every=2",
+    "grpo.scale_rewards=batch",  # the one advantage scaling that needs the other ranks' rewards
 ]
 # Per-rank or wall-clock quantities: everything else must agree.
 LOCAL = ("tokens_per_s", "micro_batch_size", "peak_memory_gb")

@@ -1,7 +1,6 @@
 """`mathgrpo eval` end to end on the tiny model (CPU): results folder, resume, run folders, few-shot, errors."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -129,8 +128,6 @@ def test_run_folder_resolution(tmp_path):
     ref = resolve_model(str(run))
     assert ref.path.endswith("ckpt-000200/model") and ref.run_dir == run and ref.label == "try1-ckpt-000200"
     assert resolve_model(str(run / "grpo")).path == ref.path  # the stage folder works too
-    os.symlink("ckpt-000050", run / "grpo" / "checkpoints" / "best")
-    assert resolve_model(str(run)).path.endswith("ckpt-000050/model")
     empty = tmp_path / "runs" / "empty"
     (empty / "grpo" / "checkpoints").mkdir(parents=True)
     with pytest.raises(Exception, match="run folder without checkpoints"):

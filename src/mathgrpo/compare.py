@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .evaluate import EvalError, write_json_atomic
+from .evaluate import EvalError
+from .runs import write_json
 from .metrics import group_by_problem, paired_bootstrap, problem_scores
 
 RESAMPLES = 2000
@@ -118,7 +119,7 @@ def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None) -> int:
     result = compare(a_dir, b_dir)
     out = Path(output or b_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "compare.json", result)
+    write_json(out / "compare.json", result)
     page = write_compare_report(out, result)
     print_table(result)
     print(f"report: {page}")

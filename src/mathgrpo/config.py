@@ -188,7 +188,6 @@ class RunConfig:
     output_dir: str = _f("runs", "Where run folders go.")
     seed: int = _f(0, "Seed for model init, sampling and data order.")
     threads: int = _f(0, "CPU threads for torch (0 = leave torch's default). Fix it for repeatable CPU runs.")
-    log_every: int = _f(1, "Metrics interval (steps).")
     sample_every: int = _f(10, "Log a few completions every N steps.")
     eval_every: int = _f(50, "Held-out accuracy every N GRPO steps (and at start and end).")
     checkpoint_every: int = _f(50, "Checkpoint interval (steps).")
@@ -234,7 +233,7 @@ CHOICES = {
 
 POSITIVE = (
     "lora.r", "lora.alpha", "rollout.max_new_tokens", "sft.batch_size", "grpo.prompts_per_step",
-    "grpo.num_generations", "grpo.num_iterations", "run.keep_last", "run.log_every", "run.eval_every",
+    "grpo.num_generations", "grpo.num_iterations", "run.keep_last", "run.eval_every",
     "run.checkpoint_every", "run.sample_every", "model.max_seq_length", "sft.eval_every", "eval.n",
 )
 
@@ -333,8 +332,12 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write a Config as YAML that `load_config` reads back."""
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    """Write a Config as YAML that `load_config` reads back (temporary file, then rename)."""
+    import os
+
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    os.replace(tmp, path)
 
 
 def help_table() -> list:

@@ -70,6 +70,12 @@ def share(items: list) -> tuple:
     return w.rank * k, items[w.rank * k : (w.rank + 1) * k]
 
 
+def strided(items: list) -> list:
+    """This rank's items: every size-th one from its rank on (any count splits; order kept within a rank)."""
+    w = world()
+    return items[w.rank :: w.size]
+
+
 def all_sum(value: float) -> float:
     """Sum of a number over ranks."""
     if not world().active:

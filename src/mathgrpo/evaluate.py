@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ from . import dist
 from .config import Config, ConfigError, to_dict
 from .data import LoadReport, load_source, sft_text
 from .formats import Format, get_format, has_chat_template, render_prompt
-from .runs import ModelRef, resolve_model, run_recipe  # noqa: F401 - resolve_model and run_recipe are part of this module's API
+from .heldout import prompts_for
+from .runs import ModelRef, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
 
 RESULTS_DIR = "results"
 DEFAULT_EVAL_BATCH = 64  # sequences per engine call when rollout.batch_size is 0
@@ -88,7 +88,7 @@ def load_shots(cfg: Config, fmt: Format) -> list:
 
 def build_prompts(problems: list, fmt: Format, tokenizer: Any, cfg: Config, shots: list) -> list:
     """The prompt text of each problem (format.template, with the shots in front)."""
-    return [render_prompt(p.question, fmt, tokenizer, cfg.format.template, shots) for p in problems]
+    return prompts_for(problems, fmt, tokenizer, cfg.format.template, shots)
 
 
 def resolved_template(tokenizer: Any, template: str) -> str:
@@ -157,14 +157,7 @@ def prepare_output(out: Path, cfg: Config, model: ModelRef) -> None:
             raise EvalError(
                 f"{out} holds samples made with other settings ({shown}); pass --output NEW_DIR, or delete {out}"
             )
-    write_json_atomic(info, {"fingerprint": fingerprint, "config": to_dict(cfg)})
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and os.replace, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_json(info, {"fingerprint": fingerprint, "config": to_dict(cfg)})
 
 
 def read_samples(path: Path) -> dict:
@@ -237,7 +230,7 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
     per_call = max(1, (cfg.rollout.batch_size or DEFAULT_EVAL_BATCH) // n)
     todo = sorted(todo, key=lambda t: len(t[1]))  # similar lengths together: less padding
     world = dist.world()
-    mine = todo[world.rank :: world.size]
+    mine = dist.strided(todo)
     batches = -(-len(todo[:: world.size]) // per_call)  # rank 0 has the most: every rank loops as often
     task = progress.add_task(bench, total=len(todo) * n)
     made = 0
@@ -332,7 +325,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
                               "reused": reused, "generation_s": round(time.monotonic() - t0, 2)}
     if not main_rank:
         return {}
-    write_json_atomic(out / "prompt.json", prompts_info)
+    write_json(out / "prompt.json", prompts_info)
     records = read_samples(samples_path)
     metrics = {"model": model.label, "model_path": model.path,
                "run_dir": str(model.run_dir) if model.run_dir else None,
@@ -384,7 +377,7 @@ def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional
     if not world.main:
         return 0
     metrics["elapsed_s"] = round(time.monotonic() - t0, 2)
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     from .report import write_report
 
     report = write_report(out)

@@ -6,22 +6,16 @@ every rank reports the same accuracy.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from . import dist
 from .formats import Format, render_prompt
 from .rollout import RolloutEngine, SamplingParams
 
 
-def prompts_for(problems: list, fmt: Format, tokenizer: Any, template: str) -> list:
-    """The prompt text of each problem."""
-    return [render_prompt(p.question, fmt, tokenizer, template) for p in problems]
-
-
-def _rank_share(problems: list) -> list:
-    """This rank's problems: every size-th one from its rank on (any count splits)."""
-    w = dist.world()
-    return problems[w.rank :: w.size]
+def prompts_for(problems: list, fmt: Format, tokenizer: Any, template: str, shots: Optional[list] = None) -> list:
+    """The prompt text of each problem (few-shot examples in front when given)."""
+    return [render_prompt(p.question, fmt, tokenizer, template, shots) for p in problems]
 
 
 def heldout_accuracy(engine: RolloutEngine, problems: list, fmt: Format, template: str, max_new_tokens: int) -> dict:
@@ -30,7 +24,7 @@ def heldout_accuracy(engine: RolloutEngine, problems: list, fmt: Format, templat
 
     if not problems:
         return {"accuracy": float("nan"), "format_rate": float("nan"), "length": float("nan")}
-    mine = _rank_share(problems)
+    mine = dist.strided(problems)
     gens = engine.generate(prompts_for(mine, fmt, engine.tokenizer, template), 1,
                            SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
     local = []

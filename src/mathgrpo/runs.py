@@ -17,8 +17,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+from .checkpoint import latest
 from .config import Config
 
 
@@ -32,10 +33,10 @@ def new_run_dir(cfg: Config, recipe: Optional[str]) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): never a half-written file after a crash."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -63,16 +64,8 @@ class ModelRef:
     run_dir: Optional[Path] = None  # the training run it came from (training curves in the report)
 
 
-def _latest_checkpoint(ckpts: Path) -> Optional[Path]:
-    """`checkpoints/best` when it exists, else the newest finished checkpoint, else None."""
-    from .checkpoint import latest
-
-    best = ckpts / "best"
-    return best.resolve() if best.exists() else latest(ckpts)
-
-
 def resolve_model(ref: str) -> ModelRef:
-    """Resolve `--model`: a run folder to its best/latest GRPO checkpoint (else its SFT model), else as given.
+    """Resolve `--model`: a run folder to its latest GRPO checkpoint (else its SFT model), else as given.
 
     Run layout: `<run>/grpo/checkpoints/ckpt-NNNNNN/model/` (adapter or full model), `<run>/sft/model/`,
     `<run>/grpo/metrics.jsonl`. A stage folder (`<run>/grpo`, holding `checkpoints/`) works too.
@@ -88,7 +81,7 @@ def resolve_model(ref: str) -> ModelRef:
     for run_dir, stage in ((path, path / "grpo"), (path.parent, path)):
         ckpts = stage / "checkpoints"
         if ckpts.is_dir():
-            ckpt = _latest_checkpoint(ckpts)
+            ckpt = latest(ckpts)
             if ckpt is None:
                 break  # no checkpoint yet: fall back to the warm-up model below
             model = ckpt / "model" if (ckpt / "model").is_dir() else ckpt

@@ -56,6 +56,7 @@ def _start(cfg: Config, recipe: Optional[str], resume: Optional[str], overrides:
         if not (run_dir / "config.yaml").exists():
             raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
         cfg = load_config(str(run_dir / "config.yaml"), overrides)
+        dist.barrier()  # every rank has read the file before rank 0 rewrites it
         if overrides and dist.world().main:
             save_config(cfg, run_dir / "config.yaml")
         return cfg, run_dir

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
+                     batch_std: float | None = None) -> torch.Tensor:
     """Advantages for rewards laid out group by group.
 
     rewards: [B*G] total reward per completion, prompt 0's G completions first.
     scale: `group` divides by each group's std (GRPO), `batch` by the std of the whole batch,
     `none` only subtracts the group mean (Dr. GRPO: std scaling biases toward easy or hard prompts).
+    batch_std: the std of the whole step's rewards when they are spread over ranks (default: of `rewards`).
     Returns [B*G].
     """
     if rewards.numel() % group_size:
@@ -20,7 +22,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     if scale == "group":
         centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
-        centred = centred / (rewards.std() + eps)
+        centred = centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     elif scale != "none":
         raise ValueError(f"unknown scale_rewards {scale!r}; use group, batch or none")
     return centred.reshape(-1)

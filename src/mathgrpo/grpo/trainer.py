@@ -301,7 +301,7 @@ class GRPORun:
         problems, gens, total, parts = self.rollout()
         t_roll = self._clock() - t0
         G = self.cfg.grpo.num_generations
-        adv = group_advantages(total, G, self.cfg.grpo.scale_rewards)
+        adv = group_advantages(total, G, self.cfg.grpo.scale_rewards, batch_std=self._global_std(total))
         keep = torch.ones(len(gens), dtype=torch.bool)
         if self.cfg.grpo.dynamic_sampling:
             keep = informative_groups(total, G).repeat_interleave(G)
@@ -319,6 +319,15 @@ class GRPORun:
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._log_samples(problems, gens, total)
         return metrics
+
+    def _global_std(self, rewards: torch.Tensor) -> Optional[float]:
+        """The unbiased std of the step's rewards over all ranks (None for one process: computed locally)."""
+        if not dist.world().active:
+            return None
+        n = dist.all_sum(float(rewards.numel()))
+        total = dist.all_sum(float(rewards.double().sum()))
+        squares = dist.all_sum(float(rewards.double().pow(2).sum()))
+        return math.sqrt(max(squares - total * total / n, 0.0) / max(n - 1, 1.0))
 
     def _rollout_metrics(self, gens: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
         """Reward parts, accuracy, format rate, lengths and truncation of the step's rollouts, over all ranks."""
