@@ -49,12 +49,13 @@ def test_overrides_apply_and_type_check():
         ("run.report_to=[csv]", "report_to"),
         ("sft.stop_at_accuracy=3", "stop_at_accuracy"),
         ("run.parallel=fsdp", "full fine-tuning"),  # the tiny recipe's warm-up trains every weight
+        ("run.parallel=fsdp sft.full_finetune=false grpo.dynamic_sampling=true", "dynamic_sampling"),
     ],
 )
 def test_validation_messages(override, message):
     """Out-of-range values fail with the setting named."""
     with pytest.raises(ConfigError, match=message):
-        load_config("tiny-cpu", [override])
+        load_config("tiny-cpu", override.split())
 
 
 def test_unknown_recipe_lists_known(tmp_path):

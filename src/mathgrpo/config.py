@@ -269,6 +269,9 @@ def validate(cfg: Config) -> Config:
     if cfg.run.parallel == "fsdp" and (not cfg.lora.enabled or (cfg.sft.enabled and cfg.sft.full_finetune)):
         raise ConfigError("run.parallel=fsdp shards LoRA training; full fine-tuning (lora.enabled=false or "
                           "sft.full_finetune=true, the tiny recipe's warm-up) runs with run.parallel=ddp")
+    if cfg.run.parallel == "fsdp" and cfg.grpo.dynamic_sampling:
+        raise ConfigError("grpo.dynamic_sampling leaves ranks with different numbers of sequences, which FSDP's "
+                          "collective passes cannot take; use run.parallel=ddp with it")
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):

@@ -215,12 +215,19 @@ class GRPORun:
         return min(fits, self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations)
 
     def _micro_size(self, batch: RolloutBatch) -> int:
-        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width, or the whole batch."""
+        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width, or the whole batch.
+
+        Under FSDP every rank must run as many forward/backward passes as the others (each pass
+        gathers weights collectively), so the width planned for is the widest over the ranks.
+        """
         if self.cfg.grpo.micro_batch_size or self.plan is None:
             return self.cfg.grpo.micro_batch_size or len(batch)
-        fits = self.plan.micro_batch(batch.input_ids.shape[1], self._held_by_engine())
+        width = batch.input_ids.shape[1]
+        if dist.is_sharded(self.model):
+            width = max(dist.gather(width))
+        fits = self.plan.micro_batch(width, self._held_by_engine())
         if fits < 1:
-            print(f"grpo: {self.plan.summary(batch.input_ids.shape[1])}; trying 1 sequence per micro-batch")
+            print(f"grpo: {self.plan.summary(width)}; trying 1 sequence per micro-batch")
         return max(1, min(fits, len(batch)))
 
     def _held_by_engine(self) -> int:
