@@ -56,3 +56,12 @@ def test_prune_keeps_last_and_ignores_unfinished(tmp_path):
     (tmp_path / "ckpt-000009").mkdir()  # as a crash mid-write would leave it without the rename
     assert checkpoint.latest(tmp_path).name == "ckpt-000003"
     assert (tmp_path / "ckpt-000003" / "model" / "adapter_config.json").exists()
+
+
+def test_same_step_is_written_once(tmp_path):
+    """A second save of a finished step (an interrupt right after a periodic save) keeps the first."""
+    model, tok, opt, sched = _setup()
+    first = checkpoint.save(tmp_path, 4, model, tok, opt, sched, {"pos": 1}, keep_last=2)
+    stamp = (first / "meta.json").read_text()
+    assert checkpoint.save(tmp_path, 4, model, tok, opt, sched, {"pos": 2}, keep_last=2) == first
+    assert (first / "meta.json").read_text() == stamp

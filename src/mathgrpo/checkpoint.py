@@ -62,9 +62,13 @@ def save(folder: Path, step: int, model: Any, tokenizer: Any, optimizer: Any, sc
     """Write checkpoint `step` under `folder` atomically and prune all but the last `keep_last`.
 
     Under torchrun every rank calls this (gathering sharded state is collective); rank 0 writes.
+    A finished checkpoint of the same step is kept as it is: the state at one step boundary is one
+    state, and an interrupt right after a periodic save should not write it twice.
     """
     folder = Path(folder)
     final = folder / f"{PREFIX}{step:06d}"
+    if dist.gather((final / "meta.json").exists())[0]:  # rank 0 holds the files: its answer counts
+        return final
     optim = optimizer_state(model, optimizer)
     full = dist.full_state_dict(model) if dist.is_sharded(model) else None
     if dist.world().main:

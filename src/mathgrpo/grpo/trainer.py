@@ -308,7 +308,8 @@ class GRPORun:
         problems, gens, total, parts = self.rollout()
         t_roll = self._clock() - t0
         G = self.cfg.grpo.num_generations
-        adv = group_advantages(total, G, self.cfg.grpo.scale_rewards, batch_std=self._global_std(total))
+        scale = self.cfg.grpo.scale_rewards
+        adv = group_advantages(total, G, scale, batch_std=self._global_std(total) if scale == "batch" else None)
         keep = torch.ones(len(gens), dtype=torch.bool)
         if self.cfg.grpo.dynamic_sampling:
             keep = informative_groups(total, G).repeat_interleave(G)
@@ -399,7 +400,7 @@ class GRPORun:
                     if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
                         self.save_checkpoint()
                     if stop.agreed():
-                        path = self._checkpoint_now()
+                        path = self.save_checkpoint()
                         print(f"grpo: interrupted; saved {path}. Continue with --resume {self.dir.parent}", flush=True)
                         raise KeyboardInterrupt
         finally:
@@ -408,17 +409,12 @@ class GRPORun:
                 writer.close()
         return {"accuracy_before_grpo": self.history.get("start"), "accuracy_after_grpo": self.history.get(f"step{self.step}"), "steps": self.step}
 
-    def _checkpoint_now(self) -> Path:
-        """A checkpoint of the current step boundary (the one already written, if there is one)."""
-        existing = self.dir / "checkpoints" / f"{checkpoint.PREFIX}{self.step:06d}"
-        return existing if (existing / "meta.json").exists() else self.save_checkpoint()
-
     def _save_step_start(self) -> Optional[Path]:
         """Checkpoint the state the failed step started from; None when part of it was already applied."""
         if self._updated:
             return None
         self.order.restore(self._start_order)
-        return self._checkpoint_now()
+        return self.save_checkpoint()
 
     def _guarded_step(self) -> dict:
         """A step that, on NaN or out-of-memory, saves the state it started from and says what to change."""
