@@ -162,13 +162,44 @@ def phase_capped(args) -> list:
     return [row]
 
 
+def time_fwdbwd(model, path: str, chunked: bool, **extra) -> list:
+    """Forward + backward tok/s and peak memory at batch 8 and 16 x 1,280 on a LoRA model in train mode."""
+    import torch
+
+    from mathgrpo.grpo.logprobs import plain_token_logprobs, token_logprobs
+
+    rows = []
+    fn = (lambda *a: token_logprobs(*a, chunk_tokens=1024)) if chunked else plain_token_logprobs
+    for batch in (8, 16):
+        ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
+        mask = torch.ones_like(ids)
+        adv = torch.randn(batch, 1, device="cuda")
+        try:
+            times = []
+            peak_reset()
+            for _ in range(3):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                (fn(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            wall = min(times[1:])
+            row = {"path": path, **extra, "batch": batch, "seq": PROMPT + NEW, "tok_s": batch * (PROMPT + NEW) / wall,
+                   "s_per_iter": wall, "peak_gib": peak_gib()}
+        except torch.cuda.OutOfMemoryError as err:
+            row = {"path": path, "batch": batch, "error": f"OOM: {str(err)[:200]}"}
+        model.zero_grad(set_to_none=True)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def phase_fwdbwd(args) -> list:
     """Forward + backward throughput, batch 8 and 16 x 1,280: transformers + PEFT (full logits) vs our chunked path."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.grpo.logprobs import plain_token_logprobs, token_logprobs
     from mathgrpo.model import add_lora, apply_liger
 
     rows = []
@@ -179,71 +210,51 @@ def phase_fwdbwd(args) -> list:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
         model.train()
-        for batch in (8, 16):
-            ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
-            mask = torch.ones_like(ids)
-            adv = torch.randn(batch, 1, device="cuda")
-            fn = plain_token_logprobs if path.startswith("transformers") else (lambda *a: token_logprobs(*a, chunk_tokens=1024))
-            try:
-                times = []
-                peak_reset()
-                for _ in range(3):
-                    torch.cuda.synchronize()
-                    t = time.perf_counter()
-                    (fn(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
-                    torch.cuda.synchronize()
-                    times.append(time.perf_counter() - t)
-                wall = min(times[1:])
-                row = {"path": path, "liger": liger, "batch": batch, "seq": PROMPT + NEW, "tok_s": batch * (PROMPT + NEW) / wall,
-                       "s_per_iter": wall, "peak_gib": peak_gib()}
-            except torch.cuda.OutOfMemoryError as err:
-                row = {"path": path, "batch": batch, "error": f"OOM: {str(err)[:200]}"}
-            model.zero_grad(set_to_none=True)
-            rows.append(row)
-            print(row, flush=True)
+        rows += time_fwdbwd(model, path, path == "ours", liger=liger)
         del model
         torch.cuda.empty_cache()
     return rows
 
 
-def trl_args(new: int, out: str):
-    """GRPOConfig for one optimizer step over 8 prompts x 8 completions, keeping only fields this TRL has."""
+def trl_args(new: int, out: str, steps: int):
+    """GRPOConfig for `steps` optimizer steps over 8 prompts x 8 completions each, keeping only fields this TRL has."""
     import dataclasses
 
     from trl import GRPOConfig
 
     wanted = dict(output_dir=out, per_device_train_batch_size=G, gradient_accumulation_steps=PROMPTS, num_generations=G,
-                  max_prompt_length=PROMPT, max_completion_length=new, max_steps=1, learning_rate=5e-6, bf16=True,
+                  max_prompt_length=PROMPT, max_completion_length=new, max_steps=steps, learning_rate=5e-6, bf16=True,
                   gradient_checkpointing=True, logging_steps=1, report_to="none", save_strategy="no", beta=0.0,
                   temperature=1.0, use_vllm=False, dataloader_num_workers=0, seed=0)
     known = {f.name for f in dataclasses.fields(GRPOConfig)}
     return GRPOConfig(**{k: v for k, v in wanted.items() if k in known}), sorted(set(wanted) - known)
 
 
-def trl_step(model, tok, new: int, label: str, peft_config=None) -> dict:
-    """Time one TRL GRPOTrainer step (generation + loss + backward + optimizer) with a callback."""
+def trl_step(model, tok, new: int, label: str, peft_config=None, steps: int = 2) -> dict:
+    """Time TRL GRPOTrainer steps (generation + loss + backward + optimizer) with a callback: the first
+    step (cold) and the last (warm) are reported."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
     from _rewards import length_reward
 
-    marks = {}
+    spans = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
             import torch
 
             torch.cuda.synchronize()
-            marks["begin"] = time.perf_counter()
+            spans.append([time.perf_counter(), None])
 
         def on_step_end(self, *a, **k):
             import torch
 
             torch.cuda.synchronize()
-            marks["end"] = time.perf_counter()
+            spans[-1][1] = time.perf_counter()
 
-    args, dropped = trl_args(new, f"/tmp/trl-{label}")
+    args, dropped = trl_args(new, f"/tmp/trl-{label}", steps)
     ds = Dataset.from_dict({"prompt": prompts(PROMPTS * 4, seed=1)})
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=[Clock()])
@@ -253,8 +264,10 @@ def trl_step(model, tok, new: int, label: str, peft_config=None) -> dict:
     import torch
 
     torch.cuda.synchronize()
-    return {"path": label, "new_tokens": new, "prompt": PROMPT, "completions": PROMPTS * G, "run": "one step (cold)",
-            "step_time": marks.get("end", time.perf_counter()) - marks.get("begin", t), "train_call_s": time.perf_counter() - t,
+    times = [end - begin for begin, end in spans if end is not None]
+    return {"path": label, "new_tokens": new, "prompt": PROMPT, "completions": PROMPTS * G,
+            "run": "warm step (the second)" if len(times) > 1 else "one step (cold)",
+            "step_time": times[-1] if times else None, "step_times": times, "train_call_s": time.perf_counter() - t,
             "peak_memory_gb": peak_gib(), "dropped_config_fields": dropped}
 
 
@@ -268,7 +281,7 @@ def phase_trl_peft(args) -> list:
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     tok.padding_side = "left"
     peft = LoraConfig(r=R, lora_alpha=2 * R, target_modules=TARGETS, task_type="CAUSAL_LM")
-    row = trl_step(model, tok, args.new, "TRL + PEFT", peft)
+    row = trl_step(model, tok, args.new, "TRL + PEFT", peft, steps=args.steps)
     print(row, flush=True)
     return [row]
 
@@ -285,6 +298,8 @@ def phase_unsloth(args) -> list:
         for label in ("warm-up", "timed"):
             rows.append(step_row("ours (unsloth)", label, args.new, PROMPTS * G, run.train_step(), run))
             print(rows[-1], flush=True)
+        run.model.train()
+        rows += time_fwdbwd(run.model, "ours (unsloth backend)", True)
         del run
     except Exception as err:
         rows.append({"path": "ours (unsloth)", "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-1500:]})
@@ -301,7 +316,7 @@ def phase_unsloth(args) -> list:
                                                        dtype=torch.bfloat16)
         model = FastLanguageModel.get_peft_model(model, r=R, lora_alpha=2 * R, target_modules=TARGETS, lora_dropout=0.0,
                                                  use_gradient_checkpointing="unsloth", random_state=0)
-        rows.append(trl_step(model, tok, args.new, "TRL on Unsloth"))
+        rows.append(trl_step(model, tok, args.new, "TRL on Unsloth", steps=args.steps))
     except Exception as err:
         rows.append({"path": "TRL on Unsloth", "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-1500:]})
     print(rows[-1], flush=True)
@@ -352,11 +367,13 @@ def driver(args) -> None:
     plan = [  # (name, flags, seconds it needs, file)
         ("build", [], 60, step),
         ("ours", [], 90, step),
-        ("fwdbwd", [], 70, step),
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
         ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
-        ("trl_peft", ["--new", "256"], 70, step),
+        ("capped", ["--cap", "13", "--new", "256"], 40, step),
         ("unsloth", ["--new", "256", "--budget", "200"], 150, unsloth),
+        ("fwdbwd", [], 70, step),
+        ("trl_peft", ["--new", "256"], 90, step),
+        ("trl_peft", ["--new", "1024", "--steps", "1"], 150, step),
     ]
     for name, flags, need, sink in plan:
         if args.only and name not in args.only:
@@ -403,6 +420,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=PROMPTS)
     p.add_argument("--g", type=int, default=G)
     p.add_argument("--budget", type=float, default=1e9)
+    p.add_argument("--steps", type=int, default=2, help="TRL steps per peer row (the last one is reported)")
     p.add_argument("--no-liger", action="store_true")
     p.add_argument("--extra", nargs="*", default=[])
     p.add_argument("--only", nargs="*", default=[], help="run only these phases (build is needed on a fresh machine)")

@@ -239,21 +239,67 @@ def test_unsupported_models_get_a_reason_and_fall_back_to_hf(tiny):
     subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
 )
 def test_split_k_decode_kernel_matches_grouped_attention_interpreted():
-    """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention."""
+    """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention:
+    own rows, and prompt keys read from each group's first row (the other rows hold garbage there)."""
     script = """
 import torch
 from mathgrpo.rollout.decode_attention import SplitKDecode
 from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
 torch.manual_seed(0)
-for batch, kv, groups, dim, length, slot in [(3, 2, 2, 32, 300, 290), (2, 2, 4, 32, 1500, 700)]:
+for batch, kv, groups, dim, length, slot in [(3, 2, 2, 32, 300, 290), (2, 2, 4, 32, 1500, 700), (4, 1, 2, 16, 512, 9)]:
     attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
     k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
     q = torch.randn(batch, kv * groups, 1, dim)
-    pad = torch.tensor([0, 70, 5][:batch])
+    pad = torch.tensor([0, 70, 5, 3][:batch]).clamp_max(slot)
     out = attn(q, k, v, pad, torch.tensor([slot]))
     valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
     ref = grouped_attention(q, k[:, :, : slot + 1], v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
     assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
+# groups of 2 samples sharing a prompt of width 6: rows 1 and 3 hold garbage below it
+batch, kv, groups, dim, length, width, slot = 4, 2, 2, 16, 64, 6, 20
+attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
+k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
+for lead in (0, 2):
+    k[lead + 1, :, :width], v[lead + 1, :, :width] = k[lead, :, :width], v[lead, :, :width]
+ref_k, ref_v = k.clone(), v.clone()
+k[[1, 3], :, :width] = 1e4
+v[[1, 3], :, :width] = -1e4
+q = torch.randn(batch, kv * groups, 1, dim)
+pad = torch.tensor([1, 1, 0, 0])
+out = attn(q, k, v, pad, torch.tensor([slot]), torch.tensor([0, 0, 2, 2]), torch.tensor([width]))
+valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
+ref = grouped_attention(q, ref_k[:, :, : slot + 1], ref_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
+assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
+print("ok")
+"""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
+)
+def test_engine_with_split_k_attention_matches_math_attention_interpreted():
+    """The engine's Triton attention path (groups share the prompt reads) samples the math path's tokens."""
+    script = """
+import torch
+from mathgrpo.rollout.base import SamplingParams
+from mathgrpo.rollout.native import NativeEngine
+from mathgrpo.tiny import build_tiny
+model, tok = build_tiny(0)
+gen = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if "norm" not in name:
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
+prompts = ["What is 12+7?", "Hi", "Compute 345 - 67 step by step."]
+params = SamplingParams(max_new_tokens=12, temperature=1.0)
+out = {a: NativeEngine(model, tok, [], attention=a, seed=3).generate(prompts, 3, params) for a in ("math", "triton")}
+tokens = [g.token_ids for g in out["math"]]
+assert len({tuple(t) for t in tokens[:3]}) > 1  # the samples of a prompt differ: shared reads stop at the prompt
+assert tokens == [g.token_ids for g in out["triton"]]
 print("ok")
 """
     src = str(Path(__file__).resolve().parents[1] / "src")

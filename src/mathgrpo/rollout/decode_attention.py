@@ -1,13 +1,16 @@
 """Decode attention (one new token per sequence) over a static KV cache that reads only filled positions.
 
-A Triton split-K kernel: one program per (sequence, key/value head, split of the cache), all the
-query heads of the group in one tile, so grouped heads cost no repeated keys; each program loops
-only over the positions [pad_b, slot] that sequence has filled, read from device tensors, so one
-captured graph serves every length. A second kernel merges the splits (log-sum-exp weights).
+A Triton split-K kernel: one program per (sequence, key/value head, split), all the query heads of
+the group in one tile, so grouped heads cost no repeated keys. Each row's filled positions
+[pad_b, slot] (read from device tensors, so one captured graph serves every length) are cut into
+equal splits; the prompt part is read from the first sample of the prompt's group, so the samples
+of one prompt share those reads. A second kernel merges the splits (log-sum-exp weights).
 Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -26,28 +29,10 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _partial_kernel(
-        Q, K, V, PAD, SLOT, ACC, M, L,
-        stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-        scale_log2, chunk,
-        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-        BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr,
-    ):
-        """Unnormalised attention of one (sequence, kv head) over one split's filled positions."""
-        pid = tl.program_id(0)
-        split = tl.program_id(1)
-        b = pid // KV_HEADS
-        h = pid % KV_HEADS
-        lo = tl.maximum(tl.load(PAD + b).to(tl.int32), split * chunk)
-        hi = tl.minimum(tl.load(SLOT).to(tl.int32) + 1, (split + 1) * chunk)
-        offs_g = tl.arange(0, GP)
+    def _attend_range(q, k_base, v_base, stride_ks, stride_vs, lo, hi, m, l, acc, scale_log2,
+                      D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Fold positions [lo, hi) of one cache row into the running (max, sum, accumulator)."""
         offs_d = tl.arange(0, D)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
-        m = tl.full([GP], float("-inf"), tl.float32)
-        l = tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, D], tl.float32)
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
         for n0 in range(lo, hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             valid = offs_n < hi
@@ -61,6 +46,45 @@ if triton is not None:
             v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
+        return m, l, acc
+
+    @triton.jit
+    def _partial_kernel(
+        Q, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L,
+        stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+        scale_log2,
+        KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+        BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr,
+    ):
+        """Unnormalised attention of one (sequence, kv head) over one split of its filled positions.
+
+        The filled positions [pad_b, slot] are cut into NSPLIT equal splits (balanced whatever the
+        fill). Positions below WIDTH (the shared prompt) are read from row SRC[b], the first sample of
+        the prompt's group, so the G samples of a prompt read the same addresses (served from L2).
+        """
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        b = pid // KV_HEADS
+        h = pid % KV_HEADS
+        pad = tl.load(PAD + b).to(tl.int32)
+        end = tl.load(SLOT).to(tl.int32) + 1
+        width = tl.load(WIDTH).to(tl.int32)
+        src = tl.load(SRC + b).to(tl.int64)
+        per_split = tl.cdiv(tl.cdiv(end - pad, NSPLIT), BLOCK_N) * BLOCK_N
+        lo = pad + split * per_split
+        hi = tl.minimum(lo + per_split, end)
+        mid = tl.maximum(lo, tl.minimum(width, hi))
+        offs_g = tl.arange(0, GP)
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
+        m = tl.full([GP], float("-inf"), tl.float32)
+        l = tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        m, l, acc = _attend_range(q, K + src * stride_kb + h * stride_kh, V + src * stride_vb + h * stride_vh,
+                                  stride_ks, stride_vs, lo, mid, m, l, acc, scale_log2, D, BLOCK_N)
+        row_b = b.to(tl.int64)
+        m, l, acc = _attend_range(q, K + row_b * stride_kb + h * stride_kh, V + row_b * stride_vb + h * stride_vh,
+                                  stride_ks, stride_vs, mid, hi, m, l, acc, scale_log2, D, BLOCK_N)
         row = (pid * NSPLIT + split) * GP + offs_g
         tl.store(M + row, m)
         tl.store(L + row, l)
@@ -94,40 +118,55 @@ def _next_pow2(x: int) -> int:
 class SplitKDecode:
     """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
 
-    # launch settings: the fastest of 8 timed by benchmarks/rollout.py on an H100 (64 rows, 768 filled):
-    # 137 us = 1.41 TB/s; BLOCK_N 128 or 8 splits per row were slower (results/rollout.json)
+    # Launch settings. benchmarks/rollout.py times a grid of them on the GPU at the 4B shape and sets
+    # the fastest for its run (results/rollout.json, "attention_tuning"); these are its last choice.
     BLOCK_N = 64
     NUM_WARPS = 8
-    TARGET_PROGRAMS = 1024  # split the cache until about this many programs run
+    NUM_STAGES = 3
+    TARGET_PROGRAMS = 1024  # split each row's filled positions until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
         self.kv_heads, self.groups, self.head_dim = kv_heads, groups, head_dim
         self.gp = max(16, _next_pow2(groups))  # tl.dot needs at least 16 rows
-        # enough programs to fill the card, but no split shorter than 128 positions
         want = _next_pow2(max(1, -(-self.TARGET_PROGRAMS // (batch * kv_heads))))
-        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // 128)), 16))
-        per_split = -(-max_len // self.nsplit)
-        self.chunk = -(-per_split // self.BLOCK_N) * self.BLOCK_N
+        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // self.BLOCK_N)), 16))
         rows = batch * kv_heads * self.nsplit * self.gp
         self.acc = torch.empty(rows, head_dim, device=device, dtype=torch.float32)
         self.m = torch.empty(rows, device=device, dtype=torch.float32)
         self.l = torch.empty(rows, device=device, dtype=torch.float32)
         self.out = torch.empty(batch, kv_heads * groups * head_dim, device=device, dtype=dtype)
+        self.own_rows = torch.arange(batch, device=device)
+        self.no_prefix = torch.zeros(1, dtype=torch.long, device=device)
 
-    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pad: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """q [B, H, 1, D]; caches [B, KV, S, D]; keys [pad_b, slot] attended. Returns [B, 1, H*D]."""
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pad: torch.Tensor,
+        slot: torch.Tensor,
+        src: Optional[torch.Tensor] = None,
+        width: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """q [B, H, 1, D]; caches [B, KV, S, D]; keys [pad_b, slot] attended. Returns [B, 1, H*D].
+
+        src [B] / width [1] (device tensors): positions below width are read from cache row src[b]
+        (the prompt's first sample, which holds the same keys); by default every row reads its own.
+        """
         bsz = q.shape[0]
+        src = self.own_rows[:bsz] if src is None else src
+        width = self.no_prefix if width is None else width
         qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim).contiguous()
         assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
         scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
         grid = (bsz * self.kv_heads, self.nsplit)
         _partial_kernel[grid](
-            qg, k_cache, v_cache, pad, slot, self.acc, self.m, self.l,
+            qg, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l,
             qg.stride(0), qg.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-            scale_log2, self.chunk,
+            scale_log2,
             KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
-            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=self.NUM_WARPS,
+            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
         )
         out = self.out[:bsz]
         _combine_kernel[(bsz * self.kv_heads,)](

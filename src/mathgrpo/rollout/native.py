@@ -78,6 +78,8 @@ class _Slab:
         self.out_tok = torch.zeros(batch, length, dtype=torch.long, device=device)  # [B, S]
         self.out_lp = torch.zeros(batch, length, dtype=torch.float32, device=device)  # [B, S]
         self.stops = torch.tensor(stops or [-1], dtype=torch.long, device=device)
+        self.src = torch.arange(batch, device=device)  # [B] row holding each row's prompt keys
+        self.width = torch.zeros(1, dtype=torch.long, device=device)  # prompt slots [0, width) shared by a group
         self.splitk = None
         if triton_attention:
             groups = w.n_heads // w.n_kv_heads
@@ -236,7 +238,7 @@ class NativeEngine(RolloutEngine):
             kc.index_copy_(2, slab.slot, k)
             vc.index_copy_(2, slab.slot, v)
             if slab.splitk is not None:
-                return slab.splitk(q, kc, vc, slab.pad, slab.slot)
+                return slab.splitk(q, kc, vc, slab.pad, slab.slot, slab.src, slab.width)
             return grouped_attention(q, kc[:, :, :attn_len], vc[:, :, :attn_len], mask, self.attention == "sdpa")
 
         logits = decode_layers(w, slab.tok, positions, attend, self._qkv, self._finish)
@@ -312,6 +314,9 @@ class NativeEngine(RolloutEngine):
         rows = logits.shape[0] * n
         slab.pad.zero_()
         slab.pad[:rows] = pads.repeat_interleave(n)
+        slab.src.copy_(torch.arange(slab.batch, device=slab.src.device))
+        slab.src[:rows] -= slab.src[:rows] % n  # each sample reads the prompt from its group's first row
+        slab.width.fill_(width)
         slab.slot.fill_(width - 1)
         slab.t.zero_()
         slab.nlen.zero_()
