@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -331,7 +332,8 @@ PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "capped": p
 
 def run_phase(name: str, out: Path, timeout: float, *flags: str) -> list:
     """Run one phase in a fresh process; its rows, or one row saying why there are none."""
-    result = out / f"phase-{name}-{abs(hash(flags)) % 10000}.json"
+    result = Path(tempfile.gettempdir()) / f"phase-{name}-{abs(hash(flags)) % 10000}.json"  # $OUT takes 8 files
+    result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--phase", name, "--result", str(result), *flags]
     t = time.perf_counter()
     try:

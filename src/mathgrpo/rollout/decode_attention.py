@@ -121,8 +121,8 @@ class SplitKDecode:
     # Launch settings. benchmarks/rollout.py times a grid of them on the GPU at the 4B shape and sets
     # the fastest for its run (results/rollout.json, "attention_tuning"); these are its last choice.
     BLOCK_N = 64
-    NUM_WARPS = 8
-    NUM_STAGES = 3
+    NUM_WARPS = 4
+    NUM_STAGES = 2
     TARGET_PROGRAMS = 1024  # split each row's filled positions until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:

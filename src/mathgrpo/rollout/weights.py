@@ -128,7 +128,8 @@ def collect(model: Any, lowrank: bool) -> ModelWeights:
         layers=[_layer(layer, lowrank) for layer in inner.layers],
         norm=inner.norm.weight.detach(),
         lm_head=_proj(lm.lm_head, lowrank),
-        inv_freq=inner.rotary_emb.inv_freq.float(),
+        # Unsloth's rotary embedding keeps inv_freq on the CPU while the weights sit on the GPU
+        inv_freq=inner.rotary_emb.inv_freq.float().to(inner.embed_tokens.weight.device),
         rope_scale=float(getattr(inner.rotary_emb, "attention_scaling", 1.0)),
         eps=float(cfg.rms_norm_eps),
         n_heads=cfg.num_attention_heads,
