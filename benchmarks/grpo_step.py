@@ -145,7 +145,7 @@ def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) ->
         if run.plan is not None:
             width = PROMPT + new
             micro = m.get("micro_batch_size") or 1
-            row["estimated_train_peak_gib"] = run.plan.train_bytes(micro, width, run._held_by_engine()) / 2**30
+            row["estimated_train_peak_gib"] = run.plan.train_bytes(micro, width, run.engine.held_bytes()) / 2**30
     return row
 
 
@@ -295,7 +295,7 @@ def phase_unsloth(args) -> list:
     import unsloth  # noqa: F401  before transformers
     rows.append({"path": "unsloth import", "seconds": time.perf_counter() - t, "version": getattr(unsloth, "__version__", "?")})
     try:
-        run = ours_run("unsloth", args.new, PROMPTS, G, ["model.use_liger=false", *args.extra])
+        run = ours_run("unsloth", args.new, PROMPTS, G, ["model.use_liger=false", f"model.max_seq_length={PROMPT + NEW}", *args.extra])
         for label in ("warm-up", "timed"):
             rows.append(step_row("ours (unsloth)", label, args.new, PROMPTS * G, run.train_step(), run))
             print(rows[-1], flush=True)

@@ -97,6 +97,28 @@ def test_memory_budget_sizes_micro_batches(tmp_path):
     assert run._micro_size(batch) == 1
 
 
+def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
+    """The native engine keeps its KV cache between rollouts; when that costs training micro-batch
+    size, the trainer frees it (the next rollout rebuilds it), and keeps it when there is room."""
+    import dataclasses
+
+    run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false", "rollout.engine=native")
+    assert run.engine.name == "native"
+    batch = rollout_batch(run)
+    held = run.engine.held_bytes()
+    assert held > 0
+    assert run._micro_size(batch) == len(batch) and run.engine.held_bytes() == held  # room for both: kept
+    width = batch.input_ids.shape[1]
+    room = run.plan.resident + run.plan.logits_chunk + 3 * width * run.plan.train_per_token
+    run.plan = dataclasses.replace(run.plan, budget=room + held // 2)  # 3 fit alone, fewer beside the cache
+    assert run.plan.micro_batch(width, held) < 3
+    assert run._micro_size(batch) == 3 and run.engine.held_bytes() == 0
+    metrics = run.learn(batch, len(batch))
+    assert metrics["micro_batch_size"] == 3
+    rollout_batch(run)
+    assert run.engine.held_bytes() == held  # rebuilt by the next rollout
+
+
 def test_liger_skipped_cleanly_on_cpu(tmp_path):
     """Auto Liger does nothing on CPU (and does not need liger-kernel); use_liger=true there is a clear error."""
     from mathgrpo.config import ModelConfig

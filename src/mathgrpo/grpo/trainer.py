@@ -225,17 +225,16 @@ class GRPORun:
         width = batch.input_ids.shape[1]
         if dist.is_sharded(self.model):
             width = max(dist.gather(width))
-        fits = self.plan.micro_batch(width, self._held_by_engine())
+        fits = self.plan.micro_batch(width, self.engine.held_bytes())
+        alone = self.plan.micro_batch(width)
+        if fits < min(alone, len(batch)) and self.engine.held_bytes():
+            # The rollout's kept KV cache would shrink the micro-batches: free it (the next rollout
+            # rebuilds it in a fraction of a second) rather than train with fewer sequences a pass.
+            self.engine.release()
+            fits = alone
         if fits < 1:
             print(f"grpo: {self.plan.summary(width)}; trying 1 sequence per micro-batch")
         return max(1, min(fits, len(batch)))
-
-    def _held_by_engine(self) -> int:
-        """Bytes the rollout engine keeps between calls: the native engine keeps its KV cache for reuse, hf frees it."""
-        if self.plan is None or self.engine.name == "hf":
-            return 0
-        rows = self.engine_batch or self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations
-        return self.plan.rollout_cache_bytes(rows, self.cfg.model.max_seq_length)
 
     def _clock(self) -> float:
         """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""

@@ -46,6 +46,13 @@ class RolloutEngine(ABC):
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
 
+    def held_bytes(self) -> int:
+        """Device memory this engine keeps between calls (a reused KV cache); none by default."""
+        return 0
+
+    def release(self) -> None:
+        """Free what `held_bytes` counts; the next call builds it again."""
+
     @abstractmethod
     def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:
         """`n` Generations per prompt, grouped: prompt 0's n first, then prompt 1's, ...

@@ -86,6 +86,13 @@ class _Slab:
             self.splitk = decode_attention.SplitKDecode(batch, w.n_kv_heads, groups, w.head_dim, length, device, dtype)
         self.graphs: dict = {}
 
+    def nbytes(self) -> int:
+        """Bytes of the cache, the state and the attention scratch."""
+        tensors = [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+        if self.splitk is not None:
+            tensors += [t for t in vars(self.splitk).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
 
 class NativeEngine(RolloutEngine):
     """Rollouts through our own decode loop over the model's weights (Qwen3 / Qwen2 / Llama)."""
@@ -173,6 +180,16 @@ class NativeEngine(RolloutEngine):
                 chunk = prompt_ids[start : start + per_chunk]
                 out.extend(self._run_chunk(w, chunk, start, n, params))
         return out
+
+    def held_bytes(self) -> int:
+        """Bytes of the KV caches kept for the next call (graphs are captured over them)."""
+        return sum(slab.nbytes() for slab in self._slabs.values())
+
+    def release(self) -> None:
+        """Drop the caches and their graphs; the next call allocates and captures again (~0.1 s once compiled)."""
+        self._slabs.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- weights ---------------------------------------------------------------------------
 
