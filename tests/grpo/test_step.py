@@ -119,6 +119,36 @@ def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
     assert run.engine.held_bytes() == held  # rebuilt by the next rollout
 
 
+def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_path):
+    """A CUDA out-of-memory error (injected: this machine has no GPU) in a plan-sized micro-batch of
+    more than 2 sequences makes the step retry with half as many until it fits; the update equals
+    the run without the error, and later steps keep the smaller size."""
+    over = ("grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false")
+    plain, failing = make_run(tmp_path / "a", *over), make_run(tmp_path / "b", *over)
+    failing.model.load_state_dict(plain.model.state_dict())  # the same LoRA initialisation
+    batch_a, batch_b = rollout_batch(plain), rollout_batch(failing)
+    assert torch.equal(batch_a.input_ids, batch_b.input_ids) and len(batch_b) == 8
+    body, _ = model_parts(failing.model)
+
+    def fail_when_large(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    handle = body.register_forward_pre_hook(fail_when_large, with_kwargs=True)
+    try:
+        got = failing.learn(batch_b, len(batch_b))
+    finally:
+        handle.remove()
+    want = plain.learn(batch_a, len(batch_a))
+    assert want["micro_batch_size"] == 8 and got["micro_batch_size"] == 2
+    assert abs(got["loss"] - want["loss"]) < 1e-5
+    for (name, p), (_, q) in zip(plain.model.named_parameters(), failing.model.named_parameters()):
+        if p.requires_grad:
+            assert torch.allclose(p, q, atol=1e-6), name
+    assert failing._micro_size(batch_b) == 2
+
+
 def test_liger_skipped_cleanly_on_cpu(tmp_path):
     """Auto Liger does nothing on CPU (and does not need liger-kernel); use_liger=true there is a clear error."""
     from mathgrpo.config import ModelConfig

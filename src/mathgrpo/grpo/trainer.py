@@ -105,6 +105,7 @@ class GRPORun:
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
         self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
+        self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
         self.engine_batch = self._rollout_batch_size()
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), self.engine_batch)
         g = cfg.grpo
@@ -232,6 +233,8 @@ class GRPORun:
             # rebuilds it in a fraction of a second) rather than train with fewer sequences a pass.
             self.engine.release()
             fits = alone
+        if self._token_cap:  # a size that ran out of memory before: stay below it
+            fits = min(fits, max(1, self._token_cap // width))
         if fits < 1:
             print(f"grpo: {self.plan.summary(width)}; trying 1 sequence per micro-batch")
         return max(1, min(fits, len(batch)))
@@ -255,21 +258,9 @@ class GRPORun:
         times = {"logprob_time": 0.0, "backward_time": 0.0, "optimizer_time": 0.0}
         size = self._micro_size(batch) if batch is not None else 0
         for _ in range(self.cfg.grpo.num_iterations):
-            self.opt.zero_grad(set_to_none=True)
-            for micro in batch.micro_batches(size) if batch is not None else []:
-                t0 = self._clock()
-                logp = self._logps(micro)
-                old = micro.old_logp if micro.old_logp is not None else logp.detach()
-                loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
-                                       micro.ref_logp, total_tokens, total_seqs)
-                t1 = self._clock()
-                loss.backward()
-                stats["loss"] += loss.item()
-                t2 = self._clock()
-                times["logprob_time"] += t1 - t0
-                times["backward_time"] += t2 - t1
-                for k in ("clipped_tokens", "kl_sum", "tokens"):
-                    stats[k] += st[k]
+            size, part = self._accumulate_fitting(batch, size, total_tokens, total_seqs, times)
+            for k, v in part.items():
+                stats[k] += v
             t0 = self._clock()
             dist.sum_gradients(trainable)
             norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grpo.max_grad_norm)
@@ -287,6 +278,46 @@ class GRPORun:
         tokens = max(stats["tokens"], 1.0)
         return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
                 "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters, "micro_batch_size": size, **times}
+
+    def _accumulate_fitting(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> tuple:
+        """`_accumulate`, retried with half the micro-batch when a planned size runs out of GPU memory.
+
+        Only a single process whose micro-batches the memory plan sized retries (ranks must run equal
+        passes); the smaller size is kept for later steps. Returns (size used, stats).
+        """
+        while True:
+            self.opt.zero_grad(set_to_none=True)
+            try:
+                return size, self._accumulate(batch, size, total_tokens, total_seqs, times)
+            except torch.cuda.OutOfMemoryError:
+                if size <= 1 or self.plan is None or self.cfg.grpo.micro_batch_size or dist.world().active:
+                    raise
+                self.opt.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                width = batch.input_ids.shape[1]
+                print(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
+                      f"retrying the step with {size // 2} (kept for later steps)")
+                size //= 2
+                self._token_cap = size * width
+
+    def _accumulate(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> dict:
+        """Forward and backward over every micro-batch of `size` sequences, gradients summed; the loss statistics."""
+        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0}
+        for micro in batch.micro_batches(size) if batch is not None else []:
+            t0 = self._clock()
+            logp = self._logps(micro)
+            old = micro.old_logp if micro.old_logp is not None else logp.detach()
+            loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
+                                   micro.ref_logp, total_tokens, total_seqs)
+            t1 = self._clock()
+            loss.backward()
+            stats["loss"] += loss.item()
+            t2 = self._clock()
+            times["logprob_time"] += t1 - t0
+            times["backward_time"] += t2 - t1
+            for k in ("clipped_tokens", "kl_sum", "tokens"):
+                stats[k] += st[k]
+        return stats
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
         """The training half of a step: reference log-probs where needed, then the optimizer steps."""
