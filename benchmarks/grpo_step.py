@@ -56,9 +56,9 @@ def build_and_save() -> dict:
 
     if (Path(MODEL_DIR) / "config.json").exists():
         return {"saved": MODEL_DIR, "reused": True}
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=40960,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    from _subject import QWEN3_4B
+
+    cfg = Qwen3Config(**QWEN3_4B, pad_token_id=0, eos_token_id=1, bos_token_id=None)
     with torch.device("cuda"):
         model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
     with torch.no_grad():

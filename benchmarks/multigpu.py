@@ -29,9 +29,9 @@ def write_model_folder(path: Path, smoke: bool = False) -> None:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen3Config
 
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                      rope_theta=1_000_000.0, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0)
+    from _subject import QWEN3_4B
+
+    cfg = Qwen3Config(**QWEN3_4B, eos_token_id=1, pad_token_id=0)
     if smoke:
         cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.head_dim = 64, 128, 2, 16
         cfg.num_attention_heads, cfg.num_key_value_heads = 4, 2

@@ -31,8 +31,9 @@ def qwen3_4b_config(smoke: bool) -> Qwen3Config:
     if smoke:
         return Qwen3Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=32, tie_word_embeddings=True, rope_theta=1e6)
-    return Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=40960)
+    from _subject import QWEN3_4B
+
+    return Qwen3Config(**QWEN3_4B)
 
 
 def build(cfg: Qwen3Config, device: str, dtype: torch.dtype, std: float = 0.02) -> Qwen3ForCausalLM:

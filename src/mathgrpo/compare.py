@@ -93,11 +93,11 @@ def compare(a_dir: str, b_dir: str) -> dict:
 
 def print_table(result: dict) -> None:
     """The short comparison table in the terminal, warnings first."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console = console if console.is_terminal else Console(width=120)  # logs and pipes: no squeezed columns
+    from .progress import table_console
+
+    console = table_console()
     for bench in result["benchmarks"].values():
         if bench["warning"]:
             console.print(f"[yellow]warning:[/yellow] {bench['warning']}")

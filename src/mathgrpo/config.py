@@ -51,6 +51,10 @@ class ModelConfig:
     )
 
 
+# Every attention and MLP projection of a Qwen3 / Llama decoder layer.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass
 class LoraConfig:
     enabled: bool = _f(True, "Train LoRA adapters (PEFT). Off trains every weight (tiny models only).")
@@ -58,7 +62,7 @@ class LoraConfig:
     alpha: int = _f(64, "LoRA alpha; the update is scaled by alpha / r.")
     dropout: float = _f(0.0, "Dropout on the LoRA branch.")
     target_modules: list = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        list(PROJECTIONS),
         "Module names that get adapters (all attention and MLP projections by default).",
     )
 

@@ -27,7 +27,6 @@ class World:
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -52,7 +51,7 @@ def init() -> World:
         torch.cuda.set_device(local)
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast on shared hosts
     torch_dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    _WORLD = World(torch_dist.get_rank(), torch_dist.get_world_size(), local)
+    _WORLD = World(torch_dist.get_rank(), torch_dist.get_world_size())
     return _WORLD
 
 
@@ -184,9 +183,3 @@ def barrier() -> None:
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def shutdown() -> None:
-    """Leave the process group."""
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from . import dist
 from .config import Config, ConfigError, to_dict
-from .data import LoadReport, load_source, sft_text
+from .data import LoadReport, load_configured, load_source, sft_text
 from .formats import Format, get_format, has_chat_template, render_prompt
 from .heldout import prompts_for
 from .runs import ModelRef, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
@@ -39,9 +39,6 @@ DEFAULT_EVAL_BATCH = 64  # sequences per engine call when rollout.batch_size is 
 
 class EvalError(RuntimeError):
     """An evaluation cannot start or finish; the message names the file or flag and what to do."""
-
-
-# --- which model -------------------------------------------------------------------------------
 
 
 # --- benchmarks and prompts -----------------------------------------------------------------------
@@ -63,11 +60,7 @@ def bench_key(spec: str) -> str:
 
 def load_benchmark(spec: str, cfg: Config) -> LoadReport:
     """The problems of one benchmark: its test split (a `@split` in the spec wins), seeded `eval.limit` subset."""
-    return load_source(
-        spec, split="test", limit=cfg.eval.limit, seed=cfg.eval.seed,
-        question_field=cfg.data.question_field, answer_field=cfg.data.answer_field,
-        solution_field=cfg.data.solution_field, size=cfg.data.size, strict=cfg.data.strict,
-    )
+    return load_configured(cfg.data, spec, "test", cfg.eval.limit, cfg.eval.seed)
 
 
 def load_shots(cfg: Config, fmt: Format) -> list:
@@ -84,11 +77,6 @@ def load_shots(cfg: Config, fmt: Format) -> list:
             "solution; lower eval.shots or set eval.shots_source to a source with solutions"
         )
     return shots
-
-
-def build_prompts(problems: list, fmt: Format, tokenizer: Any, cfg: Config, shots: list) -> list:
-    """The prompt text of each problem (format.template, with the shots in front)."""
-    return prompts_for(problems, fmt, tokenizer, cfg.format.template, shots)
 
 
 def resolved_template(tokenizer: Any, template: str) -> str:
@@ -278,7 +266,7 @@ def summarise_bench(records: list, cfg: Config, seed: int) -> dict:
     from .metrics import summarise
 
     ks = sorted(set(cfg.eval.k) | {cfg.eval.n})
-    return summarise(records, ks, same=lambda a, b: is_equivalent(a, b), seed=seed)
+    return summarise(records, ks, same=is_equivalent, seed=seed)
 
 
 def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
@@ -310,7 +298,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
             make_progress(cfg.run.progress and main_rank) as progress:
         for spec, report in benches.items():
             key = bench_key(spec)
-            prompts = build_prompts(report.problems, fmt, tok, cfg, shots)
+            prompts = prompts_for(report.problems, fmt, tok, cfg.format.template, shots)
             prompts_info[key] = prompt_record(spec, report.problems, prompts, fmt, tok, cfg, shots)
             check_lengths(prompts, tok, cfg, key)
             todo = [(p, q) for p, q in zip(report.problems, prompts)
@@ -341,8 +329,9 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
 
 def print_table(metrics: dict) -> None:
     """The short results table in the terminal."""
-    from rich.console import Console
     from rich.table import Table
+
+    from .progress import table_console
 
     table = Table(title=f"{metrics['model']}")
     table.add_column("benchmark", no_wrap=True, min_width=max(len(k) for k in metrics["benchmarks"]))
@@ -351,8 +340,7 @@ def print_table(metrics: dict) -> None:
     for key, m in metrics["benchmarks"].items():
         table.add_row(key, str(m["problems"]), f"{m['accuracy']:.1%}", f"{m['ci'][0]:.1%}-{m['ci'][1]:.1%}",
                       f"{m['format_adherence']:.1%}", f"{m['length']['mean']:.0f}")
-    console = Console()
-    (console if console.is_terminal else Console(width=120)).print(table)
+    table_console().print(table)
 
 
 def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional[str] = None,

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Optional, Union
 
 from . import grading_worker
-from .formats import Format, get_format, parse_completion
+from .formats import Format, get_format, last_boxed, parse_completion
 
 DEFAULT_TIMEOUT_S = 3.0
 MAX_ANSWER_CHARS = 1000  # longer answers are compared as strings only: no regex, no sympy
@@ -113,8 +113,6 @@ _LATEX_FRACTION = re.compile(r"^([+-]?)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d)
 def _unwrap_boxed(text: str) -> str:
     """The inside of `\\boxed{...}` when the whole answer is one box."""
     if text.startswith(("\\boxed", "\\fbox")):
-        from .formats import last_boxed
-
         inner = last_boxed(text)
         if inner is not None and text.rstrip().endswith("}"):
             return inner

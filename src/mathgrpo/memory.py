@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .config import PROJECTIONS
+
 GIB = 1024**3
 # Values a Qwen3-style layer keeps for backward per token, counted in hidden- and intermediate-
 # sized vectors: norms (with their fp32 upcasts), q/k/v/o inputs and outputs, attention output,
@@ -123,10 +125,6 @@ class MemoryPlan:
         """Estimated peak bytes of one training micro-batch, resident and held memory included."""
         return self.resident + self.logits_chunk + held + sequences * seq_tokens * self.train_per_token
 
-    def rollout_cache_bytes(self, sequences: int, seq_tokens: int) -> int:
-        """KV-cache bytes of a rollout batch (what an engine that keeps its cache holds during training)."""
-        return sequences * seq_tokens * self.rollout_per_token
-
     def summary(self, seq_tokens: int) -> str:
         """One line for the log: budget, resident share, and the two batch sizes at `seq_tokens`."""
         return (f"memory: budget {self.budget / GIB:.1f} GiB, resident {self.resident / GIB:.1f} GiB; at {seq_tokens} tokens "
@@ -154,7 +152,7 @@ def plan_memory(
     fixed_overhead: int = FIXED_OVERHEAD,
 ) -> MemoryPlan:
     """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`."""
-    targets = lora_targets if lora_targets is not None else ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = lora_targets if lora_targets is not None else PROJECTIONS
     # 4-bit NF4: half a byte a weight plus one fp32 scale per 64-weight block (~0.56 bytes).
     weight_bytes = int(shape.params * (0.5625 if load_in_4bit else dtype_bytes))
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)

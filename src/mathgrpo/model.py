@@ -60,10 +60,16 @@ def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
     except (OSError, ValueError) as err:
         where = "local folder" if local else "hub id (no hub access? set HF_HUB_OFFLINE=1 and use a local copy)"
         raise ModelError(f"cannot load model {name!r} as a {where}: {err}") from None
+    return model, tok
+
+
+def prepare_tokenizer(model: Any, tok: Any) -> Any:
+    """Left padding and a pad token (eos when it has none), also in the model's generation config."""
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    return model, tok
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return tok
 
 
 def _random_from_config(name: str, dtype: torch.dtype, attn: Optional[str], kwargs: dict) -> Any:
@@ -94,7 +100,7 @@ def load_base(cfg: ModelConfig, seed: int = 0) -> tuple:
             return load_with_adapter(path, cfg)
         model, tok = _from_pretrained(cfg.name, cfg, dtype)
     model.to(device=device, dtype=dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
+    prepare_tokenizer(model, tok)
     apply_liger(model, cfg)
     return model, tok
 
@@ -132,13 +138,19 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
     return True
 
 
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter folder names in its adapter_config.json."""
+    base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base_name:
+        raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    return base_name
+
+
 def load_with_adapter(adapter_dir: Path, cfg: ModelConfig, trainable: bool = False) -> tuple:
     """Base named in the adapter's config plus the adapter itself (a PeftModel)."""
     from peft import PeftModel
 
-    base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not base_name:
-        raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    base_name = adapter_base(adapter_dir)
     base_cfg = ModelConfig(**{**cfg.__dict__, "name": base_name})
     model, tok = load_base(base_cfg)
     if (Path(adapter_dir) / "tokenizer_config.json").exists():
@@ -182,6 +194,21 @@ def add_adapters(model: Any, cfg: Config) -> Any:
     model = add_lora(model, cfg.lora)
     enable_checkpointing(model, cfg.model)
     return model
+
+
+def make_trainable(model: Any, cfg: Config, lora: bool) -> Any:
+    """What a training stage trains: fresh LoRA adapters (`lora`), else every weight unfrozen."""
+    if lora:
+        return add_adapters(model, cfg)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    enable_checkpointing(model, cfg.model)
+    return model
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def enable_checkpointing(model: Any, cfg: ModelConfig) -> None:
@@ -255,10 +282,3 @@ def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-def describe(model: Any, name: Optional[str] = None) -> str:
-    """One line about a model: name, parameters, trainable share, dtype and device."""
-    trainable, total = count_parameters(model)
-    p = next(model.parameters())
-    return f"{name or model.config._name_or_path}: {total / 1e6:.2f}M params, {trainable / 1e6:.3f}M trainable, {p.dtype}, {p.device}"

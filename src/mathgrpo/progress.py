@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -30,3 +31,9 @@ class StepProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def table_console() -> Console:
+    """A console for result tables: the terminal's, or 120 columns wide in logs and pipes (no squeezed columns)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)

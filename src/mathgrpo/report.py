@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from .tracking import read_jsonl  # noqa: E402
+
 MAX_CURVES = 16  # training-curve panels; the rest are listed by name
 EXAMPLES_PER_BENCH = 2
 EXAMPLE_CHARS = 600
@@ -173,11 +175,7 @@ def read_curves(run_dir: Path) -> dict:
     series: dict = {}
     for path in sorted(Path(run_dir).glob("**/metrics.jsonl")):
         stage = path.parent.relative_to(run_dir).as_posix().replace("/", "-") or "run"
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a live run
+        for n, row in enumerate(read_jsonl(path)):  # a torn last line of a live run is skipped
             step = row.get("step", n)
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

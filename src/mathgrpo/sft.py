@@ -8,6 +8,7 @@ improve. Checkpoints and resume work as in GRPO.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from . import checkpoint, dist
 from .config import Config
 from .formats import Format, get_format, render_prompt
 from .heldout import heldout_accuracy
-from .model import add_adapters, enable_checkpointing, load_base, publish_model, stop_token_ids
+from .model import load_base, make_trainable, publish_model, stop_token_ids
 from .optim import make_optimizer, make_scheduler
 from .progress import StepProgress
 from .stopping import StopRequest, TrainingStopped
@@ -88,13 +89,7 @@ def sft_loss(model: Any, batch: list, pad_id: int, device: torch.device, total_t
 def prepare_model(cfg: Config) -> tuple:
     """The model to warm up: the base, with LoRA unless sft.full_finetune."""
     model, tok = load_base(cfg.model, seed=cfg.run.seed)
-    if not cfg.sft.full_finetune:
-        return add_adapters(model, cfg), tok
-    model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    enable_checkpointing(model, cfg.model)
-    return model, tok
+    return make_trainable(model, cfg, not cfg.sft.full_finetune), tok
 
 
 class SFTRun:
@@ -149,7 +144,7 @@ class SFTRun:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         dist.sum_gradients(trainable)
         total = dist.all_sum(total)
-        if not torch.isfinite(torch.tensor(total)):
+        if not math.isfinite(total):
             raise FloatingPointError(f"sft loss is {total} at step {self.step + 1}: lower sft.lr")
         torch.nn.utils.clip_grad_norm_(trainable, self.cfg.sft.max_grad_norm)
         self.opt.step()

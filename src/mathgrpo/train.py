@@ -12,18 +12,14 @@ from typing import Optional
 
 from . import dist
 from .config import Config, load_config, save_config
-from .data import DataError, load_source
+from .data import DataError, load_configured
 from .model import set_threads
 from .runs import new_run_dir, read_json, write_json
 
 
 def _load(cfg: Config, spec: str, split: str, limit: Optional[int], seed: int) -> list:
     """Problems of one split of a source, with its bad-row summary printed."""
-    d = cfg.data
-    report = load_source(
-        spec, split=split, question_field=d.question_field, answer_field=d.answer_field,
-        solution_field=d.solution_field, size=d.size, seed=seed, limit=limit, strict=d.strict,
-    )
+    report = load_configured(cfg.data, spec, split, limit, seed)
     print(f"data: {report.summary()} [{split}]")
     return report.problems
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .config import LoraConfig, ModelConfig
-from .model import ModelError
+from .model import ModelError, prepare_tokenizer
 
 INSTALL = "pip install 'mathgrpo[unsloth]'"
 # Unsloth 2026.10's pins on the packages it patches; read from its own metadata when it is installed.
@@ -100,15 +100,6 @@ def _tiny_folder(seed: int) -> str:
     return folder
 
 
-def _finish_tokenizer(model: Any, tok: Any) -> Any:
-    """Left padding and a pad token, as the transformers backend sets them."""
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model.generation_config.pad_token_id = tok.pad_token_id
-    return tok
-
-
 def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
     """(model, tokenizer) through FastLanguageModel.from_pretrained; Unsloth picks the device (its GPU if any)."""
     FastLanguageModel = import_unsloth()
@@ -123,7 +114,7 @@ def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"Unsloth cannot load model {cfg.name!r}: {err}") from None
-    return model, _finish_tokenizer(model, tok)
+    return model, prepare_tokenizer(model, tok)
 
 
 def _checkpointing(cfg: ModelConfig) -> Any:
@@ -149,13 +140,11 @@ def add_lora_unsloth(model: Any, lora: LoraConfig, cfg: ModelConfig, seed: int) 
 
 def load_adapter_unsloth(adapter_dir: Path, cfg: ModelConfig) -> tuple:
     """Base + a saved PEFT adapter (e.g. the warm-up's) through Unsloth, with the adapter trainable."""
-    import json
-
-    from .model import resolve_device, resolve_dtype
+    from .model import adapter_base, resolve_device, resolve_dtype
 
     FastLanguageModel = import_unsloth()
-    base = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not base or not Path(base).exists() and "/" not in base:
+    base = adapter_base(adapter_dir)
+    if not Path(base).exists() and "/" not in base:
         raise ModelError(f"{adapter_dir}/adapter_config.json names no loadable base model ({base!r}); pass model.name=<base>")
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     model, tok = FastLanguageModel.from_pretrained(
@@ -165,4 +154,4 @@ def load_adapter_unsloth(adapter_dir: Path, cfg: ModelConfig) -> tuple:
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.requires_grad_(True)
-    return model, _finish_tokenizer(model, tok)
+    return model, prepare_tokenizer(model, tok)

@@ -314,6 +314,6 @@ def test_even_chunks_and_one_cache_at_a_time(tiny):
     engine = NativeEngine(model, tok, [tok.eos_token_id], batch_size=6)
     prompts = (PROMPTS * 4)[:8]
     engine.generate(prompts, 1, SamplingParams(max_new_tokens=4, temperature=0))
-    assert engine.last_stats["prefill_rows"] == 8 and [k[0] for k in engine._slabs] == [4]
+    assert engine.last_stats["prefill_rows"] == 8 and engine._cache.batch == 4
     engine.generate(prompts[:3], 1, SamplingParams(max_new_tokens=4, temperature=0))
-    assert [k[0] for k in engine._slabs] == [3]
+    assert engine._cache.batch == 3

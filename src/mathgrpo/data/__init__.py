@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import arith, bundled, files, hub, procedural
 from .problem import BadRow, DataError, LoadReport, Problem, as_dict
 from .solutions import sft_text
 
-__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_source", "sft_text", "take_subset"]
+__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_configured", "load_source", "sft_text", "take_subset"]
 
 
 def take_subset(problems: list, limit: Optional[int], seed: int) -> list:
@@ -95,3 +95,11 @@ def load_source(
     report = _dispatch(spec, split, fields, size, seed, strict, hub_root, cache_dir)
     report.problems = take_subset(report.problems, limit, seed)
     return report
+
+
+def load_configured(data: Any, spec: str, split: str, limit: Optional[int], seed: int) -> LoadReport:
+    """`load_source` with a run's data settings (`data`: its DataConfig): column names, procedural size, strictness."""
+    return load_source(
+        spec, split=split, question_field=data.question_field, answer_field=data.answer_field,
+        solution_field=data.solution_field, size=data.size, seed=seed, limit=limit, strict=data.strict,
+    )

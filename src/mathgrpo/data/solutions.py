@@ -18,6 +18,7 @@ from .problem import Problem
 # Only `<<expr=value>>` (GSM8K's calculator calls), so a stray `<<` in other text survives.
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")
 _THINK_TAG = re.compile(r"</?think>")
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 class GoldError(ValueError):
@@ -47,9 +48,8 @@ def strip_calculator(text: str) -> str:
 def unwrap_boxed(text: str) -> str:
     """Text with every `\\boxed{X}` / `\\fbox{X}` replaced by `X` (braces balanced)."""
     out, i = [], 0
-    pattern = re.compile(r"\\(?:boxed|fbox)\s*\{")
     while True:
-        match = pattern.search(text, i)
+        match = _BOX_OPEN.search(text, i)
         if match is None:
             return "".join(out) + text[i:]
         end = closing_brace(text, match.end() - 1)

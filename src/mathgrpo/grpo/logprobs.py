@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..model import unwrap
+
 
 def model_parts(model: Any) -> tuple:
     """(decoder body returning hidden states, output head) of a causal LM, PEFT-wrapped or not."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     body = getattr(base, "model", None)
     head = base.get_output_embeddings()
     if body is None or head is None:

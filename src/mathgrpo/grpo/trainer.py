@@ -21,10 +21,10 @@ import torch
 
 from .. import checkpoint, dist
 from ..config import Config
-from ..formats import get_format, render_prompt
-from ..heldout import heldout_accuracy
+from ..formats import get_format
+from ..heldout import heldout_accuracy, prompts_for
 from ..memory import MemoryPlan, plan_for_model
-from ..model import add_adapters, enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, stop_token_ids
+from ..model import enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, make_trainable, stop_token_ids
 from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
@@ -50,12 +50,7 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
         return model, tok
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)
-    if cfg.lora.enabled:
-        return add_adapters(model, cfg), tok
-    for p in model.parameters():
-        p.requires_grad_(True)
-    enable_checkpointing(model, cfg.model)
-    return model, tok
+    return make_trainable(model, cfg, cfg.lora.enabled), tok
 
 
 class DataOrder:
@@ -166,7 +161,7 @@ class GRPORun:
         """
         G = self.cfg.grpo.num_generations
         offset, problems = dist.share([self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)])
-        prompts = [render_prompt(p.question, self.fmt, self.tok, self.cfg.format.template) for p in problems]
+        prompts = prompts_for(problems, self.fmt, self.tok, self.cfg.format.template)
         seeds = [sequence_seed(self.cfg.run.seed, self.step, offset + i, j) for i in range(len(problems)) for j in range(G)]
         gens = self.engine.generate(prompts, G, self.params, seeds)
         per_gen = [problems[g.prompt_index] for g in gens]
@@ -226,9 +221,10 @@ class GRPORun:
         width = batch.input_ids.shape[1]
         if dist.is_sharded(self.model):
             width = max(dist.gather(width))
-        fits = self.plan.micro_batch(width, self.engine.held_bytes())
+        held = self.engine.held_bytes()
+        fits = self.plan.micro_batch(width, held)
         alone = self.plan.micro_batch(width)
-        if fits < min(alone, len(batch)) and self.engine.held_bytes():
+        if held and fits < min(alone, len(batch)):
             # The rollout's kept KV cache would shrink the micro-batches: free it (the next rollout
             # rebuilds it in a fraction of a second) rather than train with fewer sequences a pass.
             self.engine.release()
@@ -292,7 +288,6 @@ class GRPORun:
             except torch.cuda.OutOfMemoryError:
                 if size <= 1 or self.plan is None or self.cfg.grpo.micro_batch_size or dist.world().active:
                     raise
-                self.opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 width = batch.input_ids.shape[1]
                 print(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "

@@ -22,13 +22,8 @@ def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_siz
         print("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
         name = "hf"
     if name == "native":
-        try:
-            from .native import NativeEngine, supports
-        except ImportError:
-            supports = None
-        if supports is None:
-            print("rollout: the native engine is not available in this build; using hf (transformers generate)")
-            return HFEngine(model, tokenizer, stop_ids, batch_size)
+        from .native import NativeEngine, supports
+
         reason = supports(model)
         if reason:
             print(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")

@@ -23,7 +23,7 @@ class HFEngine(RolloutEngine):
 
     def _generation_kwargs(self, params: SamplingParams) -> dict:
         """Arguments for `generate` that reproduce `params` (None switches a filter off)."""
-        kwargs = {
+        return {
             "max_new_tokens": params.max_new_tokens,
             "eos_token_id": self.stop_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -35,7 +35,6 @@ class HFEngine(RolloutEngine):
             "top_k": None,
             "min_p": None,
         }
-        return kwargs
 
     @torch.no_grad()
     def _run(self, prompts: list, params: SamplingParams, seeds: list) -> list:

@@ -20,11 +20,12 @@ from typing import Any, Optional
 
 import torch
 
+from ..model import unwrap
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
 from .sampling import sample
-from .weights import LoraMerge, ModelWeights, collect, unwrap
+from .weights import LoraMerge, ModelWeights, collect
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
@@ -137,7 +138,7 @@ class NativeEngine(RolloutEngine):
             torch.cuda.manual_seed(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
         self._merger = LoraMerge()
-        self._slabs: dict = {}
+        self._cache: Optional[_Slab] = None  # the one KV cache kept between calls
         self._fingerprint = None
         self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
         self._qkv, self._finish = project_qkv, finish_layer
@@ -182,12 +183,12 @@ class NativeEngine(RolloutEngine):
         return out
 
     def held_bytes(self) -> int:
-        """Bytes of the KV caches kept for the next call (graphs are captured over them)."""
-        return sum(slab.nbytes() for slab in self._slabs.values())
+        """Bytes of the KV cache kept for the next call (graphs are captured over it)."""
+        return self._cache.nbytes() if self._cache is not None else 0
 
     def release(self) -> None:
-        """Drop the caches and their graphs; the next call allocates and captures again (~0.1 s once compiled)."""
-        self._slabs.clear()
+        """Drop the cache and its graphs; the next call allocates and captures again (~0.1 s once compiled)."""
+        self._cache = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -205,7 +206,7 @@ class NativeEngine(RolloutEngine):
     def _checked(self, w: ModelWeights) -> ModelWeights:
         fingerprint = (w.fingerprint(), w.embed.dtype, w.embed.device)
         if fingerprint != self._fingerprint:
-            self._slabs.clear()
+            self._cache = None
             self._fingerprint = fingerprint
         return w
 
@@ -220,18 +221,13 @@ class NativeEngine(RolloutEngine):
     def _slab(self, w: ModelWeights, rows: int, length: int) -> _Slab:
         """A cache of at least `length` slots for `rows` rows, reused across calls."""
         batch = self._bucket(rows)
-        for (b, s), slab in self._slabs.items():
-            if b == batch and s >= length:
-                return slab
-        length = -(-length // 128) * 128
+        if self._cache is not None and self._cache.batch == batch and self._cache.length >= length:
+            return self._cache
         # One cache at a time: a cache held for another batch size would sit beside this one in
         # memory the budget did not plan for (seen: a 16-row cache next to a 48-row one at 24 GiB).
-        self._slabs.clear()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        slab = _Slab(w, batch, length, self.stop_ids, self.attention == "triton")
-        self._slabs[(batch, length)] = slab
-        return slab
+        self.release()
+        self._cache = _Slab(w, batch, -(-length // 128) * 128, self.stop_ids, self.attention == "triton")
+        return self._cache
 
     def _attn_len(self, slab: _Slab, slot: int) -> int:
         """How many cache slots a step at `slot` reads (all filled ones; bucketed when graphs need it)."""
@@ -272,12 +268,16 @@ class NativeEngine(RolloutEngine):
         slab.t.add_(1)
         slab.slot.add_(1)
 
+    @staticmethod
+    def _graph_key(params: SamplingParams, attn_len: int) -> tuple:
+        """What a captured step depends on besides the slab: the sampling filters and the attention length."""
+        return params.temperature, params.top_k, params.top_p, params.min_p, attn_len
+
     def _capture(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_lens: set) -> None:
         """Capture the decode step for each needed attention length (scribbles on the state; reset after)."""
-        key_params = (params.temperature, params.top_k, params.top_p, params.min_p)
         start = time.perf_counter()
         for attn_len in sorted(attn_lens):
-            key = (key_params, attn_len)
+            key = self._graph_key(params, attn_len)
             if key in slab.graphs:
                 continue
             self._warm_up(w, slab, params, attn_len)
@@ -310,9 +310,8 @@ class NativeEngine(RolloutEngine):
 
     # ---- one chunk ------------------------------------------------------------------------------
 
-    def _prefill(self, w: ModelWeights, slab: _Slab, prompt_ids: list, n: int) -> tuple:
-        """Prefill each distinct prompt once into the cache rows of its n samples -> (logits [P, V], pads, width)."""
-        width = max(len(p) for p in prompt_ids)
+    def _prefill(self, w: ModelWeights, slab: _Slab, prompt_ids: list, n: int, width: int) -> tuple:
+        """Prefill each distinct prompt once, left-padded to `width`, into the cache rows of its n samples -> (logits [P, V], pads)."""
         pads = torch.tensor([width - len(p) for p in prompt_ids], dtype=torch.long, device=self.device)
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompt_ids], dtype=torch.long, device=self.device)
         rows = len(prompt_ids) * n
@@ -324,15 +323,14 @@ class NativeEngine(RolloutEngine):
 
         logits = prefill(w, ids, pads, store, fused=self.attention != "math")
         self.last_stats["prefill_rows"] += len(prompt_ids)
-        return logits, pads, width
+        return logits, pads
 
     def _start(self, slab: _Slab, logits: torch.Tensor, pads: torch.Tensor, width: int, n: int, params: SamplingParams) -> None:
         """Reset the state for a new chunk and record each row's first token (from the prefill logits)."""
         rows = logits.shape[0] * n
         slab.pad.zero_()
         slab.pad[:rows] = pads.repeat_interleave(n)
-        slab.src.copy_(torch.arange(slab.batch, device=slab.src.device))
-        slab.src[:rows] -= slab.src[:rows] % n  # each sample reads the prompt from its group's first row
+        slab.src.copy_(torch.arange(slab.batch, device=slab.src.device) // n * n)  # a group's first row holds its prompt
         slab.width.fill_(width)
         slab.slot.fill_(width - 1)
         slab.t.zero_()
@@ -349,11 +347,10 @@ class NativeEngine(RolloutEngine):
         rows = len(prompt_ids) * n
         steps = params.max_new_tokens - 1
         slab = self._slab(w, rows, width + params.max_new_tokens)
-        key_params = (params.temperature, params.top_k, params.top_p, params.min_p)
         if self.use_graphs:
             self._capture(w, slab, params, {self._attn_len(slab, width + i) for i in range(steps)} or {slab.length})
         start = time.perf_counter()
-        logits, pads, width = self._prefill(w, slab, prompt_ids, n)
+        logits, pads = self._prefill(w, slab, prompt_ids, n, width)
         self._start(slab, logits, pads, width, n, params)
         self._sync()
         self.last_stats["prefill_s"] += time.perf_counter() - start
@@ -363,7 +360,7 @@ class NativeEngine(RolloutEngine):
                 break
             attn_len = self._attn_len(slab, width + i)
             if self.use_graphs:
-                slab.graphs[(key_params, attn_len)].replay()
+                slab.graphs[self._graph_key(params, attn_len)].replay()
             else:
                 self._step(w, slab, params, attn_len)
             self.last_stats["decode_steps"] += 1

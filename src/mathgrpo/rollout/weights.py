@@ -18,8 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
+from ..model import unwrap
 
 @dataclass
 class Proj:
@@ -70,11 +69,6 @@ class ModelWeights:
                 ptrs.append(proj.weight.data_ptr())
                 ptrs.extend(t.data_ptr() for a, b, _ in proj.lora for t in (a, b))
         return tuple(ptrs)
-
-
-def unwrap(model: Any) -> Any:
-    """The transformers causal LM inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _is_lora(module: Any) -> bool:
