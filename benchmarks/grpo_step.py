@@ -141,7 +141,7 @@ def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) ->
         row["rollout_batch"] = getattr(run.engine, "batch_size", None)
         row["chunk_tokens"] = run.chunk_tokens
         norm = run.model.get_base_model().model.norm
-        row["liger"] = "Liger" in type(norm).__name__ or "liger" in str(getattr(norm, "forward", ""))
+        row["liger"] = "liger" in (type(norm).__name__ + str(getattr(norm, "forward", ""))).lower()
         if run.plan is not None:
             width = PROMPT + new
             micro = m.get("micro_batch_size") or 1
@@ -201,6 +201,7 @@ def phase_fwdbwd(args) -> list:
     from transformers import AutoModelForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
+    from mathgrpo.fused_lora import fuse_lora
     from mathgrpo.model import add_lora, apply_liger
 
     rows = []
@@ -210,6 +211,8 @@ def phase_fwdbwd(args) -> list:
         model = add_lora(model, LoraConfig(r=R, alpha=2 * R, target_modules=TARGETS))
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+        if path == "ours":
+            fuse_lora(model)
         model.train()
         rows += time_fwdbwd(model, path, path == "ours", liger=liger)
         del model

@@ -43,6 +43,16 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(True, "Recompute activations in backward to save memory (GPU only).")
     load_in_4bit: bool = _f(False, "Unsloth backend only: load the frozen base in 4-bit.")
     max_seq_length: int = _f(2048, "Longest prompt + completion the run may use, in tokens.")
+    fused_lora: bool = _f(
+        True,
+        "Run LoRA projections as one fused function (base GEMM, low-rank update added in place, bf16 on a "
+        "bf16 model) instead of PEFT's forward (fp32 adapter branch); same adapters and save format.",
+    )
+    offload_checkpoints: bool = _f(
+        False,
+        "With gradient checkpointing on a GPU, keep each layer's saved input in pinned host memory "
+        "(copied on a side stream) instead of on the GPU: 180 KiB a token less for Qwen3-4B.",
+    )
     use_liger: Optional[bool] = _f(
         None,
         "Liger kernels (RMSNorm, SwiGLU, RoPE) for Qwen3 models: null = on when liger-kernel is installed "

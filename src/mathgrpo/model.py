@@ -192,7 +192,7 @@ def add_adapters(model: Any, cfg: Config) -> Any:
 
         return add_lora_unsloth(model, cfg.lora, cfg.model, cfg.run.seed)
     model = add_lora(model, cfg.lora)
-    enable_checkpointing(model, cfg.model)
+    ready_for_training(model, cfg.model)
     return model
 
 
@@ -202,7 +202,7 @@ def make_trainable(model: Any, cfg: Config, lora: bool) -> Any:
         return add_adapters(model, cfg)
     for p in model.parameters():
         p.requires_grad_(True)
-    enable_checkpointing(model, cfg.model)
+    ready_for_training(model, cfg.model)
     return model
 
 
@@ -211,12 +211,27 @@ def unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def enable_checkpointing(model: Any, cfg: ModelConfig) -> None:
-    """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it)."""
-    if cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+def ready_for_training(model: Any, cfg: ModelConfig) -> None:
+    """Gradient checkpointing (GPU; offloaded to the host when asked) and, when model.fused_lora is on,
+    the fused LoRA projections."""
+    if enable_checkpointing(model, cfg) and cfg.offload_checkpoints:
+        from .offload import offload_checkpoints
+
+        offload_checkpoints(model)
+    if cfg.fused_lora:
+        from .fused_lora import fuse_lora
+
+        fuse_lora(model)
+
+
+def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
+    """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on."""
+    if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):
+        return False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return True
 
 
 def stop_token_ids(tokenizer: Any) -> list:

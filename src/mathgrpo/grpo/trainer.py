@@ -24,7 +24,7 @@ from ..config import Config
 from ..formats import get_format
 from ..heldout import heldout_accuracy, prompts_for
 from ..memory import MemoryPlan, plan_for_model
-from ..model import enable_checkpointing, is_adapter_dir, load_base, load_with_adapter, make_trainable, stop_token_ids
+from ..model import is_adapter_dir, load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids
 from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
@@ -46,7 +46,7 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
 
             return load_adapter_unsloth(Path(start_from), cfg.model)
         model, tok = load_with_adapter(Path(start_from), cfg.model, trainable=True)
-        enable_checkpointing(model, cfg.model)
+        ready_for_training(model, cfg.model)
         return model, tok
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)

@@ -1,0 +1,169 @@
+"""Forward + backward of the GRPO log-prob loss on the GPU: PEFT's LoRA forward against ours, with and
+without offloaded checkpoints, and where the time goes.
+
+Subject: the Qwen3-4B shape with random bf16 weights built on the GPU, LoRA r32 / alpha 64 on all
+projections, gradient checkpointing, Liger's RMSNorm/SwiGLU/RoPE when installed, chunked log-probs
+(1,024 tokens a chunk), batches of 8 and 16 x 1,280 tokens. Each row: tokens/s (best of the timed
+iterations after one warm-up) and peak allocated memory. Also: the offloaded checkpoints' adapter
+gradients against the on-GPU ones (same batch), and a kernel-time profile of one iteration.
+
+    PYTHONPATH=src python3 benchmarks/train_speed.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from _subject import QWEN3_4B
+
+SEQ, R = 1280, 32
+CATEGORIES = (  # kernel-name substrings, first match wins
+    ("attention", ("flash", "fmha", "attention")),
+    ("GEMM", ("gemm", "nvjet", "sm90_xmma", "cutlass", "matmul", "splitk")),
+    ("log-softmax / cross-entropy", ("softmax", "logsumexp", "gather", "scatter")),
+    ("copies / casts", ("copy", "cast", "convert", "cat")),
+    ("norm / rope / swiglu (Liger, Triton)", ("rms", "rope", "swiglu", "silu", "triton")),
+)
+
+
+def build(liger: bool):
+    """The LoRA-wrapped Qwen3-4B-shaped model with checkpointing, in train mode."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from mathgrpo.config import LoraConfig, ModelConfig
+    from mathgrpo.model import add_lora, apply_liger, enable_checkpointing
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B)).to(torch.bfloat16)
+    used = apply_liger(model, ModelConfig(use_liger=None if liger else False))
+    model = add_lora(model, LoraConfig(r=R, alpha=2 * R))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)  # non-zero B, so every adapter gradient is exercised
+    enable_checkpointing(model, ModelConfig())
+    model.train()
+    return model, used
+
+
+def step(model, ids, mask, adv):
+    """One forward + backward of the chunked log-prob loss."""
+    from mathgrpo.grpo.logprobs import token_logprobs
+
+    (token_logprobs(model, ids, mask, 256, 1.0, 1024) * adv).mean().backward()
+
+
+def batch(n: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    ids = torch.randint(3, QWEN3_4B["vocab_size"], (n, SEQ), device="cuda", generator=g)
+    return ids, torch.ones_like(ids), torch.randn(n, 1, device="cuda", generator=g)
+
+
+def measure(model, label: str, n: int, iters: int = 3) -> dict:
+    """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations."""
+    args = batch(n)
+    try:
+        step(model, *args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(iters):
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            step(model, *args)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        row = {"variant": label, "batch": n, "seq": SEQ, "tok_s": n * SEQ / min(times), "s_per_iter": min(times),
+               "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    except torch.cuda.OutOfMemoryError as err:
+        row = {"variant": label, "batch": n, "error": f"OOM: {str(err)[:200]}"}
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    print(row, flush=True)
+    return row
+
+
+def adapter_grads(model) -> torch.Tensor:
+    """All adapter gradients of one small batch, flattened (fp32)."""
+    model.zero_grad(set_to_none=True)
+    step(model, *batch(2, seed=1))
+    out = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def profile(model, n: int, path: Path) -> dict:
+    """Kernel time of one iteration by category (ms), the top kernels written to `path`."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    args = batch(n)
+    step(model, *args)
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        step(model, *args)
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    model.zero_grad(set_to_none=True)
+    events = [e for e in p.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    sums: dict = {}
+    for e in events:
+        ms = getattr(e, "self_device_time_total", 0) / 1000
+        name = e.key.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other elementwise / reductions")
+        sums[cat] = sums.get(cat, 0.0) + ms
+    path.write_text(p.key_averages().table(sort_by="self_device_time_total", row_limit=40))
+    total = sum(sums.values())
+    return {"batch": n, "wall_ms_profiled": wall * 1000, "kernel_ms": total,
+            "by_category_ms": dict(sorted(sums.items(), key=lambda kv: -kv[1]))}
+
+
+def main() -> None:
+    from mathgrpo.fused_lora import fuse_lora
+    from mathgrpo.offload import offload_checkpoints
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-liger", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, liger = build(not args.no_liger)
+    meta = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "liger": liger, "date": time.strftime("%Y-%m-%d")}
+    rows, checks, profiles = [], {}, {}
+    rows += [measure(model, "PEFT LoRA forward", n) for n in (8, 16)]
+    profiles["PEFT LoRA forward"] = profile(model, 16, out / "profile_peft.txt")
+    reference = adapter_grads(model)
+    fuse_lora(model)
+    fused = adapter_grads(model)
+    checks["fused vs PEFT, relative grad difference"] = float((fused - reference).norm() / reference.norm())
+    rows += [measure(model, "fused LoRA", n) for n in (8, 16)]
+    profiles["fused LoRA"] = profile(model, 16, out / "profile_fused.txt")
+    offload_checkpoints(model)
+    offloaded = adapter_grads(model)
+    checks["offloaded vs on-GPU checkpoints, relative grad difference"] = float((offloaded - fused).norm() / fused.norm())
+    rows += [measure(model, "fused LoRA + offloaded checkpoints", n) for n in (8, 16)]
+    profiles["fused LoRA + offloaded checkpoints"] = profile(model, 16, out / "profile_offload.txt")
+    (out / "train_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "checks": checks, "profiles": profiles}, indent=1))
+    print(f"\n{meta['card']}  liger={liger}")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['variant']:<38} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
+        else:
+            print(f"  {r['variant']:<38} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.1f} GiB")
+    for k, v in checks.items():
+        print(f"  {k}: {v:.2e}")
+    for name, pr in profiles.items():
+        cats = ", ".join(f"{c} {ms:.0f}" for c, ms in pr["by_category_ms"].items())
+        print(f"  profile {name}: wall {pr['wall_ms_profiled']:.0f} ms, kernels {pr['kernel_ms']:.0f} ms: {cats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""LoRA linear layers as one autograd function: the base GEMM with the low-rank update added in place.
+
+PEFT computes `base(x) + lora_B(lora_A(x)) * scale` with the adapter weights in fp32 (it upcasts
+bf16 adapters), so on a bf16 model every projection casts its input to fp32, runs two fp32 GEMMs,
+and writes the sum through fp32 temporaries before casting back: several full passes over
+activation-sized tensors per projection, forward, recompute and backward. Here the adapters are
+cast to the compute dtype once per call (they are tiny), `x A^T` is one small GEMM, and `B` is
+accumulated straight into the base output (`addmm_`); backward is four GEMMs and one in-place
+accumulate, with nothing activation-sized in fp32. Adapter gradients come out of bf16 GEMMs (fp32
+accumulation) and are stored in the adapters' own dtype, as under `torch.autocast`.
+
+The PEFT modules stay as they are (same parameters, same save format); only their forward is
+swapped, and it falls back to PEFT's own whenever the call is not the plain case (adapter
+disabled or merged, several or mixed adapters, dropout, DoRA and other variants, a trainable base).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Optional
+
+import torch
+
+
+class LoraLinear(torch.autograd.Function):
+    """y = x W^T + b + scale * (x A^T) B^T with W and b frozen; gradients for x, A and B."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale):  # noqa: D102 (documented on the class)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])  # [T, in]
+        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # [r, in], [out, r]
+        xa = x2 @ a.t()  # [T, r]
+        out = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+        out.addmm_(xa, b.t(), alpha=scale)
+        ctx.save_for_backward(x2, weight, a, b, xa)
+        ctx.scale, ctx.shape, ctx.adapter_dtypes = scale, shape, (lora_a.dtype, lora_b.dtype)
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x2, weight, a, b, xa = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).to(x2.dtype)  # [T, out]
+        g_xa = (g @ b).mul_(ctx.scale)  # [T, r]
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (g @ weight).addmm_(g_xa, a).view(ctx.shape)
+        if ctx.needs_input_grad[3]:
+            da = (g_xa.t() @ x2).to(ctx.adapter_dtypes[0])
+        if ctx.needs_input_grad[4]:
+            db = (g.t() @ xa).mul_(ctx.scale).to(ctx.adapter_dtypes[1])
+        return dx, None, None, da, db, None
+
+
+def _plain_adapter(module: Any, x: torch.Tensor, kwargs: dict) -> Optional[str]:
+    """The single active adapter when this call is the plain LoRA case the fused path computes, else None."""
+    if kwargs or module.disable_adapters or module.merged:
+        return None
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if len(active) != 1:
+        return None
+    name = active[0]
+    base = module.base_layer
+    if (type(base) is not torch.nn.Linear or base.weight.requires_grad or x.dtype != base.weight.dtype
+            or (base.bias is not None and base.bias.requires_grad)):
+        return None
+    if (name in getattr(module, "lora_variant", {}) or getattr(module, "use_dora", {}).get(name)
+            or not isinstance(module.lora_dropout[name], torch.nn.Identity) or module.lora_B[name].bias is not None):
+        return None
+    return name
+
+
+def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Forward of a patched PEFT LoRA Linear: the fused function in the plain case, PEFT's own otherwise."""
+    name = None if args else _plain_adapter(self, x, kwargs)
+    if name is None:
+        return self._peft_forward(x, *args, **kwargs)
+    base = self.base_layer
+    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+
+
+def fuse_lora(model: Any) -> int:
+    """Route every PEFT LoRA Linear of `model` through `LoraLinear`; returns how many were patched."""
+    try:
+        from peft.tuners.lora.layer import Linear as PeftLoraLinear
+    except ImportError:
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module) is PeftLoraLinear and not hasattr(module, "_peft_forward"):
+            module._peft_forward = module.forward
+            module.forward = types.MethodType(_fused_forward, module)
+            count += 1
+    return count
