@@ -3,7 +3,7 @@ without offloaded checkpoints, and where the time goes.
 
 Subject: the Qwen3-4B shape with random bf16 weights built on the GPU, LoRA r32 / alpha 64 on all
 projections, gradient checkpointing, Liger's RMSNorm/SwiGLU/RoPE when installed, chunked log-probs
-(1,024 tokens a chunk), batches of 8 and 16 x 1,280 tokens. Each row: tokens/s (best of the timed
+(1,024 tokens a chunk; 512 in the last rows), batches of 8 and 16 x 1,280 tokens. Each row: tokens/s (best of the timed
 iterations after one warm-up) and peak allocated memory. Also: the offloaded checkpoints' adapter
 gradients against the on-GPU ones (same batch), and a kernel-time profile of one iteration.
 
@@ -51,11 +51,11 @@ def build(liger: bool):
     return model, used
 
 
-def step(model, ids, mask, adv):
+def step(model, ids, mask, adv, chunk: int = 1024):
     """One forward + backward of the chunked log-prob loss."""
     from mathgrpo.grpo.logprobs import token_logprobs
 
-    (token_logprobs(model, ids, mask, 256, 1.0, 1024) * adv).mean().backward()
+    (token_logprobs(model, ids, mask, 256, 1.0, chunk) * adv).mean().backward()
 
 
 def batch(n: int, seed: int = 0):
@@ -64,11 +64,11 @@ def batch(n: int, seed: int = 0):
     return ids, torch.ones_like(ids), torch.randn(n, 1, device="cuda", generator=g)
 
 
-def measure(model, label: str, n: int, iters: int = 3) -> dict:
+def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024) -> dict:
     """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations."""
     args = batch(n)
     try:
-        step(model, *args)
+        step(model, *args, chunk)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         times = []
@@ -76,10 +76,10 @@ def measure(model, label: str, n: int, iters: int = 3) -> dict:
             model.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             t = time.perf_counter()
-            step(model, *args)
+            step(model, *args, chunk)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        row = {"variant": label, "batch": n, "seq": SEQ, "tok_s": n * SEQ / min(times), "s_per_iter": min(times),
+        row = {"variant": label, "batch": n, "seq": SEQ, "chunk_tokens": chunk, "tok_s": n * SEQ / min(times), "s_per_iter": min(times),
                "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     except torch.cuda.OutOfMemoryError as err:
         row = {"variant": label, "batch": n, "error": f"OOM: {str(err)[:200]}"}
@@ -93,7 +93,7 @@ def adapter_grads(model) -> torch.Tensor:
     """All adapter gradients of one small batch, flattened (fp32)."""
     model.zero_grad(set_to_none=True)
     step(model, *batch(2, seed=1))
-    out = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad])
+    out = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.requires_grad]).cpu()  # off the card: not in later peaks
     model.zero_grad(set_to_none=True)
     return out
 
@@ -141,6 +141,8 @@ def main() -> None:
     rows += [measure(model, "PEFT LoRA forward", n) for n in (8, 16)]
     profiles["PEFT LoRA forward"] = profile(model, 16, out / "profile_peft.txt")
     reference = adapter_grads(model)
+    again = adapter_grads(model)
+    checks["PEFT vs PEFT (same batch again), relative grad difference"] = float((again - reference).norm() / reference.norm())
     fuse_lora(model)
     fused = adapter_grads(model)
     checks["fused vs PEFT, relative grad difference"] = float((fused - reference).norm() / reference.norm())
@@ -150,14 +152,15 @@ def main() -> None:
     offloaded = adapter_grads(model)
     checks["offloaded vs on-GPU checkpoints, relative grad difference"] = float((offloaded - fused).norm() / fused.norm())
     rows += [measure(model, "fused LoRA + offloaded checkpoints", n) for n in (8, 16)]
+    rows += [measure(model, "fused LoRA + offloaded checkpoints, 512-token log-prob chunks", n, chunk=512) for n in (8, 16)]
     profiles["fused LoRA + offloaded checkpoints"] = profile(model, 16, out / "profile_offload.txt")
     (out / "train_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "checks": checks, "profiles": profiles}, indent=1))
     print(f"\n{meta['card']}  liger={liger}")
     for r in rows:
         if "error" in r:
-            print(f"  {r['variant']:<38} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
+            print(f"  {r['variant']:<62} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
         else:
-            print(f"  {r['variant']:<38} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.1f} GiB")
+            print(f"  {r['variant']:<62} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.1f} GiB")
     for k, v in checks.items():
         print(f"  {k}: {v:.2e}")
     for name, pr in profiles.items():

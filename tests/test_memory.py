@@ -4,7 +4,7 @@ import pytest
 from transformers import Qwen3Config
 
 from mathgrpo.config import load_config
-from mathgrpo.memory import GIB, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
+from mathgrpo.memory import GIB, LOGIT_BYTES, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
 from mathgrpo.tiny import build_tiny
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,7 +37,7 @@ def test_reference_recipe_fits_24gb():
     assert micro >= 1
     assert plan.train_bytes(micro, 2048) <= 24 * GIB < plan.train_bytes(micro + 1, 2048)
     assert plan.rollout_batch(2048) >= 16  # the recipe's 4 prompts x 4 samples in one generate call
-    assert plan.chunk_tokens * 151936 * 14 <= 24 * GIB / 25
+    assert plan.chunk_tokens * 151936 * LOGIT_BYTES <= 24 * GIB / 25
 
 
 def test_budget_orders_batch_sizes():
@@ -48,6 +48,24 @@ def test_budget_orders_batch_sizes():
     assert small.rollout_batch(2048) < big.rollout_batch(2048)
     assert plan_memory(s, 16 * GIB, load_in_4bit=True).micro_batch(2048) > small.micro_batch(2048)
     assert plan_memory(s, 16 * GIB, gradient_checkpointing=False).micro_batch(2048) < small.micro_batch(2048)
+    assert plan_memory(s, 16 * GIB, offload_checkpoints=True).micro_batch(2048) > small.micro_batch(2048)
+    assert plan_memory(s, 16 * GIB, fused_lora=False).micro_batch(2048) < small.micro_batch(2048)
+
+
+def test_offload_is_wanted_only_when_a_step_does_not_fit():
+    """Auto offload: on when the plan cannot take a whole step's completions in one micro-batch; never when set."""
+    from mathgrpo.grpo.trainer import offload_wanted
+
+    s = qwen3_4b()
+    cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048"])
+    assert offload_wanted(cfg, plan_memory(s, 13 * GIB))  # fewer than 16384 // 2048 = 8 sequences fit
+    assert not offload_wanted(cfg, plan_memory(s, 40 * GIB))  # 8 fit
+    cfg.grpo.micro_batch_tokens = 0  # no limit: offload until the step's 64 completions fit
+    assert offload_wanted(cfg, plan_memory(s, 40 * GIB))
+    assert not offload_wanted(cfg, plan_memory(s, 200 * GIB))
+    assert not offload_wanted(cfg, None)
+    cfg.model.offload_checkpoints = False
+    assert not offload_wanted(cfg, plan_memory(s, 13 * GIB))
 
 
 def test_too_small_budget_fits_nothing():
@@ -57,7 +75,7 @@ def test_too_small_budget_fits_nothing():
 
 
 def test_chunk_tokens_bounds():
-    assert chunk_tokens_for(151936, 80 * GIB) == 1024
+    assert chunk_tokens_for(151936, 80 * GIB) == 2048  # 2.5 GB of logits work space, 3% of the budget
     assert chunk_tokens_for(151936, 1 * GIB) == 128
     assert chunk_tokens_for(100, 1 * GIB) == 4096
 

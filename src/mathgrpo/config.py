@@ -48,10 +48,12 @@ class ModelConfig:
         "Run LoRA projections as one fused function (base GEMM, low-rank update added in place, bf16 on a "
         "bf16 model) instead of PEFT's forward (fp32 adapter branch); same adapters and save format.",
     )
-    offload_checkpoints: bool = _f(
-        False,
+    offload_checkpoints: Optional[bool] = _f(
+        None,
         "With gradient checkpointing on a GPU, keep each layer's saved input in pinned host memory "
-        "(copied on a side stream) instead of on the GPU: 180 KiB a token less for Qwen3-4B.",
+        "(copied on a side stream) instead of on the GPU: 180 KiB a token less for Qwen3-4B, as much "
+        "host memory used. null = GRPO turns it on when its memory plan cannot train a whole step's "
+        "completions in one micro-batch; true/false = always/never.",
     )
     use_liger: Optional[bool] = _f(
         None,
@@ -153,6 +155,12 @@ class GRPOConfig:
     warmup_steps: int = _f(0, "Linear learning-rate warm-up steps.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     micro_batch_size: int = _f(0, "Completions per forward/backward pass (0 = decided by the memory budget).")
+    micro_batch_tokens: int = _f(
+        16384,
+        "When the memory budget sizes micro-batches: at most this many tokens (completions x padded width) a "
+        "pass. Larger passes are no faster (Qwen3-4B on an H100: 17.5k tok/s at 10k tokens, 17.7k at 20k), "
+        "only bigger. 0 = no limit.",
+    )
     scale_rewards: str = _f(
         "group",
         "Advantage scaling: group (divide by the group's std, GRPO, Shao et al. 2024), batch (the batch's std, "
@@ -291,6 +299,8 @@ def validate(cfg: Config) -> Config:
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):
         raise ConfigError("model.backend=unsloth trains LoRA adapters only: set lora.enabled=true and sft.full_finetune=false, "
                           "or use model.backend=transformers")
+    if cfg.grpo.micro_batch_tokens < 0:
+        raise ConfigError(f"grpo.micro_batch_tokens={cfg.grpo.micro_batch_tokens} must be >= 0 (0 = no limit)")
     if cfg.grpo.max_memory_gb is not None and cfg.grpo.max_memory_gb <= 0:
         raise ConfigError(f"grpo.max_memory_gb={cfg.grpo.max_memory_gb} must be > 0 (or null for the card's size)")
     if cfg.sft.stop_at_accuracy is not None and not 0 < cfg.sft.stop_at_accuracy <= 1:

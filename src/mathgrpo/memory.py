@@ -7,10 +7,12 @@ whole run and what grows with the batch:
   with their gradients and AdamW moments (fp32: 16 bytes a LoRA parameter), and a fixed allowance
   for the CUDA context, kernels' workspaces and allocator fragmentation;
 - training, per token: with gradient checkpointing each decoder layer keeps its input hidden state
-  (layers x hidden x 2 bytes) and the one layer being recomputed in backward holds its
-  intermediates (about ACT_HIDDEN x hidden + ACT_INTERMEDIATE x intermediate values); without
-  checkpointing every layer holds those intermediates. Plus one chunk of output-head logits
-  (chunk x vocab, in bf16, its fp32 copy, log-softmax and its gradient) for the chunked log-probs;
+  (layers x hidden x 2 bytes; on the host instead when checkpoints are offloaded) and the one layer
+  being recomputed in backward holds its intermediates (about ACT_HIDDEN x hidden + ACT_INTERMEDIATE
+  x intermediate values; more through PEFT's own LoRA forward, which keeps fp32 copies); without
+  checkpointing every layer holds those intermediates. Plus one chunk of output-head logits for the
+  chunked log-probs (chunk x vocab: bf16 logits, an fp32 copy, and with a frozen head the bf16
+  softmax that gives the gradient; with a trainable head the log-softmax and its fp32 gradient);
 - rollout, per token: the KV cache, 2 (K and V) x layers x kv_heads x head_dim x 2 bytes
   (144 KiB a token for Qwen3-4B), plus a few fp32 vocabulary-sized rows per sequence for sampling.
 
@@ -27,17 +29,20 @@ from .config import PROJECTIONS
 
 GIB = 1024**3
 # Values a Qwen3-style layer keeps for backward per token, counted in hidden- and intermediate-
-# sized vectors: norms (with their fp32 upcasts), q/k/v/o inputs and outputs, attention output,
-# residuals, and gate/up/act/down in the MLP, plus the LoRA branches' inputs.
-ACT_HIDDEN = 18
-ACT_INTERMEDIATE = 5
+# sized vectors: norms, q/k/v/o inputs and outputs, attention output, residuals, gate/up/act in the
+# MLP, and the gradients alive during the layer's backward. Through PEFT's LoRA forward the fp32
+# copies of each projection's input add the difference.
+ACT_HIDDEN, ACT_INTERMEDIATE = 14, 4
+ACT_HIDDEN_PEFT, ACT_INTERMEDIATE_PEFT = 18, 5
 # fp32 vocabulary rows a sampling step holds per sequence (logits, processed logits, probabilities).
 SAMPLING_ROWS = 4
 # CUDA context, cuBLAS/attention workspaces and allocator slack, bytes (GPU plans only).
 FIXED_OVERHEAD = int(1.5 * GIB)
-# Bytes per logits value in a checkpointed chunk: bf16 head output, fp32 copy, fp32 log-softmax,
-# fp32 gradient in backward.
-LOGIT_BYTES = 2 + 4 + 4 + 4
+# Bytes per logits value in one chunk. Frozen head: bf16 head output, fp32 copy turned into the
+# softmax in place, its bf16 copy for the gradient GEMM. Trainable head (checkpointed chunk): bf16
+# output, fp32 copy, fp32 log-softmax, fp32 gradient in backward.
+LOGIT_BYTES = 2 + 4 + 2
+LOGIT_BYTES_TRAINABLE_HEAD = 2 + 4 + 4 + 4
 
 
 @dataclass(frozen=True)
@@ -132,10 +137,10 @@ class MemoryPlan:
                 f"log-prob chunks of {self.chunk_tokens} tokens")
 
 
-def chunk_tokens_for(vocab: int, budget: int) -> int:
+def chunk_tokens_for(vocab: int, budget: int, logit_bytes: int = LOGIT_BYTES) -> int:
     """Log-prob chunk length: a power of two in [128, 4096] whose logits take at most ~4% of the budget."""
     chunk = 4096
-    while chunk > 128 and chunk * vocab * LOGIT_BYTES > budget // 25:
+    while chunk > 128 and chunk * vocab * logit_bytes > budget // 25:
         chunk //= 2
     return chunk
 
@@ -150,6 +155,8 @@ def plan_memory(
     gradient_checkpointing: bool = True,
     full_finetune: bool = False,
     fixed_overhead: int = FIXED_OVERHEAD,
+    fused_lora: bool = True,
+    offload_checkpoints: bool = False,
 ) -> MemoryPlan:
     """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`."""
     targets = lora_targets if lora_targets is not None else PROJECTIONS
@@ -158,18 +165,21 @@ def plan_memory(
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)
     state_bytes = trained * 16  # fp32 weight, gradient and two AdamW moments
     resident = weight_bytes + state_bytes + fixed_overhead
-    layer_values = ACT_HIDDEN * shape.hidden + ACT_INTERMEDIATE * shape.intermediate
+    per_hidden, per_intermediate = (ACT_HIDDEN, ACT_INTERMEDIATE) if fused_lora else (ACT_HIDDEN_PEFT, ACT_INTERMEDIATE_PEFT)
+    layer_values = per_hidden * shape.hidden + per_intermediate * shape.intermediate
     if gradient_checkpointing:
-        per_token = dtype_bytes * (shape.layers * shape.hidden + layer_values)
+        kept_layers = 0 if offload_checkpoints else shape.layers
+        per_token = dtype_bytes * (kept_layers * shape.hidden + layer_values)
     else:
         per_token = dtype_bytes * shape.layers * layer_values
     per_token += 2 * dtype_bytes * shape.hidden  # final hidden states and their gradient
-    chunk = chunk_tokens_for(shape.vocab, budget_bytes)
+    logit_bytes = LOGIT_BYTES_TRAINABLE_HEAD if full_finetune else LOGIT_BYTES
+    chunk = chunk_tokens_for(shape.vocab, budget_bytes, logit_bytes)
     return MemoryPlan(
         budget=int(budget_bytes),
         resident=resident,
         train_per_token=per_token,
-        logits_chunk=chunk * shape.vocab * LOGIT_BYTES,
+        logits_chunk=chunk * shape.vocab * logit_bytes,
         chunk_tokens=chunk,
         rollout_per_token=shape.kv_bytes_per_token(dtype_bytes),
         rollout_per_sequence=SAMPLING_ROWS * 4 * shape.vocab,
@@ -188,8 +198,11 @@ def device_budget(max_memory_gb: Optional[float], device: Any) -> Optional[int]:
     return int(total * 0.95)
 
 
-def plan_for_model(model: Any, cfg: Any, device: Any) -> Optional[MemoryPlan]:
-    """The plan for a loaded model under a run's Config; None when there is no budget (CPU, no max_memory_gb)."""
+def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> Optional[MemoryPlan]:
+    """The plan for a loaded model under a run's Config; None when there is no budget (CPU, no max_memory_gb).
+
+    offload: the model's checkpointed layer inputs are kept on the host.
+    """
     budget = device_budget(cfg.grpo.max_memory_gb, device)
     if budget is None:
         return None
@@ -208,6 +221,8 @@ def plan_for_model(model: Any, cfg: Any, device: Any) -> Optional[MemoryPlan]:
         gradient_checkpointing=cfg.model.gradient_checkpointing and torch.device(device).type == "cuda",
         full_finetune=not cfg.lora.enabled,
         fixed_overhead=FIXED_OVERHEAD if torch.device(device).type == "cuda" else 0,
+        fused_lora=cfg.model.fused_lora,
+        offload_checkpoints=offload,
     )
     print(plan.summary(cfg.model.max_seq_length))
     return plan

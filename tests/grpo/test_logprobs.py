@@ -43,3 +43,35 @@ def test_chunked_gradients_match_plain():
         (fn(model, ids, mask, 5, 1.0) * weights).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def _lora_grads(model, fn, weights):
+    model.zero_grad()
+    ids, mask = _batch()
+    logp = fn(model, ids, mask, 5, 0.7)
+    (logp * weights).sum().backward()
+    return logp, torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+def test_frozen_head_path_matches_plain_at_temperature():
+    """With a frozen head the log-probs come from FrozenHeadLogProb; its gradients equal the plain ones at T=0.7."""
+    model = add_lora(build_tiny(seed=7)[0], LoraConfig(r=4, alpha=8))
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    weights = torch.randn(3, 7)
+    ref_logp, ref = _lora_grads(model, plain_token_logprobs, weights)
+    logp, got = _lora_grads(model, lambda *a: token_logprobs(*a, chunk_tokens=4), weights)
+    assert type(logp.grad_fn).__name__ == "ViewBackward0"
+    assert type(logp.grad_fn.next_functions[0][0]).__name__ == "FrozenHeadLogProbBackward"
+    assert torch.allclose(logp, ref_logp, atol=1e-5)
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_trainable_head_gradients_match_plain():
+    """Every weight trainable (no LoRA): the checkpointed chunks give the plain gradients, head included."""
+    model, _ = build_tiny(seed=8)
+    weights = torch.randn(3, 7)
+    _, ref = _lora_grads(model, plain_token_logprobs, weights)
+    _, got = _lora_grads(model, lambda *a: token_logprobs(*a, chunk_tokens=4), weights)
+    assert torch.allclose(got, ref, atol=1e-5)

@@ -110,7 +110,8 @@ def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
     assert run._micro_size(batch) == len(batch) and run.engine.held_bytes() == held  # room for both: kept
     width = batch.input_ids.shape[1]
     room = run.plan.resident + run.plan.logits_chunk + 3 * width * run.plan.train_per_token
-    run.plan = dataclasses.replace(run.plan, budget=room + held // 2)  # 3 fit alone, fewer beside the cache
+    extra = min(held, width * run.plan.train_per_token) // 2  # less than a sequence's worth, less than the cache
+    run.plan = dataclasses.replace(run.plan, budget=room + extra)  # 3 fit alone, fewer beside the cache
     assert run.plan.micro_batch(width, held) < 3
     assert run._micro_size(batch) == 3 and run.engine.held_bytes() == 0
     metrics = run.learn(batch, len(batch))
@@ -145,7 +146,9 @@ def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_p
     assert abs(got["loss"] - want["loss"]) < 1e-5
     for (name, p), (_, q) in zip(plain.model.named_parameters(), failing.model.named_parameters()):
         if p.requires_grad:
-            assert torch.allclose(p, q, atol=1e-6), name
+            # Adam's first step is ~lr x sign(grad): summing 8 vs 4 x 2 rows moves near-zero gradients by
+            # rounding, which shows up as ~1e-6 on steps of 1e-3; a wrong update would be off by ~1e-3.
+            assert torch.allclose(p, q, atol=2e-5), (name, (p - q).abs().max().item())
     assert failing._micro_size(batch_b) == 2
 
 

@@ -1,9 +1,11 @@
 """Per-token log-probabilities of completions without full-vocabulary logits for the whole batch.
 
 The decoder runs once to hidden states; the output head and log-softmax then run over chunks of
-completion tokens. With gradients on, each chunk is checkpointed, so backward keeps the hidden
-states and recomputes one chunk of logits at a time: memory grows with chunk x vocab, not with
-tokens x vocab (151,936 floats per token for Qwen3).
+completion tokens, so memory grows with chunk x vocab, not with tokens x vocab (151,936 floats per
+token for Qwen3). With a frozen head (LoRA) each chunk also computes the log-prob's gradient with
+respect to its hidden state, (onehot - softmax) W / temperature, and keeps only that ([T, H]);
+backward scales it by the incoming per-token gradient, with no second pass over the vocabulary.
+A trainable or sharded head instead checkpoints each chunk and recomputes its logits in backward.
 """
 
 from __future__ import annotations
@@ -39,6 +41,43 @@ def _chunk_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temp
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
+class FrozenHeadLogProb(torch.autograd.Function):
+    """log p(target) through a frozen output head, chunk by chunk; saves d logp / d hidden, not logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_tokens):  # noqa: D102 (see the class)
+        # hidden [T, H], weight [V, H], targets [T] -> [T] fp32
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        scale = temperature if temperature not in (0.0, 1.0) else 1.0
+        for lo in range(0, hidden.shape[0], chunk_tokens):
+            t = targets[lo : lo + chunk_tokens, None]
+            logits = (hidden[lo : lo + chunk_tokens] @ weight.t()).float()  # [n, V]
+            if scale != 1.0:
+                logits.div_(scale)
+            top = logits.amax(dim=1, keepdim=True)
+            picked = logits.gather(1, t) - top
+            probs = logits.sub_(top).exp_()  # in place: one fp32 [n, V] buffer per chunk
+            total = probs.sum(dim=1, keepdim=True)
+            out[lo : lo + chunk_tokens] = (picked - total.log()).squeeze(1)
+            if grads is not None:
+                probs.div_(total).scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - onehot
+                grads[lo : lo + chunk_tokens] = (probs.to(weight.dtype) @ weight).mul_(-1.0 / scale)
+        ctx.save_for_backward(grads)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (grads,) = ctx.saved_tensors
+        return grads * grad[:, None].to(grads.dtype), None, None, None, None
+
+
+def _frozen_plain_head(head: Any) -> bool:
+    """True for an nn.Linear head without bias whose weight is frozen and held whole on this rank."""
+    return (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+            and type(head.weight.data) is torch.Tensor)  # a sharded (FSDP) weight is a DTensor
+
+
 def token_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -58,6 +97,8 @@ def token_logprobs(
     targets = input_ids[:, prompt_width:]  # [N, C]
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
+    if _frozen_plain_head(head) and flat_h.dtype == head.weight.dtype:
+        return FrozenHeadLogProb.apply(flat_h, head.weight, flat_t, temperature, chunk_tokens).view_as(targets)
     pieces = []
     for start in range(0, flat_h.shape[0], chunk_tokens):
         h, t = flat_h[start : start + chunk_tokens], flat_t[start : start + chunk_tokens]

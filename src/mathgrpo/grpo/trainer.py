@@ -25,6 +25,7 @@ from ..formats import get_format
 from ..heldout import heldout_accuracy, prompts_for
 from ..memory import MemoryPlan, plan_for_model
 from ..model import is_adapter_dir, load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids
+from ..offload import offload_checkpoints
 from ..optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..rewards import RewardContext, build_rewards
@@ -36,6 +37,22 @@ from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .logprobs import token_logprobs
 from .loss import LossSettings, policy_loss
+
+
+def token_limit(cfg: Config, width: int) -> int:
+    """Sequences of `width` tokens that grpo.micro_batch_tokens allows in one pass (at least 1; no limit at 0)."""
+    tokens = cfg.grpo.micro_batch_tokens
+    return max(1, tokens // width) if tokens else 1 << 30
+
+
+def offload_wanted(cfg: Config, plan: Optional[MemoryPlan]) -> bool:
+    """model.offload_checkpoints=null on one process with the default backend: offload when the memory plan
+    cannot fit the micro-batch the step wants at max_seq_length (all its completions, or as many as
+    grpo.micro_batch_tokens allows)."""
+    if cfg.model.offload_checkpoints is not None or plan is None or cfg.model.backend != "transformers" or dist.world().active:
+        return False
+    width = cfg.model.max_seq_length
+    return plan.micro_batch(width) < min(cfg.grpo.prompts_per_step * cfg.grpo.num_generations, token_limit(cfg, width))
 
 
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
@@ -98,7 +115,10 @@ class GRPORun:
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
-        self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device)
+        self.offloaded = cfg.model.offload_checkpoints is True  # checkpointed layer inputs kept on the host
+        self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device, self.offloaded)
+        if self._auto_offload():
+            self.offloaded, self.plan = True, plan_for_model(self.model, cfg, self.device, offload=True)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
         self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
         self.engine_batch = self._rollout_batch_size()
@@ -200,6 +220,13 @@ class GRPORun:
                         ref[index, :width] = self._logps(micro).float()
         batch.old_logp, batch.ref_logp = old, ref
 
+    def _auto_offload(self) -> bool:
+        """Offload the checkpointed layer inputs when `offload_wanted` says so and the model has such layers."""
+        if not offload_wanted(self.cfg, self.plan) or offload_checkpoints(self.model) == 0:
+            return False
+        print("grpo: the memory plan splits a step into several micro-batches; offloading checkpointed layer inputs to the host")
+        return True
+
     def _rollout_batch_size(self) -> int:
         """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one generate call hold."""
         if self.cfg.rollout.batch_size or self.plan is None:
@@ -211,7 +238,8 @@ class GRPORun:
         return min(fits, self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations)
 
     def _micro_size(self, batch: RolloutBatch) -> int:
-        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width, or the whole batch.
+        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width (at most
+        grpo.micro_batch_tokens tokens), or the whole batch.
 
         Under FSDP every rank must run as many forward/backward passes as the others (each pass
         gathers weights collectively), so the width planned for is the widest over the ranks.
@@ -221,19 +249,21 @@ class GRPORun:
         width = batch.input_ids.shape[1]
         if dist.is_sharded(self.model):
             width = max(dist.gather(width))
+        wanted = min(len(batch), token_limit(self.cfg, width))
+        if self._token_cap:  # a size that ran out of memory before: stay below it
+            wanted = min(wanted, max(1, self._token_cap // width))
         held = self.engine.held_bytes()
         fits = self.plan.micro_batch(width, held)
         alone = self.plan.micro_batch(width)
-        if held and fits < min(alone, len(batch)):
+        if held and fits < min(alone, wanted):
             # The rollout's kept KV cache would shrink the micro-batches: free it (the next rollout
             # rebuilds it in a fraction of a second) rather than train with fewer sequences a pass.
             self.engine.release()
             fits = alone
-        if self._token_cap:  # a size that ran out of memory before: stay below it
-            fits = min(fits, max(1, self._token_cap // width))
+        fits = min(fits, wanted)
         if fits < 1:
             print(f"grpo: {self.plan.summary(width)}; trying 1 sequence per micro-batch")
-        return max(1, min(fits, len(batch)))
+        return max(1, fits)
 
     def _clock(self) -> float:
         """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""

@@ -191,6 +191,10 @@ class NativeEngine(RolloutEngine):
         self._cache = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            if self._pool is not None:
+                # The graph pool died with its last graph; capturing into its old handle trips an
+                # allocator assertion (seen on the H100 at the second step after a release).
+                self._pool = torch.cuda.graph_pool_handle()
 
     # ---- weights ---------------------------------------------------------------------------
 
