@@ -120,13 +120,15 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list):
 
 
 def phase_ours(args) -> list:
-    """Our step: a warm-up step, then timed steps at 256 + 1,024 (and 256 + 256 for the TRL rows)."""
+    """Our step: a warm-up step, then timed steps at 256 + 1,024 and (after one step at the new shapes)
+    at 256 + 256 for the TRL rows."""
     run = ours_run(args.backend, NEW, PROMPTS, G, args.extra)
     rows = []
-    for label, new in (("warm-up (compile, capture)", NEW), ("timed", NEW), ("timed", 256)):
+    for label, new in (("warm-up (compile, capture)", NEW), ("timed", NEW), ("first at 256", 256), ("timed", 256)):
         run.params = type(run.params)(max_new_tokens=new, temperature=1.0)
         m = run.train_step()
         rows.append(step_row(f"ours ({args.backend})", label, new, PROMPTS * G, m, run))
+        rows[-1]["overrides"] = args.extra
         print(rows[-1], flush=True)
     return rows
 
@@ -378,6 +380,7 @@ def driver(args) -> None:
     plan = [  # (name, flags, seconds it needs, file)
         ("build", [], 60, step),
         ("ours", [], 90, step),
+        ("ours", ["--extra", "grpo.micro_batch_tokens=32768"], 90, step),
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
         ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
         ("capped", ["--cap", "13", "--new", "256"], 40, step),
@@ -415,7 +418,7 @@ def print_table(rows: list, card: str) -> None:
         elif "step_time" in r:
             parts = " ".join(f"{k[:-5]} {r[k]:.2f}" for k in ("rollout_time", "reference_time", "logprob_time", "backward_time", "optimizer_time")
                              if isinstance(r.get(k), (int, float)))
-            print(f"  {r['path']:<22} {r.get('run', ''):<26} new {r.get('new_tokens')}: step {r['step_time']:.2f} s ({parts}) "
+            print(f"  {r['path']:<22} {r.get('run', ''):<26} {' '.join(r.get('overrides', []))} new {r.get('new_tokens')}: step {r['step_time']:.2f} s ({parts}) "
                   f"peak {r.get('peak_memory_gb') or 0:.1f} GiB")
         elif "tok_s" in r:
             print(f"  fwd+bwd {r['path']:<20} {r['batch']} x {r['seq']}: {r['tok_s']:,.0f} tok/s, peak {r['peak_gib']:.1f} GiB")

@@ -26,7 +26,8 @@ class LoraLinear(torch.autograd.Function):
     """y = x W^T + b + scale * (x A^T) B^T with W and b frozen; gradients for x, A and B."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale):  # noqa: D102 (documented on the class)
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scale):
+        """The base GEMM, then the low-rank update accumulated into its output."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [T, in]
         a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # [r, in], [out, r]
@@ -38,7 +39,8 @@ class LoraLinear(torch.autograd.Function):
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
+        """Gradients for x, A and B from four GEMMs; none for the frozen base."""
         x2, weight, a, b, xa = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).to(x2.dtype)  # [T, out]
         g_xa = (g @ b).mul_(ctx.scale)  # [T, r]

@@ -72,14 +72,16 @@ class _Offloaded(torch.autograd.Function):
     """Run `run(hidden)` without saving anything but a host copy of `hidden`; recompute in backward."""
 
     @staticmethod
-    def forward(ctx, run, hidden, offloader):  # noqa: D102
+    def forward(ctx, run, hidden, offloader):
+        """Run the layer without keeping activations; park its input on the host."""
         with torch.no_grad():
             out = run(hidden)
         ctx.run, ctx.copy = run, offloader.park(hidden)
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
+        """Bring the input back, recompute the layer with grad, and backprop through it."""
         copy, ctx.copy = ctx.copy, None
         hidden = copy.take().detach().requires_grad_(True)
         if copy.prev is not None:

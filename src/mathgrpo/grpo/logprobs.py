@@ -45,7 +45,8 @@ class FrozenHeadLogProb(torch.autograd.Function):
     """log p(target) through a frozen output head, chunk by chunk; saves d logp / d hidden, not logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_tokens):  # noqa: D102 (see the class)
+    def forward(ctx, hidden, weight, targets, temperature, chunk_tokens):
+        """Log-probs per chunk, and (when hidden needs a gradient) d logp / d hidden."""
         # hidden [T, H], weight [V, H], targets [T] -> [T] fp32
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -67,7 +68,8 @@ class FrozenHeadLogProb(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
+        """The saved d logp / d hidden scaled by the incoming per-token gradient."""
         (grads,) = ctx.saved_tensors
         return grads * grad[:, None].to(grads.dtype), None, None, None, None
 
