@@ -50,6 +50,7 @@ def test_overrides_apply_and_type_check():
         ("sft.stop_at_accuracy=3", "stop_at_accuracy"),
         ("run.parallel=fsdp", "full fine-tuning"),  # the tiny recipe's warm-up trains every weight
         ("run.parallel=fsdp sft.full_finetune=false grpo.dynamic_sampling=true", "dynamic_sampling"),
+        ("grpo.micro_batch_tokens=-1", "micro_batch_tokens"),
     ],
 )
 def test_validation_messages(override, message):

@@ -97,6 +97,24 @@ def test_memory_budget_sizes_micro_batches(tmp_path):
     assert run._micro_size(batch) == 1
 
 
+def test_micro_batches_capped_by_token_count(tmp_path):
+    """grpo.micro_batch_tokens bounds the planned micro-batch (sequences x padded width); 0 lifts the bound;
+    an explicit grpo.micro_batch_size is taken as given."""
+    run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false")
+    batch = rollout_batch(run)
+    width = batch.input_ids.shape[1]
+    assert run._micro_size(batch) == len(batch)  # the default 16,384 tokens hold the whole tiny batch
+    run.cfg.grpo.micro_batch_tokens = 3 * width + 1
+    assert run._micro_size(batch) == 3
+    assert run.learn(batch, len(batch))["micro_batch_size"] == 3
+    run.cfg.grpo.micro_batch_tokens = 1  # less than one sequence: still one a pass
+    assert run._micro_size(batch) == 1
+    run.cfg.grpo.micro_batch_tokens = 0
+    assert run._micro_size(batch) == len(batch)
+    run.cfg.grpo.micro_batch_tokens, run.cfg.grpo.micro_batch_size = 3 * width, 5
+    assert run._micro_size(batch) == 5
+
+
 def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
     """The native engine keeps its KV cache between rollouts; when that costs training micro-batch
     size, the trainer frees it (the next rollout rebuilds it), and keeps it when there is room."""
