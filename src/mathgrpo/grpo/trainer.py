@@ -224,7 +224,8 @@ class GRPORun:
         """Offload the checkpointed layer inputs when `offload_wanted` says so and the model has such layers."""
         if not offload_wanted(self.cfg, self.plan) or offload_checkpoints(self.model) == 0:
             return False
-        print("grpo: the memory plan splits a step into several micro-batches; offloading checkpointed layer inputs to the host")
+        print("grpo: a full micro-batch at model.max_seq_length does not fit the memory plan; offloading checkpointed "
+              "layer inputs to pinned host memory (model.offload_checkpoints=false turns this off)")
         return True
 
     def _rollout_batch_size(self) -> int:
