@@ -58,13 +58,11 @@ class HostCopy:
     def take(self) -> torch.Tensor:
         """The tensor on the GPU again, ready for the current stream; the host copy is dropped."""
         self.prefetch()
-        if self.device.type != "cuda":
-            back, self.back, self.host = self.back, None, None
-            return back
-        current = torch.cuda.current_stream(self.device)
-        current.wait_stream(_side_stream(self.device))
         back, self.back, self.host = self.back, None, None
-        back.record_stream(current)
+        if back.is_cuda:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(_side_stream(self.device))
+            back.record_stream(current)
         return back
 
 

@@ -13,14 +13,13 @@ runs/<name>/
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import latest
-from .config import Config
+from .config import Config, write_atomic
 
 
 def new_run_dir(cfg: Config, recipe: Optional[str]) -> Path:
@@ -35,9 +34,7 @@ def new_run_dir(cfg: Config, recipe: Optional[str]) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): never a half-written file after a crash."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> dict:

@@ -20,6 +20,7 @@ import torch
 
 from ..model import unwrap
 
+
 @dataclass
 class Proj:
     """One linear map y = x W^T + b (+ low-rank LoRA terms when the engine applies them itself)."""
