@@ -202,21 +202,26 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
     v = torch.randn_like(k)
     lead = torch.arange(rows, device=device) // n * n
     k[:, :, :width], v[:, :, :width] = k[lead, :, :width], v[lead, :, :width]  # samples share their prompt
+    # the engine's layout: each prompt once (a row per group), completion slots per row
+    prompt = (k[::n, :, :width].contiguous(), v[::n, :, :width].contiguous(), torch.arange(rows, device=device) // n,
+              torch.tensor([width], device=device))
+    k_new, v_new = k[:, :, width:].contiguous(), v[:, :, width:].contiguous()
     q = torch.randn(rows, kv * groups, 1, dim, device=device, dtype=torch.bfloat16)
     pad = torch.randint(0, 64, (rows // n,), device=device).repeat_interleave(n)
-    slot, width_t = torch.tensor([ctx - 1], device=device), torch.tensor([width], device=device)
+    slot = torch.tensor([ctx - 1], device=device)
     valid = (torch.arange(ctx, device=device)[None] >= pad[:, None])[:, None, None]
     ref = grouped_attention(q, k[:, :, :ctx], v[:, :, :ctx], additive_mask(valid, torch.bfloat16), True).float()
     per_slot = 2 * dim * 2 * kv  # k and v bytes of one position
     unique = per_slot * (n * (ctx - width) * rows // n + (width * rows // n - pad[::n].sum().item()))
 
-    def timed(attn, src) -> tuple:
-        err = (attn(q, k, v, pad, slot, src, width_t).float() - ref).norm().item() / ref.norm().item()
+    def timed(attn, shared) -> tuple:
+        call = (lambda: attn(q, k_new, v_new, pad, slot, prompt)) if shared else (lambda: attn(q, k, v, pad, slot))
+        err = (call().float() - ref).norm().item() / ref.norm().item()
         times = []
         for _ in range(30):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            attn(q, k, v, pad, slot, src, width_t)
+            call()
             b.record()
             b.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
@@ -231,7 +236,7 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
                     setting = {"block_n": block_n, "num_warps": warps, "num_stages": stages, "target_programs": target}
                     try:
                         attn = cls(rows, kv, groups, dim, length, device, torch.bfloat16)
-                        t, err = timed(attn, lead)
+                        t, err = timed(attn, True)
                         results.append({**setting, "nsplit": attn.nsplit, "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
                     except Exception as e:  # noqa: BLE001 - a setting that does not compile is just left out
                         results.append({**setting, "error": str(e)[:200]})
@@ -240,7 +245,7 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
     cls.BLOCK_N, cls.NUM_WARPS, cls.NUM_STAGES, cls.TARGET_PROGRAMS = (best["block_n"], best["num_warps"], best["num_stages"],
                                                                       best["target_programs"])
     if good:
-        t, err = timed(cls(rows, kv, groups, dim, length, device, torch.bfloat16), None)
+        t, err = timed(cls(rows, kv, groups, dim, length, device, torch.bfloat16), False)
         results.append({**{k: best[k] for k in ("block_n", "num_warps", "num_stages", "target_programs")}, "shared_prompt": False,
                         "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
     for r in sorted(results, key=lambda r: r.get("us", 1e9))[:8] + results[-1:]:
@@ -277,6 +282,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, to check the script itself")
     ap.add_argument("--out", default="benchmarks/results/rollout.json")
     ap.add_argument("--hf-new", type=int, default=256, help="new tokens for the transformers rows (they are slow)")
+    ap.add_argument("--native-only", action="store_true", help="skip the transformers and variant rows")
     ap.add_argument("--budget-s", type=float, default=470, help="skip the remaining rows after this many seconds")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
@@ -334,7 +340,7 @@ def main() -> None:
     if not over_budget("native 2048 total"):
         add(native_row(model, prompts, 8, long_new, device, bandwidth, "native", cold_too=False))
     add(native_row(model, prompts, 8, hf_new, device, bandwidth, "native"))
-    for cache in ("dynamic", "static"):
+    for cache in ("dynamic", "static") if not args.native_only else ():
         if not over_budget(f"hf-{cache}"):
             try:
                 add(hf_row(model, prompts, 8, hf_new, device, bandwidth, cache))
@@ -344,14 +350,14 @@ def main() -> None:
     variants = [("native-sdpa-buckets", dict(attention="sdpa")), ("native-no-compile", dict(use_compile=False))]
     if device == "cpu":
         variants = [("native-lowrank", dict(lora="lowrank"))]
-    for label, kw in variants:
+    for label, kw in variants if not args.native_only else ():
         if not over_budget(label):
             try:
                 add(native_row(model, prompts, 8, new // 4, device, bandwidth, label, **kw))
             except Exception as err:  # noqa: BLE001
                 report["notes"].append(f"{label} failed: {type(err).__name__}: {err}")
                 print(report["notes"][-1], flush=True)
-    if not over_budget("lora rows"):
+    if not args.native_only and not over_budget("lora rows"):
         lora_rows(model, prompts, new // 4, device, bandwidth, add, report)
     save()
     print_table(report)

@@ -68,6 +68,17 @@ def test_offload_is_wanted_only_when_a_step_does_not_fit():
     assert not offload_wanted(cfg, plan_memory(s, 13 * GIB))
 
 
+def test_prompt_cached_once_per_group_fits_more_rollouts():
+    """With the prompt's keys kept once per group, 8 x 8 at 256 + 256 tokens fits one generate call at 13 GiB
+    (it does not with a copy per sample); a group of 1 is the per-sample count."""
+    plan = plan_memory(qwen3_4b(), 13 * GIB)
+    assert plan.rollout_batch(512) < 64 <= plan.rollout_batch(512, 256, 8)
+    assert plan.rollout_batch(512, 256, 1) == plan.rollout_batch(512)
+    assert plan.rollout_batch(512, 256, 2) <= plan.rollout_batch(512, 256, 8) <= plan.rollout_batch(512, 128, 8)
+    per_seq = (256 + 32) * plan.rollout_per_token + plan.rollout_per_sequence
+    assert plan.rollout_batch(512, 256, 8) == (plan.budget - plan.resident) // per_seq
+
+
 def test_too_small_budget_fits_nothing():
     """A budget below the weights gives 0, which the trainer turns into a clear stop."""
     plan = plan_memory(qwen3_4b(), 8 * GIB)

@@ -14,7 +14,8 @@ whole run and what grows with the batch:
   chunked log-probs (chunk x vocab: bf16 logits, an fp32 copy, and with a frozen head the bf16
   softmax that gives the gradient; with a trainable head the log-softmax and its fp32 gradient);
 - rollout, per token: the KV cache, 2 (K and V) x layers x kv_heads x head_dim x 2 bytes
-  (144 KiB a token for Qwen3-4B), plus a few fp32 vocabulary-sized rows per sequence for sampling.
+  (144 KiB a token for Qwen3-4B; a prompt's tokens once per group of samples where the engine
+  shares them), plus a few fp32 vocabulary-sized rows per sequence for sampling.
 
 The constants are estimates that err on the large side; the numbers they give are upper bounds on
 the batch sizes to try, and an out-of-memory stop names the settings to lower.
@@ -120,10 +121,16 @@ class MemoryPlan:
         free = self.budget - self.resident - self.logits_chunk - held
         return max(free // max(seq_tokens * self.train_per_token, 1), 0)
 
-    def rollout_batch(self, seq_tokens: int) -> int:
-        """Sequences of up to `seq_tokens` tokens (prompt + completion) one generate call can hold."""
+    def rollout_batch(self, seq_tokens: int, new_tokens: Optional[int] = None, group: int = 1) -> int:
+        """Sequences of up to `seq_tokens` tokens (prompt + completion) one generate call can hold.
+
+        new_tokens / group: when the engine caches a prompt once for its `group` samples, only the
+        new_tokens completion positions are per sequence; the prompt's share is divided by the group.
+        """
         free = self.budget - self.resident
-        per_seq = seq_tokens * self.rollout_per_token + self.rollout_per_sequence
+        prompt = seq_tokens - new_tokens if new_tokens is not None and group > 1 else 0
+        cached = (seq_tokens - prompt) + -(-prompt // group) if prompt > 0 else seq_tokens
+        per_seq = cached * self.rollout_per_token + self.rollout_per_sequence
         return max(free // max(per_seq, 1), 0)
 
     def train_bytes(self, sequences: int, seq_tokens: int, held: int = 0) -> int:

@@ -240,7 +240,7 @@ def test_unsupported_models_get_a_reason_and_fall_back_to_hf(tiny):
 )
 def test_split_k_decode_kernel_matches_grouped_attention_interpreted():
     """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention:
-    own rows, and prompt keys read from each group's first row (the other rows hold garbage there)."""
+    own rows, and prompt keys read from a prompt cache of one row per group (garbage where unread)."""
     script = """
 import torch
 from mathgrpo.rollout.decode_attention import SplitKDecode
@@ -255,20 +255,23 @@ for batch, kv, groups, dim, length, slot in [(3, 2, 2, 32, 300, 290), (2, 2, 4, 
     valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
     ref = grouped_attention(q, k[:, :, : slot + 1], v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
     assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
-# groups of 2 samples sharing a prompt of width 6: rows 1 and 3 hold garbage below it
-batch, kv, groups, dim, length, width, slot = 4, 2, 2, 16, 64, 6, 20
-attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
-k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
+# groups of 2 samples sharing a prompt of width 6, kept once per group in a prompt cache (rows of
+# groups read from src); the rows' own cache holds completion slots only (position p at p - width).
+# Unread places hold garbage: prompt rows of no group, slots past the fill.
+batch, kv, groups, dim, width, new, slot = 4, 2, 2, 16, 6, 58, 20
+attn = SplitKDecode(batch, kv, groups, dim, width + new, "cpu", torch.float32)
+full_k, full_v = torch.randn(batch, kv, width + new, dim), torch.randn(batch, kv, width + new, dim)
 for lead in (0, 2):
-    k[lead + 1, :, :width], v[lead + 1, :, :width] = k[lead, :, :width], v[lead, :, :width]
-ref_k, ref_v = k.clone(), v.clone()
-k[[1, 3], :, :width] = 1e4
-v[[1, 3], :, :width] = -1e4
+    full_k[lead + 1, :, :width], full_v[lead + 1, :, :width] = full_k[lead, :, :width], full_v[lead, :, :width]
+pk, pv = torch.full((3, kv, width + 2, dim), 1e4), torch.full((3, kv, width + 2, dim), -1e4)
+pk[[2, 0], :, :width], pv[[2, 0], :, :width] = full_k[[0, 2], :, :width], full_v[[0, 2], :, :width]
+k, v = full_k[:, :, width:].clone(), full_v[:, :, width:].clone()
+k[:, :, slot - width + 1 :], v[:, :, slot - width + 1 :] = 1e4, -1e4
 q = torch.randn(batch, kv * groups, 1, dim)
 pad = torch.tensor([1, 1, 0, 0])
-out = attn(q, k, v, pad, torch.tensor([slot]), torch.tensor([0, 0, 2, 2]), torch.tensor([width]))
+out = attn(q, k, v, pad, torch.tensor([slot]), (pk, pv, torch.tensor([2, 2, 0, 0]), torch.tensor([width])))
 valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
-ref = grouped_attention(q, ref_k[:, :, : slot + 1], ref_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
+ref = grouped_attention(q, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
 assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
 print("ok")
 """
@@ -282,7 +285,7 @@ print("ok")
     subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
 )
 def test_engine_with_split_k_attention_matches_math_attention_interpreted():
-    """The engine's Triton attention path (groups share the prompt reads) samples the math path's tokens."""
+    """The engine's Triton attention path (each group's prompt cached once) samples the math path's tokens."""
     script = """
 import torch
 from mathgrpo.rollout.base import SamplingParams
@@ -306,6 +309,25 @@ print("ok")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+def test_triton_layout_keeps_each_prompt_once_per_group(tiny):
+    """The Triton path's cache: one prompt row per group of samples plus completion slots per row,
+    reused for shorter requests and rebuilt for longer ones; the other paths keep whole rows."""
+    from mathgrpo.rollout.weights import collect
+
+    model, tok = tiny
+    w = collect(model, lowrank=False)
+    engine = NativeEngine(model, tok, [], attention="triton", use_graphs=False, use_compile=False)
+    assert engine.shares_prompt_cache
+    slab = engine._slab(w, 8, 4, 10, 20)
+    layers, kv, dim = len(w.layers), w.n_kv_heads, w.head_dim
+    assert tuple(slab.pk.shape) == (layers, 2, kv, 128, dim) and tuple(slab.k.shape) == (layers, 8, kv, 128, dim)
+    assert engine._slab(w, 8, 8, 100, 128) is slab  # fewer groups, within both lengths
+    assert engine._slab(w, 8, 4, 129, 20) is not slab  # a wider prompt
+    math = NativeEngine(model, tok, [], attention="math", use_graphs=False, use_compile=False)
+    whole = math._slab(w, 8, 4, 10, 20)
+    assert not math.shares_prompt_cache and whole.pk is None and tuple(whole.k.shape) == (layers, 8, kv, 128, dim)
 
 
 def test_even_chunks_and_one_cache_at_a_time(tiny):

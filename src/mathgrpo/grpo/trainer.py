@@ -121,8 +121,8 @@ class GRPORun:
             self.offloaded, self.plan = True, plan_for_model(self.model, cfg, self.device, offload=True)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
         self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
-        self.engine_batch = self._rollout_batch_size()
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), self.engine_batch)
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok))
+        self.engine.batch_size = self._rollout_batch_size()
         g = cfg.grpo
         self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
         self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
@@ -229,10 +229,13 @@ class GRPORun:
         return True
 
     def _rollout_batch_size(self) -> int:
-        """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one generate call hold."""
+        """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one
+        generate call of this engine hold."""
         if self.cfg.rollout.batch_size or self.plan is None:
             return self.cfg.rollout.batch_size
-        fits = self.plan.rollout_batch(self.cfg.model.max_seq_length)
+        group = self.cfg.grpo.num_generations if self.engine.shares_prompt_cache else 1
+        new = min(self.cfg.rollout.max_new_tokens, self.cfg.model.max_seq_length)
+        fits = self.plan.rollout_batch(self.cfg.model.max_seq_length, new, group)
         if fits < 1:
             raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
                                   "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")

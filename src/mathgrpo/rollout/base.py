@@ -40,6 +40,8 @@ class RolloutEngine(ABC):
     """Generates completions with the current policy weights."""
 
     name = "base"
+    # Whether a prompt's keys and values are cached once for its n samples (memory plans count them so).
+    shares_prompt_cache = False
 
     def __init__(self, model: Any, tokenizer: Any, stop_ids: list) -> None:
         self.model = model

@@ -3,8 +3,9 @@
 A Triton split-K kernel: one program per (sequence, key/value head, split), all the query heads of
 the group in one tile, so grouped heads cost no repeated keys. Each row's filled positions
 [pad_b, slot] (read from device tensors, so one captured graph serves every length) are cut into
-equal splits; the prompt part is read from the first sample of the prompt's group, so the samples
-of one prompt share those reads. A second kernel merges the splits (log-sum-exp weights).
+equal splits. The prompt part may live in a cache of its own with one row per prompt (the G samples
+of a prompt then share its keys in memory and in the reads) and the completion part in the rows'
+cache. A second kernel merges the splits (log-sum-exp weights).
 Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
 """
 
@@ -50,8 +51,9 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        Q, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L,
-        stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L,
+        stride_qb, stride_qh, stride_pkb, stride_pkh, stride_pks, stride_pvb, stride_pvh, stride_pvs,
+        stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
         scale_log2,
         KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
         BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr,
@@ -59,8 +61,9 @@ if triton is not None:
         """Unnormalised attention of one (sequence, kv head) over one split of its filled positions.
 
         The filled positions [pad_b, slot] are cut into NSPLIT equal splits (balanced whatever the
-        fill). Positions below WIDTH (the shared prompt) are read from row SRC[b], the first sample of
-        the prompt's group, so the G samples of a prompt read the same addresses (served from L2).
+        fill). Positions below WIDTH (the prompt) are read from row SRC[b] of the prompt cache PK/PV,
+        so the G samples of a prompt read the same addresses (served from L2); position p >= WIDTH
+        is slot p - WIDTH of row b of the completion cache K/V.
         """
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -80,10 +83,12 @@ if triton is not None:
         m = tl.full([GP], float("-inf"), tl.float32)
         l = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, D], tl.float32)
-        m, l, acc = _attend_range(q, K + src * stride_kb + h * stride_kh, V + src * stride_vb + h * stride_vh,
-                                  stride_ks, stride_vs, lo, mid, m, l, acc, scale_log2, D, BLOCK_N)
+        m, l, acc = _attend_range(q, PK + src * stride_pkb + h * stride_pkh, PV + src * stride_pvb + h * stride_pvh,
+                                  stride_pks, stride_pvs, lo, mid, m, l, acc, scale_log2, D, BLOCK_N)
         row_b = b.to(tl.int64)
-        m, l, acc = _attend_range(q, K + row_b * stride_kb + h * stride_kh, V + row_b * stride_vb + h * stride_vh,
+        shift = width.to(tl.int64)  # completion slot = position - width
+        m, l, acc = _attend_range(q, K + row_b * stride_kb + h * stride_kh - shift * stride_ks,
+                                  V + row_b * stride_vb + h * stride_vh - shift * stride_vs,
                                   stride_ks, stride_vs, mid, hi, m, l, acc, scale_log2, D, BLOCK_N)
         row = (pid * NSPLIT + split) * GP + offs_g
         tl.store(M + row, m)
@@ -119,10 +124,11 @@ class SplitKDecode:
     """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
 
     # Launch settings. benchmarks/rollout.py times a grid of them on the GPU at the 4B shape and sets
-    # the fastest for its run (results/rollout.json, "attention_tuning"); these are its last choice.
-    BLOCK_N = 64
+    # the fastest for its run (results/rollout.json, "attention_tuning"); these are its last choice
+    # (109 us at 768 filled slots with the per-group prompt cache; the previous 64 / 4 / 2: 128 us).
+    BLOCK_N = 32
     NUM_WARPS = 4
-    NUM_STAGES = 2
+    NUM_STAGES = 3
     TARGET_PROGRAMS = 1024  # split each row's filled positions until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
@@ -145,24 +151,24 @@ class SplitKDecode:
         v_cache: torch.Tensor,
         pad: torch.Tensor,
         slot: torch.Tensor,
-        src: Optional[torch.Tensor] = None,
-        width: Optional[torch.Tensor] = None,
+        prompt: Optional[tuple] = None,
     ) -> torch.Tensor:
-        """q [B, H, 1, D]; caches [B, KV, S, D]; keys [pad_b, slot] attended. Returns [B, 1, H*D].
+        """q [B, H, 1, D]; caches [B, KV, S, D]; positions [pad_b, slot] attended. Returns [B, 1, H*D].
 
-        src [B] / width [1] (device tensors): positions below width are read from cache row src[b]
-        (the prompt's first sample, which holds the same keys); by default every row reads its own.
+        prompt: (k [P, KV, W, D], v, src [B], width [1]) with src and width device tensors: positions
+        below width are read from row src[b] of these prompt caches, and position p >= width from
+        slot p - width of the row's own cache. By default every position is the row's own slot p.
         """
         bsz = q.shape[0]
-        src = self.own_rows[:bsz] if src is None else src
-        width = self.no_prefix if width is None else width
+        pk, pv, src, width = prompt if prompt is not None else (k_cache, v_cache, self.own_rows[:bsz], self.no_prefix)
         qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim).contiguous()
-        assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+        assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv))
         scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
         grid = (bsz * self.kv_heads, self.nsplit)
         _partial_kernel[grid](
-            qg, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l,
-            qg.stride(0), qg.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l,
+            qg.stride(0), qg.stride(1), pk.stride(0), pk.stride(1), pk.stride(2), pv.stride(0), pv.stride(1), pv.stride(2),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             scale_log2,
             KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
