@@ -53,6 +53,26 @@ def test_offloaded_recompute_matches_plain_backward():
         assert offloader.last is not None and offloader.last.host is None  # parked, then taken back
         for name in ref:
             assert torch.allclose(got[name], ref[name], atol=1e-5), name
+        buffers = {b.data_ptr() for b in offloader.pool.free}
+        again = _grads(model)  # a second pass reuses the same host buffers
+        assert {b.data_ptr() for b in offloader.pool.free} == buffers and offloader.pool.allocated == 2
+        for name in ref:
+            assert torch.allclose(again[name], ref[name], atol=1e-5), name
+
+
+def test_host_pool_reuses_and_replaces_buffers():
+    """Free buffers are reused when big enough; a larger request replaces the largest too-small one."""
+    from mathgrpo.offload import HostPool
+
+    pool = HostPool()
+    a, b = pool.take(100, pinned=False), pool.take(400, pinned=False)
+    pool.give(a)
+    pool.give(b)
+    assert pool.take(90, pinned=False) is a and pool.take(450, pinned=False) is b  # 400 + a quarter holds 450
+    pool.give(a)
+    pool.give(b)
+    c = pool.take(1000, pinned=False)
+    assert c.numel() >= 1000 and [id(x) for x in pool.free] == [id(a)] and pool.allocated == 3
 
 
 def test_other_calls_fall_back_to_torch_checkpoint():
