@@ -71,3 +71,18 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, dtype, tol):
         base = load_any(str(base_dir))[0](ids).logits
     assert (want - base).abs().max() > 0.3  # the adapter changes the output: the check below means something
     assert (got - want).abs().max() < tol
+
+
+def test_training_turns_cudnn_attention_off_on_a_gpu_unless_asked():
+    """cuDNN's SDPA backward NaN bug: a GPU training process turns that backend off; model.cudnn_attention keeps it."""
+    from mathgrpo.model import training_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert not training_attention(ModelConfig(), torch.device("cpu")) and torch.backends.cuda.cudnn_sdp_enabled()
+        assert not training_attention(ModelConfig(cudnn_attention=True), torch.device("cuda"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        assert training_attention(ModelConfig(), torch.device("cuda")) and not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -55,6 +55,13 @@ class ModelConfig:
         "host memory used. null = GRPO turns it on when its memory plan cannot fit the micro-batch a step "
         "wants at model.max_seq_length (its completions, at most grpo.micro_batch_tokens); true/false = always/never.",
     )
+    cudnn_attention: bool = _f(
+        False,
+        "Let PyTorch's SDPA use its cuDNN backend while training on a GPU. Off: with a padding mask its "
+        "backward returns NaN gradients for sequence lengths of 64 mod 128 on H100/H200 under torch 2.11+ "
+        "(pytorch/pytorch#196678; a NaN gradient norm on a 4 x H100 run here fits it); the other SDPA "
+        "backends take over.",
+    )
     use_liger: Optional[bool] = _f(
         None,
         "Liger kernels (RMSNorm, SwiGLU, RoPE) for Qwen3 models: null = on when liger-kernel is installed "

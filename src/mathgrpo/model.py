@@ -212,8 +212,9 @@ def unwrap(model: Any) -> Any:
 
 
 def ready_for_training(model: Any, cfg: ModelConfig) -> None:
-    """Gradient checkpointing (GPU; offloaded to the host when asked) and, when model.fused_lora is on,
-    the fused LoRA projections."""
+    """Gradient checkpointing (GPU; offloaded to the host when asked), SDPA backends safe for training,
+    and, when model.fused_lora is on, the fused LoRA projections."""
+    training_attention(cfg, next(model.parameters()).device)
     if enable_checkpointing(model, cfg) and cfg.offload_checkpoints:
         from .offload import offload_checkpoints
 
@@ -222,6 +223,15 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
         from .fused_lora import fuse_lora
 
         fuse_lora(model)
+
+
+def training_attention(cfg: ModelConfig, device: torch.device) -> bool:
+    """Turn PyTorch's cuDNN SDPA backend off for a GPU training process unless model.cudnn_attention
+    (its backward gives NaN gradients at some padded shapes); returns whether it is off."""
+    if device.type != "cuda" or cfg.cudnn_attention:
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
 
 
 def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
