@@ -167,7 +167,28 @@ def phase_capped(args) -> list:
                    "error": f"{type(err).__name__}: {err}"[:500]}
         print(row, flush=True)
         rows.append(row)
+    if args.profile and rows[-1].get("completed"):
+        rows.append(profiled_step(run, f"capped {args.cap:g} GiB", args.new, args.prompts * args.g))
     return rows
+
+
+def profiled_step(run, label: str, new: int, rows_n: int) -> dict:
+    """One more step under torch.profiler: its row, and the top kernels and CPU ops written beside the results."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        m = run.train_step()
+    row = step_row("ours (transformers)", f"{label}, profiled step", new, rows_n, m, run)
+    by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=by, row_limit=40, max_name_column_width=70)
+    cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+    path = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"grpo_step_profile_{label.replace(' ', '_')}.txt"
+    path.write_text(f"{row}\n\n== by device time ==\n{table}\n\n== by CPU time ==\n{cpu}\n")
+    row["profile"] = str(path)
+    print(row, flush=True)
+    return row
 
 
 def time_fwdbwd(model, path: str, chunked: bool, **extra) -> list:
@@ -380,12 +401,11 @@ def driver(args) -> None:
     plan = [  # (name, flags, seconds it needs, file)
         ("build", [], 60, step),
         ("ours", [], 90, step),
-        ("ours", ["--extra", "grpo.micro_batch_tokens=32768"], 90, step),
+        ("capped_warm", ["--cap", "13", "--new", "256", "--warm", "--profile"], 60, step),
+        ("capped_warm", ["--cap", "19", "--new", "1024", "--warm"], 70, step),
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
         ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
         ("capped", ["--cap", "13", "--new", "256"], 40, step),
-        ("capped_warm", ["--cap", "13", "--new", "256", "--warm"], 50, step),
-        ("capped_warm", ["--cap", "19", "--new", "1024", "--warm"], 70, step),
         ("unsloth", ["--new", "256", "--budget", "200"], 150, unsloth),
         ("fwdbwd", [], 70, step),
         ("trl_peft", ["--new", "256"], 90, step),
@@ -439,6 +459,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="TRL steps per peer row (the last one is reported)")
     p.add_argument("--no-liger", action="store_true")
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
+    p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
     p.add_argument("--extra", nargs="*", default=[])
     p.add_argument("--only", nargs="*", default=[], help="run only these phases (build is needed on a fresh machine)")
     args = p.parse_args()
