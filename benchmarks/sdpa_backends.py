@@ -41,7 +41,6 @@ def build(smoke: bool):
     if smoke:
         shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=16, vocab_size=512)
-        shape.pop("layer_types", None)
     device = "cpu" if smoke else "cuda"
     with torch.device(device):
         model = Qwen3ForCausalLM(Qwen3Config(**shape)).to(torch.float32 if smoke else torch.bfloat16)

@@ -128,8 +128,8 @@ class MemoryPlan:
         new_tokens completion positions are per sequence; the prompt's share is divided by the group.
         """
         free = self.budget - self.resident
-        prompt = seq_tokens - new_tokens if new_tokens is not None and group > 1 else 0
-        cached = (seq_tokens - prompt) + -(-prompt // group) if prompt > 0 else seq_tokens
+        prompt = seq_tokens - new_tokens if new_tokens is not None else 0
+        cached = seq_tokens - prompt + -(-prompt // group)
         per_seq = cached * self.rollout_per_token + self.rollout_per_sequence
         return max(free // max(per_seq, 1), 0)
 

@@ -61,6 +61,11 @@ def supports(model: Any) -> Optional[str]:
     return None
 
 
+def _up128(n: int) -> int:
+    """n rounded up to a multiple of 128."""
+    return -(-n // 128) * 128
+
+
 class _Slab:
     """The KV cache and decode state for one (batch bucket, prompt width, completion length); graphs captured over them.
 
@@ -70,10 +75,12 @@ class _Slab:
     Qwen3-4B). The other attention paths read one contiguous row per sample (`pk` is None).
     """
 
-    def __init__(self, w: ModelWeights, batch: int, groups: int, prompt_len: int, new_len: int, stops: list,
+    def __init__(self, w: ModelWeights, batch: int, groups: int, width: int, new: int, stops: list,
                  triton_attention: bool) -> None:
         device, dtype = w.embed.device, w.embed.dtype
         kv = (len(w.layers), batch, w.n_kv_heads)
+        # lengths in steps of 128, so that nearby requests reuse the cache
+        prompt_len, new_len = (_up128(width), _up128(new)) if triton_attention else (width, _up128(width + new) - width)
         self.batch, self.groups, self.prompt_len, self.new_len = batch, groups, prompt_len, new_len
         self.length = prompt_len + new_len  # positions a row can attend
         # zeros: padded rows read finite values
@@ -259,12 +266,7 @@ class NativeEngine(RolloutEngine):
         # One cache at a time: a cache held for another batch size would sit beside this one in
         # memory the budget did not plan for (seen: a 16-row cache next to a 48-row one at 24 GiB).
         self.release()
-        up = lambda x: -(-x // 128) * 128  # noqa: E731 - lengths in steps of 128: nearby requests reuse the cache
-        if self.attention == "triton":
-            self._cache = _Slab(w, batch, groups, up(width), up(new), self.stop_ids, True)
-        else:
-            total = up(width + new)
-            self._cache = _Slab(w, batch, groups, width, total - width, self.stop_ids, False)
+        self._cache = _Slab(w, batch, groups, width, new, self.stop_ids, self.attention == "triton")
         return self._cache
 
     def _attn_len(self, slab: _Slab, slot: int) -> int:
