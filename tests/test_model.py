@@ -73,16 +73,24 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, dtype, tol):
     assert (got - want).abs().max() < tol
 
 
-def test_training_turns_cudnn_attention_off_on_a_gpu_unless_asked():
-    """cuDNN's SDPA backward NaN bug: a GPU training process turns that backend off; model.cudnn_attention keeps it."""
+def test_cudnn_attention_stays_on_unless_turned_off():
+    """cuDNN's SDPA backend stays on by default (batches avoid its NaN widths); model.cudnn_attention=false turns it off on a GPU."""
     from mathgrpo.model import training_attention
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         torch.backends.cuda.enable_cudnn_sdp(True)
-        assert not training_attention(ModelConfig(), torch.device("cpu")) and torch.backends.cuda.cudnn_sdp_enabled()
-        assert not training_attention(ModelConfig(cudnn_attention=True), torch.device("cuda"))
+        assert not training_attention(ModelConfig(), torch.device("cuda")) and torch.backends.cuda.cudnn_sdp_enabled()
+        assert not training_attention(ModelConfig(cudnn_attention=False), torch.device("cpu"))
         assert torch.backends.cuda.cudnn_sdp_enabled()
-        assert training_attention(ModelConfig(), torch.device("cuda")) and not torch.backends.cuda.cudnn_sdp_enabled()
+        assert training_attention(ModelConfig(cudnn_attention=False), torch.device("cuda"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_safe_attention_width_skips_64_mod_128():
+    """Widths of 64 mod 128 (cuDNN's NaN widths, pytorch#196678) get 8 more columns; others stay."""
+    from mathgrpo.model import safe_attention_width
+
+    assert [safe_attention_width(w) for w in (64, 704, 1344, 65, 128, 1280, 1300, 63)] == [72, 712, 1352, 65, 128, 1280, 1300, 63]

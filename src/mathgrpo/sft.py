@@ -21,7 +21,7 @@ from . import checkpoint, dist
 from .config import Config
 from .formats import Format, get_format, render_prompt
 from .heldout import heldout_accuracy
-from .model import load_base, make_trainable, publish_model, stop_token_ids
+from .model import load_base, make_trainable, publish_model, safe_attention_width, stop_token_ids
 from .optim import make_optimizer, make_scheduler
 from .progress import StepProgress
 from .stopping import StopRequest, TrainingStopped
@@ -56,7 +56,7 @@ def make_examples(problems: list, fmt: Format, tokenizer: Any, template: str, ma
 
 def collate(examples: list, pad_id: int, device: torch.device) -> tuple:
     """(input_ids, attention_mask, labels) right-padded; labels are -100 on prompt and padding."""
-    width = max(len(e.ids) for e in examples)
+    width = safe_attention_width(max(len(e.ids) for e in examples))
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, -100)
     mask = torch.zeros_like(ids)

@@ -28,13 +28,19 @@ def test_chunked_matches_plain_on_tiny_model():
         assert torch.allclose(got, ref, atol=1e-5)
 
 
-def test_chunked_gradients_match_plain():
-    """Backward through checkpointed chunks gives the plain gradients of the LoRA weights."""
-    model, _ = build_tiny(seed=4)
+def _lora_model(seed: int):
+    """The tiny model with LoRA adapters initialised away from zero (so every adapter gets a gradient)."""
+    model, _ = build_tiny(seed=seed)
     model = add_lora(model, LoraConfig(r=4, alpha=8))
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_chunked_gradients_match_plain():
+    """Backward through checkpointed chunks gives the plain gradients of the LoRA weights."""
+    model = _lora_model(4)
     ids, mask = _batch()
     weights = torch.randn(3, 7)
     grads = []
@@ -75,3 +81,25 @@ def test_trainable_head_gradients_match_plain():
     _, ref = _lora_grads(model, plain_token_logprobs, weights)
     _, got = _lora_grads(model, lambda *a: token_logprobs(*a, chunk_tokens=4), weights)
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_width_64_mod_128_gets_a_masked_column_and_same_results():
+    """A 64-token batch (cuDNN's NaN width) runs at 72 with masked columns: values and gradients as plain."""
+    model = _lora_model(5)
+    torch.manual_seed(2)
+    ids = torch.randint(3, 100, (2, 64))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    widths = []
+    hook = model.base_model.model.model.embed_tokens.register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
+    weights = torch.randn(2, 24)
+    results = []
+    for fn in (plain_token_logprobs, lambda *a: token_logprobs(*a, chunk_tokens=16)):
+        model.zero_grad()
+        logp = fn(model, ids, mask, 40, 1.0)
+        (logp * weights).sum().backward()
+        results.append((logp, torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])))
+    hook.remove()
+    assert widths == [64, 72]
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-5)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..model import unwrap
+from ..model import safe_attention_width, unwrap
 
 
 def model_parts(model: Any) -> tuple:
@@ -94,6 +94,11 @@ def token_logprobs(
     temperature: the sampling temperature, so the log-probs are those of the sampling distribution.
     """
     body, head = model_parts(model)
+    extra = safe_attention_width(input_ids.shape[1]) - input_ids.shape[1]
+    if extra:  # masked columns on the left, before the prompt
+        input_ids = torch.nn.functional.pad(input_ids, (extra, 0))
+        attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0))
+        prompt_width += extra
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     hidden = out.last_hidden_state[:, prompt_width - 1 : -1]  # [N, C, H] predicts tokens P..P+C-1
     targets = input_ids[:, prompt_width:]  # [N, C]
