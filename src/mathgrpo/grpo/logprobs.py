@@ -5,7 +5,8 @@ completion tokens, so memory grows with chunk x vocab, not with tokens x vocab (
 token for Qwen3). With a frozen head (LoRA) each chunk also computes the log-prob's gradient with
 respect to its hidden state, (onehot - softmax) W / temperature, and keeps only that ([T, H]);
 backward scales it by the incoming per-token gradient, with no second pass over the vocabulary.
-A trainable or sharded head instead checkpoints each chunk and recomputes its logits in backward.
+On a GPU with Triton, one kernel pass over each chunk's logits (`head_kernel`) replaces the fp32
+softmax. A trainable or sharded head instead checkpoints each chunk and recomputes its logits in backward.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..model import safe_attention_width, unwrap
+from . import head_kernel
 
 
 def model_parts(model: Any) -> tuple:
@@ -41,6 +43,31 @@ def _chunk_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temp
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
+def _chunk_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grads) -> torch.Tensor:
+    """log p(target) of a [n, H] chunk through an fp32 copy of its logits; fills `grads` ([n, H] or None)."""
+    t = targets[:, None]
+    logits = (hidden @ weight.t()).float()  # [n, V]
+    if scale != 1.0:
+        logits.div_(scale)
+    top = logits.amax(dim=1, keepdim=True)
+    picked = logits.gather(1, t) - top
+    probs = logits.sub_(top).exp_()  # in place: one fp32 [n, V] buffer per chunk
+    total = probs.sum(dim=1, keepdim=True)
+    if grads is not None:
+        probs.div_(total).scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - onehot
+        grads.copy_((probs.to(weight.dtype) @ weight).mul_(-1.0 / scale))
+    return (picked - total.log()).squeeze(1)
+
+
+def _chunk_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grads) -> torch.Tensor:
+    """The same through one Triton pass that turns the logits (model dtype) into softmax - onehot in place."""
+    logits = hidden @ weight.t()
+    out = head_kernel.logprob_grad_(logits, targets, scale, grads is not None)
+    if grads is not None:
+        grads.copy_((logits @ weight).mul_(-1.0 / scale))
+    return out
+
+
 class FrozenHeadLogProb(torch.autograd.Function):
     """log p(target) through a frozen output head, chunk by chunk; saves d logp / d hidden, not logits."""
 
@@ -51,19 +78,10 @@ class FrozenHeadLogProb(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         scale = temperature if temperature not in (0.0, 1.0) else 1.0
+        chunk = _chunk_fused if hidden.is_cuda and head_kernel.available() else _chunk_torch
         for lo in range(0, hidden.shape[0], chunk_tokens):
-            t = targets[lo : lo + chunk_tokens, None]
-            logits = (hidden[lo : lo + chunk_tokens] @ weight.t()).float()  # [n, V]
-            if scale != 1.0:
-                logits.div_(scale)
-            top = logits.amax(dim=1, keepdim=True)
-            picked = logits.gather(1, t) - top
-            probs = logits.sub_(top).exp_()  # in place: one fp32 [n, V] buffer per chunk
-            total = probs.sum(dim=1, keepdim=True)
-            out[lo : lo + chunk_tokens] = (picked - total.log()).squeeze(1)
-            if grads is not None:
-                probs.div_(total).scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - onehot
-                grads[lo : lo + chunk_tokens] = (probs.to(weight.dtype) @ weight).mul_(-1.0 / scale)
+            part = slice(lo, lo + chunk_tokens)
+            out[part] = chunk(hidden[part], weight, targets[part], scale, None if grads is None else grads[part])
         ctx.save_for_backward(grads)
         return out
 
