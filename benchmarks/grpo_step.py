@@ -191,14 +191,22 @@ def profiled_step(run, label: str, new: int, rows_n: int) -> dict:
     return row
 
 
-def time_fwdbwd(model, path: str, chunked: bool, **extra) -> list:
-    """Forward + backward tok/s and peak memory at batch 8 and 16 x 1,280 on a LoRA model in train mode."""
+def completion_loss(model, ids, mask, prompt: int, temperature: float):
+    """Our chunked log-probs of the completion tokens ids[:, prompt:]: [N, C]."""
+    from mathgrpo.grpo.logprobs import token_logprobs
+
+    return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024)
+
+
+def time_fwdbwd(model, path: str, loss=completion_loss, **extra) -> list:
+    """Forward + backward tok/s and peak memory at batch 8 and 16 x 1,280 on a LoRA model in train mode.
+
+    loss(model, ids, mask, prompt, temperature): per-token log-probs [N, C] or a scalar loss, over the
+    1,024 completion tokens of each row.
+    """
     import torch
 
-    from mathgrpo.grpo.logprobs import plain_token_logprobs, token_logprobs
-
     rows = []
-    fn = (lambda *a: token_logprobs(*a, chunk_tokens=1024)) if chunked else plain_token_logprobs
     for batch in (8, 16):
         ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
         mask = torch.ones_like(ids)
@@ -209,12 +217,12 @@ def time_fwdbwd(model, path: str, chunked: bool, **extra) -> list:
             for _ in range(3):
                 torch.cuda.synchronize()
                 t = time.perf_counter()
-                (fn(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
+                (loss(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
             wall = min(times[1:])
             row = {"path": path, **extra, "batch": batch, "seq": PROMPT + NEW, "tok_s": batch * (PROMPT + NEW) / wall,
-                   "s_per_iter": wall, "peak_gib": peak_gib()}
+                   "s_per_iter": wall, "peak_gib": peak_gib(), "peak_gb": peak_gib() * 2**30 / 1e9}
         except torch.cuda.OutOfMemoryError as err:
             row = {"path": path, "batch": batch, "error": f"OOM: {str(err)[:200]}"}
         model.zero_grad(set_to_none=True)
@@ -230,6 +238,7 @@ def phase_fwdbwd(args) -> list:
 
     from mathgrpo.config import LoraConfig, ModelConfig
     from mathgrpo.fused_lora import fuse_lora
+    from mathgrpo.grpo.logprobs import plain_token_logprobs
     from mathgrpo.model import add_lora, apply_liger
 
     rows = []
@@ -242,7 +251,7 @@ def phase_fwdbwd(args) -> list:
         if path == "ours":
             fuse_lora(model)
         model.train()
-        rows += time_fwdbwd(model, path, path == "ours", liger=liger)
+        rows += time_fwdbwd(model, path, completion_loss if path == "ours" else plain_token_logprobs, liger=liger)
         del model
         torch.cuda.empty_cache()
     return rows
@@ -331,7 +340,7 @@ def phase_unsloth(args) -> list:
             rows.append(step_row("ours (unsloth)", label, args.new, PROMPTS * G, run.train_step(), run))
             print(rows[-1], flush=True)
         run.model.train()
-        rows += time_fwdbwd(run.model, "ours (unsloth backend)", True)
+        rows += time_fwdbwd(run.model, "ours (unsloth backend)")
         del run
     except Exception as err:
         rows.append({"path": "ours (unsloth)", "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-1500:]})
@@ -355,9 +364,44 @@ def phase_unsloth(args) -> list:
     return rows
 
 
+def phase_unsloth_fwdbwd(args) -> list:
+    """Forward + backward on one model loaded and wrapped by our Unsloth backend (bf16 base, LoRA r32, Unsloth's
+    offloaded checkpointing), in a fresh process: Unsloth's own loss (its fused cross-entropy, labels on the
+    completion tokens only), then our chunked log-prob loss."""
+    os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
+    import unsloth  # noqa: F401  before transformers
+    import torch
+
+    from mathgrpo.config import LoraConfig, ModelConfig
+    from mathgrpo.unsloth_backend import add_lora_unsloth, load_unsloth
+
+    cfg = ModelConfig(name=MODEL_DIR, backend="unsloth", dtype="bfloat16", max_seq_length=PROMPT + NEW)
+    model, _ = load_unsloth(cfg, torch.bfloat16)
+    model = add_lora_unsloth(model, LoraConfig(r=R, alpha=2 * R, target_modules=TARGETS), cfg, seed=0)
+    model.train()
+
+    def unsloth_loss(model, ids, mask, prompt, temperature):
+        labels = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < prompt, -100)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    def ours_without_positions(model, ids, mask, prompt, temperature):
+        """Our loss with the body called as Unsloth's own forward calls it (no position ids; same positions here)."""
+        from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
+
+        body, head = model_parts(model)
+        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, prompt - 1 : -1]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
+
+    rows = time_fwdbwd(model, "Unsloth, its own loss", unsloth_loss)
+    rows += time_fwdbwd(model, "ours on the Unsloth backend")
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, no position ids", ours_without_positions)
+    return rows
+
+
 PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "capped": phase_capped, "capped_warm": phase_capped,
           "fwdbwd": phase_fwdbwd,
-          "trl_peft": phase_trl_peft, "unsloth": phase_unsloth}
+          "trl_peft": phase_trl_peft, "unsloth": phase_unsloth, "unsloth_fwdbwd": phase_unsloth_fwdbwd}
 
 
 # ---- the driver ---------------------------------------------------------------------------------
@@ -370,7 +414,7 @@ def run_phase(name: str, out: Path, timeout: float, *flags: str) -> list:
     t = time.perf_counter()
     try:
         env = dict(os.environ)
-        if name == "unsloth" and os.environ.get("UNSLOTH_SITE"):  # Unsloth's packages only where they are needed
+        if name.startswith("unsloth") and os.environ.get("UNSLOTH_SITE"):  # Unsloth's packages only where they are needed
             env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), os.environ["UNSLOTH_SITE"]])
         proc = subprocess.run(cmd, timeout=max(timeout, 5), env=env)
         rc = proc.returncode
@@ -406,13 +450,15 @@ def driver(args) -> None:
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
         ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
         ("capped", ["--cap", "13", "--new", "256"], 40, step),
+        ("unsloth_fwdbwd", [], 120, unsloth),
         ("unsloth", ["--new", "256", "--budget", "200"], 150, unsloth),
         ("fwdbwd", [], 70, step),
         ("trl_peft", ["--new", "256"], 90, step),
         ("trl_peft", ["--new", "1024", "--steps", "1"], 150, step),
+        ("unsloth", ["--new", "1024", "--budget", "300"], 240, unsloth),
     ]
     for name, flags, need, sink in plan:
-        if args.only and name not in args.only:
+        if args.only and name not in args.only and f"{name}/{' '.join(flags)}" not in args.only:
             continue
         left = args.deadline - (time.perf_counter() - T0)
         if left < need:
@@ -461,7 +507,8 @@ def main() -> None:
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
     p.add_argument("--extra", nargs="*", default=[])
-    p.add_argument("--only", nargs="*", default=[], help="run only these phases (build is needed on a fresh machine)")
+    p.add_argument("--only", nargs="*", default=[],
+                   help="run only these phases, by name or as name/flags ('trl_peft/--new 256'); build is needed on a fresh machine")
     args = p.parse_args()
     if not args.phase:
         return driver(args)

@@ -3,11 +3,12 @@ without offloaded checkpoints, and where the time goes.
 
 Subject: the Qwen3-4B shape with random bf16 weights built on the GPU, LoRA r32 / alpha 64 on all
 projections, gradient checkpointing, Liger's RMSNorm/SwiGLU/RoPE when installed, chunked log-probs
-(1,024 tokens a chunk; 512 in the last rows), batches of 8 and 16 x 1,280 tokens. Each row: tokens/s (best of the timed
-iterations after one warm-up) and peak allocated memory. Also: the offloaded checkpoints' adapter
-gradients against the on-GPU ones (same batch), and a kernel-time profile of one iteration.
+(1,024 tokens a chunk; 512 in some rows; the Triton head kernel, and once the torch path instead),
+cuDNN attention as training sets it (or both ways), batches of 8 and 16 x 1,280 tokens. Each row:
+tokens/s (best of the timed iterations after one warm-up) and peak allocated memory. Also: adapter
+gradients of each variant against the previous one (same batch), and a kernel-time profile of one iteration.
 
-    PYTHONPATH=src python3 benchmarks/train_speed.py --out $OUT
+    PYTHONPATH=src python3 benchmarks/train_speed.py --out $OUT [--skip-peft] [--cudnn both]
 """
 
 from __future__ import annotations
@@ -127,40 +128,59 @@ def profile(model, n: int, path: Path) -> dict:
 
 def main() -> None:
     from mathgrpo.fused_lora import fuse_lora
+    from mathgrpo.grpo import head_kernel
     from mathgrpo.offload import offload_checkpoints
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--no-liger", action="store_true")
+    p.add_argument("--skip-peft", action="store_true", help="no rows through PEFT's own LoRA forward")
+    p.add_argument("--cudnn", choices=("off", "on", "both"), default="on",
+                   help="PyTorch's cuDNN attention backend (on in training unless model.cudnn_attention=false); "
+                        "both: the fused rows with it off, then on (on for the rest)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, liger = build(not args.no_liger)
-    meta = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "liger": liger, "date": time.strftime("%Y-%m-%d")}
+    cudnn = ("off", "on") if args.cudnn == "both" else (args.cudnn,)
+    torch.backends.cuda.enable_cudnn_sdp(cudnn[0] == "on")
+    meta = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "liger": liger, "date": time.strftime("%Y-%m-%d"),
+            "cudnn_attention": args.cudnn}
     rows, checks, profiles = [], {}, {}
-    rows += [measure(model, "PEFT LoRA forward", n) for n in (8, 16)]
-    profiles["PEFT LoRA forward"] = profile(model, 16, out / "profile_peft.txt")
-    reference = adapter_grads(model)
-    again = adapter_grads(model)
-    checks["PEFT vs PEFT (same batch again), relative grad difference"] = float((again - reference).norm() / reference.norm())
+    reference = None
+    if not args.skip_peft:
+        rows += [measure(model, "PEFT LoRA forward", n) for n in (8, 16)]
+        profiles["PEFT LoRA forward"] = profile(model, 16, out / "profile_peft.txt")
+        reference = adapter_grads(model)
+        again = adapter_grads(model)
+        checks["PEFT vs PEFT (same batch again), relative grad difference"] = float((again - reference).norm() / reference.norm())
     fuse_lora(model)
     fused = adapter_grads(model)
-    checks["fused vs PEFT, relative grad difference"] = float((fused - reference).norm() / reference.norm())
-    rows += [measure(model, "fused LoRA", n) for n in (8, 16)]
+    if reference is not None:
+        checks["fused vs PEFT, relative grad difference"] = float((fused - reference).norm() / reference.norm())
+    for setting in cudnn:
+        torch.backends.cuda.enable_cudnn_sdp(setting == "on")
+        rows += [measure(model, f"fused LoRA, cuDNN attention {setting}", n) for n in (8, 16)]
     profiles["fused LoRA"] = profile(model, 16, out / "profile_fused.txt")
     offload_checkpoints(model)
     offloaded = adapter_grads(model)
     checks["offloaded vs on-GPU checkpoints, relative grad difference"] = float((offloaded - fused).norm() / fused.norm())
-    rows += [measure(model, "fused LoRA + offloaded checkpoints", n) for n in (8, 16)]
-    rows += [measure(model, "fused LoRA + offloaded checkpoints, 512-token log-prob chunks", n, chunk=512) for n in (8, 16)]
-    profiles["fused LoRA + offloaded checkpoints"] = profile(model, 16, out / "profile_offload.txt")
+    label = "fused LoRA + offloaded checkpoints"
+    rows += [measure(model, label, n) for n in (8, 16)]
+    profiles[label] = profile(model, 16, out / "profile_offload.txt")
+    rows += [measure(model, label + ", 512-token log-prob chunks", n, chunk=512) for n in (8, 16)]
+    head_kernel.available = lambda: False  # the torch path of the frozen-head log-probs, for comparison
+    torch_head = adapter_grads(model)
+    checks["torch head path vs Triton head kernel, relative grad difference"] = float((torch_head - offloaded).norm() / offloaded.norm())
+    rows += [measure(model, label + ", torch head path (no Triton kernel)", n) for n in (8, 16)]
     (out / "train_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "checks": checks, "profiles": profiles}, indent=1))
     print(f"\n{meta['card']}  liger={liger}")
     for r in rows:
         if "error" in r:
-            print(f"  {r['variant']:<62} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
+            print(f"  {r['variant']:<80} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
         else:
-            print(f"  {r['variant']:<62} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.1f} GiB")
+            print(f"  {r['variant']:<80} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.2f} GiB"
+                  f" ({r['peak_gib'] * 2**30 / 1e9:.2f} GB)")
     for k, v in checks.items():
         print(f"  {k}: {v:.2e}")
     for name, pr in profiles.items():
