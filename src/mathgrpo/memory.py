@@ -40,8 +40,9 @@ SAMPLING_ROWS = 4
 # CUDA context, cuBLAS/attention workspaces and allocator slack, bytes (GPU plans only).
 FIXED_OVERHEAD = int(1.5 * GIB)
 # Bytes per logits value in one chunk. Frozen head: bf16 head output, fp32 copy turned into the
-# softmax in place, its bf16 copy for the gradient GEMM. Trainable head (checkpointed chunk): bf16
-# output, fp32 copy, fp32 log-softmax, fp32 gradient in backward.
+# softmax in place, its bf16 copy for the gradient GEMM (the torch path; the Triton head kernel on a
+# GPU needs the bf16 output alone, so this is an upper bound there). Trainable head (checkpointed
+# chunk): bf16 output, fp32 copy, fp32 log-softmax, fp32 gradient in backward.
 LOGIT_BYTES = 2 + 4 + 2
 LOGIT_BYTES_TRAINABLE_HEAD = 2 + 4 + 4 + 4
 
