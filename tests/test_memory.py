@@ -115,3 +115,23 @@ def test_nonpositive_budget_refused():
 
     with pytest.raises(ConfigError, match="grpo.max_memory_gb"):
         load_config("tiny-cpu", ["grpo.max_memory_gb=0"])
+
+
+def test_weight_snapshots_stay_on_the_gpu_only_where_the_rollout_still_fits():
+    """Qwen3-4B's 7.3 GB of merged projections: kept on an 80 GB card for 8 x 8 at 2,048 tokens, not at 24 GiB
+    (the rollout would no longer fit one call) nor under 13 GiB at 512 tokens; never without a plan or LoRA."""
+    from mathgrpo.grpo.trainer import snapshots_fit
+
+    s = qwen3_4b()
+    need = 36 * 2 * s.hidden * (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + 3 * s.intermediate)
+    ref = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
+                                   "rollout.max_new_tokens=1792"])
+    assert snapshots_fit(ref, plan_memory(s, 75 * GIB), need, True, 0)
+    assert not snapshots_fit(ref, plan_memory(s, 24 * GIB), need, True, 0)
+    short = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=512",
+                                     "rollout.max_new_tokens=256"])
+    assert snapshots_fit(short, plan_memory(s, 24 * GIB), need, True, 0)
+    assert not snapshots_fit(short, plan_memory(s, 13 * GIB), need, True, 0)
+    assert not snapshots_fit(short, None, need, True, 0) and not snapshots_fit(short, plan_memory(s, 75 * GIB), 0, True, 0)
+    plan = plan_memory(s, 20 * GIB)
+    assert plan.rollout_batch(512, 256, 8, held=need) < plan.rollout_batch(512, 256, 8)

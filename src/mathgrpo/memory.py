@@ -122,13 +122,14 @@ class MemoryPlan:
         free = self.budget - self.resident - self.logits_chunk - held
         return max(free // max(seq_tokens * self.train_per_token, 1), 0)
 
-    def rollout_batch(self, seq_tokens: int, new_tokens: Optional[int] = None, group: int = 1) -> int:
+    def rollout_batch(self, seq_tokens: int, new_tokens: Optional[int] = None, group: int = 1, held: int = 0) -> int:
         """Sequences of up to `seq_tokens` tokens (prompt + completion) one generate call can hold.
 
         new_tokens / group: when the engine caches a prompt once for its `group` samples, only the
         new_tokens completion positions are per sequence; the prompt's share is divided by the group.
+        held: bytes the engine keeps besides, e.g. device copies of the base weights.
         """
-        free = self.budget - self.resident
+        free = self.budget - self.resident - held
         prompt = seq_tokens - new_tokens if new_tokens is not None else 0
         cached = seq_tokens - prompt + -(-prompt // group)
         per_seq = cached * self.rollout_per_token + self.rollout_per_sequence

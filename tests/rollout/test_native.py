@@ -204,6 +204,76 @@ def test_lora_merge_leaves_base_weights_bit_identical_over_many_rollouts():
             assert torch.equal(p, base[n]), f"{n} drifted"
 
 
+def test_lora_merge_with_snapshots_beside_the_weights_restores_exactly():
+    """Snapshots kept on the weights' device (a GPU in training; the CPU here): the base stays bit-identical,
+    one snapshot per merged weight is reused while nothing else writes the weight, retaken after a write,
+    and dropped on request."""
+    from mathgrpo.rollout.weights import LoraMerge, merged_weight_bytes
+
+    model, _ = build_tiny(0)
+    peft_model = randomised_lora(model.to(torch.bfloat16))
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
+    merger = LoraMerge(on_device=True)
+    for _ in range(3):
+        with merger.merged(peft_model):
+            pass
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.add_(0.01)
+    for n, p in peft_model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), f"{n} drifted"
+    snaps = {k: v[2] for k, v in merger._snapshots.items()}
+    assert sum(s.numel() * s.element_size() for s in snaps.values()) == merged_weight_bytes(peft_model) > 0
+    weight = peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    with torch.no_grad():
+        weight.add_(1.0)  # someone else writes the base: the next merge takes a new snapshot of it
+    with merger.merged(peft_model):
+        pass
+    assert merger._snapshots[id(weight)][2] is not snaps[id(weight)]
+    assert torch.equal(weight, base["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] + 1.0)
+    assert merger.device_bytes() == 0  # CPU copies: no GPU memory held
+    merger.drop()
+    assert not merger._snapshots
+
+
+def test_engine_keeps_snapshots_on_the_device_only_on_a_gpu():
+    """The engine's switch does nothing on the CPU; release() leaves host snapshots alone."""
+    model, tok = build_tiny(0)
+    engine = NativeEngine(randomised_lora(model), tok, [])
+    engine.snapshots_on_device = True
+    assert not engine.snapshots_on_device and engine.snapshot_bytes() > 0
+    engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=2, temperature=1.0))
+    kept = dict(engine._merger._snapshots)
+    engine.release()
+    assert engine._merger._snapshots == kept and engine.held_bytes() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_engine_snapshots_on_the_gpu_restore_exactly_and_count_as_held():
+    """On a GPU: device snapshots restore the base bit for bit over many rollouts, count in held_bytes, and go
+    with release(), after which the next rollout takes them again."""
+    model, tok = build_tiny(0)
+    peft_model = randomised_lora(model.to(torch.bfloat16)).cuda()
+    base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
+    engine = NativeEngine(peft_model, tok, [], seed=0)
+    engine.snapshots_on_device = True
+    for step in range(5):
+        engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=2, temperature=1.0))
+        assert engine.held_bytes() >= engine.snapshot_bytes() > 0
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.add_(0.01 * torch.randn_like(p))
+        if step == 2:
+            engine.release()
+            assert engine.held_bytes() == 0
+    for n, p in peft_model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), f"{n} drifted"
+
+
 def test_llama_greedy_matches_transformers():
     _, tok = build_tiny(0)
     cfg = LlamaConfig(

@@ -45,6 +45,18 @@ def token_limit(cfg: Config, width: int) -> int:
     return max(1, tokens // width) if tokens else 1 << 30
 
 
+def snapshots_fit(cfg: Config, plan: Optional[MemoryPlan], need: int, shares_prompt: bool, batch: int) -> bool:
+    """Whether `need` bytes of base-weight copies can stay on the GPU (restoring the weights after a merged-LoRA
+    rollout is then a device copy, not a transfer of every projection from host memory) while the plan still
+    fits the engine's rollout batch (`batch`; 0 = the whole step) in one generate call at model.max_seq_length."""
+    if plan is None or not need:
+        return False
+    group = cfg.grpo.num_generations if shares_prompt else 1
+    new = min(cfg.rollout.max_new_tokens, cfg.model.max_seq_length)
+    wanted = batch or cfg.grpo.prompts_per_step * cfg.grpo.num_generations
+    return plan.rollout_batch(cfg.model.max_seq_length, new, group, held=need) >= wanted
+
+
 def offload_wanted(cfg: Config, plan: Optional[MemoryPlan]) -> bool:
     """model.offload_checkpoints=null on one process with the default backend: offload when the memory plan
     cannot fit the micro-batch the step wants at max_seq_length (all its completions, or as many as
@@ -123,6 +135,7 @@ class GRPORun:
         self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok))
         self.engine.batch_size = self._rollout_batch_size()
+        self._place_snapshots()
         g = cfg.grpo
         self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
         self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
@@ -240,6 +253,17 @@ class GRPORun:
             raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
                                   "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")
         return min(fits, self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations)
+
+    def _place_snapshots(self) -> None:
+        """Keep the native engine's copies of the LoRA-merged base weights on the GPU when rollout.device_snapshots
+        says so, or (null) when `snapshots_fit`."""
+        if not hasattr(self.engine, "snapshots_on_device"):
+            return
+        wanted = self.cfg.rollout.device_snapshots
+        if wanted is None:
+            wanted = snapshots_fit(self.cfg, self.plan, self.engine.snapshot_bytes(), self.engine.shares_prompt_cache,
+                                   self.engine.batch_size)
+        self.engine.snapshots_on_device = wanted
 
     def _micro_size(self, batch: RolloutBatch) -> int:
         """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width (at most

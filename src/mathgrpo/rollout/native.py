@@ -25,7 +25,7 @@ from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
 from .sampling import sample
-from .weights import LoraMerge, ModelWeights, collect
+from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
@@ -218,11 +218,32 @@ class NativeEngine(RolloutEngine):
         return out
 
     def held_bytes(self) -> int:
-        """Bytes of the KV cache kept for the next call (graphs are captured over it)."""
-        return self._cache.nbytes() if self._cache is not None else 0
+        """Bytes kept on the device for the next call: the KV cache (graphs are captured over it) and the
+        base-weight snapshots of the LoRA merge when they live there."""
+        return (self._cache.nbytes() if self._cache is not None else 0) + self._merger.device_bytes()
+
+    @property
+    def snapshots_on_device(self) -> bool:
+        """Keep the LoRA merge's exact copies of the base weights on the GPU (memory for speed; see weights.py)."""
+        return self._merger.on_device
+
+    @snapshots_on_device.setter
+    def snapshots_on_device(self, value: bool) -> None:
+        self._merger.on_device = value and self.device.type == "cuda"
+
+    def snapshot_bytes(self) -> int:
+        """Device bytes snapshots_on_device would keep for the model's active adapters (0 without LoRA merging)."""
+        return merged_weight_bytes(self.model) if self.lora == "merge" else 0
 
     def release(self) -> None:
-        """Drop the cache and its graphs; the next call allocates and captures again (~0.1 s once compiled)."""
+        """Free what held_bytes counts: the cache with its graphs, and device snapshots; the next call
+        allocates and captures again (~0.1 s once compiled) and retakes the snapshots (a device copy)."""
+        if self._merger.on_device:
+            self._merger.drop()
+        self._release_cache()
+
+    def _release_cache(self) -> None:
+        """Drop the cache and its graphs."""
         self._cache = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -265,7 +286,7 @@ class NativeEngine(RolloutEngine):
             return self._cache
         # One cache at a time: a cache held for another batch size would sit beside this one in
         # memory the budget did not plan for (seen: a 16-row cache next to a 48-row one at 24 GiB).
-        self.release()
+        self._release_cache()
         self._cache = _Slab(w, batch, groups, width, new, self.stop_ids, self.attention == "triton")
         return self._cache
 
