@@ -141,6 +141,7 @@ def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) ->
     if run is not None:
         row["engine"] = run.engine.name
         row["rollout_batch"] = getattr(run.engine, "batch_size", None)
+        row["snapshots_on_device"] = getattr(run.engine, "snapshots_on_device", None)
         row["chunk_tokens"] = run.chunk_tokens
         norm = run.model.get_base_model().model.norm
         row["liger"] = "liger" in (type(norm).__name__ + str(getattr(norm, "forward", ""))).lower()
@@ -465,7 +466,7 @@ def driver(args) -> None:
             sink["rows"].append({"phase": name, "flags": flags, "skipped": f"{left:.0f} s left, needs ~{need} s"})
             continue
         t = time.perf_counter()
-        rows = run_phase(name, out, left - 5, *flags)
+        rows = run_phase(name, out, left - 5, *flags, *(["--extra", *args.extra] if args.extra and name != "build" else []))
         for r in rows:
             r.setdefault("phase_s", round(time.perf_counter() - t, 1))
         sink["rows"].extend(rows)
@@ -506,7 +507,7 @@ def main() -> None:
     p.add_argument("--no-liger", action="store_true")
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
-    p.add_argument("--extra", nargs="*", default=[])
+    p.add_argument("--extra", nargs="*", default=[], help="config overrides for our runs (the driver passes them to every phase)")
     p.add_argument("--only", nargs="*", default=[],
                    help="run only these phases, by name or as name/flags ('trl_peft/--new 256'); build is needed on a fresh machine")
     args = p.parse_args()
