@@ -43,8 +43,9 @@ def _chunk_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor, temp
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
-def _chunk_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grads) -> torch.Tensor:
-    """log p(target) of a [n, H] chunk through an fp32 copy of its logits; fills `grads` ([n, H] or None)."""
+def _chunk_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grad: bool) -> tuple:
+    """(log p(target) [n], softmax - onehot [n, V] in the weight's dtype or None) of a [n, H] chunk, through an
+    fp32 copy of its logits."""
     t = targets[:, None]
     logits = (hidden @ weight.t()).float()  # [n, V]
     if scale != 1.0:
@@ -53,19 +54,16 @@ def _chunk_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
     picked = logits.gather(1, t) - top
     probs = logits.sub_(top).exp_()  # in place: one fp32 [n, V] buffer per chunk
     total = probs.sum(dim=1, keepdim=True)
-    if grads is not None:
-        probs.div_(total).scatter_add_(1, t, torch.full_like(picked, -1.0))  # softmax - onehot
-        grads.copy_((probs.to(weight.dtype) @ weight).mul_(-1.0 / scale))
-    return (picked - total.log()).squeeze(1)
+    delta = None
+    if grad:
+        delta = probs.div_(total).scatter_add_(1, t, torch.full_like(picked, -1.0)).to(weight.dtype)  # softmax - onehot
+    return (picked - total.log()).squeeze(1), delta
 
 
-def _chunk_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grads) -> torch.Tensor:
+def _chunk_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, grad: bool) -> tuple:
     """The same through one Triton pass that turns the logits (model dtype) into softmax - onehot in place."""
     logits = hidden @ weight.t()
-    out = head_kernel.logprob_grad_(logits, targets, scale, grads is not None)
-    if grads is not None:
-        grads.copy_((logits @ weight).mul_(-1.0 / scale))
-    return out
+    return head_kernel.logprob_grad_(logits, targets, scale, grad), logits if grad else None
 
 
 class FrozenHeadLogProb(torch.autograd.Function):
@@ -81,7 +79,9 @@ class FrozenHeadLogProb(torch.autograd.Function):
         chunk = _chunk_fused if hidden.is_cuda and head_kernel.available() else _chunk_torch
         for lo in range(0, hidden.shape[0], chunk_tokens):
             part = slice(lo, lo + chunk_tokens)
-            out[part] = chunk(hidden[part], weight, targets[part], scale, None if grads is None else grads[part])
+            out[part], delta = chunk(hidden[part], weight, targets[part], scale, grads is not None)
+            if delta is not None:  # d logp / d hidden = (onehot - softmax) W / temperature
+                torch.mm(delta, weight, out=grads[part]).mul_(-1.0 / scale)
         ctx.save_for_backward(grads)
         return out
 

@@ -45,16 +45,22 @@ def token_limit(cfg: Config, width: int) -> int:
     return max(1, tokens // width) if tokens else 1 << 30
 
 
+def rollout_fits(cfg: Config, plan: MemoryPlan, shares_prompt: bool, held: int = 0) -> int:
+    """Sequences of model.max_seq_length tokens one generate call holds under `plan` (prompts counted once per
+    group where the engine shares them), beside `held` bytes the engine keeps."""
+    group = cfg.grpo.num_generations if shares_prompt else 1
+    new = min(cfg.rollout.max_new_tokens, cfg.model.max_seq_length)
+    return plan.rollout_batch(cfg.model.max_seq_length, new, group, held=held)
+
+
 def snapshots_fit(cfg: Config, plan: Optional[MemoryPlan], need: int, shares_prompt: bool, batch: int) -> bool:
     """Whether `need` bytes of base-weight copies can stay on the GPU (restoring the weights after a merged-LoRA
     rollout is then a device copy, not a transfer of every projection from host memory) while the plan still
     fits the engine's rollout batch (`batch`; 0 = the whole step) in one generate call at model.max_seq_length."""
     if plan is None or not need:
         return False
-    group = cfg.grpo.num_generations if shares_prompt else 1
-    new = min(cfg.rollout.max_new_tokens, cfg.model.max_seq_length)
     wanted = batch or cfg.grpo.prompts_per_step * cfg.grpo.num_generations
-    return plan.rollout_batch(cfg.model.max_seq_length, new, group, held=need) >= wanted
+    return rollout_fits(cfg, plan, shares_prompt, held=need) >= wanted
 
 
 def offload_wanted(cfg: Config, plan: Optional[MemoryPlan]) -> bool:
@@ -246,9 +252,7 @@ class GRPORun:
         generate call of this engine hold."""
         if self.cfg.rollout.batch_size or self.plan is None:
             return self.cfg.rollout.batch_size
-        group = self.cfg.grpo.num_generations if self.engine.shares_prompt_cache else 1
-        new = min(self.cfg.rollout.max_new_tokens, self.cfg.model.max_seq_length)
-        fits = self.plan.rollout_batch(self.cfg.model.max_seq_length, new, group)
+        fits = rollout_fits(self.cfg, self.plan, self.engine.shares_prompt_cache)
         if fits < 1:
             raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
                                   "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")
