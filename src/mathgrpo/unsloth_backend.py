@@ -12,6 +12,11 @@ Two things about importing it:
 - Unsloth checks at import that torchvision's compiled operators load, and refuses to import when
   they don't (CPU wheels whose `torchvision::nms` is missing). mathgrpo never uses torchvision, so
   the check is switched off (UNSLOTH_SKIP_TORCHVISION_CHECK=1) unless the environment sets it.
+
+Padding: on a GPU, Unsloth's decoder body drops the attention mask in training mode (exact for
+right padding only) unless the causal-LM forward was called without labels just before, or the
+body carries `_unsloth_keep_padding_mask`. Our log-probs call the body directly on left-padded
+prompts, so every model this backend loads carries that flag (`keep_padding_mask`).
 """
 
 from __future__ import annotations
@@ -114,7 +119,21 @@ def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"Unsloth cannot load model {cfg.name!r}: {err}") from None
+    keep_padding_mask(model)
     return model, prepare_tokenizer(model, tok)
+
+
+def keep_padding_mask(model: Any) -> int:
+    """Make Unsloth's decoder bodies in `model` honour the attention mask in training mode; returns how many.
+
+    Without the flag, left-padded rows attend to their pad tokens while training (their log-probs and
+    gradients differ from the rollout's and eval's), since our log-probs bypass the causal-LM forward
+    whose label-less calls would keep the mask. The bodies are the modules with `embed_tokens`.
+    """
+    bodies = [m for m in model.modules() if hasattr(m, "embed_tokens")]
+    for body in bodies:
+        body._unsloth_keep_padding_mask = True
+    return len(bodies)
 
 
 def _checkpointing(cfg: ModelConfig) -> Any:
@@ -154,4 +173,5 @@ def load_adapter_unsloth(adapter_dir: Path, cfg: ModelConfig) -> tuple:
     for name, p in model.named_parameters():
         if "lora_" in name:
             p.requires_grad_(True)
+    keep_padding_mask(model)
     return model, prepare_tokenizer(model, tok)
