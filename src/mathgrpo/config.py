@@ -57,10 +57,12 @@ class ModelConfig:
     )
     cudnn_attention: bool = _f(
         True,
-        "Let PyTorch's SDPA use its cuDNN backend while training on a GPU (the fastest there). With a padding "
-        "mask its backward returns NaN gradients at sequence lengths of 64 mod 128 on H100/H200 under torch "
-        "2.11+ (pytorch/pytorch#196678), so training batches of such widths get 8 more masked columns. "
-        "false = the backend off (on an H100 here forward + backward ran 18-25% slower on left-padded batches, 4-5% on unpadded ones).",
+        "Let PyTorch's SDPA use its cuDNN backend while training on a GPU (the fastest there). Training batches "
+        "run without a mask (rows rotated past their padding). With a padding mask its backward returns NaN "
+        "gradients at sequence lengths of 64 mod 128 on H100/H200 under torch 2.11+ (pytorch/pytorch#196678), "
+        "so a batch that still needs one (a row with a hole in its mask) gets 8 more masked columns at such "
+        "widths. false = the backend off (on an H100 here forward + backward ran 18-25% slower on masked "
+        "batches, 4-5% on unmasked ones).",
     )
     use_liger: Optional[bool] = _f(
         None,

@@ -11,7 +11,7 @@ softmax. A trainable or sharded head instead checkpoints each chunk and recomput
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -98,6 +98,24 @@ def _frozen_plain_head(head: Any) -> bool:
             and type(head.weight.data) is torch.Tensor)  # a sharded (FSDP) weight is a DTensor
 
 
+def right_aligned(attention_mask: torch.Tensor, prompt_width: int) -> Optional[tuple]:
+    """(left padding [N], gather index [N, W]) that rotates each row left past its padding, when that
+    leaves every row as [real tokens, pads]; None when some row's real tokens are not one run, or its
+    prompt is all padding (no position predicts its first completion token).
+
+    Rotated so, causal attention needs no mask and positions are 0, 1, ... as `position_ids_from_mask`
+    gives them in place: the same results. Masked attention (any mask with zeros) runs much slower:
+    15% of a forward + backward on the H100 with every other row padded by 37 of 1,280 tokens.
+    """
+    pad = prompt_width - attention_mask[:, :prompt_width].sum(dim=1)
+    width = attention_mask.shape[1]
+    cols = (torch.arange(width, device=attention_mask.device)[None] + pad[:, None]) % width
+    rotated = attention_mask.gather(1, cols)
+    if not bool((rotated[:, 1:] <= rotated[:, :-1]).all() & (pad < prompt_width).all()):
+        return None
+    return pad, cols
+
+
 def token_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -110,15 +128,10 @@ def token_logprobs(
 
     input_ids, attention_mask: [N, P + C], prompts left-padded to P, completions right-padded.
     temperature: the sampling temperature, so the log-probs are those of the sampling distribution.
+    The rows run through the model rotated past their left padding (no mask, see `right_aligned`).
     """
     body, head = model_parts(model)
-    extra = safe_attention_width(input_ids.shape[1]) - input_ids.shape[1]
-    if extra:  # masked columns on the left, before the prompt
-        input_ids = torch.nn.functional.pad(input_ids, (extra, 0))
-        attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0))
-        prompt_width += extra
-    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
-    hidden = out.last_hidden_state[:, prompt_width - 1 : -1]  # [N, C, H] predicts tokens P..P+C-1
+    hidden = _completion_hidden(body, input_ids, attention_mask, prompt_width)  # [N, C, H] predicts P..P+C-1
     targets = input_ids[:, prompt_width:]  # [N, C]
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
@@ -132,6 +145,24 @@ def token_logprobs(
         else:
             pieces.append(_chunk_logprobs(head, h, t, temperature))
     return torch.cat(pieces).view_as(targets)
+
+
+def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """The body's hidden states at the positions that predict each completion token: [N, C, H]."""
+    aligned = right_aligned(attention_mask, prompt_width)
+    if aligned is not None:
+        pad, cols = aligned
+        last = body(input_ids=input_ids.gather(1, cols)).last_hidden_state
+        completion = input_ids.shape[1] - prompt_width
+        at = (prompt_width - 1 - pad)[:, None] + torch.arange(completion, device=input_ids.device)[None]  # [N, C]
+        return last.gather(1, at[..., None].expand(-1, -1, last.shape[-1]))
+    extra = safe_attention_width(input_ids.shape[1]) - input_ids.shape[1]
+    if extra:  # masked columns on the left, before the prompt
+        input_ids = torch.nn.functional.pad(input_ids, (extra, 0))
+        attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0))
+        prompt_width += extra
+    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return out.last_hidden_state[:, prompt_width - 1 : -1]
 
 
 def plain_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, temperature: float = 1.0) -> torch.Tensor:
