@@ -199,11 +199,12 @@ def completion_loss(model, ids, mask, prompt: int, temperature: float):
     return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024)
 
 
-def time_fwdbwd(model, path: str, loss=completion_loss, **extra) -> list:
+def time_fwdbwd(model, path: str, loss=completion_loss, pad: int = 0, **extra) -> list:
     """Forward + backward tok/s and peak memory at batch 8 and 16 x 1,280 on a LoRA model in train mode.
 
     loss(model, ids, mask, prompt, temperature): per-token log-probs [N, C] or a scalar loss, over the
-    1,024 completion tokens of each row.
+    1,024 completion tokens of each row. `pad`: every other row's prompt starts with that many masked
+    (left-padding) positions, as in a real rollout batch; tok/s still counts every position.
     """
     import torch
 
@@ -211,6 +212,9 @@ def time_fwdbwd(model, path: str, loss=completion_loss, **extra) -> list:
     for batch in (8, 16):
         ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
         mask = torch.ones_like(ids)
+        mask[1::2, :pad] = 0
+        if pad:
+            extra = {**extra, "left_pad": pad}
         adv = torch.randn(batch, 1, device="cuda")
         try:
             times = []
@@ -394,10 +398,59 @@ def phase_unsloth_fwdbwd(args) -> list:
         flat = hidden.reshape(-1, hidden.shape[-1])
         return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
 
+    def unsloth_grpo_call(model, ids, mask, prompt, temperature):
+        """The body as Unsloth's GRPO trainer calls it: the causal LM without labels (so a left-padded batch keeps
+        its mask), hidden states returned in place of logits (UNSLOTH_RETURN_HIDDEN_STATES); our head loss after."""
+        from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
+
+        os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = "1"
+        try:
+            hidden = model(input_ids=ids, attention_mask=mask).logits[:, prompt - 1 : -1]
+        finally:
+            del os.environ["UNSLOTH_RETURN_HIDDEN_STATES"]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        head = model_parts(model)[1]
+        return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
+
     rows = time_fwdbwd(model, "Unsloth, its own loss", unsloth_loss)
     rows += time_fwdbwd(model, "ours on the Unsloth backend")
     rows += time_fwdbwd(model, "ours on the Unsloth backend, no position ids", ours_without_positions)
+    rows.append(profile_fwdbwd(model, "ours on the Unsloth backend", "unsloth_ours"))
+    rows.append(profile_fwdbwd(model, "Unsloth, its own loss", "unsloth_own", unsloth_loss))
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows (rotated, no mask)", pad=37)
+    rows += time_fwdbwd(model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
+                        unsloth_grpo_call, pad=37)
+    import mathgrpo.grpo.logprobs as logprobs
+
+    rotation, logprobs.right_aligned = logprobs.right_aligned, lambda *a: None
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows, masked", pad=37)
+    logprobs.right_aligned = rotation
+    from mathgrpo.offload import offload_checkpoints
+
+    layers = offload_checkpoints(model)  # our host offload in place of Unsloth's, same layers and kernels
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, our offloaded checkpoints", offloaded_layers=layers)
+    rows.append(profile_fwdbwd(model, "ours on the Unsloth backend, our offloaded checkpoints", "unsloth_ours_offload"))
     return rows
+
+
+def profile_fwdbwd(model, path: str, name: str, loss=completion_loss, batch: int = 16) -> dict:
+    """Kernel time of one forward + backward at `batch` x 1,280 by category; the top kernels go to
+    grpo_step_profile_<name>.txt in $OUT (or the temporary folder)."""
+    import torch
+
+    from _subject import kernel_profile
+
+    ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
+    mask, adv = torch.ones_like(ids), torch.randn(batch, 1, device="cuda")
+
+    def run():
+        (loss(model, ids, mask, PROMPT, 1.0) * adv).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    out = Path(os.environ.get("OUT", tempfile.gettempdir())) / f"grpo_step_profile_{name}.txt"
+    row = {"path": path, "profile": str(out), "batch": batch, "seq": PROMPT + NEW, **kernel_profile(run, out)}
+    print(row, flush=True)
+    return row
 
 
 PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "capped": phase_capped, "capped_warm": phase_capped,
@@ -466,7 +519,8 @@ def driver(args) -> None:
             sink["rows"].append({"phase": name, "flags": flags, "skipped": f"{left:.0f} s left, needs ~{need} s"})
             continue
         t = time.perf_counter()
-        rows = run_phase(name, out, left - 5, *flags, *(["--extra", *args.extra] if args.extra and name != "build" else []))
+        passed = (["--masked"] if args.masked else []) + (["--extra", *args.extra] if args.extra else [])
+        rows = run_phase(name, out, left - 5, *flags, *(passed if name != "build" else []))
         for r in rows:
             r.setdefault("phase_s", round(time.perf_counter() - t, 1))
         sink["rows"].extend(rows)
@@ -489,6 +543,9 @@ def print_table(rows: list, card: str) -> None:
                   f"peak {r.get('peak_memory_gb') or 0:.1f} GiB")
         elif "tok_s" in r:
             print(f"  fwd+bwd {r['path']:<20} {r['batch']} x {r['seq']}: {r['tok_s']:,.0f} tok/s, peak {r['peak_gib']:.1f} GiB")
+        elif "by_category_ms" in r:
+            cats = ", ".join(f"{k} {v:.0f}" for k, v in r["by_category_ms"].items())
+            print(f"  profile {r['path']} {r['batch']} x {r['seq']}: kernels {r['kernel_ms']:.0f} ms ({cats})")
 
 
 def main() -> None:
@@ -507,6 +564,7 @@ def main() -> None:
     p.add_argument("--no-liger", action="store_true")
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
+    p.add_argument("--masked", action="store_true", help="log-probs through the masked path, rows not rotated (A/B; the driver passes it to every phase)")
     p.add_argument("--extra", nargs="*", default=[], help="config overrides for our runs (the driver passes them to every phase)")
     p.add_argument("--only", nargs="*", default=[],
                    help="run only these phases, by name or as name/flags ('trl_peft/--new 256'); build is needed on a fresh machine")
@@ -514,8 +572,14 @@ def main() -> None:
     if not args.phase:
         return driver(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.masked:  # the log-probs' masked path for every batch (no rotation), for A/B runs
+        import mathgrpo.grpo.logprobs as logprobs
+
+        logprobs.right_aligned = lambda *a: None
     try:
         rows = PHASES[args.phase](args)
+        for r in rows:
+            r["masked_logprobs"] = args.masked
     except Exception as err:
         rows = [{"phase": args.phase, "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-2000:]}]
         print(rows[0]["trace"], flush=True)

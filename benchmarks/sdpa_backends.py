@@ -3,12 +3,13 @@ how fast is forward + backward?
 
 Why: pytorch/pytorch#196678 reports NaN query gradients from the cuDNN SDPA backward on H100/H200
 (torch 2.11+) when an attention mask is passed, the sequence length is 64 mod 128 and some query
-row's log-sum-exp is very negative (a fully masked row is). Our micro-batches are left-padded, so
-their first rows are fully masked. Training keeps the backend (the fastest) and runs batches of
-such widths 8 columns wider (`safe_attention_width`); `model.cudnn_attention=false` turns it off.
-This script checks both on the Qwen3-4B shape (random bf16 weights, LoRA r32 fused, gradient
-checkpointing, Liger when installed) at widths that are and are not 64 mod 128: cuDNN on without
-the wider batches (the bug), cuDNN on with them (the default), cuDNN off; and times each.
+row's log-sum-exp is very negative (a fully masked row is). Our rollout micro-batches are left-padded.
+The log-probs now rotate each row past its padding and pass no mask at all (`right_aligned`; the
+default row below); a batch that cannot be rotated is passed masked, and at such widths 8 columns
+wider (`safe_attention_width`); `model.cudnn_attention=false` turns the backend off. This script checks
+each on the Qwen3-4B shape (random bf16 weights, LoRA r32 fused, gradient checkpointing, Liger when
+installed) at widths that are and are not 64 mod 128: rotated without a mask (the default), masked
+with cuDNN without the wider batches (the bug), masked with them, masked with cuDNN off; and times each.
 
     PYTHONPATH=src python3 benchmarks/sdpa_backends.py --out $OUT/sdpa_backends.json
     PYTHONPATH=src python benchmarks/sdpa_backends.py --smoke     # tiny shapes on CPU: checks the script runs
@@ -86,11 +87,12 @@ def main() -> None:
     widths = (64, 72) if args.smoke else WIDTHS
     import mathgrpo.grpo.logprobs as logprobs
 
-    guarded = logprobs.safe_attention_width
+    guarded, rotation = logprobs.safe_attention_width, logprobs.right_aligned
     rows = []
-    for cudnn, guard in ((True, False), (True, True), (False, True)):
+    for cudnn, guard, rotate in ((True, True, True), (True, False, False), (True, True, False), (False, True, False)):
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
         logprobs.safe_attention_width = guarded if guard else (lambda width: width)
+        logprobs.right_aligned = rotation if rotate else (lambda *a: None)  # None: the masked path
         for width in widths:
             one_pass(model, vocab, width, device)  # warm-up: kernels, plans
             times, finite = [], True
@@ -98,7 +100,7 @@ def main() -> None:
                 seconds, ok = one_pass(model, vocab, width, device)
                 times.append(seconds)
                 finite = finite and ok
-            rows.append({"cudnn_sdp": cudnn, "wider_at_64_mod_128": guard, "width": width, "width_mod_128": width % 128, "grads_finite": finite,
+            rows.append({"rotated_no_mask": rotate, "cudnn_sdp": cudnn, "wider_at_64_mod_128": guard, "width": width, "width_mod_128": width % 128, "grads_finite": finite,
                          "tok_s": BATCH * width / min(times), "s_per_pass": min(times)})
             print(rows[-1], flush=True)
     report = {"card": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
@@ -106,9 +108,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"\n{report['card']}  torch {report['torch']}")
-    print(f"{'cuDNN':>6} {'wider':>6} {'width':>6} {'mod 128':>7} {'finite':>7} {'tok/s':>9}")
+    print(f"{'rotated':>7} {'cuDNN':>6} {'wider':>6} {'width':>6} {'mod 128':>7} {'finite':>7} {'tok/s':>9}")
     for r in rows:
-        print(f"{str(r['cudnn_sdp']):>6} {str(r['wider_at_64_mod_128']):>6} {r['width']:>6} {r['width_mod_128']:>7} "
+        print(f"{str(r['rotated_no_mask']):>7} {str(r['cudnn_sdp']):>6} {str(r['wider_at_64_mod_128']):>6} {r['width']:>6} {r['width_mod_128']:>7} "
               f"{str(r['grads_finite']):>7} {r['tok_s']:>9,.0f}")
 
 

@@ -4,7 +4,8 @@ without offloaded checkpoints, and where the time goes.
 Subject: the Qwen3-4B shape with random bf16 weights built on the GPU, LoRA r32 / alpha 64 on all
 projections, gradient checkpointing, Liger's RMSNorm/SwiGLU/RoPE when installed, chunked log-probs
 (1,024 tokens a chunk; 512 in some rows; the Triton head kernel, and once the torch path instead),
-cuDNN attention as training sets it (or both ways), batches of 8 and 16 x 1,280 tokens. Each row:
+cuDNN attention as training sets it (or both ways), batches of 8 and 16 x 1,280 tokens (once with every
+other row left-padded by 37, as rollout batches are). Each row:
 tokens/s (best of the timed iterations after one warm-up) and peak allocated memory. Also: adapter
 gradients of each variant against the previous one (same batch), and a kernel-time profile of one iteration.
 
@@ -20,16 +21,9 @@ from pathlib import Path
 
 import torch
 
-from _subject import QWEN3_4B
+from _subject import QWEN3_4B, kernel_profile
 
 SEQ, R = 1280, 32
-CATEGORIES = (  # kernel-name substrings, first match wins
-    ("attention", ("flash", "fmha", "attention")),
-    ("GEMM", ("gemm", "nvjet", "sm90_xmma", "cutlass", "matmul", "splitk")),
-    ("log-softmax / cross-entropy", ("softmax", "logsumexp", "gather", "scatter")),
-    ("copies / casts", ("copy", "cast", "convert", "cat")),
-    ("norm / rope / swiglu (Liger, Triton)", ("rms", "rope", "swiglu", "silu", "triton")),
-)
 
 
 def build(liger: bool):
@@ -59,15 +53,18 @@ def step(model, ids, mask, adv, chunk: int = 1024):
     (token_logprobs(model, ids, mask, 256, 1.0, chunk) * adv).mean().backward()
 
 
-def batch(n: int, seed: int = 0):
+def batch(n: int, seed: int = 0, pad: int = 0):
+    """(ids, mask, advantages) of n random rows; every other row starts with `pad` masked positions."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     ids = torch.randint(3, QWEN3_4B["vocab_size"], (n, SEQ), device="cuda", generator=g)
-    return ids, torch.ones_like(ids), torch.randn(n, 1, device="cuda", generator=g)
+    mask = torch.ones_like(ids)
+    mask[1::2, :pad] = 0
+    return ids, mask, torch.randn(n, 1, device="cuda", generator=g)
 
 
-def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024) -> dict:
-    """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations."""
-    args = batch(n)
+def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024, pad: int = 0) -> dict:
+    """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations (`pad`: see batch)."""
+    args = batch(n, pad=pad)
     try:
         step(model, *args, chunk)
         torch.cuda.synchronize()
@@ -101,29 +98,13 @@ def adapter_grads(model) -> torch.Tensor:
 
 def profile(model, n: int, path: Path) -> dict:
     """Kernel time of one iteration by category (ms), the top kernels written to `path`."""
-    from torch.profiler import ProfilerActivity, profile as prof
-
     args = batch(n)
-    step(model, *args)
-    model.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    with prof(activities=[ProfilerActivity.CUDA]) as p:
+
+    def run():
         step(model, *args)
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t
-    model.zero_grad(set_to_none=True)
-    events = [e for e in p.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
-    sums: dict = {}
-    for e in events:
-        ms = getattr(e, "self_device_time_total", 0) / 1000
-        name = e.key.lower()
-        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other elementwise / reductions")
-        sums[cat] = sums.get(cat, 0.0) + ms
-    path.write_text(p.key_averages().table(sort_by="self_device_time_total", row_limit=40))
-    total = sum(sums.values())
-    return {"batch": n, "wall_ms_profiled": wall * 1000, "kernel_ms": total,
-            "by_category_ms": dict(sorted(sums.items(), key=lambda kv: -kv[1]))}
+        model.zero_grad(set_to_none=True)
+
+    return {"batch": n, **kernel_profile(run, path)}
 
 
 def main() -> None:
@@ -168,6 +149,7 @@ def main() -> None:
     label = "fused LoRA + offloaded checkpoints"
     rows += [measure(model, label, n) for n in (8, 16)]
     profiles[label] = profile(model, 16, out / "profile_offload.txt")
+    rows += [measure(model, label + ", every other row left-padded by 37", n, pad=37) for n in (8, 16)]
     rows += [measure(model, label + ", 512-token log-prob chunks", n, chunk=512) for n in (8, 16)]
     head_kernel.available = lambda: False  # the torch path of the frozen-head log-probs, for comparison
     torch_head = adapter_grads(model)
