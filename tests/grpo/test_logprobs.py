@@ -159,3 +159,24 @@ def test_right_aligned_rotates_padding_and_declines_other_masks():
     empty = mask.clone()
     empty[0, :3] = 0
     assert right_aligned(empty, 3) is None
+
+
+def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results(monkeypatch):
+    """On a GPU a rotated batch is right-padded to a multiple of WIDTH_MULTIPLE (here forced on the CPU at 16):
+    the body sees the rounded width, the log-probs and gradients are those of the plain path."""
+    import mathgrpo.grpo.logprobs as lp
+
+    assert lp.width_multiple(torch.device("cpu")) == 1 and lp.width_multiple(torch.device("cuda")) == lp.WIDTH_MULTIPLE == 64
+    assert [lp.pass_width(w, torch.device("cuda")) for w in (1277, 1280, 1281)] == [1280, 1280, 1344]
+    assert lp.pass_width(37, torch.device("cpu")) == 37
+    monkeypatch.setattr(lp, "width_multiple", lambda device: 16)
+    model = _lora_model(7)
+    torch.manual_seed(4)
+    ids = torch.randint(3, 100, (3, 37))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    mask[2, -6:] = 0
+    seen, results = _widths_and_results(model, ids, mask, 20)
+    assert seen[1] == (48, None)
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-5)

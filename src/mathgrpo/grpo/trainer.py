@@ -35,7 +35,7 @@ from ..rollout.seeded import sequence_seed
 from ..tracking import MetricsWriter, truncate_after
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
-from .logprobs import token_logprobs
+from .logprobs import pass_width, token_logprobs
 from .loss import LossSettings, policy_loss
 
 
@@ -270,7 +270,7 @@ class GRPORun:
         self.engine.snapshots_on_device = wanted
 
     def _micro_size(self, batch: RolloutBatch) -> int:
-        """grpo.micro_batch_size, or (0) what the memory plan fits at this batch's padded width (at most
+        """grpo.micro_batch_size, or (0) what the memory plan fits at the width this batch runs at (at most
         grpo.micro_batch_tokens tokens), or the whole batch.
 
         Under FSDP every rank must run as many forward/backward passes as the others (each pass
@@ -278,7 +278,7 @@ class GRPORun:
         """
         if self.cfg.grpo.micro_batch_size or self.plan is None:
             return self.cfg.grpo.micro_batch_size or len(batch)
-        width = batch.input_ids.shape[1]
+        width = pass_width(batch.input_ids.shape[1], batch.input_ids.device)
         if dist.is_sharded(self.model):
             width = max(dist.gather(width))
         wanted = min(len(batch), token_limit(self.cfg, width))
