@@ -70,12 +70,13 @@ def build_and_save() -> dict:
     return {"saved": MODEL_DIR, "params": sum(p.numel() for p in model.parameters())}
 
 
-def prompts(n: int, length: int = PROMPT, seed: int = 0) -> list:
-    """`n` prompts of exactly `length` made-up tokens."""
+def prompts(n: int, length: int = PROMPT, seed: int = 0, ragged: bool = False) -> list:
+    """`n` prompts of exactly `length` made-up tokens; `ragged`: prompt i is (i * 37) % 64 tokens shorter, so
+    rollout batches are left-padded as real ones are."""
     import random
 
     rng = random.Random(seed)
-    return [" ".join(f"t{rng.randrange(3, 151936)}" for _ in range(length)) for _ in range(n)]
+    return [" ".join(f"t{rng.randrange(3, 151936)}" for _ in range(length - (i * 37 % 64 if ragged else 0))) for i in range(n)]
 
 
 def peak_reset() -> None:
@@ -102,8 +103,8 @@ def cap(gb: float) -> None:
 
 # ---- phases ---------------------------------------------------------------------------------------
 
-def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list):
-    """A GRPORun on the saved model with the benchmark's settings."""
+def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged: bool = False):
+    """A GRPORun on the saved model with the benchmark's settings (`ragged`: prompts of varying length)."""
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
     from mathgrpo.grpo.trainer import GRPORun
@@ -113,7 +114,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list):
             f"rollout.max_new_tokens={new}", "rollout.temperature=1.0", f"grpo.prompts_per_step={prompts_n}",
             f"grpo.num_generations={g}", "run.progress=false", "run.sample_every=100000", "rollout.engine=auto", "model.gradient_checkpointing=true", *extra]
     cfg = load_config("tiny-cpu", over)
-    probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(prompts(64))]
+    probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(prompts(64, ragged=ragged))]
     run = GRPORun(cfg, Path("/tmp/bench-run"), probs, probs[:1])
     run.engine.stop_ids = []  # forced length
     return run
@@ -122,7 +123,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list):
 def phase_ours(args) -> list:
     """Our step: a warm-up step, then timed steps at 256 + 1,024 and (after one step at the new shapes)
     at 256 + 256 for the TRL rows."""
-    run = ours_run(args.backend, NEW, PROMPTS, G, args.extra)
+    run = ours_run(args.backend, NEW, PROMPTS, G, args.extra, args.ragged)
     rows = []
     for label, new in (("warm-up (compile, capture)", NEW), ("timed", NEW), ("first at 256", 256), ("timed", 256)):
         run.params = type(run.params)(max_new_tokens=new, temperature=1.0)
@@ -519,7 +520,8 @@ def driver(args) -> None:
             sink["rows"].append({"phase": name, "flags": flags, "skipped": f"{left:.0f} s left, needs ~{need} s"})
             continue
         t = time.perf_counter()
-        passed = (["--masked"] if args.masked else []) + (["--extra", *args.extra] if args.extra else [])
+        passed = [f for f, on in (("--masked", args.masked), ("--ragged", args.ragged)) if on] + (["--extra", *args.extra] if args.extra else [])
+        passed += ["--width-multiple", str(args.width_multiple)] if args.width_multiple else []
         rows = run_phase(name, out, left - 5, *flags, *(passed if name != "build" else []))
         for r in rows:
             r.setdefault("phase_s", round(time.perf_counter() - t, 1))
@@ -565,6 +567,8 @@ def main() -> None:
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
     p.add_argument("--masked", action="store_true", help="log-probs through the masked path, rows not rotated (A/B; the driver passes it to every phase)")
+    p.add_argument("--width-multiple", type=int, default=0, help="override logprobs.WIDTH_MULTIPLE (1 = no rounding; A/B; passed to every phase)")
+    p.add_argument("--ragged", action="store_true", help="our step phase: prompts of 193-256 tokens (left-padded batches; passed to every phase)")
     p.add_argument("--extra", nargs="*", default=[], help="config overrides for our runs (the driver passes them to every phase)")
     p.add_argument("--only", nargs="*", default=[],
                    help="run only these phases, by name or as name/flags ('trl_peft/--new 256'); build is needed on a fresh machine")
@@ -572,14 +576,16 @@ def main() -> None:
     if not args.phase:
         return driver(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    if args.masked:  # the log-probs' masked path for every batch (no rotation), for A/B runs
-        import mathgrpo.grpo.logprobs as logprobs
+    import mathgrpo.grpo.logprobs as logprobs
 
+    if args.masked:  # the log-probs' masked path for every batch (no rotation), for A/B runs
         logprobs.right_aligned = lambda *a: None
+    if args.width_multiple:
+        logprobs.WIDTH_MULTIPLE = args.width_multiple
     try:
         rows = PHASES[args.phase](args)
         for r in rows:
-            r["masked_logprobs"] = args.masked
+            r["masked_logprobs"], r["ragged_prompts"], r["width_multiple"] = args.masked, args.ragged, logprobs.WIDTH_MULTIPLE
     except Exception as err:
         rows = [{"phase": args.phase, "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-2000:]}]
         print(rows[0]["trace"], flush=True)
