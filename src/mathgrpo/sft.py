@@ -58,7 +58,8 @@ def collate(examples: list, pad_id: int, device: torch.device) -> tuple:
     """(input_ids, labels) right-padded to the longest example; labels are -100 on prompt and padding.
 
     No attention mask: with the padding on the right, causal attention never lets a real token see a
-    pad, so the model runs unmasked (the fast attention path; any mask with zeros costs ~15% on the H100).
+    pad, so the model runs unmasked (any mask with zeros sends attention to its slower masked path:
+    15-19% of a GRPO forward + backward on the H100).
     """
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
