@@ -10,7 +10,7 @@ QWEN3_4B = {
 CATEGORIES = (  # kernel-name substrings, first match wins
     ("attention", ("flash", "fmha", "attention")),
     ("GEMM", ("gemm", "nvjet", "sm90_xmma", "cutlass", "matmul", "splitk")),
-    ("log-softmax / cross-entropy", ("softmax", "logsumexp", "gather", "scatter", "cross_entropy", "head_")),
+    ("log-softmax / cross-entropy", ("softmax", "logsumexp", "gather", "scatter", "cross_entropy", "logprob")),
     ("copies / casts", ("copy", "cast", "convert", "cat")),
     ("norm / rope / swiglu (Liger, Unsloth, Triton)", ("rms", "rope", "swiglu", "silu", "triton", "layernorm")),
 )

@@ -210,12 +210,12 @@ def time_fwdbwd(model, path: str, loss=completion_loss, pad: int = 0, **extra) -
     import torch
 
     rows = []
+    if pad:
+        extra = {**extra, "left_pad": pad}
     for batch in (8, 16):
         ids = torch.randint(3, 151936, (batch, PROMPT + NEW), device="cuda")
         mask = torch.ones_like(ids)
         mask[1::2, :pad] = 0
-        if pad:
-            extra = {**extra, "left_pad": pad}
         adv = torch.randn(batch, 1, device="cuda")
         try:
             times = []
@@ -390,28 +390,28 @@ def phase_unsloth_fwdbwd(args) -> list:
         labels = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < prompt, -100)
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
+    from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
+
+    def head_logprobs(model, hidden, ids, prompt, temperature):
+        """Our frozen-head log-probs of the completion tokens from the hidden states that predict them [N, C, H]."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        head = model_parts(model)[1]
+        return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
+
     def ours_without_positions(model, ids, mask, prompt, temperature):
         """Our loss with the body called as Unsloth's own forward calls it (no position ids; same positions here)."""
-        from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
-
-        body, head = model_parts(model)
-        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, prompt - 1 : -1]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
+        hidden = model_parts(model)[0](input_ids=ids, attention_mask=mask).last_hidden_state[:, prompt - 1 : -1]
+        return head_logprobs(model, hidden, ids, prompt, temperature)
 
     def unsloth_grpo_call(model, ids, mask, prompt, temperature):
         """The body as Unsloth's GRPO trainer calls it: the causal LM without labels (so a left-padded batch keeps
         its mask), hidden states returned in place of logits (UNSLOTH_RETURN_HIDDEN_STATES); our head loss after."""
-        from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
-
         os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = "1"
         try:
             hidden = model(input_ids=ids, attention_mask=mask).logits[:, prompt - 1 : -1]
         finally:
             del os.environ["UNSLOTH_RETURN_HIDDEN_STATES"]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        head = model_parts(model)[1]
-        return FrozenHeadLogProb.apply(flat, head.weight, ids[:, prompt:].reshape(-1), temperature, 1024).view(ids.shape[0], -1)
+        return head_logprobs(model, hidden, ids, prompt, temperature)
 
     rows = time_fwdbwd(model, "Unsloth, its own loss", unsloth_loss)
     rows += time_fwdbwd(model, "ours on the Unsloth backend")

@@ -234,17 +234,6 @@ def training_attention(cfg: ModelConfig, device: torch.device) -> bool:
     return True
 
 
-def safe_attention_width(width: int) -> int:
-    """The width to run a padded training batch of `width` tokens at: 8 more where width % 128 == 64.
-
-    At those widths cuDNN's SDPA backward returns NaN query gradients when an attention mask is passed
-    (pytorch/pytorch#196678, H100/H200, torch 2.11+; measured here at 704 and 1,344, clean at 1,280 and
-    1,300). Eight masked columns more avoid them and keep the width a multiple of 8 (one more, an odd
-    width, made the pass 3-7% slower on the H100); it costs 8 tokens a row on one width in 128.
-    """
-    return width + 8 if width % 128 == 64 else width
-
-
 def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
     """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on."""
     if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):

@@ -15,8 +15,9 @@ Two things about importing it:
 
 Padding: on a GPU, Unsloth's decoder body drops the attention mask in training mode (exact for
 right padding only) unless the causal-LM forward was called without labels just before, or the
-body carries `_unsloth_keep_padding_mask`. Our log-probs call the body directly on left-padded
-prompts, so every model this backend loads carries that flag (`keep_padding_mask`).
+body carries `_unsloth_keep_padding_mask`. Our log-probs call the body directly; most batches go
+rotated and unmasked, but those that cannot (a hole in the mask) pass a left-padding mask, so
+every model this backend loads carries that flag (`keep_padding_mask`).
 """
 
 from __future__ import annotations
@@ -126,9 +127,9 @@ def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
 def keep_padding_mask(model: Any) -> int:
     """Make Unsloth's decoder bodies in `model` honour the attention mask in training mode; returns how many.
 
-    Without the flag, left-padded rows attend to their pad tokens while training (their log-probs and
-    gradients differ from the rollout's and eval's), since our log-probs bypass the causal-LM forward
-    whose label-less calls would keep the mask. The bodies are the modules with `embed_tokens`.
+    Without the flag, left-padded rows passed with a mask attend to their pad tokens while training (their
+    log-probs and gradients differ from the rollout's and eval's), since our log-probs bypass the causal-LM
+    forward whose label-less calls would keep the mask. The bodies are the modules with `embed_tokens`.
     """
     bodies = [m for m in model.modules() if hasattr(m, "embed_tokens")]
     for body in bodies:

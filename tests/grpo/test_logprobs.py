@@ -180,3 +180,10 @@ def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results(monkeypatch):
     assert seen[1] == (48, None)
     assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
+
+
+def test_safe_attention_width_skips_64_mod_128():
+    """Widths of 64 mod 128 (cuDNN's NaN widths, pytorch#196678) get 8 more columns; others stay."""
+    from mathgrpo.grpo.logprobs import safe_attention_width
+
+    assert [safe_attention_width(w) for w in (64, 704, 1344, 65, 128, 1280, 1300, 63)] == [72, 712, 1352, 65, 128, 1280, 1300, 63]
