@@ -86,3 +86,23 @@ def test_fuse_twice_patches_once():
     """Fusing an already fused model changes nothing."""
     _, fused, _ = _pair()
     assert fuse_lora(fused) == 0
+
+
+def test_lora_linear_with_bias_and_any_scale_matches_the_formula():
+    """LoraLinear on its own, with a bias and a scale that is not a power of two: values and the gradients of
+    x, A and B equal autograd through x W^T + b + s (x A^T) B^T in float64."""
+    from mathgrpo.fused_lora import LoraLinear
+
+    gen = torch.Generator().manual_seed(3)
+    x, w, bias = (torch.randn(2, 5, 16, generator=gen, dtype=torch.float64), torch.randn(12, 16, generator=gen, dtype=torch.float64),
+                  torch.randn(12, generator=gen, dtype=torch.float64))
+    a, b = torch.randn(4, 16, generator=gen, dtype=torch.float64), torch.randn(12, 4, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 5, 12, generator=gen, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (x, a, b)]
+    LoraLinear.apply(leaves[0], w, bias, leaves[1], leaves[2], 0.7).backward(g)
+    ref = [t.clone().requires_grad_() for t in (x, a, b)]
+    out = ref[0] @ w.t() + bias + 0.7 * (ref[0] @ ref[1].t()) @ ref[2].t()
+    out.backward(g)
+    assert torch.allclose(LoraLinear.apply(x, w, bias, a, b, 0.7), out.detach())
+    for got, want in zip(leaves, ref):
+        assert torch.allclose(got.grad, want.grad)

@@ -135,3 +135,31 @@ def test_left_padded_rows_in_training_mode_on_gpu(monkeypatch):
     lp.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_lora_gemm_order_is_patched_equal_and_steps_aside():
+    """Loading through the backend routes Unsloth's LoRA GEMMs through ours (low-rank product first); it computes
+    what Unsloth's does, also compiled (Unsloth compiles its decoder blocks), and hands Unsloth's own the calls it
+    does not cover (gradients recorded: ours has no backward). Restoring undoes it."""
+    from unsloth.kernels import fast_lora
+
+    from mathgrpo.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
+
+    _sharp_tiny_unsloth([])
+    patched = fast_lora.matmul_lora
+    original = patched.unsloth_original
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(2, 5, 16, generator=gen), torch.randn(12, 16, generator=gen)
+    a, b = torch.randn(4, 16, generator=gen), torch.randn(12, 4, generator=gen)
+    with torch.no_grad():
+        want = original(x, w, None, a, b, 0.7)
+        assert torch.allclose(patched(x, w, None, a, b, 0.7), want, atol=1e-5)
+        compiled = torch.compile(lambda t: patched(t, w, None, a, b, 0.7), backend="aot_eager", fullgraph=True)
+        assert torch.allclose(compiled(x), want, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    patched(xg, w, None, a, b, 0.7).sum().backward()
+    assert torch.allclose(xg.grad, (w + 0.7 * b @ a).sum(0).expand_as(x), atol=1e-4)
+    assert reorder_lora_matmul() and fast_lora.matmul_lora is patched  # idempotent
+    restore_lora_matmul()
+    assert fast_lora.matmul_lora is original
+    assert reorder_lora_matmul() and fast_lora.matmul_lora is not original

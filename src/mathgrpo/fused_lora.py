@@ -1,13 +1,16 @@
-"""LoRA linear layers as one autograd function: the base GEMM with the low-rank update added in place.
+"""LoRA linear layers as one autograd function: the low-rank update, with the base GEMM accumulated onto it.
 
 PEFT computes `base(x) + lora_B(lora_A(x)) * scale` with the adapter weights in fp32 (it upcasts
 bf16 adapters), so on a bf16 model every projection casts its input to fp32, runs two fp32 GEMMs,
 and writes the sum through fp32 temporaries before casting back: several full passes over
 activation-sized tensors per projection, forward, recompute and backward. Here the adapters are
-cast to the compute dtype once per call (they are tiny), `x A^T` is one small GEMM, and `B` is
-accumulated straight into the base output (`addmm_`); backward is four GEMMs and one in-place
-accumulate, with nothing activation-sized in fp32. Adapter gradients come out of bf16 GEMMs (fp32
-accumulation) and are stored in the adapters' own dtype, as under `torch.autocast`.
+cast to the compute dtype once per call (they are tiny), `x A^T` is one small GEMM, and nothing
+activation-sized is in fp32. The low-rank product `s (x A^T) B^T` is written first and the base GEMM
+accumulates onto it (`addmm_`, beta 1): the large GEMM reads the small one's output in its epilogue,
+where the other order costs a separate memory-bound read and write of the whole output (3-5% of a
+forward + backward of the Qwen3-4B shape on an H100); `dx` is built the same way in backward. Adapter
+gradients come out of bf16 GEMMs (fp32 accumulation) and are stored in the adapters' own dtype, as
+under `torch.autocast`.
 
 The PEFT modules stay as they are (same parameters, same save format); only their forward is
 swapped, and it falls back to PEFT's own whenever the call is not the plain case (adapter
@@ -27,13 +30,13 @@ class LoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale):
-        """The base GEMM, then the low-rank update accumulated into its output."""
+        """The low-rank update first, then the base GEMM accumulated onto it."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [T, in]
         a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # [r, in], [out, r]
-        xa = x2 @ a.t()  # [T, r]
-        out = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
-        out.addmm_(xa, b.t(), alpha=scale)
+        xa = (x2 @ a.t()).mul_(scale)  # [T, r], scaled here where it is small
+        out = torch.addmm(bias, xa, b.t()) if bias is not None else xa @ b.t()
+        out.addmm_(x2, weight.t())
         ctx.save_for_backward(x2, weight, a, b, xa)
         ctx.scale, ctx.shape, ctx.adapter_dtypes = scale, shape, (lora_a.dtype, lora_b.dtype)
         return out.view(*shape[:-1], out.shape[-1])
@@ -46,11 +49,11 @@ class LoraLinear(torch.autograd.Function):
         g_xa = (g @ b).mul_(ctx.scale)  # [T, r]
         dx = da = db = None
         if ctx.needs_input_grad[0]:
-            dx = (g @ weight).addmm_(g_xa, a).view(ctx.shape)
+            dx = (g_xa @ a).addmm_(g, weight).view(ctx.shape)
         if ctx.needs_input_grad[3]:
             da = (g_xa.t() @ x2).to(ctx.adapter_dtypes[0])
         if ctx.needs_input_grad[4]:
-            db = (g.t() @ xa).mul_(ctx.scale).to(ctx.adapter_dtypes[1])
+            db = (g.t() @ xa).to(ctx.adapter_dtypes[1])
         return dx, None, None, da, db, None
 
 

@@ -3,6 +3,8 @@
 Unsloth patches transformers' model classes with its own kernels, loads the frozen base in 4-bit
 when asked, and brings its own gradient checkpointing. Everything else stays ours: the rollout
 engines, rewards, loss and checkpoints; the adapter is a PEFT LoRA adapter saved in PEFT's format.
+One change inside Unsloth's kernels: the forward GEMMs of its LoRA layers on 16-bit weights run in our
+order (`reorder_lora_matmul`), the low-rank product first, as `fused_lora` does on the default backend.
 
 Two things about importing it:
 - Unsloth must be imported before transformers and PEFT, or it warns that some of its patches
@@ -137,6 +139,74 @@ def keep_padding_mask(model: Any) -> int:
     return len(bodies)
 
 
+@torch.library.custom_op("mathgrpo::lora_first_matmul", mutates_args=())
+def lora_first_matmul(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """x W^T + scale (x A^T) B^T, the low-rank product written first and the base GEMM accumulated onto it.
+
+    An opaque operator, so that Unsloth's compiled decoder blocks call it as it is: traced, its in-place
+    accumulate would be rewritten out of place (a copy per call). Forward only (no autograd formula): it
+    runs inside Unsloth's LoRA autograd functions, whose backward is their own.
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    xa = (x2 @ lora_a.to(x.dtype).t()).mul_(scale)
+    out = (xa @ lora_b.to(x.dtype).t()).addmm_(x2, weight.t())
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@lora_first_matmul.register_fake
+def _lora_first_matmul_shape(x, weight, lora_a, lora_b, scale):
+    """Output shape for tracing: [..., out_features]."""
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _lora_matmul(original: Any) -> Any:
+    """Unsloth's `matmul_lora` with the low-rank product first where the weight is plain (`lora_first_matmul`).
+
+    Unsloth writes `X W^T`, then adds `s (X A^T) B^T` in place: a second full read and write of the output,
+    memory-bound. The other order writes the output once in the small GEMM and lets the large one add it in
+    its epilogue (as `fused_lora.LoraLinear` does). Quantized or FP8 weights, calls without an adapter, into
+    `out` or with gradients recorded go to Unsloth's own.
+    """
+
+    def lora_matmul(X, W, W_quant, A, B, s, out=None, use_global_buffer=True):
+        if (W_quant is not None or A is None or out is not None or type(W) not in (torch.Tensor, torch.nn.Parameter)
+                or W.dtype != X.dtype or (torch.is_grad_enabled() and (X.requires_grad or A.requires_grad))):
+            return original(X, W, W_quant, A, B, s, out=out, use_global_buffer=use_global_buffer)
+        return lora_first_matmul(X, W, A, B, float(s))
+
+    lora_matmul.unsloth_original = original
+    return lora_matmul
+
+
+def reorder_lora_matmul() -> bool:
+    """Route Unsloth's LoRA kernels' forward GEMMs through `_lora_matmul`; True when the patch is in place.
+
+    Process-wide (Unsloth's autograd functions read the name from their module); idempotent. False when
+    this Unsloth has no `fast_lora.matmul_lora` of the expected form, which then runs unchanged.
+    """
+    import inspect
+
+    from unsloth.kernels import fast_lora
+
+    current = getattr(fast_lora, "matmul_lora", None)
+    if current is None:
+        return False
+    if hasattr(current, "unsloth_original"):
+        return True
+    if list(inspect.signature(current).parameters)[:6] != ["X", "W", "W_quant", "A", "B", "s"]:
+        return False
+    fast_lora.matmul_lora = _lora_matmul(current)
+    return True
+
+
+def restore_lora_matmul() -> None:
+    """Undo `reorder_lora_matmul` (for A/B measurements)."""
+    from unsloth.kernels import fast_lora
+
+    fast_lora.matmul_lora = getattr(fast_lora.matmul_lora, "unsloth_original", fast_lora.matmul_lora)
+
+
 def _checkpointing(cfg: ModelConfig) -> Any:
     """Unsloth's own gradient checkpointing (offloads saved activations) when model.gradient_checkpointing is on."""
     return "unsloth" if cfg.gradient_checkpointing else False
@@ -145,6 +215,7 @@ def _checkpointing(cfg: ModelConfig) -> Any:
 def add_lora_unsloth(model: Any, lora: LoraConfig, cfg: ModelConfig, seed: int) -> Any:
     """Fresh LoRA adapters through FastLanguageModel.get_peft_model with our settings (a PEFT model)."""
     FastLanguageModel = import_unsloth()
+    reorder_lora_matmul()
     return FastLanguageModel.get_peft_model(
         model,
         r=lora.r,
@@ -175,4 +246,5 @@ def load_adapter_unsloth(adapter_dir: Path, cfg: ModelConfig) -> tuple:
         if "lora_" in name:
             p.requires_grad_(True)
     keep_padding_mask(model)
+    reorder_lora_matmul()
     return model, prepare_tokenizer(model, tok)
