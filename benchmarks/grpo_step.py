@@ -373,7 +373,8 @@ def phase_unsloth(args) -> list:
 def phase_unsloth_fwdbwd(args) -> list:
     """Forward + backward on one model loaded and wrapped by our Unsloth backend (bf16 base, LoRA r32, Unsloth's
     offloaded checkpointing), in a fresh process: Unsloth's own loss (its fused cross-entropy, labels on the
-    completion tokens only), then our chunked log-prob loss."""
+    completion tokens only) with Unsloth's LoRA GEMMs as it ships them, then our chunked log-prob loss with
+    and without our order of those GEMMs (`reorder_lora_matmul`), and Unsloth's loss with it too."""
     os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
     import unsloth  # noqa: F401  before transformers
     import torch
@@ -413,14 +414,27 @@ def phase_unsloth_fwdbwd(args) -> list:
             del os.environ["UNSLOTH_RETURN_HIDDEN_STATES"]
         return head_logprobs(model, hidden, ids, prompt, temperature)
 
+    from mathgrpo.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
+
+    restore_lora_matmul()  # Unsloth as it ships
     rows = time_fwdbwd(model, "Unsloth, its own loss", unsloth_loss)
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, Unsloth's LoRA GEMM order", lora_order="unsloth")
+    assert reorder_lora_matmul()  # as our backend runs it: the low-rank product first
     rows += time_fwdbwd(model, "ours on the Unsloth backend")
+    rows += time_fwdbwd(model, "Unsloth, its own loss, with our LoRA GEMM order", unsloth_loss, lora_order="ours")
+    restore_lora_matmul()
+    rows += time_fwdbwd(model, "Unsloth, its own loss (again)", unsloth_loss)
+    reorder_lora_matmul()
     rows += time_fwdbwd(model, "ours on the Unsloth backend, no position ids", ours_without_positions)
     rows.append(profile_fwdbwd(model, "ours on the Unsloth backend", "unsloth_ours"))
+    restore_lora_matmul()
     rows.append(profile_fwdbwd(model, "Unsloth, its own loss", "unsloth_own", unsloth_loss))
+    reorder_lora_matmul()
     rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows (rotated, no mask)", pad=37)
+    restore_lora_matmul()
     rows += time_fwdbwd(model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
                         unsloth_grpo_call, pad=37)
+    reorder_lora_matmul()
     import mathgrpo.grpo.logprobs as logprobs
 
     rotation, logprobs.right_aligned = logprobs.right_aligned, lambda *a: None
@@ -505,7 +519,7 @@ def driver(args) -> None:
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
         ("capped", ["--cap", "16", "--new", "1792", "--prompts", "4", "--g", "4"], 40, step),
         ("capped", ["--cap", "13", "--new", "256"], 40, step),
-        ("unsloth_fwdbwd", [], 120, unsloth),
+        ("unsloth_fwdbwd", [], 240, unsloth),
         ("unsloth", ["--new", "256", "--budget", "200"], 150, unsloth),
         ("fwdbwd", [], 70, step),
         ("trl_peft", ["--new", "256"], 90, step),
