@@ -187,8 +187,10 @@ def reorder_lora_matmul() -> bool:
     """
     import inspect
 
-    from unsloth.kernels import fast_lora
-
+    try:
+        from unsloth.kernels import fast_lora
+    except ImportError:  # a layout of Unsloth without this module: its kernels run as they are
+        return False
     current = getattr(fast_lora, "matmul_lora", None)
     if current is None:
         return False
