@@ -11,7 +11,7 @@ CATEGORIES = (  # kernel-name substrings, first match wins
     ("attention", ("flash", "fmha", "attention")),
     ("GEMM", ("gemm", "nvjet", "sm90_xmma", "cutlass", "matmul", "splitk")),
     ("log-softmax / cross-entropy", ("softmax", "logsumexp", "gather", "scatter", "cross_entropy", "logprob")),
-    ("copies / casts", ("copy", "cast", "convert", "cat")),
+    ("copies / casts", ("copy", "memcpy", "cast", "convert", "cat")),  # Memcpy HtoD/DtoH: host offload
     ("norm / rope / swiglu (Liger, Unsloth, Triton)", ("rms", "rope", "swiglu", "silu", "triton", "layernorm")),
 )
 

@@ -416,25 +416,26 @@ def phase_unsloth_fwdbwd(args) -> list:
 
     from mathgrpo.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
 
-    restore_lora_matmul()  # Unsloth as it ships
-    rows = time_fwdbwd(model, "Unsloth, its own loss", unsloth_loss)
-    rows += time_fwdbwd(model, "ours on the Unsloth backend, Unsloth's LoRA GEMM order", lora_order="unsloth")
-    assert reorder_lora_matmul()  # as our backend runs it: the low-rank product first
+    def shipped(measure, *args, **kw):
+        """measure(*args, **kw) with Unsloth's LoRA GEMMs as it ships them; our order (the backend's) again after."""
+        restore_lora_matmul()
+        try:
+            return measure(*args, **kw)
+        finally:
+            reorder_lora_matmul()
+
+    assert reorder_lora_matmul()  # the backend put the low-rank product first when it added the adapters
+    rows = shipped(time_fwdbwd, model, "Unsloth, its own loss", unsloth_loss)
+    rows += shipped(time_fwdbwd, model, "ours on the Unsloth backend, Unsloth's LoRA GEMM order", lora_order="unsloth")
     rows += time_fwdbwd(model, "ours on the Unsloth backend")
     rows += time_fwdbwd(model, "Unsloth, its own loss, with our LoRA GEMM order", unsloth_loss, lora_order="ours")
-    restore_lora_matmul()
-    rows += time_fwdbwd(model, "Unsloth, its own loss (again)", unsloth_loss)
-    reorder_lora_matmul()
+    rows += shipped(time_fwdbwd, model, "Unsloth, its own loss (again)", unsloth_loss)
     rows += time_fwdbwd(model, "ours on the Unsloth backend, no position ids", ours_without_positions)
     rows.append(profile_fwdbwd(model, "ours on the Unsloth backend", "unsloth_ours"))
-    restore_lora_matmul()
-    rows.append(profile_fwdbwd(model, "Unsloth, its own loss", "unsloth_own", unsloth_loss))
-    reorder_lora_matmul()
+    rows.append(shipped(profile_fwdbwd, model, "Unsloth, its own loss", "unsloth_own", unsloth_loss))
     rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows (rotated, no mask)", pad=37)
-    restore_lora_matmul()
-    rows += time_fwdbwd(model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
-                        unsloth_grpo_call, pad=37)
-    reorder_lora_matmul()
+    rows += shipped(time_fwdbwd, model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
+                    unsloth_grpo_call, pad=37)
     import mathgrpo.grpo.logprobs as logprobs
 
     rotation, logprobs.right_aligned = logprobs.right_aligned, lambda *a: None

@@ -7,7 +7,7 @@ activation-sized tensors per projection, forward, recompute and backward. Here t
 cast to the compute dtype once per call (they are tiny), `x A^T` is one small GEMM, and nothing
 activation-sized is in fp32. The low-rank product `s (x A^T) B^T` is written first and the base GEMM
 accumulates onto it (`addmm_`, beta 1): the large GEMM reads the small one's output in its epilogue,
-where the other order costs a separate memory-bound read and write of the whole output (3-5% of a
+where the other order costs a separate memory-bound read and write of the whole output (2-5% of a
 forward + backward of the Qwen3-4B shape on an H100); `dx` is built the same way in backward. Adapter
 gradients come out of bf16 GEMMs (fp32 accumulation) and are stored in the adapters' own dtype, as
 under `torch.autocast`.

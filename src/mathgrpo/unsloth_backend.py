@@ -171,7 +171,7 @@ def _lora_matmul(original: Any) -> Any:
 
     def lora_matmul(X, W, W_quant, A, B, s, out=None, use_global_buffer=True):
         if (W_quant is not None or A is None or out is not None or type(W) not in (torch.Tensor, torch.nn.Parameter)
-                or W.dtype != X.dtype or (torch.is_grad_enabled() and (X.requires_grad or A.requires_grad))):
+                or W.dtype != X.dtype or (torch.is_grad_enabled() and any(t.requires_grad for t in (X, W, A, B)))):
             return original(X, W, W_quant, A, B, s, out=out, use_global_buffer=use_global_buffer)
         return lora_first_matmul(X, W, A, B, float(s))
 
