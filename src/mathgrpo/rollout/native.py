@@ -100,6 +100,7 @@ class _Slab:
         self.nlen = torch.zeros(batch, dtype=torch.long, device=device)  # [B] tokens kept per row
         self.out_tok = torch.zeros(batch, self.length, dtype=torch.long, device=device)  # [B, S]
         self.out_lp = torch.zeros(batch, self.length, dtype=torch.float32, device=device)  # [B, S]
+        self.out_plp = torch.zeros(batch, self.length, dtype=torch.float32, device=device)  # [B, S] unfiltered policy
         self.stops = torch.tensor(stops or [-1], dtype=torch.long, device=device)
         self.src = torch.zeros(batch, dtype=torch.long, device=device)  # [B] prompt-cache row of each row's prompt
         self.width = torch.zeros(1, dtype=torch.long, device=device)  # prompt positions [0, width)
@@ -175,6 +176,7 @@ class NativeEngine(RolloutEngine):
         self._merger = LoraMerge()
         self._cache: Optional[_Slab] = None  # the one KV cache kept between calls
         self._fingerprint = None
+        self._weights: Optional[ModelWeights] = None  # what the captured graphs read; kept alive with them
         self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
         self._qkv, self._finish = project_qkv, finish_layer
         if self.use_compile:
@@ -259,15 +261,18 @@ class NativeEngine(RolloutEngine):
         """The weights to decode with, LoRA included; graphs are dropped when their storage moved."""
         if self.lora == "merge":
             with self._merger.merged(self.model):
-                yield self._checked(collect(self.model, lowrank=False))
+                yield self._checked(collect(self.model, lowrank=False, previous=self._weights))
         else:
-            yield self._checked(collect(self.model, lowrank=True))
+            yield self._checked(collect(self.model, lowrank=True, previous=self._weights))
 
     def _checked(self, w: ModelWeights) -> ModelWeights:
+        """`w`, with the cache and its graphs dropped when any tensor they read has moved. The weights are kept
+        referenced while graphs exist: a graph reads by address, so nothing it reads may be freed under it."""
         fingerprint = (w.fingerprint(), w.embed.dtype, w.embed.device)
         if fingerprint != self._fingerprint:
             self._cache = None
             self._fingerprint = fingerprint
+        self._weights = w
         return w
 
     # ---- buffers and graphs ------------------------------------------------------------------
@@ -320,11 +325,12 @@ class NativeEngine(RolloutEngine):
         logits = decode_layers(w, slab.tok, positions, attend, self._qkv, self._finish)
         self._record(slab, *sample(logits, params, self.generator))
 
-    def _record(self, slab: _Slab, tok: torch.Tensor, logprob: torch.Tensor) -> None:
+    def _record(self, slab: _Slab, tok: torch.Tensor, logprob: torch.Tensor, policy_logprob: torch.Tensor) -> None:
         """Store a sampled token per row (pad once done), count it, mark stops, advance slot and column."""
         tok = tok.masked_fill(slab.done, self.pad_id)
         slab.out_tok.index_copy_(1, slab.t, tok[:, None])
         slab.out_lp.index_copy_(1, slab.t, logprob[:, None])
+        slab.out_plp.index_copy_(1, slab.t, policy_logprob[:, None])
         slab.nlen.add_((~slab.done).long())
         slab.done.logical_or_((tok[:, None] == slab.stops[None, :]).any(-1))
         slab.tok.copy_(tok)
@@ -443,13 +449,15 @@ class NativeEngine(RolloutEngine):
         rows, cols = len(prompt_ids) * n, params.max_new_tokens
         tokens = slab.out_tok[:rows, :cols].tolist()
         logprobs = slab.out_lp[:rows, :cols].tolist()
+        policy = slab.out_plp[:rows, :cols].tolist()
         lengths = slab.nlen[:rows].tolist()
         done = slab.done[:rows].tolist()
         out = []
         for r in range(rows):
             ids = tokens[r][: lengths[r]]
             lp = None if params.greedy else logprobs[r][: lengths[r]]
+            plp = None if params.greedy else policy[r][: lengths[r]]
             prompt = list(prompt_ids[r // n])
             text = self.decode(ids) if self.tokenizer is not None else ""  # token-only use: benchmarks
-            out.append(Generation(first_index + r // n, prompt, ids, text, bool(done[r]), lp))
+            out.append(Generation(first_index + r // n, prompt, ids, text, bool(done[r]), lp, plp))
         return out

@@ -88,7 +88,8 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
         scores = scores.view(bsz, kv, groups, t, -1) + mask[:, :, None]
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs.view(bsz, kv, groups * t, -1), v)
-    return out.view(bsz, heads, t, dim).transpose(1, 2).reshape(bsz, t, heads * dim)
+    # reshape, not view: SDPA's float32 kernels may return a layout a view cannot express
+    return out.reshape(bsz, heads, t, dim).transpose(1, 2).reshape(bsz, t, heads * dim)
 
 
 def additive_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

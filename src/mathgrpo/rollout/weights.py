@@ -63,15 +63,26 @@ class ModelWeights:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    inv_freq_source: tuple = ()  # (address, version) of the model's buffer inv_freq was converted from
+
+    def tensors(self) -> list:
+        """Every tensor a forward pass reads (a captured decode step reads them by address)."""
+        out = [self.embed, self.norm, self.inv_freq]
+        for layer in self.layers:
+            out += [t for t in (layer.ln1, layer.ln2, layer.q_norm, layer.k_norm) if t is not None]
+            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+                out += _proj_tensors(proj)
+        return out + _proj_tensors(self.lm_head)
 
     def fingerprint(self) -> tuple:
         """Storage addresses of every tensor read: captured graphs stay valid while these do."""
-        ptrs = [self.embed.data_ptr(), self.norm.data_ptr(), self.lm_head.weight.data_ptr()]
-        for layer in self.layers:
-            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
-                ptrs.append(proj.weight.data_ptr())
-                ptrs.extend(t.data_ptr() for a, b, _ in proj.lora for t in (a, b))
-        return tuple(ptrs)
+        return tuple(t.data_ptr() for t in self.tensors())
+
+
+def _proj_tensors(proj: Proj) -> list:
+    """The weight, bias and low-rank factors of one projection."""
+    out = [proj.weight] + ([proj.bias] if proj.bias is not None else [])
+    return out + [t for a, b, _ in proj.lora for t in (a, b)]
 
 
 def _is_lora(module: Any) -> bool:
@@ -114,19 +125,42 @@ def _layer(layer: Any, lowrank: bool) -> LayerWeights:
     )
 
 
-def collect(model: Any, lowrank: bool) -> ModelWeights:
-    """Views of every weight of `model` (PEFT-wrapped or not) that the native forward reads."""
+def rope_table(buffer: torch.Tensor, device: torch.device, previous: Optional[ModelWeights] = None) -> torch.Tensor:
+    """The rotary inverse frequencies in float32 on `device`: the buffer itself when it already is, else a copy,
+    reused from `previous` while the buffer is unchanged.
+
+    `model.to(bfloat16)` makes the buffer bf16, so a float32 copy is needed; a fresh copy per call would be a new
+    tensor each rollout, and a decode step captured over the last one would read freed memory (it collapsed
+    GRPO on the GPU once the allocator handed that block to something else).
+    """
+    if buffer.dtype == torch.float32 and buffer.device == device:
+        return buffer
+    source = (buffer.data_ptr(), buffer._version)
+    if previous is not None and previous.inv_freq_source == source:
+        return previous.inv_freq
+    return buffer.float().to(device)
+
+
+def collect(model: Any, lowrank: bool, previous: Optional[ModelWeights] = None) -> ModelWeights:
+    """Views of every weight of `model` (PEFT-wrapped or not) that the native forward reads.
+
+    previous: the last call's result; tensors that must be converted (the rotary table) are reused from it
+    while their source is unchanged, so every tensor keeps its address between calls.
+    """
     lm = unwrap(model)
     cfg = lm.config
     inner = lm.model
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = inner.rotary_emb.inv_freq
+    device = inner.embed_tokens.weight.device
     return ModelWeights(
         embed=inner.embed_tokens.weight.detach(),
         layers=[_layer(layer, lowrank) for layer in inner.layers],
         norm=inner.norm.weight.detach(),
         lm_head=_proj(lm.lm_head, lowrank),
         # Unsloth's rotary embedding keeps inv_freq on the CPU while the weights sit on the GPU
-        inv_freq=inner.rotary_emb.inv_freq.float().to(inner.embed_tokens.weight.device),
+        inv_freq=rope_table(rope, device, previous),
+        inv_freq_source=(rope.data_ptr(), rope._version),
         rope_scale=float(getattr(inner.rotary_emb, "attention_scaling", 1.0)),
         eps=float(cfg.rms_norm_eps),
         n_heads=cfg.num_attention_heads,
