@@ -197,6 +197,13 @@ class GRPOConfig:
     num_iterations: int = _f(1, "Optimizer steps per batch of rollouts (mu in GRPO); >1 needs the old-policy log-probs.")
     mask_truncated: bool = _f(False, "Exclude completions cut at max_new_tokens from the loss (DAPO's overlong filtering).")
     dynamic_sampling: bool = _f(False, "Drop groups whose rewards are all equal (zero advantage; DAPO).")
+    sampler_correction: str = _f(
+        "tis",
+        "none, or tis: weight each token's policy-gradient term by min(exp(learner - sampler log-prob), "
+        "grpo.tis_cap), truncated importance sampling as TRL and veRL apply it to vLLM rollouts, so that what the "
+        "rollout engine's arithmetic differs from the learner's does not bias the update.",
+    )
+    tis_cap: float = _f(2.0, "Upper bound of the truncated importance weight (grpo.sampler_correction=tis).")
     max_memory_gb: Optional[float] = _f(
         None,
         "Memory budget in GiB that sizes grpo.micro_batch_size and rollout.batch_size when they are 0 "
@@ -266,6 +273,7 @@ CHOICES = {
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
     "grpo.importance_sampling_level": ("token", "sequence"),
+    "grpo.sampler_correction": ("none", "tis"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
 }
 
@@ -300,6 +308,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("grpo.num_generations must be at least 2: advantages compare completions within a group")
     if cfg.grpo.epsilon_low < 0 or cfg.grpo.epsilon_high < 0:
         raise ConfigError("grpo.epsilon_low and grpo.epsilon_high must be >= 0")
+    if not cfg.grpo.tis_cap >= 1:
+        raise ConfigError(f"grpo.tis_cap={cfg.grpo.tis_cap} must be at least 1 (weights above it are cut to it)")
     if cfg.grpo.beta < 0:
         raise ConfigError(f"grpo.beta={cfg.grpo.beta} must be >= 0")
     if cfg.grpo.beta > 0 and not cfg.lora.enabled:

@@ -43,6 +43,7 @@ class RewardContext:
     completion_tokens: int
     truncated: bool  # generation stopped at max_new_tokens, not at end-of-sequence
     overlong_buffer: int  # tokens before the limit where the overlong penalty starts (DAPO)
+    verdict: Optional[grading.Verdict] = None  # the grader's verdict on this completion, when the caller graded it once
 
 
 def reward(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -69,7 +70,8 @@ def _tags(fmt: Format) -> tuple:
 @reward("correct")
 def correct(completion: str, problem, ctx: RewardContext) -> float:
     """1 when the final answer is equivalent to the gold (the evaluation judge), else 0."""
-    return 1.0 if grading.grade(completion, problem, ctx.fmt).correct else 0.0
+    verdict = ctx.verdict if ctx.verdict is not None else grading.grade(completion, problem, ctx.fmt)
+    return 1.0 if verdict.correct else 0.0
 
 
 @reward("format_exact")

@@ -20,7 +20,7 @@ def make_run(tmp_path, *overrides):
 
 
 def rollout_batch(run):
-    _, gens, total, _ = run.rollout()
+    _, gens, _, total, _ = run.rollout()
     adv = group_advantages(total, run.cfg.grpo.num_generations, "group")
     adv = adv + torch.linspace(-1, 1, len(gens))  # non-zero advantages so the loss has gradients
     return collate(gens, adv, run.tok.pad_token_id, False, run.device)

@@ -409,3 +409,71 @@ def test_even_chunks_and_one_cache_at_a_time(tiny):
     assert engine.last_stats["prefill_rows"] == 8 and engine._cache.batch == 4
     engine.generate(prompts[:3], 1, SamplingParams(max_new_tokens=4, temperature=0))
     assert engine._cache.batch == 3
+
+
+def learner_gap(model, gens, temperature: float = 1.0) -> torch.Tensor:
+    """|engine policy log-prob - the model's own log-prob| of every sampled token, over `gens`. [tokens]"""
+    from mathgrpo.grpo.batch import collate
+    from mathgrpo.grpo.logprobs import token_logprobs
+
+    device = next(model.parameters()).device
+    batch = collate(gens, torch.zeros(len(gens)), 0, False, device)
+    with torch.no_grad():
+        learner = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.prompt_width, temperature)
+    sampler = torch.zeros_like(learner, dtype=torch.float32)
+    for i, g in enumerate(gens):  # getattr: the GPU regression test also runs on the code before the fix
+        values = getattr(g, "policy_logprobs", None) or g.logprobs
+        sampler[i, : len(values)] = torch.tensor(values, device=device)
+    counted = batch.completion_mask > 0
+    return (learner.float() - sampler)[counted].abs()
+
+
+def test_policy_logprobs_are_the_unfiltered_policy_at_every_step(tiny):
+    """Under filters the engine also reports each token's log-prob before them, which is what the learner sees."""
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=12, temperature=0.8, min_p=0.1)
+    out = NativeEngine(model, tok, [tok.eos_token_id], seed=5).generate(PROMPTS, 2, params)
+    for g in out:
+        with torch.no_grad():
+            logits = model(torch.tensor([g.prompt_ids + g.token_ids])).logits[0, len(g.prompt_ids) - 1 : -1]
+        expected = torch.log_softmax(logits.float() / 0.8, -1).gather(-1, torch.tensor(g.token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(g.policy_logprobs), expected, atol=1e-4)
+        assert all(p >= q - 1e-6 for p, q in zip(g.logprobs, g.policy_logprobs)), "filtering renormalises upwards"
+    assert learner_gap(model, out, 0.8).max() < 1e-4
+
+
+def test_every_tensor_the_decode_step_reads_keeps_its_address_across_calls():
+    """Regression (GRPO collapsed on the GPU): a bf16 model's rotary table was converted to float32 afresh every
+    rollout, so the decode step captured over the first copy read freed memory later. The engine's weights must
+    be the same tensors call after call, the converted table included."""
+    model, tok = build_tiny(0)
+    engine = NativeEngine(randomised_lora(model.to(torch.bfloat16)), tok, [])
+    seen = []
+    for _ in range(2):
+        engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=3, temperature=1.0))
+        seen.append(engine._weights)
+    first, second = seen
+    assert second.inv_freq.dtype == torch.float32
+    assert [t.data_ptr() for t in first.tensors()] == [t.data_ptr() for t in second.tensors()]
+    assert first.inv_freq.data_ptr() in first.fingerprint()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_sampler_matches_the_learner_after_the_allocator_reuses_freed_memory():
+    """On a GPU with captured decode graphs: between two rollouts, small blocks freed by the first are taken and
+    filled by other tensors (as a held-out evaluation or a training step does). The second rollout's log-probs
+    must still be the policy's: on the code before the fix the graphs read a freed rotary table and the gap
+    grew to whole nats."""
+    model, tok = build_tiny(0)
+    sharpen(model)
+    peft_model = randomised_lora(model.to(torch.bfloat16)).cuda().eval()
+    engine = NativeEngine(peft_model, tok, [tok.eos_token_id], seed=0)
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)
+    first = engine.generate(PROMPTS, 8, params)
+    filler = [torch.full((16,), 1e3, device="cuda") for _ in range(20_000)]  # takes the freed small blocks
+    second = engine.generate(PROMPTS, 8, params, seeds=[1])
+    del filler
+    gaps = [learner_gap(peft_model, gens) for gens in (first, second)]
+    print("bf16 gap mean/max per call:", [(float(g.mean()), float(g.max())) for g in gaps])
+    for g in gaps:
+        assert g.mean() < 0.02 and g.max() < 0.2

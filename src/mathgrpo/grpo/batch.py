@@ -19,6 +19,7 @@ class RolloutBatch:
     advantages: torch.Tensor  # [N]
     old_logp: Optional[torch.Tensor] = None  # [N, C] policy before this step's updates (num_iterations > 1)
     ref_logp: Optional[torch.Tensor] = None  # [N, C] adapter switched off (beta > 0)
+    sampler_logp: Optional[torch.Tensor] = None  # [N, C] the rollout engine's log-probs of the same tokens
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -39,6 +40,7 @@ class RolloutBatch:
             advantages=self.advantages[index],
             old_logp=cut(self.old_logp),
             ref_logp=cut(self.ref_logp),
+            sampler_logp=cut(self.sampler_logp),
         )
 
     def micro_indices(self, size: int) -> list:
@@ -67,4 +69,17 @@ def collate(generations: list, advantages: torch.Tensor, pad_id: int, mask_trunc
         am[i, P - p : P + c] = 1
         if not (mask_truncated and not g.finished):
             cmask[i, :c] = 1
-    return RolloutBatch(ids.to(device), am.to(device), P, cmask.to(device), advantages.to(device))
+    batch = RolloutBatch(ids.to(device), am.to(device), P, cmask.to(device), advantages.to(device))
+    batch.sampler_logp = sampler_logprobs(generations, C, device)
+    return batch
+
+
+def sampler_logprobs(generations: list, width: int, device: torch.device) -> Optional[torch.Tensor]:
+    """The engine's policy log-prob of every completion token, zero-padded to `width`; None when an engine
+    returned none (greedy rollouts). [N, C]"""
+    if any(g.policy_logprobs is None for g in generations):
+        return None
+    out = torch.zeros((len(generations), width), dtype=torch.float32)
+    for i, g in enumerate(generations):
+        out[i, : len(g.policy_logprobs)] = torch.tensor(g.policy_logprobs, dtype=torch.float32)
+    return out.to(device)

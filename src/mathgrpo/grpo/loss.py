@@ -58,11 +58,13 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     total_tokens: float | None = None,
     total_seqs: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple:
     """(loss, stats) for one micro-batch.
 
     logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]. old_logp equal to logp.detach() gives
-    ratio 1 (one iteration per batch). Stats are sums over the micro-batch's counted tokens, for
+    ratio 1 (one iteration per batch). weights [N, T] (no gradient) scale each token's policy-gradient term
+    (truncated importance sampling of the sampler's distribution). Stats are sums over the micro-batch's counted tokens, for
     the caller to average: clipped tokens, KL, tokens.
     """
     mask = mask.to(logp.dtype)
@@ -72,6 +74,8 @@ def policy_loss(
     adv = advantages[:, None].to(logp.dtype)
     clipped = torch.clamp(ratio, 1 - settings.epsilon_low, 1 + settings.epsilon_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if weights is not None:
+        per_token = per_token * weights.to(per_token.dtype)
     kl = torch.zeros_like(logp)
     if settings.beta > 0 and ref_logp is not None:
         # k3 estimator of KL(policy || ref): exp(ref - logp) - (ref - logp) - 1, always >= 0.

@@ -22,6 +22,7 @@ import torch
 from .. import checkpoint, dist
 from ..config import Config
 from ..formats import get_format
+from ..grading import grade
 from ..heldout import heldout_accuracy, prompts_for
 from ..memory import MemoryPlan, plan_for_model
 from ..model import is_adapter_dir, load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids
@@ -37,6 +38,7 @@ from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .logprobs import pass_width, token_logprobs
 from .loss import LossSettings, policy_loss
+from .sampler import GapWatch, gap_sums, tis_weights
 
 
 def token_limit(cfg: Config, width: int) -> int:
@@ -152,6 +154,7 @@ class GRPORun:
         self.params = SamplingParams(
             cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k, cfg.rollout.min_p
         )
+        self.gap_watch = GapWatch(next(self.model.parameters()).dtype)
         self.step = 0
         self.history: dict = {}
         self._start_order, self._updated = self.order.state(), False  # where the current step began
@@ -191,7 +194,8 @@ class GRPORun:
     # ---- one step --------------------------------------------------------------------------
 
     def rollout(self) -> tuple:
-        """(problems, generations, total rewards [n*G], reward parts) for this rank's share of the next prompts.
+        """(problems, generations, verdicts, total rewards [n*G], reward parts) for this rank's share of the next
+        prompts. Each completion is graded once; rewards and metrics read that verdict.
 
         Every rank draws the same global list of problems and takes its contiguous share; each
         sequence is sampled with a seed from (run seed, step, global prompt index, sample index),
@@ -204,12 +208,14 @@ class GRPORun:
         seeds = [sequence_seed(self.cfg.run.seed, self.step, offset + i, j) for i in range(len(problems)) for j in range(G)]
         gens = self.engine.generate(prompts, G, self.params, seeds)
         per_gen = [problems[g.prompt_index] for g in gens]
+        verdicts = [grade(g.text, p, self.fmt) for g, p in zip(gens, per_gen)]
         ctxs = [
-            RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished, self.cfg.rewards.overlong_buffer)
-            for g in gens
+            RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished,
+                          self.cfg.rewards.overlong_buffer, v)
+            for g, v in zip(gens, verdicts)
         ]
         total, parts = self.rewards([g.text for g in gens], per_gen, ctxs)
-        return problems, gens, torch.tensor(total, dtype=torch.float32), parts
+        return problems, gens, verdicts, torch.tensor(total, dtype=torch.float32), parts
 
     def _logps(self, micro: RolloutBatch) -> torch.Tensor:
         """Completion log-probs of one micro-batch under the current weights. [n, C]"""
@@ -315,8 +321,12 @@ class GRPORun:
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
         times = {"logprob_time": 0.0, "backward_time": 0.0, "optimizer_time": 0.0}
         size = self._micro_size(batch) if batch is not None else 0
-        for _ in range(self.cfg.grpo.num_iterations):
+        gap: dict = {}
+        for iteration in range(self.cfg.grpo.num_iterations):
             size, part = self._accumulate_fitting(batch, size, total_tokens, total_seqs, times)
+            for k, v in part.pop("gap").items():
+                if not iteration:  # the policy that sampled: before this batch's first update
+                    gap[k] = max(gap.get(k, 0.0), v) if k == "gap_max" else gap.get(k, 0.0) + v
             for k, v in part.items():
                 stats[k] += v
             t0 = self._clock()
@@ -335,7 +345,18 @@ class GRPORun:
             stats[k] = dist.all_sum(stats[k])
         tokens = max(stats["tokens"], 1.0)
         return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
-                "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters, "micro_batch_size": size, **times}
+                "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters, "micro_batch_size": size,
+                **self._gap_metrics(gap), **times}
+
+    @staticmethod
+    def _gap_metrics(gap: dict) -> dict:
+        """sampler_gap_mean / _max and sampler_kl over all ranks' counted tokens (none when no engine log-probs)."""
+        tokens = dist.all_sum(gap.get("tokens", 0.0))  # collectives: every rank calls each, in this order
+        biggest = max(dist.gather(gap.get("gap_max", 0.0))) if dist.world().active else gap.get("gap_max", 0.0)
+        if not tokens:
+            return {}
+        return {"sampler_gap_mean": dist.all_sum(gap.get("gap_sum", 0.0)) / tokens, "sampler_gap_max": biggest,
+                "sampler_kl": dist.all_sum(gap.get("kl_sum", 0.0)) / tokens}
 
     def _accumulate_fitting(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> tuple:
         """`_accumulate`, retried with half the micro-batch when a planned size runs out of GPU memory.
@@ -359,13 +380,14 @@ class GRPORun:
 
     def _accumulate(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> dict:
         """Forward and backward over every micro-batch of `size` sequences, gradients summed; the loss statistics."""
-        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0}
+        stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "gap": {}}
         for micro in batch.micro_batches(size) if batch is not None else []:
             t0 = self._clock()
             logp = self._logps(micro)
             old = micro.old_logp if micro.old_logp is not None else logp.detach()
+            weights = self._sampler_weights(micro, old, stats["gap"])
             loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
-                                   micro.ref_logp, total_tokens, total_seqs)
+                                   micro.ref_logp, total_tokens, total_seqs, weights)
             t1 = self._clock()
             loss.backward()
             stats["loss"] += loss.item()
@@ -375,6 +397,17 @@ class GRPORun:
             for k in ("clipped_tokens", "kl_sum", "tokens"):
                 stats[k] += st[k]
         return stats
+
+    def _sampler_weights(self, micro: RolloutBatch, learner: torch.Tensor, gap: dict) -> Optional[torch.Tensor]:
+        """Add the micro-batch's sampler gap (learner vs engine log-probs of its tokens) to `gap`; return the
+        truncated importance weights when grpo.sampler_correction=tis (None otherwise, or without engine log-probs)."""
+        if micro.sampler_logp is None:
+            return None
+        for k, v in gap_sums(learner, micro.sampler_logp, micro.completion_mask).items():
+            gap[k] = max(gap.get(k, 0.0), v) if k == "gap_max" else gap.get(k, 0.0) + v
+        if self.cfg.grpo.sampler_correction != "tis":
+            return None
+        return tis_weights(learner, micro.sampler_logp, self.cfg.grpo.tis_cap)
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
         """The training half of a step: reference log-probs where needed, then the optimizer steps."""
@@ -392,7 +425,7 @@ class GRPORun:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._start_order, self._updated = self.order.state(), False
         t0 = self._clock()
-        problems, gens, total, parts = self.rollout()
+        problems, gens, verdicts, total, parts = self.rollout()
         t_roll = self._clock() - t0
         G = self.cfg.grpo.num_generations
         scale = self.cfg.grpo.scale_rewards
@@ -401,7 +434,7 @@ class GRPORun:
         if self.cfg.grpo.dynamic_sampling:
             keep = informative_groups(total, G).repeat_interleave(G)
         total_seqs = int(dist.all_sum(float(keep.sum())))
-        metrics = self._rollout_metrics(gens, total, parts, keep)
+        metrics = self._rollout_metrics(gens, verdicts, total, parts, keep)
         if total_seqs:
             kept = [g for g, k in zip(gens, keep.tolist()) if k]
             batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device) if kept else None
@@ -413,6 +446,9 @@ class GRPORun:
         if self.device.type == "cuda":
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._log_samples(problems, gens, total)
+        warning = self.gap_watch.check(self.step, metrics.get("sampler_gap_mean"), metrics.get("sampler_gap_max"))
+        if warning and dist.world().main:
+            print(warning, flush=True)
         return metrics
 
     def _global_std(self, rewards: torch.Tensor) -> Optional[float]:
@@ -424,14 +460,13 @@ class GRPORun:
         squares = dist.all_sum(float(rewards.double().pow(2).sum()))
         return math.sqrt(max(squares - total * total / n, 0.0) / max(n - 1, 1.0))
 
-    def _rollout_metrics(self, gens: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
-        """Reward parts, accuracy, format rate, lengths and truncation of the step's rollouts, over all ranks."""
-        from ..formats import parse_completion
-
+    def _rollout_metrics(self, gens: list, verdicts: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
+        """Reward parts, accuracy and format rate (from the verdicts, whatever the reward preset), lengths and
+        truncation of the step's rollouts, over all ranks."""
         names = list(parts)
         local = [
             (float(total[i]), [parts[n][i] for n in names], len(g.token_ids), not g.finished,
-             parse_completion(g.text, self.fmt).well_formed, bool(keep[i]))
+             verdicts[i].well_formed, bool(keep[i]), verdicts[i].correct)
             for i, g in enumerate(gens)
         ]
         rows = dist.gather_concat(local)
@@ -440,8 +475,7 @@ class GRPORun:
         m = {"reward": float(totals.mean()), "reward_std": float(totals.std()) if n > 1 else 0.0}
         for j, name in enumerate(names):
             m[f"rewards/{name}"] = sum(r[1][j] for r in rows) / n
-        if "correct" in parts:
-            m["accuracy"] = m["rewards/correct"]
+        m["accuracy"] = sum(r[6] for r in rows) / n
         m["completion_length"] = sum(r[2] for r in rows) / n
         m["truncated_fraction"] = sum(r[3] for r in rows) / n
         m["format_rate"] = sum(r[4] for r in rows) / n
@@ -483,7 +517,7 @@ class GRPORun:
                         row.update(self._heldout_row(f"step{self.step}"))
                     if writer:
                         writer.log(self.step, row)
-                    progress.update(self.step, f"reward {row['reward']:.2f} acc {row.get('accuracy', 0):.2f}")
+                    progress.update(self.step, self._status(row))
                     if self.step % self.cfg.run.checkpoint_every == 0 or self.step == self.cfg.grpo.steps:
                         self.save_checkpoint()
                     if stop.agreed():
@@ -495,6 +529,12 @@ class GRPORun:
             if writer:
                 writer.close()
         return {"accuracy_before_grpo": self.history.get("start"), "accuracy_after_grpo": self.history.get(f"step{self.step}"), "steps": self.step}
+
+    @staticmethod
+    def _status(row: dict) -> str:
+        """The progress line: reward, training accuracy and (when measured) the largest sampler gap."""
+        gap = f" gap {row['sampler_gap_max']:.3f}" if "sampler_gap_max" in row else ""
+        return f"reward {row['reward']:.2f} acc {row['accuracy']:.2f}{gap}"
 
     def _save_step_start(self) -> Optional[Path]:
         """Checkpoint the state the failed step started from; None when part of it was already applied."""

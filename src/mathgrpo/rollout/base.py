@@ -34,6 +34,9 @@ class Generation:
     text: str  # decoded completion, stop token removed, markers kept
     finished: bool  # ended on a stop token (False: cut at max_new_tokens)
     logprobs: Optional[list] = None  # [C] log-prob of each token under the sampling distribution
+    # [C] log-prob of each token under the temperature-scaled policy before top-k/top-p/min-p filters: what the
+    # learner computes for the same token, so the two differ only by arithmetic (equal to logprobs without filters)
+    policy_logprobs: Optional[list] = None
 
 
 class RolloutEngine(ABC):

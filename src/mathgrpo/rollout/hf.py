@@ -50,6 +50,7 @@ class HFEngine(RolloutEngine):
         width = enc["input_ids"].shape[1]
         new = out.sequences[:, width:]
         logprobs = torch.stack(sampler.chosen_logprobs, dim=1) if sampler and sampler.chosen_logprobs else None  # [B, C]
+        policy = torch.stack(sampler.policy_logprobs, dim=1) if logprobs is not None else None  # [B, C]
         results = []
         for i in range(len(prompts)):
             ids = new[i].tolist()
@@ -57,7 +58,8 @@ class HFEngine(RolloutEngine):
             ids = ids[: stop_at + 1] if stop_at is not None else ids  # no stop: the row ran to the end, all real
             prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
             lp = logprobs[i, : len(ids)].tolist() if logprobs is not None else None
-            results.append(Generation(i, prompt_ids, ids, self.decode(ids), stop_at is not None, lp))
+            plp = policy[i, : len(ids)].tolist() if policy is not None else None
+            results.append(Generation(i, prompt_ids, ids, self.decode(ids), stop_at is not None, lp, plp))
         return results
 
     def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:

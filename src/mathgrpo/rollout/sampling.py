@@ -36,19 +36,35 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return scores
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator] = None) -> tuple:
-    """(token [B] long, log-prob [B] float32) drawn from the filtered distribution of `logits` [B, V].
+def filters_active(params: SamplingParams) -> bool:
+    """Whether any of top-k, top-p or min-p removes tokens (otherwise the sampling distribution is the policy's)."""
+    return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0
 
-    Greedy (temperature 0) takes the argmax and reports a log-prob of 0 (a point mass). Sampling is
-    an exponential race: argmax(log p - log E) with E ~ Exp(1) picks token i with probability p_i,
-    using only device kernels, so it can live inside a CUDA graph.
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator] = None) -> tuple:
+    """(token [B] long, log-prob [B] float32, policy log-prob [B] float32) drawn from the filtered distribution of
+    `logits` [B, V].
+
+    The log-prob is that of the filtered distribution the token was drawn from; the policy log-prob is the
+    token's log-prob under the temperature-scaled policy before any filter, which is what the learner computes
+    (the two are the same tensor when no filter is on). Greedy (temperature 0) takes the argmax and reports 0
+    for both (a point mass). Sampling is an exponential race: argmax(log p - log E) with E ~ Exp(1) picks token
+    i with probability p_i, using only device kernels, so it can live inside a CUDA graph.
     """
     logits = logits.float()
     if params.greedy:
         token = logits.argmax(dim=-1)
-        return token, torch.zeros_like(logits[:, 0])
+        zero = torch.zeros_like(logits[:, 0])
+        return token, zero, zero
     logp = torch.log_softmax(filter_logits(logits, params), dim=-1)
     race = torch.empty_like(logp).exponential_(generator=generator)
     # clamp: an exact 0 from the exponential would give +inf and could win over a filtered token
     token = (logp - race.clamp_min(1e-30).log()).argmax(dim=-1)
-    return token, logp.gather(-1, token[:, None])[:, 0]
+    chosen = logp.gather(-1, token[:, None])[:, 0]
+    return token, chosen, policy_logprob(logits, token, params) if filters_active(params) else chosen
+
+
+def policy_logprob(logits: torch.Tensor, token: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """log softmax(logits / temperature) at `token`, one per row: the unfiltered policy's log-prob. [B]"""
+    scaled = logits.float() / params.temperature
+    return scaled.gather(-1, token[:, None])[:, 0] - torch.logsumexp(scaled, dim=-1)

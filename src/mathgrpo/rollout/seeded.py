@@ -13,7 +13,7 @@ import hashlib
 import torch
 
 from .base import SamplingParams
-from .sampling import filter_logits
+from .sampling import filter_logits, filters_active, policy_logprob
 
 
 def sequence_seed(*parts: int) -> int:
@@ -33,6 +33,7 @@ class SeededSampler:
     def __init__(self, seeds: list, device: torch.device) -> None:
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         self.chosen_logprobs: list = []  # per step: [B]
+        self.policy_logprobs: list = []  # per step: [B] the unfiltered policy's (see Generation.policy_logprobs)
 
     def noise(self, vocab: int, device: torch.device) -> torch.Tensor:
         """Exponential(1) noise, one row per sequence from its own generator. [B, V]"""
@@ -43,7 +44,9 @@ class SeededSampler:
         """One token per row, sampled from the filtered distribution. [B]"""
         logp = filtered_logprobs(logits, params)
         tokens = torch.argmax(logp - self.noise(logp.shape[-1], logp.device).clamp_min(1e-30).log(), dim=-1)
-        self.chosen_logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
+        chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
+        self.chosen_logprobs.append(chosen)
+        self.policy_logprobs.append(policy_logprob(logits, tokens, params) if filters_active(params) else chosen)
         return tokens
 
 

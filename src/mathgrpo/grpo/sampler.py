@@ -1,0 +1,68 @@
+"""Did the rollouts come from the policy being trained? The sampler gap, its warning, and the TIS correction.
+
+Each engine returns, for every sampled token, its log-prob under the policy it sampled from
+(`Generation.policy_logprobs`: temperature-scaled, before top-k/top-p/min-p). The learner computes the
+log-prob of the same token under the weights it is about to update. The two differ only by arithmetic
+(bf16 rounding, kernel order) when the engine is right; a rollout from stale weights, a wrong cache or a
+wrong random stream shows up here first:
+
+- `sampler_gap_mean` / `sampler_gap_max`: mean and largest |learner - sampler| over completion tokens;
+- `sampler_kl`: the k3 estimate of KL(sampler || learner), exp(d) - 1 - d with d = learner - sampler.
+
+Truncated importance sampling (TIS, as TRL and veRL apply it to vLLM rollouts) weights each token's
+policy-gradient term by min(exp(learner - sampler), cap): the update is then one for samples of the
+learner's own distribution, up to the cap.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Mean |learner - sampler| (nats) of a correct engine, measured on the GPU (benchmarks/learning.py): the
+# warning fires at WARN_FACTOR times this, far above rounding, far below a broken rollout.
+ROUNDING_NOISE = {torch.bfloat16: 0.01, torch.float16: 0.002, torch.float32: 1e-4}
+WARN_FACTOR = 10.0
+
+
+def gap_sums(learner: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Sums over the counted tokens of one micro-batch: |gap|, its max, the k3 KL and the token count.
+
+    learner, sampler, mask: [N, T]; the caller adds the sums over micro-batches (and ranks) and divides.
+    """
+    with torch.no_grad():
+        counted = mask > 0
+        diff = (learner.float() - sampler.float()).masked_fill(~counted, 0.0)
+        k3 = (torch.exp(diff) - 1 - diff).masked_fill(~counted, 0.0)
+        return {
+            "gap_sum": float(diff.abs().sum()),
+            "gap_max": float(diff.abs().max()) if diff.numel() else 0.0,
+            "kl_sum": float(k3.sum()),
+            "tokens": float(counted.sum()),
+        }
+
+
+def tis_weights(learner: torch.Tensor, sampler: torch.Tensor, cap: float) -> torch.Tensor:
+    """min(exp(learner - sampler), cap) per token, without gradient. [N, T]"""
+    with torch.no_grad():
+        return torch.exp(learner.float() - sampler.float()).clamp(max=cap)
+
+
+class GapWatch:
+    """Warns once when the mean sampler gap is far above the rounding noise of the model's dtype."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.noise = ROUNDING_NOISE.get(dtype, ROUNDING_NOISE[torch.bfloat16])
+        self.dtype = dtype
+        self.warned = False
+
+    def check(self, step: int, gap_mean: Optional[float], gap_max: Optional[float]) -> Optional[str]:
+        """The warning for this step's gap, once per run; None when the gap is at noise level or already warned."""
+        if self.warned or gap_mean is None or gap_mean <= WARN_FACTOR * self.noise:
+            return None
+        self.warned = True
+        return (f"grpo step {step}: the rollout engine's log-probs are {gap_mean:.3g} nats (mean; max {gap_max:.3g}) "
+                f"from the learner's for the same tokens, {gap_mean / self.noise:.0f}x the {self.dtype} rounding "
+                f"noise ({self.noise:g}): the rollouts may not come from the policy being trained. Try "
+                "rollout.engine=hf to compare, or grpo.sampler_correction=tis to weight the updates.")
