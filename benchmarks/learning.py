@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = Path("/tmp/learning-runs")
 SEEDS = (0, 1, 2)
@@ -35,6 +36,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native": ["rollout.engine=native", "model.fused_lora=true"],
     "native-unfused": ["rollout.engine=native", "model.fused_lora=false"],
     "native-no-tis": ["rollout.engine=native", "model.fused_lora=true", "grpo.sampler_correction=none"],
+    "native-fp32": ["rollout.engine=native", "model.dtype=float32"],
 }
 
 
@@ -77,8 +79,9 @@ def launch(name: str, overrides: list) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ.copy())
 
 
-def phase_runs(args) -> dict:
-    """Every (variant, seed), `args.parallel` processes at a time; rows as they finish."""
+def phase_runs(args, save) -> dict:
+    """Every (variant, seed), `args.parallel` processes at a time; rows saved as they finish. Runs still going at
+    `args.deadline` seconds are stopped and reported with rc -9."""
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
     todo = [(v, s) for v in args.variants for s in args.seeds]
     running, rows = {}, []
@@ -89,13 +92,20 @@ def phase_runs(args) -> dict:
             overrides = VARIANTS[variant] + [f"run.seed={seed}"] + args.extra
             running[name] = (launch(name, overrides), variant, seed, overrides, time.perf_counter())
         time.sleep(1)
+        late = time.perf_counter() - T0 > args.deadline
         for name, (proc, variant, seed, overrides, t0) in list(running.items()):
+            if late and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             if proc.poll() is None:
                 continue
             del running[name]
             tail = (RUNS_DIR / f"{name}.log").read_text()[-2000:]
             rows.append(summarise(name, variant, seed, overrides, time.perf_counter() - t0, proc.returncode, tail))
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("heldout_curve", "log_tail")}), flush=True)
+            save({"runs": rows, "parallel": args.parallel})
+        if late:
+            todo = []
     return {"runs": rows, "parallel": args.parallel}
 
 
@@ -119,6 +129,135 @@ def merge(path: Path, update: dict) -> dict:
     return data
 
 
+# ---- ours against TRL -----------------------------------------------------------------------------
+
+def curve_ours(folder: Path) -> list:
+    """[[training seconds, held-out accuracy], ...] of a run folder: seconds summed over GRPO steps (evaluation left out)."""
+    rows, spent, curve = read_jsonl(folder / "grpo" / "metrics.jsonl"), 0.0, []
+    for r in rows:
+        spent += r.get("step_time", 0.0)
+        if "heldout_accuracy" in r:
+            curve.append([spent, r["heldout_accuracy"]])
+    return curve
+
+
+def trl_grpo(sft_dir: Path, eval_every: int) -> dict:
+    """TRL's GRPOTrainer + PEFT from the warm-up model with the default recipe's GRPO settings; its curve."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from _rewards import correct_reward, format_reward
+    from mathgrpo.config import load_config
+    from mathgrpo.formats import get_format, render_prompt
+    from mathgrpo.heldout import heldout_accuracy
+    from mathgrpo.model import stop_token_ids
+    from mathgrpo.rollout.hf import HFEngine
+    from mathgrpo.train import load_problems
+
+    cfg = load_config("tiny-cpu")
+    g = cfg.grpo
+    train, _, test = load_problems(cfg)
+    model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.bfloat16).cuda()
+    tok = AutoTokenizer.from_pretrained(sft_dir)
+    tok.padding_side = "left"
+    fmt = get_format(cfg.format.preset)
+    data = Dataset.from_dict({"prompt": [render_prompt(p.question, fmt, tok, cfg.format.template) for p in train],
+                              "answer": [p.answer for p in train]})
+    args = GRPOConfig(
+        output_dir="/tmp/trl-learning", per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        gradient_accumulation_steps=1, num_generations=g.num_generations, max_completion_length=cfg.rollout.max_new_tokens,
+        max_steps=g.steps, learning_rate=g.lr, lr_scheduler_type="constant", weight_decay=g.weight_decay,
+        adam_beta2=0.99, max_grad_norm=g.max_grad_norm, beta=g.beta, loss_type=g.loss_type, epsilon=g.epsilon_low,
+        epsilon_high=g.epsilon_high, scale_rewards=g.scale_rewards, temperature=cfg.rollout.temperature,
+        reward_weights=[1.0, 0.1], bf16=True, logging_steps=10, report_to="none", save_strategy="no", seed=cfg.run.seed,
+        use_vllm=False, dataloader_num_workers=0, gradient_checkpointing=False,
+    )
+    peft = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=list(cfg.lora.target_modules),
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    curve, clock = [], {"spent": 0.0, "since": None}
+
+    def evaluate(trainer_model) -> float:
+        engine = HFEngine(trainer_model, tok, stop_token_ids(tok))
+        return heldout_accuracy(engine, test, fmt, cfg.format.template, cfg.rollout.max_new_tokens)["accuracy"]
+
+    class Clock(TrainerCallback):
+        """Training seconds (synchronised) with held-out accuracy every eval_every steps, the evaluation left out."""
+
+        def on_step_begin(self, a, state, control, model=None, **k):
+            torch.cuda.synchronize()
+            clock["since"] = time.perf_counter()
+
+        def on_step_end(self, a, state, control, model=None, **k):
+            torch.cuda.synchronize()
+            clock["spent"] += time.perf_counter() - clock["since"]
+            if state.global_step % eval_every == 0 or state.global_step == g.steps:
+                curve.append([clock["spent"], evaluate(model)])
+                print(f"trl step {state.global_step}: {clock['spent']:.1f} s, held-out {curve[-1][1]:.3f}", flush=True)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[correct_reward, format_reward], args=args, train_dataset=data,
+                          processing_class=tok, peft_config=peft, callbacks=[Clock()])
+    curve.append([0.0, evaluate(trainer.model)])
+    trainer.train()
+    return {"curve_trl": curve}
+
+
+def time_to_reach(curve: list, target: float):
+    """Seconds at the first point of `curve` whose accuracy reaches `target` (None if none does)."""
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def phase_trl(args) -> dict:
+    """Our default run (seed 0, native engine, evaluated every args.eval_every steps), then TRL from its warm-up model."""
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    name = "trl-compare-ours"
+    proc = launch(name, VARIANTS["native"] + ["run.seed=0", f"run.eval_every={args.eval_every}"] + args.extra)
+    proc.wait()
+    ours = curve_ours(RUNS_DIR / name)
+    print(f"ours: {ours}", flush=True)
+    result = {"eval_every": args.eval_every, "curve_ours": ours, "ours_rc": proc.returncode}
+    result.update(trl_grpo(RUNS_DIR / name / "sft" / "model", args.eval_every))
+    final_t, final_acc = result["curve_trl"][-1]
+    reach = time_to_reach(ours, final_acc)
+    result.update({"trl_final_accuracy": final_acc, "trl_seconds": final_t, "ours_seconds_to_trl_final": reach,
+                   "time_ratio": reach / final_t if reach is not None and final_t else None})
+    return {"trl": result}
+
+
+# ---- the Qwen3-4B shape ---------------------------------------------------------------------------
+
+def phase_fullshape(args) -> dict:
+    """20 GRPO steps of the reference recipe's settings at the Qwen3-4B shape (random bf16 weights), 1,024 new
+    tokens, native engine: the sampler gap of every step."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import grpo_step
+    from mathgrpo.config import load_config
+    from mathgrpo.data.problem import Problem
+    from mathgrpo.grpo.trainer import GRPORun
+
+    grpo_step.build_and_save()
+    new = 1024
+    cfg = load_config("qwen3-4b-grpo", [
+        f"model.name={grpo_step.MODEL_DIR}", f"model.max_seq_length={grpo_step.PROMPT + new}", "format.template=bare",
+        f"rollout.max_new_tokens={new}", "rollout.engine=native", "run.progress=false", "run.sample_every=100000",
+        "run.report_to=[jsonl]", *args.extra])
+    probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(grpo_step.prompts(64))]
+    run = GRPORun(cfg, Path("/tmp/fullshape-run"), probs, probs[:1])
+    run.engine.stop_ids = []  # random weights: every completion runs to its full length
+    steps = []
+    for _ in range(args.steps):
+        m = run.train_step()
+        steps.append({k: m.get(k) for k in ("sampler_gap_mean", "sampler_gap_max", "sampler_kl", "step_time",
+                                            "completion_length", "peak_memory_gb")})
+        print(json.dumps(steps[-1]), flush=True)
+    gaps = [s["sampler_gap_max"] for s in steps if s["sampler_gap_max"] is not None]
+    return {"fullshape": {"recipe": "qwen3-4b-grpo", "new_tokens": new, "prompts": cfg.grpo.prompts_per_step,
+                          "num_generations": cfg.grpo.num_generations, "min_p": cfg.rollout.min_p,
+                          "engine": run.engine.name, "steps": steps, "sampler_gap_max": max(gaps, default=None)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phase", nargs="+", default=["runs"], choices=["runs", "trl", "fullshape"])
@@ -126,16 +265,27 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--parallel", type=int, default=4, help="runs at a time on the one GPU")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (key=value)")
+    parser.add_argument("--eval-every", type=int, default=20, help="trl phase: held-out accuracy every N steps (both)")
+    parser.add_argument("--steps", type=int, default=20, help="fullshape phase: GRPO steps")
+    parser.add_argument("--deadline", type=float, default=540, help="seconds after which unfinished runs are stopped")
     parser.add_argument("--out", type=Path, default=None, help="also copy the JSON here (the device's $OUT)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/learning_gpu.json")
     args = parser.parse_args()
     update = {"card": card()}
+
+    def save(part: dict) -> None:
+        data = merge(args.json, {**update, **part})
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / args.json.name).write_text(json.dumps(data, indent=1))
+
     if "runs" in args.phase:
-        update.update(phase_runs(args))
-    data = merge(args.json, update)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / args.json.name).write_text(json.dumps(data, indent=1))
+        update.update(phase_runs(args, save))
+    for name, phase in (("fullshape", phase_fullshape), ("trl", phase_trl)):
+        if name in args.phase:
+            update.update(phase(args))
+            save(update)
+    save(update)
     if "runs" in update:
         print_runs(update["runs"])
 
