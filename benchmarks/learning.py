@@ -229,8 +229,9 @@ def phase_trl(args) -> dict:
 # ---- the Qwen3-4B shape ---------------------------------------------------------------------------
 
 def phase_fullshape(args) -> dict:
-    """20 GRPO steps of the reference recipe's settings at the Qwen3-4B shape (random bf16 weights), 1,024 new
-    tokens, native engine: the sampler gap of every step."""
+    """`--steps` GRPO steps of the reference recipe's settings at the Qwen3-4B shape (random bf16 weights), 1,024 new
+    tokens, with the `--engine` (native; hf gives the gap of transformers' own generate, the reference): the sampler
+    gap of every step."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import grpo_step
     from mathgrpo.config import load_config
@@ -241,7 +242,7 @@ def phase_fullshape(args) -> dict:
     new = 1024
     cfg = load_config("qwen3-4b-grpo", [
         f"model.name={grpo_step.MODEL_DIR}", f"model.max_seq_length={grpo_step.PROMPT + new}", "format.template=bare",
-        f"rollout.max_new_tokens={new}", "rollout.engine=native", "run.progress=false", "run.sample_every=100000",
+        f"rollout.max_new_tokens={new}", f"rollout.engine={args.engine}", "run.progress=false", "run.sample_every=100000",
         "run.report_to=[jsonl]", *args.extra])
     probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(grpo_step.prompts(64))]
     run = GRPORun(cfg, Path("/tmp/fullshape-run"), probs, probs[:1])
@@ -253,7 +254,8 @@ def phase_fullshape(args) -> dict:
                                             "completion_length", "peak_memory_gb")})
         print(json.dumps(steps[-1]), flush=True)
     gaps = [s["sampler_gap_max"] for s in steps if s["sampler_gap_max"] is not None]
-    return {"fullshape": {"recipe": "qwen3-4b-grpo", "new_tokens": new, "prompts": cfg.grpo.prompts_per_step,
+    key = "fullshape" if args.engine == "native" else f"fullshape_{args.engine}"  # hf: the noise of transformers' own path
+    return {key: {"recipe": "qwen3-4b-grpo", "new_tokens": new, "prompts": cfg.grpo.prompts_per_step,
                           "num_generations": cfg.grpo.num_generations, "min_p": cfg.rollout.min_p,
                           "engine": run.engine.name, "steps": steps, "sampler_gap_max": max(gaps, default=None)}}
 
@@ -267,6 +269,7 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every run (key=value)")
     parser.add_argument("--eval-every", type=int, default=20, help="trl phase: held-out accuracy every N steps (both)")
     parser.add_argument("--steps", type=int, default=20, help="fullshape phase: GRPO steps")
+    parser.add_argument("--engine", default="native", choices=["native", "hf"], help="fullshape phase: rollout engine")
     parser.add_argument("--deadline", type=float, default=540, help="seconds after which unfinished runs are stopped")
     parser.add_argument("--out", type=Path, default=None, help="also copy the JSON here (the device's $OUT)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/learning_gpu.json")
