@@ -1,73 +1,76 @@
-"""math-verify behind a hard time limit: persistent worker processes that are killed when they overrun.
+"""math-verify behind a hard time limit, in a worker process that never runs the caller's code.
 
-math-verify's own timeout is `signal.alarm`, which only works on the main thread of the main
-process; a rollout or evaluation thread would get no limit at all. So every math-verify call runs
-in a worker process: the caller waits on a pipe for at most the limit, then kills the worker and
-the next check forks a fresh one. Workers fork from a forkserver that has already imported
-math-verify and sympy, so a restart costs tens of milliseconds, not the seconds of a cold import.
-
-Like anything built on multiprocessing, a script that grades must keep its top level behind
-`if __name__ == "__main__":` (the forkserver imports the main script).
+The worker is a separate program, `python -m mathgrpo.grading_worker`, started with
+`subprocess` and spoken to over its own stdin/stdout, one JSON line per request and per reply.
+It imports math-verify and sympy once, then runs each check on an executor, a child forked from
+it: an idle one if there is one, else a new one (a fork of the warm worker, ~20 ms). The worker
+kills an executor at its check's deadline and forks afresh later. So
+  - the caller's `__main__` is never imported (a script on stdin, `python -c`, an unguarded
+    file, a notebook, a torchrun rank: all the same to the worker);
+  - checks run at once, each on its own executor, so no check waits for another one's sympy;
+    the deadline is absolute (CLOCK_MONOTONIC is shared by the processes of one machine), so
+    the limit bounds the whole call, the time in the worker's queue included;
+  - the worker dies with its caller: it exits when its stdin closes (the caller's end of the
+    pipe closes when the caller dies, even by SIGKILL) or when it is re-parented, and each
+    executor dies with the worker (PR_SET_PDEATHSIG on Linux).
+When the worker cannot start or dies, the caller gets a `GradingError`, never a verdict.
 
 Nothing here normalises or decides fast paths: `grading.py` does that and only sends what is left.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import queue
+import json
+import os
+import select
+import signal
+import sys
 import threading
+import time
 from functools import lru_cache
 from typing import Optional
 
-# A worker gets this long to import math-verify and say it is ready; this is the one-off start,
-# never part of a check's limit.
+# The one-off start (import math-verify and sympy) may take this long; it is not part of a check.
 STARTUP_TIMEOUT_S = 120.0
-# Address space a worker may add to what it inherited, so a runaway sympy integer cannot take the
+# How long past a check's deadline the caller waits for the worker's answer (the worker kills
+# the executor at the deadline and answers then; this covers the pipe and a loaded machine).
+GRACE_S = 1.0
+# Address space an executor may add to what it inherited, so a runaway sympy integer cannot take the
 # host's memory.
-WORKER_EXTRA_MEMORY_BYTES = 2 * 1024**3
+CHILD_EXTRA_MEMORY_BYTES = 2 * 1024**3
+# Checks start at once while fewer than PARALLEL younger than SLOW_S run (most checks take 1-50 ms
+# on a warm executor; an older one is likely stuck in sympy, so it does not hold the others up);
+# the rest wait in the worker's queue, their deadline running. At most MAX_CHILDREN executors run
+# at once; KEEP_IDLE idle ones are kept for the next checks.
+PARALLEL = max(2, os.cpu_count() or 1)
+SLOW_S = 0.2
+MAX_CHILDREN = 64
+KEEP_IDLE = PARALLEL
+_PR_SET_PDEATHSIG = 1
+_protocol_fd = 1  # in the worker: the caller's pipe for replies (a copy of stdout made at start)
+# Checks the worker runs once at start, one per kind of answer, so that the parts of sympy and
+# math-verify loaded on first use are loaded before executors fork (an executor started cold
+# spends 0.2-0.8 s loading them on its first check).
+WARM_UP_PAIRS = [
+    ("1", "1"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"), ("(x+1)^2", "x^2+2x+1"), ("x+y=1", "y=1-x"),
+    ("\\{1,2\\}", "(1,2)"), ("[0,1)", "(0,1]"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1&2\\end{pmatrix}"),
+    ("\\sin x", "\\cos x"), ("10\\%", "0.1"), ("x<2", "2>x"), ("\\pi", "3.14159"), ("e^{i\\pi}", "-1"),
+    ("\\text{A}", "A"), ("1,2", "2,1"), ("\\log_2 8", "3"), ("\\infty", "-\\infty"), ("x \\in (0,1)", "(0,1)"),
+]
 
 
-def _context() -> mp.context.BaseContext:
-    """The forkserver context with math-verify preloaded where the platform has one, else spawn."""
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["mathgrpo.grading_worker", "math_verify", "sympy"])
-        return ctx
-    return mp.get_context("spawn")
+class GradingError(RuntimeError):
+    """The math-verify path cannot run (the worker did not start, died, or stopped answering)."""
 
 
-# --- the worker side -------------------------------------------------------------------------
+# --- inside an executor: one check -------------------------------------------------------------------
 
 
 def _extraction_config() -> list:
-    """The one math-verify extraction setting: LaTeX (boxed first) then plain expressions."""
+    """The one math-verify extraction setting for our cleaned answers: LaTeX (boxed first), then plain."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
     return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-
-
-def _parse(answer: str) -> list:
-    """math-verify's reading of one bare answer (wrapped as inline math), without its signal timeout."""
-    from math_verify import parse
-
-    return parse(f"${answer}$", _extraction_config(), parsing_timeout=None)
-
-
-@lru_cache(maxsize=8192)
-def _parse_gold(gold: str) -> list:
-    """The gold side, parsed once per distinct gold string (a problem is graded G times a step)."""
-    return _parse(gold)
-
-
-def _verify(pred: str, gold: str) -> tuple:
-    """(equal, pred parsed, gold parsed) for one pair; runs inside the worker."""
-    from math_verify import verify
-
-    gold_parsed = _parse_gold(gold)
-    pred_parsed = _parse(pred)
-    equal = bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
-    return equal, _describe(pred_parsed), _describe(gold_parsed)
 
 
 def _describe(parsed: list) -> str:
@@ -75,17 +78,217 @@ def _describe(parsed: list) -> str:
     return str(parsed[0])[:200] if parsed else "<nothing parsed>"
 
 
-def _limit_memory() -> None:
-    """Cap this worker's address space (what it has now plus a margin) where the platform allows it."""
+def _read(cleaned: str, raw: str) -> tuple:
+    """math-verify's reading of one side: the cleaned form as inline math, or, when nothing can be
+    read from it, the raw string as plain math-verify reads it (default settings); and which it was."""
+    from math_verify import parse
+
+    parsed = parse(f"${cleaned}$", _extraction_config(), parsing_timeout=None)
+    if parsed or raw == cleaned:
+        return parsed, "cleaned"
+    return parse(raw, parsing_timeout=None), "raw"
+
+
+_read_gold = lru_cache(maxsize=4096)(_read)  # a problem's gold is checked G times a step
+
+
+def check(request: dict) -> dict:
+    """The verdict on one request (runs in an executor)."""
+    from math_verify import verify
+
+    g, g_how = _read_gold(request["gold"], request["raw_gold"])
+    p, p_how = _read(request["pred"], request["raw_pred"])
+    equal = bool(verify(g, p, timeout_seconds=None))
+    how = "cleaned" if g_how == p_how == "cleaned" else "raw"
+    return {"status": "ok", "equal": equal, "pred_form": _describe(p), "gold_form": _describe(g), "how": how}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (nothing elsewhere)."""
     try:
-        import os
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _limit_memory() -> None:
+    """Cap this process's address space (what it has now plus a margin) where the platform allows it."""
+    try:
         import resource
 
         with open("/proc/self/statm") as f:
             current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        limit = current + WORKER_EXTRA_MEMORY_BYTES
+        limit = current + CHILD_EXTRA_MEMORY_BYTES
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
+        pass
+
+
+def _executor_main(requests_fd: int, replies_fd: int, worker_pid: int) -> None:
+    """An executor (a forked child of the worker): answer request lines until its pipe closes; never returns."""
+    try:
+        _die_with_parent()
+        if os.getppid() != worker_pid:
+            os._exit(1)
+        _limit_memory()
+        os.close(_protocol_fd)
+        os.dup2(2, 1)  # anything printed goes to the worker's stderr, never into the replies
+        for line in os.fdopen(requests_fd, "rb"):
+            try:
+                reply = check(json.loads(line))
+            except BaseException as exc:  # MemoryError, RecursionError, sympy's own errors: math-verify failed on it
+                reply = {"status": "error", "message": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            os.write(replies_fd, (json.dumps(reply) + "\n").encode())
+    finally:
+        os._exit(0)
+
+
+# --- the worker: requests in, one busy executor per check, replies out ---------------------------
+
+
+class _Executor:
+    """One executor process as the worker sees it: its pipes and the check it is running, if any."""
+
+    def __init__(self) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        worker_pid = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(req_w)
+            os.close(rep_r)
+            _executor_main(req_r, rep_w, worker_pid)
+        os.close(req_r)
+        os.close(rep_w)
+        self.to_fd, self.from_fd = req_w, rep_r
+        self.request: Optional[dict] = None
+        self.started = 0.0
+        self.buf = b""
+
+    def send(self, request: dict) -> None:
+        """Start one check."""
+        self.request, self.started = request, time.monotonic()
+        os.write(self.to_fd, (json.dumps(request) + "\n").encode())
+
+    def stop(self) -> None:
+        """Kill the process (it may be stuck in sympy) and close its pipes."""
+        os.close(self.to_fd)
+        os.close(self.from_fd)
+        _kill(self.pid)
+
+
+class _Worker:
+    """The worker's loop: read requests from stdin, run each on an idle executor (forking one more
+    when all are busy), kill an executor at its check's deadline, answer on stdout."""
+
+    def __init__(self) -> None:
+        self.parent = os.getppid()
+        self.queue: list = []
+        self.idle: list = []
+        self.busy: dict = {}  # reply fd -> _Executor
+        self.inbuf = b""
+
+    def reply(self, request: dict, body: dict) -> None:
+        """Write one reply line; a caller that is gone ends the worker quietly."""
+        try:
+            os.write(_protocol_fd, (json.dumps({"id": request["id"], **body}) + "\n").encode())
+        except OSError:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Kill every executor and leave (the caller has gone)."""
+        for ex in [*self.idle, *self.busy.values()]:
+            _kill(ex.pid)
+        os._exit(0)
+
+    def dispatch(self) -> None:
+        """Hand queued checks to executors while there is room; a check past its deadline is answered as such."""
+        while self.queue and self.room():
+            request = self.queue.pop(0)
+            if time.monotonic() >= request["deadline"]:
+                self.reply(request, {"status": "timeout"})
+                continue
+            ex = self.idle.pop() if self.idle else _Executor()
+            ex.send(request)
+            self.busy[ex.from_fd] = ex
+
+    def room(self) -> bool:
+        """Whether another check may start: fewer than PARALLEL checks younger than SLOW_S run (older
+        ones are likely stuck in sympy and only wait for their deadline), and fewer than MAX_CHILDREN in all."""
+        now = time.monotonic()
+        young = sum(1 for ex in self.busy.values() if now - ex.started < SLOW_S)
+        return young < PARALLEL and len(self.busy) < MAX_CHILDREN
+
+    def read_requests(self) -> None:
+        """Take the complete request lines waiting on stdin; EOF means the caller is gone."""
+        data = os.read(0, 1 << 16)
+        if not data:
+            self.shutdown()
+        self.inbuf += data
+        *lines, self.inbuf = self.inbuf.split(b"\n")
+        self.queue.extend(json.loads(line) for line in lines if line.strip())
+
+    def collect(self, fd: int) -> None:
+        """Read an executor's reply (it may come in pieces); answer, and keep the executor for the next check."""
+        ex = self.busy[fd]
+        data = os.read(fd, 1 << 16)
+        if not data:  # it died mid-check (memory limit, a crash)
+            del self.busy[fd]
+            ex.stop()
+            self.reply(ex.request, {"status": "error", "message": "the check's process ended without a reply"})
+            return
+        ex.buf += data
+        if ex.buf.endswith(b"\n"):
+            del self.busy[fd]
+            self.reply(ex.request, json.loads(ex.buf))
+            ex.buf, ex.request = b"", None
+            self.idle.append(ex)
+            while len(self.idle) > KEEP_IDLE:
+                self.idle.pop(0).stop()
+
+    def expire(self) -> None:
+        """Kill the executors whose check is past its deadline and answer those checks as timeouts."""
+        now = time.monotonic()
+        for fd, ex in list(self.busy.items()):
+            if now >= ex.request["deadline"]:
+                del self.busy[fd]
+                ex.stop()
+                self.reply(ex.request, {"status": "timeout"})
+
+    def wait_time(self) -> float:
+        """Seconds until the next deadline, or until a running check turns slow while others queue
+        (at most 0.2 s, so a re-parenting is noticed soon)."""
+        times = [ex.request["deadline"] for ex in self.busy.values()]
+        if self.queue:
+            times += [ex.started + SLOW_S for ex in self.busy.values()]
+        return max(0.0, min([0.2] + [t - time.monotonic() for t in times]))
+
+    def loop(self) -> None:
+        """Serve until the caller goes."""
+        while True:
+            if os.getppid() != self.parent:
+                self.shutdown()
+            self.dispatch()
+            readable, _, _ = select.select([0, *self.busy], [], [], self.wait_time())
+            for fd in readable:
+                if fd == 0:
+                    self.read_requests()
+                elif fd in self.busy:
+                    self.collect(fd)
+            self.expire()
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL an executor and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
         pass
 
 
@@ -93,133 +296,163 @@ def _quiet_math_verify() -> None:
     """Silence math-verify's warning that its own timeout is off (ours is the process kill)."""
     import logging
 
-    for name in ("math_verify", "math_verify.parser", "math_verify.grader", "math_verify.utils"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
 
 
-def worker_main(conn) -> None:
-    """Worker loop: answer ("verify", pred, gold) requests until the pipe closes."""
-    _limit_memory()
+def worker_main() -> None:
+    """Entry point of `python -m mathgrpo.grading_worker`: load math-verify, say ready, serve."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the caller; we leave when it does
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    global _protocol_fd
+    _protocol_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is for replies only: whatever math-verify or sympy print goes to stderr
     _quiet_math_verify()
-    import math_verify  # noqa: F401  (already loaded under forkserver; imported here under spawn)
+    import math_verify  # noqa: F401
+    import sympy  # noqa: F401
 
-    conn.send(("ready",))
-    while True:
-        try:
-            _, pred, gold = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            conn.send(("ok",) + _verify(pred, gold))
-        except BaseException as exc:  # MemoryError, RecursionError, sympy's own errors: all mean "no"
-            conn.send(("error", f"{type(exc).__name__}: {str(exc)[:200]}"))
+    for pred, gold in WARM_UP_PAIRS:  # sympy loads much lazily: load it once here, before executors fork
+        check({"pred": pred, "gold": gold, "raw_pred": pred, "raw_gold": gold})
+    os.write(_protocol_fd, b'{"ready": true}\n')
+    _Worker().loop()
 
 
-# --- the caller side -------------------------------------------------------------------------
+# --- the caller's side ------------------------------------------------------------------------------
 
 
-class _Worker:
-    """One worker process and its pipe; restarted on demand after a kill."""
+def _package_root() -> str:
+    """The folder holding this copy of `mathgrpo`, so the worker imports the same copy."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker_env() -> dict:
+    """The caller's environment with this package's folder first on PYTHONPATH."""
+    env = dict(os.environ)
+    paths = [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class Client:
+    """The caller's handle on one worker process, shared by all threads of the caller."""
 
     def __init__(self) -> None:
         self.proc = None
-        self.conn = None
+        self.stderr = None
+        self.pending: dict = {}  # request id -> [threading.Event, reply]
+        self.next_id = 0
+        self.lock = threading.Lock()
 
-    def ensure_started(self) -> None:
-        """Start the process if none is running and wait until it has loaded math-verify."""
-        if self.proc is not None and self.proc.is_alive():
-            return
-        ctx = _context()
-        parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=worker_main, args=(child,), daemon=True, name="mathgrpo-grader")
-        self.proc.start()
-        child.close()
-        self.conn = parent
-        if not parent.poll(STARTUP_TIMEOUT_S) or parent.recv() != ("ready",):
-            self.kill()
-            raise RuntimeError("the math-verify worker did not start")
+    def _spawn(self) -> None:
+        """Start the worker program and wait for its ready line (under `self.lock`)."""
+        import subprocess
+        import tempfile
 
-    def kill(self) -> None:
-        """Kill the process (it may be stuck in sympy) and drop the pipe."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.join(timeout=5)
-        if self.conn is not None:
-            self.conn.close()
-        self.proc, self.conn = None, None
+        if not sys.executable:
+            raise GradingError("cannot start the math-verify worker: sys.executable is empty")
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mathgrpo.grading_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=_worker_env(), bufsize=0,
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], STARTUP_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line.startswith(b'{"ready"'):
+            self._fail_start(line)
+        threading.Thread(target=self._read_replies, args=(self.proc,), daemon=True, name="mathgrpo-grader").start()
 
-    def verify(self, pred: str, gold: str, timeout: float) -> Optional[tuple]:
-        """The worker's reply, or None when it overran `timeout` (the worker is then killed)."""
-        self.ensure_started()
-        self.conn.send(("verify", pred, gold))
-        if self.conn.poll(timeout):
-            return self.conn.recv()
-        self.kill()
-        return None
+    def _fail_start(self, line: bytes) -> None:
+        """Stop a worker that did not start and raise with what it printed."""
+        self.proc.kill()
+        self.proc.wait()
+        self.stderr.seek(0)
+        said = (line + self.stderr.read()).decode(errors="replace").strip()[-2000:]
+        self.proc = None
+        raise GradingError(f"the math-verify worker ({sys.executable} -m mathgrpo.grading_worker) did not start: {said or 'no output'}")
 
+    def _read_replies(self, proc) -> None:
+        """Hand each reply line to the thread waiting for it; at EOF fail every check still waiting."""
+        for line in open(proc.stdout.fileno(), "rb", closefd=False):
+            reply = json.loads(line)
+            with self.lock:
+                slot = self.pending.pop(reply["id"], None)
+            if slot is not None:
+                slot[1] = reply
+                slot[0].set()
+        with self.lock:
+            if self.proc is proc:
+                self.proc = None
+            dead, self.pending = self.pending, {}
+        for slot in dead.values():
+            slot[1] = {"status": "dead"}
+            slot[0].set()
 
-class WorkerPool:
-    """A fixed set of workers shared by all threads; each check borrows one for its duration."""
+    def start(self) -> None:
+        """Start the worker if it is not running (the one-off start is not part of any check's limit)."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._spawn()
 
-    def __init__(self, size: int = 1) -> None:
-        self.size = max(1, int(size))
-        self._idle: queue.Queue = queue.Queue()
-        for _ in range(self.size):
-            self._idle.put(_Worker())
+    def _send(self, request: dict) -> tuple:
+        """Register and write one request; (its id, its slot, set when the reply comes)."""
+        slot = [threading.Event(), None]
+        with self.lock:
+            self.next_id += 1
+            rid = request["id"] = self.next_id
+            self.pending[rid] = slot
+            try:
+                self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            except (OSError, AttributeError) as exc:
+                self.pending.pop(rid, None)
+                raise GradingError(f"the math-verify worker is gone ({type(exc).__name__})") from exc
+        return rid, slot
 
-    def warm_up(self) -> None:
-        """Start every worker now, so the first checks do not pay the start-up."""
-        workers = [self._idle.get() for _ in range(self.size)]
-        try:
-            for w in workers:
-                w.ensure_started()
-        finally:
-            for w in workers:
-                self._idle.put(w)
+    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float) -> dict:
+        """The worker's reply for one check that must end by `deadline` (time.monotonic()).
 
-    def verify(self, pred: str, gold: str, timeout: float) -> tuple:
-        """("ok", equal, pred_parsed, gold_parsed), ("error", message) or ("timeout",).
-
-        `timeout` bounds the time spent in math-verify; waiting for a busy worker is not part of it.
+        {"status": "ok", "equal", "pred_form", "gold_form", "how"}, {"status": "timeout"} or
+        {"status": "error", "message"} (math-verify itself failed on this input). Raises
+        GradingError when the worker cannot be reached.
         """
-        worker = self._idle.get()
-        try:
-            reply = worker.verify(pred, gold, timeout)
-        except (OSError, EOFError, RuntimeError) as exc:  # the worker died under us: start afresh
-            worker.kill()
-            return ("error", f"{type(exc).__name__}: {exc}")
-        finally:
-            self._idle.put(worker)
-        return reply if reply is not None else ("timeout",)
+        self.start()
+        rid, slot = self._send({"pred": pred, "gold": gold, "raw_pred": raw_pred, "raw_gold": raw_gold, "deadline": deadline})
+        if not slot[0].wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
+            with self.lock:
+                self.pending.pop(rid, None)
+            return {"status": "timeout"}
+        if slot[1]["status"] == "dead":
+            raise GradingError(self.death_note())
+        return slot[1]
+
+    def death_note(self) -> str:
+        """Why the worker is gone, with the end of what it printed."""
+        said = ""
+        if self.stderr is not None:
+            self.stderr.seek(0)
+            said = self.stderr.read().decode(errors="replace").strip()[-1000:]
+        return f"the math-verify worker died during a check{': ' + said if said else ''}"
 
     def close(self) -> None:
-        """Kill every worker."""
-        for _ in range(self.size):
-            self._idle.get().kill()
-        for _ in range(self.size):
-            self._idle.put(_Worker())
+        """Stop the worker (closing its stdin is enough; kill makes sure)."""
+        with self.lock:
+            proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.stdin.close()
+            proc.kill()
+            proc.wait()
 
 
-_pool: Optional[WorkerPool] = None
-_pool_lock = threading.Lock()
+_client: Optional[Client] = None
+_client_lock = threading.Lock()
 
 
-def get_pool() -> WorkerPool:
-    """The process-wide pool (one worker unless `set_workers` said otherwise)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = WorkerPool(1)
-        return _pool
+def get_client() -> Client:
+    """The process-wide client (one worker process per caller process)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = Client()
+        return _client
 
 
-def set_workers(n: int) -> WorkerPool:
-    """Replace the process-wide pool with one of `n` workers (evaluation can use one per core)."""
-    global _pool
-    with _pool_lock:
-        if _pool is not None and _pool.size == n:
-            return _pool
-        if _pool is not None:
-            _pool.close()
-        _pool = WorkerPool(n)
-        return _pool
+if __name__ == "__main__":
+    worker_main()
