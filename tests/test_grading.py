@@ -71,7 +71,20 @@ ISSUE_18_DIFFERENT = [
     ("16386.20", "\\$16,\\!386.21"), ("10,\\!080", "10,081"), ("-12;-11;-10", "\\{-12, -11, -9\\}"),
     ("\\frac{1}{12}", "0.0834"), ("10\\%", "0.2"), ("10\\%", "11"), ("1.5", "11/2"), ("1 1/2", "11/2"),
     ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{1}{4}"), ("√2", "\\sqrt{3}"),
+    ("52_8", "52_9"), ("4210_{5}", "4210_{6}"), ("1,22", "1.23"),
 ]
+
+
+@pytest.mark.parametrize(
+    "gold,pred",
+    [("52_8", "52_{8}"), ("1,22", "1.22"), ("12", "The answer is $\\boxed{12}$."), ("$x < 3$", "We find that $x \\lt 3$."),
+     ("90^\\circ", "Thus \\begin{align*} x &= 50^\\circ+40^\\circ \\\\ &= \\boxed{90^\\circ}. \\end{align*}"),
+     ("189", "So " + "we count again. " * 80 + "Therefore, the answer is $189$.")],
+)
+def test_numerals_decimal_commas_and_text_answers(gold, pred):
+    """A numeral in a base equals itself; `1,22` is the decimal 1.22; a sentence or a long solution
+    (math delimiters, a box, over 1,000 characters) is read the way plain math-verify reads it."""
+    assert grading.is_equivalent(pred, gold)
 
 
 @pytest.mark.parametrize("gold,pred", ISSUE_18_EQUIVALENT)
@@ -84,7 +97,7 @@ def test_issue_18_kinds_are_equivalent(gold, pred):
 
 @pytest.mark.parametrize("gold,pred", ISSUE_18_DIFFERENT)
 def test_issue_18_near_misses_stay_apart(gold, pred):
-    """The same spellings with a different value are not equal."""
+    """The same spellings with a different value (or base) are not equal."""
     assert not grading.is_equivalent(pred, gold)
 
 
@@ -276,3 +289,19 @@ def test_grade_main_prints_verdict_forms_and_path(capsys):
     assert grading.grade_main("10^{10^{10^{10}}}", "3") == 0
     out = capsys.readouterr().out
     assert "NOT EQUIVALENT" in out and "decided: guard (tower" in out
+
+
+# --- labelled pairs: never below plain math-verify ---------------------------------------------------
+
+
+def test_labelled_pairs_agree_at_least_as_often_as_plain_math_verify():
+    """On tests/data/grading_pairs.jsonl (both splits; pairs from math-verify's and the MATH
+    repository's tests, and re-spelled bundled golds), mathgrpo agrees with the labels at least as
+    often as plain math-verify (verify(parse(gold), parse(pred)), default settings), overall and on
+    every source."""
+    gc = _grading_check()
+    result = gc.agreement(gc.load_pairs())
+    gc.print_agreement("tune+test", result)
+    assert result["by_source"]["all"]["n"] > 2000
+    for source, entry in result["by_source"].items():
+        assert entry["mathgrpo"] >= entry["math_verify"], source

@@ -6,12 +6,16 @@ Rewards and evaluation both call `grade`, so what training rewards is what the b
 for sure, never "not equal", except for two plain numbers:
   1. string:  both sides cleaned (LaTeX spacing, `\\text{}`, units, currency, percent, thousands
               separators, `x = `) and compared as strings, case and space insensitive -> equal;
+              also `1,22` against `1.22` (a decimal comma);
   2. number:  both sides plain numbers, simple fractions or mixed numbers: integers and fractions
-              exactly, decimals within NUMBER_REL_TOL; `p%` also means p/100 -> equal or not;
-  3. guards:  over-long answers, absurd exponents/factorials, deep nesting -> not equal, no sympy;
+              exactly, decimals within NUMBER_REL_TOL; `p%` also means p/100; two numerals with
+              a base subscript (`52_8`) by value -> equal or not;
+  3. guards:  a bare answer with absurd exponents/factorials or deep nesting -> not equal, no sympy;
   4. math-verify in a worker process under a hard time limit (`grading_worker`) on the cleaned
-     forms, then on the raw strings as plain math-verify reads them: equal if either says so. A
-     check past its limit, or one math-verify fails on, counts as wrong, and `stats` counts it;
+     forms; when a side is text (math delimiters `$`, `\\(`, `\\[` or a box) also on the raw
+     strings as plain math-verify reads them: equal if either says so. Answers longer than
+     MAX_ANSWER_CHARS are read by plain math-verify only; longer than MAX_TEXT_CHARS, as strings only.
+     A check past its limit, or one math-verify fails on, counts as wrong, and `stats` counts it;
      a worker that cannot run raises GradingError.
 Nothing here calls `eval`, `exec` or `sympify` on model text.
 """
@@ -31,7 +35,8 @@ from .grading_worker import GradingError  # noqa: F401  (raised from here to the
 from .formats import Format, get_format, last_boxed, parse_completion
 
 DEFAULT_TIMEOUT_S = 3.0
-MAX_ANSWER_CHARS = 1000  # longer answers are compared as strings only: no regex, no sympy
+MAX_ANSWER_CHARS = 1000  # longer answers are not cleaned: plain math-verify reads them as they are
+MAX_TEXT_CHARS = 20_000  # longer still: compared as strings only, no regex, no sympy
 MAX_BRACE_DEPTH = 10  # MATH-500 golds nest at most 2 deep
 MAX_EXPONENT = 1_000  # MATH-500 golds have exponents up to 8
 MAX_FACTORIAL = 1_000
@@ -126,6 +131,8 @@ _NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "over", "plus", "minus",
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=]*$)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?(?=(?:\\%)?$)")
 _MIXED_NUMBER = re.compile(r"^(-?\d+)\s+(\d+)\s*/\s*(\d+)$")
+_DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
+_BASE_NUMERAL = re.compile(r"^([0-9a-z]{1,40})_\{?(\d{1,2})\}?$")
 _CHOICE = re.compile(r"^\(?([a-e])\)?$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 _SLASH_FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
@@ -216,6 +223,17 @@ def as_number(key: str) -> Optional[Fraction]:
     return None
 
 
+def base_numeral(key: str) -> Optional[int]:
+    """The value of a numeral with its base as a subscript (`52_8`, `4210_{5}`, bases 2-36), else None."""
+    m = _BASE_NUMERAL.match(key)
+    if not m or not 2 <= int(m.group(2)) <= 36:
+        return None
+    try:
+        return int(m.group(1), int(m.group(2)))
+    except ValueError:  # a digit the base does not have
+        return None
+
+
 def numeric_value(answer: str) -> Optional[Fraction]:
     """The exact value of an answer that is a plain number once cleaned (`$1,000`, `50%`, `\\frac12`), else None."""
     return _prepare(answer).number
@@ -228,6 +246,7 @@ class _Prepared:
     math: str  # presentation removed: what math-verify reads
     key: str  # the string key (also without `x =` and percent signs)
     number: Optional[Fraction]
+    base: Optional[int]  # the value of a numeral written in a base, `52_8` -> 42
     exact: bool  # the number is written without a decimal point (integer, fraction)
     percent: bool
     long: bool
@@ -236,10 +255,10 @@ class _Prepared:
 def _prepare(answer: str) -> _Prepared:
     """Clean an answer and compute its key and numeric value (cheap, no sympy)."""
     if len(answer) > MAX_ANSWER_CHARS:
-        return _Prepared(answer, "".join(answer.split()).lower(), None, False, False, True)
+        return _Prepared(answer, "".join(answer.split()).lower(), None, None, False, False, True)
     math = _present(answer)
     key = string_key(clean(answer))
-    return _Prepared(math, key, as_number(key), "." not in key, "\\%" in math, False)
+    return _Prepared(math, key, as_number(key), base_numeral(key), "." not in key, "\\%" in math, False)
 
 
 _prepare_gold = lru_cache(maxsize=16384)(_prepare)
@@ -250,8 +269,6 @@ _prepare_gold = lru_cache(maxsize=16384)(_prepare)
 _EXPONENT = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d+)")
 _TOWER = re.compile(r"\d\s*(?:\^|\*\*)\s*\{?\s*\(?\s*\d+\s*\}?\s*(?:\^|\*\*)\s*\{?\s*\(?\s*\d")
 _FACTORIAL = re.compile(r"(\d+)\s*!")
-# Characters no answer of ours is written with; math-verify would spend its whole limit on them.
-_NOT_MATH = re.compile(r"[@#\"?`]")
 
 
 def _brace_depth(text: str) -> int:
@@ -267,13 +284,9 @@ def _brace_depth(text: str) -> int:
 
 
 def hostile_reason(text: str) -> Optional[str]:
-    """Why `text` must not reach sympy (a number it would build, nesting, malformed LaTeX), or None."""
+    """Why `text` must not reach sympy (a number it would build, nesting sympy would recurse into), or None."""
     if _brace_depth(text) > MAX_BRACE_DEPTH:
         return "nesting too deep"
-    if text.count("{") != text.count("}"):
-        return "unbalanced braces"
-    if _NOT_MATH.search(text):
-        return "characters that are not math"
     if _TOWER.search(text):
         return "tower of numeric exponents"
     if any(len(e) > 5 or int(e) > MAX_EXPONENT for e in _EXPONENT.findall(text)):
@@ -332,19 +345,33 @@ def _compare_numbers(p: _Prepared, g: _Prepared) -> Optional[bool]:
     return True if any(_close(a, b) for a, b in pairs) else None
 
 
-def _cheap(p: _Prepared, g: _Prepared) -> Optional[Decision]:
-    """The decision of a path that needs no sympy, or None when math-verify must decide."""
+def _text_side(side: _Prepared, raw: str) -> bool:
+    """A side that is text rather than a bare answer (long, or with math delimiters or a box): the
+    guards do not read it, plain math-verify picks its answer out of it, under the time limit."""
+    return side.long or grading_worker.delimited(raw)
+
+
+def _decimal_comma(a: str, b: str) -> bool:
+    """`1,22` and `1.22`: one side a decimal with a comma for the point, the other the same digits with a point."""
+    return bool(_DECIMAL_COMMA.match(a)) and a.replace(",", ".") == b
+
+
+def _cheap(p: _Prepared, g: _Prepared, pred: str, gold: str) -> Optional[Decision]:
+    """The decision of a path that needs no sympy, or None when math-verify must decide (`pred`
+    and `gold` are the raw answers `p` and `g` were prepared from)."""
     if not p.key or not g.key:
         return Decision(False, "empty", p.key, g.key)
-    if p.key == g.key:
+    if p.key == g.key or _decimal_comma(p.key, g.key) or _decimal_comma(g.key, p.key):
         return Decision(True, "string", p.key, g.key)
     if p.number is not None and g.number is not None:
         equal = _compare_numbers(p, g)
         if equal is not None:
             return Decision(equal, "number", str(p.number), str(g.number))
-    if p.long or g.long:
+    if max(len(p.math), len(g.math)) > MAX_TEXT_CHARS:
         return Decision(False, "too-long", p.key[:80], g.key[:80])
-    reason = hostile_reason(p.math) or hostile_reason(g.math)
+    if p.base is not None and g.base is not None:
+        return Decision(p.base == g.base, "number", f"{p.base} (base 10)", f"{g.base} (base 10)")
+    reason = None if _text_side(p, pred) or _text_side(g, gold) else hostile_reason(p.math) or hostile_reason(g.math)
     if reason:
         return Decision(False, "guard", p.math[:80], g.math[:80], reason)
     return None
@@ -358,19 +385,22 @@ def decide(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S) -> Decision
     _check_args(pred, gold, timeout)
     try:
         p, g = _prepare(pred), _prepare_gold(gold)
-        cheap = _cheap(p, g)
+        cheap = _cheap(p, g, pred, gold)
     except Exception as exc:  # a bug in our normalisation: math-verify reads the raw strings instead
         return _math_verify(pred.strip(), gold.strip(), pred, gold, timeout, f"normalisation failed: {exc!r:.80}")
     if cheap is not None:
         return cheap
+    if p.long or g.long:
+        return _math_verify(pred, gold, pred, gold, timeout, "long: read by plain math-verify", plain_only=True)
     return _math_verify(p.math, g.math, pred, gold, timeout)
 
 
-def _math_verify(pred: str, gold: str, raw_pred: str, raw_gold: str, timeout: float, note: str = "") -> Decision:
+def _math_verify(pred: str, gold: str, raw_pred: str, raw_gold: str, timeout: float, note: str = "",
+                 plain_only: bool = False) -> Decision:
     """Ask the worker, within `timeout` of now; a timeout or math-verify failing on the input means not equal."""
     client = grading_worker.get_client()
     client.start()  # the one-off start of the worker is not part of the limit
-    reply = client.verify(pred, gold, raw_pred, raw_gold, time.monotonic() + timeout)
+    reply = client.verify(pred, gold, raw_pred, raw_gold, time.monotonic() + timeout, plain_only)
     if reply["status"] == "ok":
         how = "" if reply["how"] == "cleaned" else "raw strings"
         return Decision(reply["equal"], "math-verify", reply["pred_form"], reply["gold_form"], how or note)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import sys
@@ -86,20 +87,43 @@ def _read(cleaned: str, raw: str) -> tuple:
     parsed = parse(f"${cleaned}$", _extraction_config(), parsing_timeout=None)
     if parsed or raw == cleaned:
         return parsed, "cleaned"
-    return parse(raw, parsing_timeout=None), "raw"
+    return _read_plain(raw), "raw"
+
+
+def _read_plain(raw: str) -> list:
+    """The raw string as plain math-verify reads it: parse(raw) with default settings."""
+    from math_verify import parse
+
+    return parse(raw, parsing_timeout=None)
 
 
 _read_gold = lru_cache(maxsize=4096)(_read)  # a problem's gold is checked G times a step
+_DELIMITED = re.compile(r"(?<!\\)\$|\\[(\[]|\\boxed|\\fbox")
+
+
+def delimited(text: str) -> bool:
+    """True for text with math delimiters (`$`, `\\(`, `\\[`) or a box: a sentence or a solution
+    rather than a bare answer, which plain math-verify is built to read."""
+    return bool(_DELIMITED.search(text))
 
 
 def check(request: dict) -> dict:
-    """The verdict on one request (runs in an executor)."""
+    """The verdict on one request (runs in an executor): the cleaned readings; when they differ and
+    a side is delimited text, also the raw strings as plain math-verify reads them (equal if either says so)."""
     from math_verify import verify
 
+    if request.get("plain_only"):
+        g, p = _read_plain(request["raw_gold"]), _read_plain(request["raw_pred"])
+        equal = bool(verify(g, p, timeout_seconds=None))
+        return {"status": "ok", "equal": equal, "pred_form": _describe(p), "gold_form": _describe(g), "how": "raw"}
     g, g_how = _read_gold(request["gold"], request["raw_gold"])
     p, p_how = _read(request["pred"], request["raw_pred"])
     equal = bool(verify(g, p, timeout_seconds=None))
     how = "cleaned" if g_how == p_how == "cleaned" else "raw"
+    if not equal and (delimited(request["raw_gold"]) or delimited(request["raw_pred"])):
+        g2, p2 = _read_plain(request["raw_gold"]), _read_plain(request["raw_pred"])
+        if verify(g2, p2, timeout_seconds=None):
+            equal, g, p, how = True, g2, p2, "raw"
     return {"status": "ok", "equal": equal, "pred_form": _describe(p), "gold_form": _describe(g), "how": how}
 
 
@@ -406,15 +430,17 @@ class Client:
                 raise GradingError(f"the math-verify worker is gone ({type(exc).__name__})") from exc
         return rid, slot
 
-    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float) -> dict:
+    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float, plain_only: bool = False) -> dict:
         """The worker's reply for one check that must end by `deadline` (time.monotonic()).
 
         {"status": "ok", "equal", "pred_form", "gold_form", "how"}, {"status": "timeout"} or
-        {"status": "error", "message"} (math-verify itself failed on this input). Raises
+        {"status": "error", "message"} (math-verify itself failed on this input). `plain_only`: read
+        only the raw strings, as plain math-verify does (for answers too long to clean). Raises
         GradingError when the worker cannot be reached.
         """
         self.start()
-        rid, slot = self._send({"pred": pred, "gold": gold, "raw_pred": raw_pred, "raw_gold": raw_gold, "deadline": deadline})
+        rid, slot = self._send({"pred": pred, "gold": gold, "raw_pred": raw_pred, "raw_gold": raw_gold,
+                                "deadline": deadline, "plain_only": plain_only})
         if not slot[0].wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
             with self.lock:
                 self.pending.pop(rid, None)
