@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "mathgrpo" / "data" / "bundled"
 PAIRS = ROOT / "tests" / "data" / "grading_pairs.jsonl"
 _FRACTION = re.compile(r"^(-?)\\frac\{(\d+)\}\{(\d+)\}$")
-_THOUSANDS = re.compile(r"\d{1,3}(?:,(?:\\!)?\d{3})+(?:\.\d+)?")
+_THOUSANDS = re.compile(r"\d,(?:\\!)?\d{3}")  # a thousands separator: never spaced out as a list
 # An integer that is the power of a unit (`\mbox{ cm}^2`): bumping it changes the unit, not the answer.
 _UNIT_POWER = re.compile(r"\\(?:mbox|text)\{[^{}]*\}\^\{?$")
 
@@ -66,7 +66,7 @@ def math500_respellings(gold: str) -> list:
         _decimal(gold),
         gold.replace(",\\!", "").replace("{,}", "") if re.fullmatch(r"[\d,\\!{}.]+", gold) else gold,
         f"\\boxed{{{gold}}}",
-        gold if _THOUSANDS.fullmatch(gold) else gold.replace(", ", ",") if ", " in gold else gold.replace(",", ", "),
+        gold if _THOUSANDS.search(gold) else gold.replace(", ", ",") if ", " in gold else gold.replace(",", ", "),
     ]
     return list(dict.fromkeys(s for s in spellings if s != gold))
 

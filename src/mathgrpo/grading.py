@@ -129,7 +129,7 @@ _NUMBER_HEAD = r"(-?\d[\d,]*(?:\.\d+)?|-?\.\d+)"
 _UNIT_TAIL = re.compile(_NUMBER_HEAD + r"\s*((?:[a-zA-Z]{2,}|[mgsl])\.?(?:\s+[a-zA-Z]+\.?){0,3})(?:\s*\^\s*\{?[23]\}?)?$")
 _NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "over", "plus", "minus", "cdot", "i", "e", "x", "y"}
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=]*$)")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?(?=(?:\\%)?$)")
+_THOUSANDS = re.compile(r"^-?(?!0[, ])\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?(?=(?:\\%)?$)")
 _MIXED_NUMBER = re.compile(r"^(-?\d+)\s+(\d+)\s*/\s*(\d+)$")
 _DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
 _BASE_NUMERAL = re.compile(r"^([0-9a-z]{1,40})_\{?(\d{1,2})\}?$")
