@@ -73,6 +73,24 @@ def test_unguarded_script_runs_its_top_level_once(tmp_path):
     _expect_verdicts(done, tmp_path)
 
 
+def test_a_forked_caller_gets_a_worker_of_its_own(tmp_path):
+    """A caller that forks after grading (a data-loader worker, say): the child's checks start their
+    own worker and get real verdicts; the parent's still work."""
+    script = CALLER + textwrap.dedent(
+        f"""
+        pid = os.fork()
+        if pid == 0:
+            print("child", grading.decide(*{HARD_PAIRS[0][:2]!r}).path, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("parent", grading.decide(*{HARD_PAIRS[1][:2]!r}).path)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    _expect_verdicts(done, tmp_path)
+    assert done.stdout.split("\n")[len(HARD_PAIRS):] == ["child math-verify", "parent math-verify", ""]
+
+
 def test_two_torchrun_ranks(tmp_path):
     """Two gloo ranks under torchrun each start their own worker and get the same verdicts."""
     script = tmp_path / "ranks.py"

@@ -132,7 +132,7 @@ _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=]*$)")
 _THOUSANDS = re.compile(r"^-?(?!0[, ])\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?(?=(?:\\%)?$)")
 _MIXED_NUMBER = re.compile(r"^(-?\d+)\s+(\d+)\s*/\s*(\d+)$")
 _DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
-_BASE_NUMERAL = re.compile(r"^([0-9a-z]{1,40})_\{?(\d{1,2})\}?$")
+_BASE_NUMERAL = re.compile(r"^(\d[0-9a-z]{0,39})_\{?(\d{1,2})\}?$")  # starts with a digit: a_{11} is a variable
 _CHOICE = re.compile(r"^\(?([a-e])\)?$")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
 _SLASH_FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
@@ -224,7 +224,7 @@ def as_number(key: str) -> Optional[Fraction]:
 
 
 def base_numeral(key: str) -> Optional[int]:
-    """The value of a numeral with its base as a subscript (`52_8`, `4210_{5}`, bases 2-36), else None."""
+    """The value of a numeral with its base as a subscript (`52_8`, `4210_{5}`, `1a_{16}`; bases 2-36), else None."""
     m = _BASE_NUMERAL.match(key)
     if not m or not 2 <= int(m.group(2)) <= 36:
         return None

@@ -457,15 +457,6 @@ class Client:
             said = self.stderr.read().decode(errors="replace").strip()[-1000:]
         return f"the math-verify worker died during a check{': ' + said if said else ''}"
 
-    def close(self) -> None:
-        """Stop the worker (closing its stdin is enough; kill makes sure)."""
-        with self.lock:
-            proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.stdin.close()
-            proc.kill()
-            proc.wait()
-
 
 _client: Optional[Client] = None
 _client_lock = threading.Lock()
@@ -478,6 +469,18 @@ def get_client() -> Client:
         if _client is None:
             _client = Client()
         return _client
+
+
+def _forget_after_fork() -> None:
+    """In a forked child of the caller: drop the parent's worker (its reply reader did not come
+    along); the child's first hard check starts a worker of its own."""
+    global _client, _client_lock
+    if _client is not None and _client.proc is not None:
+        _client.proc.stdin.close()  # the child's copy only: the parent's worker still sees its caller
+    _client, _client_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 if __name__ == "__main__":
