@@ -39,12 +39,15 @@ GRACE_S = 1.0
 # Address space an executor may add to what it inherited, so a runaway sympy integer cannot take the
 # host's memory.
 CHILD_EXTRA_MEMORY_BYTES = 2 * 1024**3
-# Checks start at once while fewer than PARALLEL younger than SLOW_S run (most checks take 1-50 ms
-# on a warm executor; an older one is likely stuck in sympy, so it does not hold the others up);
-# the rest wait in the worker's queue, their deadline running. At most MAX_CHILDREN executors run
-# at once; KEEP_IDLE idle ones are kept for the next checks.
+# Checks start at once while fewer than PARALLEL younger than YOUNG_S run (most checks take 1-50 ms
+# on a warm executor: reusing one beats forking many); an older one may be stuck in sympy, so it
+# does not hold the others up. The rest wait in the worker's queue, their deadline running. A
+# check running longer than SLOW_S has its executor reniced to SLOW_NICE, so it gets only the CPU
+# that newer checks leave. At most MAX_CHILDREN executors run at once; KEEP_IDLE idle ones are kept.
 PARALLEL = max(2, os.cpu_count() or 1)
-SLOW_S = 0.2
+YOUNG_S = 0.1
+SLOW_S = 0.5
+SLOW_NICE = 19
 MAX_CHILDREN = 64
 KEEP_IDLE = PARALLEL
 _PR_SET_PDEATHSIG = 1
@@ -189,18 +192,34 @@ class _Executor:
         self.to_fd, self.from_fd = req_w, rep_r
         self.request: Optional[dict] = None
         self.started = 0.0
+        self.demoted = False
         self.buf = b""
 
     def send(self, request: dict) -> None:
         """Start one check."""
-        self.request, self.started = request, time.monotonic()
+        self.request, self.started, self.demoted = request, time.monotonic(), False
         os.write(self.to_fd, (json.dumps(request) + "\n").encode())
 
     def stop(self) -> None:
-        """Kill the process (it may be stuck in sympy) and close its pipes."""
+        """Kill the process (it may be stuck in sympy), close its pipes and reap it."""
+        self.kill()
+        self.reap()
+
+    def kill(self) -> None:
+        """SIGKILL the process and close its pipes, without waiting for it."""
         os.close(self.to_fd)
         os.close(self.from_fd)
-        _kill(self.pid)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> None:
+        """Wait for the killed process to end."""
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 class _Worker:
@@ -212,6 +231,7 @@ class _Worker:
         self.queue: list = []
         self.idle: list = []
         self.busy: dict = {}  # reply fd -> _Executor
+        self.dead: list = []  # killed, not yet reaped
         self.inbuf = b""
 
     def reply(self, request: dict, body: dict) -> None:
@@ -224,7 +244,7 @@ class _Worker:
     def shutdown(self) -> None:
         """Kill every executor and leave (the caller has gone)."""
         for ex in [*self.idle, *self.busy.values()]:
-            _kill(ex.pid)
+            ex.kill()
         os._exit(0)
 
     def dispatch(self) -> None:
@@ -239,10 +259,10 @@ class _Worker:
             self.busy[ex.from_fd] = ex
 
     def room(self) -> bool:
-        """Whether another check may start: fewer than PARALLEL checks younger than SLOW_S run (older
-        ones are likely stuck in sympy and only wait for their deadline), and fewer than MAX_CHILDREN in all."""
+        """Whether another check may start: fewer than PARALLEL checks younger than YOUNG_S run, and
+        fewer than MAX_CHILDREN in all."""
         now = time.monotonic()
-        young = sum(1 for ex in self.busy.values() if now - ex.started < SLOW_S)
+        young = sum(1 for ex in self.busy.values() if now - ex.started < YOUNG_S)
         return young < PARALLEL and len(self.busy) < MAX_CHILDREN
 
     def read_requests(self) -> None:
@@ -268,25 +288,44 @@ class _Worker:
             del self.busy[fd]
             self.reply(ex.request, json.loads(ex.buf))
             ex.buf, ex.request = b"", None
-            self.idle.append(ex)
+            if ex.demoted:  # a reniced process cannot be raised again: no more checks for it
+                ex.stop()
+            else:
+                self.idle.append(ex)
             while len(self.idle) > KEEP_IDLE:
                 self.idle.pop(0).stop()
 
     def expire(self) -> None:
-        """Kill the executors whose check is past its deadline and answer those checks as timeouts."""
+        """Kill the executors whose check is past its deadline, answer those checks as timeouts, then
+        reap them (a reniced process may take a while to end)."""
         now = time.monotonic()
-        for fd, ex in list(self.busy.items()):
-            if now >= ex.request["deadline"]:
-                del self.busy[fd]
-                ex.stop()
-                self.reply(ex.request, {"status": "timeout"})
+        expired = [fd for fd, ex in self.busy.items() if now >= ex.request["deadline"]]
+        for ex in [self.busy.pop(fd) for fd in expired]:
+            ex.kill()
+            self.reply(ex.request, {"status": "timeout"})
+            self.dead.append(ex)
+        while self.dead:
+            self.dead.pop().reap()
+
+    def demote_slow(self) -> None:
+        """Lower the CPU priority of executors running longer than SLOW_S (likely stuck in sympy
+        until their deadline), so that new checks get the cores first."""
+        now = time.monotonic()
+        for ex in self.busy.values():
+            if not ex.demoted and now - ex.started >= SLOW_S:
+                ex.demoted = True
+                try:
+                    os.setpriority(os.PRIO_PROCESS, ex.pid, SLOW_NICE)
+                except OSError:
+                    pass
 
     def wait_time(self) -> float:
-        """Seconds until the next deadline, or until a running check turns slow while others queue
-        (at most 0.2 s, so a re-parenting is noticed soon)."""
+        """Seconds until the next deadline, until a running check stops being young while others
+        queue, or until one turns slow (at most 0.2 s, so a re-parenting is noticed soon)."""
         times = [ex.request["deadline"] for ex in self.busy.values()]
+        times += [ex.started + SLOW_S for ex in self.busy.values() if not ex.demoted]
         if self.queue:
-            times += [ex.started + SLOW_S for ex in self.busy.values()]
+            times += [ex.started + YOUNG_S for ex in self.busy.values()]
         return max(0.0, min([0.2] + [t - time.monotonic() for t in times]))
 
     def loop(self) -> None:
@@ -302,18 +341,7 @@ class _Worker:
                 elif fd in self.busy:
                     self.collect(fd)
             self.expire()
-
-
-def _kill(pid: int) -> None:
-    """SIGKILL an executor and reap it."""
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+            self.demote_slow()
 
 
 def _quiet_math_verify() -> None:
