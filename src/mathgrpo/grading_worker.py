@@ -7,9 +7,10 @@ it: an idle one if there is one, else a new one (a fork of the warm worker, ~20 
 kills an executor at its check's deadline and forks afresh later. So
   - the caller's `__main__` is never imported (a script on stdin, `python -c`, an unguarded
     file, a notebook, a torchrun rank: all the same to the worker);
-  - checks run at once, each on its own executor, so no check waits for another one's sympy;
-    the deadline is absolute (CLOCK_MONOTONIC is shared by the processes of one machine), so
-    the limit bounds the whole call, the time in the worker's queue included;
+  - a check stuck in sympy holds no other check up: new checks start beside it on other
+    executors, and after SLOW_S it only gets the CPU they leave (reniced); the deadline is
+    absolute (CLOCK_MONOTONIC is shared by the processes of one machine), so the limit bounds
+    the whole call, the time in the worker's queue included;
   - the worker dies with its caller: it exits when its stdin closes (the caller's end of the
     pipe closes when the caller dies, even by SIGKILL) or when it is re-parented, and each
     executor dies with the worker (PR_SET_PDEATHSIG on Linux).
