@@ -73,6 +73,15 @@ def test_unguarded_script_runs_its_top_level_once(tmp_path):
     _expect_verdicts(done, tmp_path)
 
 
+def test_a_stray_module_in_the_callers_folder_does_not_reach_the_worker(tmp_path):
+    """A `sympy.py` beside a script on stdin (its folder is on the caller's path): the worker,
+    started with `-P`, imports the real sympy and answers."""
+    (tmp_path / "sympy.py").write_text("raise SystemExit('stray sympy imported')\n")
+    done = subprocess.run([sys.executable, "-"], input=CALLER, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    _expect_verdicts(done, tmp_path)
+
+
 def test_a_forked_caller_gets_a_worker_of_its_own(tmp_path):
     """A caller that forks after grading (a data-loader worker, say): the child's checks start their
     own worker and get real verdicts; the parent's still work."""

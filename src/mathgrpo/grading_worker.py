@@ -161,8 +161,7 @@ def _executor_main(requests_fd: int, replies_fd: int, worker_pid: int) -> None:
         if os.getppid() != worker_pid:
             os._exit(1)
         _limit_memory()
-        os.close(_protocol_fd)
-        os.dup2(2, 1)  # anything printed goes to the worker's stderr, never into the replies
+        os.close(_protocol_fd)  # fd 1 is the worker's stderr already: nothing printed reaches the replies
         for line in os.fdopen(requests_fd, "rb"):
             try:
                 reply = check(json.loads(line))
@@ -403,8 +402,9 @@ class Client:
         if not sys.executable:
             raise GradingError("cannot start the math-verify worker: sys.executable is empty")
         self.stderr = tempfile.TemporaryFile()
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # the caller's folder is not put on sys.path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mathgrpo.grading_worker"],
+            [sys.executable, *safe_path, "-m", "mathgrpo.grading_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=_worker_env(), bufsize=0,
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], STARTUP_TIMEOUT_S)
