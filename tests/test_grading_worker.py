@@ -1,6 +1,6 @@
 """The math-verify worker from every kind of caller: a script on stdin, `python -c`, an unguarded
-file (its top level runs once), 32 threads with a pathological check among them, two torchrun
-ranks; it dies with a SIGKILLed caller, and a worker that cannot run raises instead of answering."""
+file (its top level runs once), a stray module in the caller's folder, threads with pathological
+checks among them, two torchrun ranks; it dies with a SIGKILLed caller."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mathgrpo import grading, grading_worker
+from mathgrpo import grading
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SLACK_S = 1.0  # the worker's answer after a kill, on a loaded 2-core machine
@@ -82,24 +82,6 @@ def test_a_stray_module_in_the_callers_folder_does_not_reach_the_worker(tmp_path
     _expect_verdicts(done, tmp_path)
 
 
-def test_a_forked_caller_gets_a_worker_of_its_own(tmp_path):
-    """A caller that forks after grading (a data-loader worker, say): the child's checks start their
-    own worker and get real verdicts; the parent's still work."""
-    script = CALLER + textwrap.dedent(
-        f"""
-        pid = os.fork()
-        if pid == 0:
-            print("child", grading.decide(*{HARD_PAIRS[0][:2]!r}).path, flush=True)
-            os._exit(0)
-        os.waitpid(pid, 0)
-        print("parent", grading.decide(*{HARD_PAIRS[1][:2]!r}).path)
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
-    _expect_verdicts(done, tmp_path)
-    assert done.stdout.split("\n")[len(HARD_PAIRS):] == ["child math-verify", "parent math-verify", ""]
-
-
 def test_two_torchrun_ranks(tmp_path):
     """Two gloo ranks under torchrun each start their own worker and get the same verdicts."""
     script = tmp_path / "ranks.py"
@@ -147,11 +129,11 @@ def test_threads_with_pathological_checks(slow, trivial):
 KILLED_CALLER = textwrap.dedent(
     """
     import threading, time
-    from mathgrpo import grading, grading_worker
+    from mathgrpo import grading, grading_client
     grading.warm_up()
     threading.Thread(target=grading.is_equivalent, args=("\\\\sum_{k=1}^{10^{4}} k^{k}", "3", 60.0), daemon=True).start()
     time.sleep(1.0)
-    print(grading_worker.get_client().proc.pid, flush=True)
+    print(grading_client.get_client().proc.pid, flush=True)
     time.sleep(60)
     """
 )
@@ -197,37 +179,3 @@ def test_worker_and_its_checks_die_with_a_killed_caller(tmp_path):
     print(f"\nworker gone {gone_after:.2f} s after the caller's SIGKILL")
     assert not any(_alive(p) for p in [worker, *checks]) and gone_after < 2.0
     assert caller.stderr.read() == ""
-
-
-def test_a_worker_that_cannot_start_raises(tmp_path):
-    """A broken math-verify install: the first hard check raises GradingError naming the cause, never False."""
-    broken = tmp_path / "broken" / "math_verify"
-    broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text("raise ImportError('math_verify is broken here')\n")
-    script = "from mathgrpo import grading\nprint(grading.is_equivalent('1', '1'))\ngrading.is_equivalent('\\\\sqrt{3}', '\\\\sqrt{2}')\n"
-    env = {**_env(tmp_path), "PYTHONPATH": f"{SRC}{os.pathsep}{broken.parent}"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout == "True\n"  # the cheap path needs no worker
-    assert done.returncode == 1
-    assert "GradingError: the math-verify worker" in done.stderr and "math_verify is broken here" in done.stderr
-
-
-def test_a_worker_killed_mid_check_raises_then_restarts():
-    """The worker killed under a running check: that check raises GradingError; the next one starts a fresh worker."""
-    grading.warm_up()
-    client = grading_worker.get_client()
-    out = {}
-
-    def run() -> None:
-        try:
-            out["equal"] = grading.is_equivalent("\\sum_{k=1}^{10^{4}} k^{k}", "3", timeout=20)
-        except grading.GradingError as exc:
-            out["error"] = str(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    time.sleep(0.5)
-    client.proc.kill()
-    thread.join(timeout=10)
-    assert "died during a check" in out["error"]
-    assert grading.is_equivalent("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}")

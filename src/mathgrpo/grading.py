@@ -11,7 +11,7 @@ for sure, never "not equal", except for two plain numbers:
               exactly, decimals within NUMBER_REL_TOL; `p%` also means p/100; two numerals with
               a base subscript (`52_8`) by value -> equal or not;
   3. guards:  a bare answer with absurd exponents/factorials or deep nesting -> not equal, no sympy;
-  4. math-verify in a worker process under a hard time limit (`grading_worker`) on the cleaned
+  4. math-verify in a worker process under a hard time limit (`grading_worker`, `grading_client`) on the cleaned
      forms; when a side is text (math delimiters `$`, `\\(`, `\\[` or a box) also on the raw
      strings as plain math-verify reads them: equal if either says so. Answers longer than
      MAX_ANSWER_CHARS are read by plain math-verify only; longer than MAX_TEXT_CHARS, as strings only.
@@ -30,8 +30,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Optional, Union
 
-from . import grading_worker
-from .grading_worker import GradingError  # noqa: F401  (raised from here to the callers)
+from . import grading_client, grading_worker
+from .grading_client import GradingError  # noqa: F401  (raised from here to the callers)
 from .formats import Format, get_format, last_boxed, parse_completion
 
 DEFAULT_TIMEOUT_S = 3.0
@@ -398,7 +398,7 @@ def decide(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S) -> Decision
 def _math_verify(pred: str, gold: str, raw_pred: str, raw_gold: str, timeout: float, note: str = "",
                  plain_only: bool = False) -> Decision:
     """Ask the worker, within `timeout` of now; a timeout or math-verify failing on the input means not equal."""
-    client = grading_worker.get_client()
+    client = grading_client.get_client()
     client.start()  # the one-off start of the worker is not part of the limit
     reply = client.verify(pred, gold, raw_pred, raw_gold, time.monotonic() + timeout, plain_only)
     if reply["status"] == "ok":
@@ -427,7 +427,7 @@ def warm_up(workers: Optional[int] = None) -> None:
     `workers` is accepted for old callers and ignored: one worker process serves every thread,
     each check in its own forked child.
     """
-    grading_worker.get_client().start()
+    grading_client.get_client().start()
 
 
 # --- completions ---------------------------------------------------------------------------------

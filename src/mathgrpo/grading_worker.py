@@ -1,6 +1,7 @@
-"""math-verify behind a hard time limit, in a worker process that never runs the caller's code.
+"""The math-verify worker: a separate program that checks answers under a hard time limit and never
+runs the caller's code.
 
-The worker is a separate program, `python -m mathgrpo.grading_worker`, started with
+The worker is `python -m mathgrpo.grading_worker`, started with
 `subprocess` and spoken to over its own stdin/stdout, one JSON line per request and per reply.
 It imports math-verify and sympy once, then runs each check on an executor, a child forked from
 it: an idle one if there is one, else a new one (a fork of the warm worker, ~20 ms). The worker
@@ -14,9 +15,8 @@ kills an executor at its check's deadline and forks afresh later. So
   - the worker dies with its caller: it exits when its stdin closes (the caller's end of the
     pipe closes when the caller dies, even by SIGKILL) or when it is re-parented, and each
     executor dies with the worker (PR_SET_PDEATHSIG on Linux).
-When the worker cannot start or dies, the caller gets a `GradingError`, never a verdict.
-
-Nothing here normalises or decides fast paths: `grading.py` does that and only sends what is left.
+`grading_client` starts the worker and speaks to it; `grading.py` normalises and decides the
+cheap paths and only sends what is left.
 """
 
 from __future__ import annotations
@@ -26,32 +26,30 @@ import os
 import re
 import select
 import signal
-import sys
-import threading
 import time
 from functools import lru_cache
 from typing import Optional
 
-# The one-off start (import math-verify and sympy) may take this long; it is not part of a check.
-STARTUP_TIMEOUT_S = 120.0
-# How long past a check's deadline the caller waits for the worker's answer (the worker kills
-# the executor at the deadline and answers then; this covers the pipe and a loaded machine).
-GRACE_S = 1.0
 # Address space an executor may add to what it inherited, so a runaway sympy integer cannot take the
 # host's memory.
 CHILD_EXTRA_MEMORY_BYTES = 2 * 1024**3
 # Checks start at once while fewer than PARALLEL younger than YOUNG_S run (most checks take 1-50 ms
 # on a warm executor: reusing one beats forking many); an older one may be stuck in sympy, so it
 # does not hold the others up. The rest wait in the worker's queue, their deadline running. A
-# check running longer than SLOW_S has its executor reniced to SLOW_NICE, so it gets only the CPU
-# that newer checks leave. At most MAX_CHILDREN executors run at once; KEEP_IDLE idle ones are kept.
+# check that has used more than SLOW_S of CPU has its executor reniced to SLOW_NICE, so it gets
+# only the CPU that newer checks leave (CPU time, not wall time: a check waiting for a core under
+# load is not demoted for it). At most MAX_CHILDREN executors run at once; KEEP_IDLE idle ones are kept.
 PARALLEL = max(2, os.cpu_count() or 1)
 YOUNG_S = 0.1
 SLOW_S = 0.5
 SLOW_NICE = 19
+# Executors run this much nicer than the worker, so that the worker's loop (answering, killing
+# at deadlines) gets the CPU when it needs it even with every core busy with checks.
+EXECUTOR_NICE = 5
 MAX_CHILDREN = 64
 KEEP_IDLE = PARALLEL
 _PR_SET_PDEATHSIG = 1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _protocol_fd = 1  # in the worker: the caller's pipe for replies (a copy of stdout made at start)
 # Checks the worker runs once at start, one per kind of answer, so that the parts of sympy and
 # math-verify loaded on first use are loaded before executors fork (an executor started cold
@@ -62,10 +60,6 @@ WARM_UP_PAIRS = [
     ("\\sin x", "\\cos x"), ("10\\%", "0.1"), ("x<2", "2>x"), ("\\pi", "3.14159"), ("e^{i\\pi}", "-1"),
     ("\\text{A}", "A"), ("1,2", "2,1"), ("\\log_2 8", "3"), ("\\infty", "-\\infty"), ("x \\in (0,1)", "(0,1)"),
 ]
-
-
-class GradingError(RuntimeError):
-    """The math-verify path cannot run (the worker did not start, died, or stopped answering)."""
 
 
 # --- inside an executor: one check -------------------------------------------------------------------
@@ -161,6 +155,7 @@ def _executor_main(requests_fd: int, replies_fd: int, worker_pid: int) -> None:
         if os.getppid() != worker_pid:
             os._exit(1)
         _limit_memory()
+        os.nice(EXECUTOR_NICE)
         os.close(_protocol_fd)  # fd 1 is the worker's stderr already: nothing printed reaches the replies
         for line in os.fdopen(requests_fd, "rb"):
             try:
@@ -191,22 +186,27 @@ class _Executor:
         os.close(rep_w)
         self.to_fd, self.from_fd = req_w, rep_r
         self.request: Optional[dict] = None
-        self.started = 0.0
+        self.started = self.cpu_at_start = 0.0
         self.demoted = False
         self.buf = b""
 
     def send(self, request: dict) -> None:
         """Start one check."""
         self.request, self.started, self.demoted = request, time.monotonic(), False
+        self.cpu_at_start = self.cpu_seconds()
         os.write(self.to_fd, (json.dumps(request) + "\n").encode())
 
-    def stop(self) -> None:
-        """Kill the process (it may be stuck in sympy), close its pipes and reap it."""
-        self.kill()
-        self.reap()
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system; 0 where /proc cannot tell)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
     def kill(self) -> None:
-        """SIGKILL the process and close its pipes, without waiting for it."""
+        """SIGKILL the process and close its pipes, without waiting for it to end."""
         os.close(self.to_fd)
         os.close(self.from_fd)
         try:
@@ -214,12 +214,12 @@ class _Executor:
         except ProcessLookupError:
             pass
 
-    def reap(self) -> None:
-        """Wait for the killed process to end."""
+    def reaped(self) -> bool:
+        """Whether the killed process has ended (and is reaped now); never waits."""
         try:
-            os.waitpid(self.pid, 0)
+            return os.waitpid(self.pid, os.WNOHANG)[0] != 0
         except ChildProcessError:
-            pass
+            return True
 
 
 class _Worker:
@@ -231,7 +231,7 @@ class _Worker:
         self.queue: list = []
         self.idle: list = []
         self.busy: dict = {}  # reply fd -> _Executor
-        self.dead: list = []  # killed, not yet reaped
+        self.dead: list = []  # killed, not yet reaped (a reniced process may take a while to end)
         self.inbuf = b""
 
     def reply(self, request: dict, body: dict) -> None:
@@ -280,7 +280,7 @@ class _Worker:
         data = os.read(fd, 1 << 16)
         if not data:  # it died mid-check (memory limit, a crash)
             del self.busy[fd]
-            ex.stop()
+            self.retire(ex)
             self.reply(ex.request, {"status": "error", "message": "the check's process ended without a reply"})
             return
         ex.buf += data
@@ -289,30 +289,32 @@ class _Worker:
             self.reply(ex.request, json.loads(ex.buf))
             ex.buf, ex.request = b"", None
             if ex.demoted:  # a reniced process cannot be raised again: no more checks for it
-                ex.stop()
+                self.retire(ex)
             else:
                 self.idle.append(ex)
             while len(self.idle) > KEEP_IDLE:
-                self.idle.pop(0).stop()
+                self.retire(self.idle.pop(0))
+
+    def retire(self, ex: _Executor) -> None:
+        """Kill an executor; it is reaped once it has ended (`expire` looks)."""
+        ex.kill()
+        self.dead.append(ex)
 
     def expire(self) -> None:
-        """Kill the executors whose check is past its deadline, answer those checks as timeouts, then
-        reap them (a reniced process may take a while to end)."""
+        """Kill the executors whose check is past its deadline and answer those checks as timeouts;
+        reap the killed ones that have ended."""
         now = time.monotonic()
         expired = [fd for fd, ex in self.busy.items() if now >= ex.request["deadline"]]
         for ex in [self.busy.pop(fd) for fd in expired]:
-            ex.kill()
+            self.retire(ex)
             self.reply(ex.request, {"status": "timeout"})
-            self.dead.append(ex)
-        while self.dead:
-            self.dead.pop().reap()
+        self.dead = [ex for ex in self.dead if not ex.reaped()]
 
     def demote_slow(self) -> None:
-        """Lower the CPU priority of executors running longer than SLOW_S (likely stuck in sympy
-        until their deadline), so that new checks get the cores first."""
-        now = time.monotonic()
+        """Lower the CPU priority of executors whose check has used more than SLOW_S of CPU (likely
+        stuck in sympy until its deadline), so that new checks get the cores first."""
         for ex in self.busy.values():
-            if not ex.demoted and now - ex.started >= SLOW_S:
+            if not ex.demoted and ex.cpu_seconds() - ex.cpu_at_start >= SLOW_S:
                 ex.demoted = True
                 try:
                     os.setpriority(os.PRIO_PROCESS, ex.pid, SLOW_NICE)
@@ -321,9 +323,9 @@ class _Worker:
 
     def wait_time(self) -> float:
         """Seconds until the next deadline, until a running check stops being young while others
-        queue, or until one turns slow (at most 0.2 s, so a re-parenting is noticed soon)."""
+        queue, or until one turns slow (at most 0.2 s, so a re-parenting is noticed and the killed
+        executors are reaped soon)."""
         times = [ex.request["deadline"] for ex in self.busy.values()]
-        times += [ex.started + SLOW_S for ex in self.busy.values() if not ex.demoted]
         if self.queue:
             times += [ex.started + YOUNG_S for ex in self.busy.values()]
         return max(0.0, min([0.2] + [t - time.monotonic() for t in times]))
@@ -366,150 +368,6 @@ def worker_main() -> None:
         check({"pred": pred, "gold": gold, "raw_pred": pred, "raw_gold": gold})
     os.write(_protocol_fd, b'{"ready": true}\n')
     _Worker().loop()
-
-
-# --- the caller's side ------------------------------------------------------------------------------
-
-
-def _package_root() -> str:
-    """The folder holding this copy of `mathgrpo`, so the worker imports the same copy."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _worker_env() -> dict:
-    """The caller's environment with this package's folder first on PYTHONPATH."""
-    env = dict(os.environ)
-    paths = [_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
-class Client:
-    """The caller's handle on one worker process, shared by all threads of the caller."""
-
-    def __init__(self) -> None:
-        self.proc = None
-        self.stderr = None
-        self.pending: dict = {}  # request id -> [threading.Event, reply]
-        self.next_id = 0
-        self.lock = threading.Lock()
-
-    def _spawn(self) -> None:
-        """Start the worker program and wait for its ready line (under `self.lock`)."""
-        import subprocess
-        import tempfile
-
-        if not sys.executable:
-            raise GradingError("cannot start the math-verify worker: sys.executable is empty")
-        self.stderr = tempfile.TemporaryFile()
-        safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # the caller's folder is not put on sys.path
-        self.proc = subprocess.Popen(
-            [sys.executable, *safe_path, "-m", "mathgrpo.grading_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=_worker_env(), bufsize=0,
-        )
-        ready, _, _ = select.select([self.proc.stdout], [], [], STARTUP_TIMEOUT_S)
-        line = self.proc.stdout.readline() if ready else b""
-        if not line.startswith(b'{"ready"'):
-            self._fail_start(line)
-        threading.Thread(target=self._read_replies, args=(self.proc,), daemon=True, name="mathgrpo-grader").start()
-
-    def _fail_start(self, line: bytes) -> None:
-        """Stop a worker that did not start and raise with what it printed."""
-        self.proc.kill()
-        self.proc.wait()
-        self.stderr.seek(0)
-        said = (line + self.stderr.read()).decode(errors="replace").strip()[-2000:]
-        self.proc = None
-        raise GradingError(f"the math-verify worker ({sys.executable} -m mathgrpo.grading_worker) did not start: {said or 'no output'}")
-
-    def _read_replies(self, proc) -> None:
-        """Hand each reply line to the thread waiting for it; at EOF fail every check still waiting."""
-        for line in open(proc.stdout.fileno(), "rb", closefd=False):
-            reply = json.loads(line)
-            with self.lock:
-                slot = self.pending.pop(reply["id"], None)
-            if slot is not None:
-                slot[1] = reply
-                slot[0].set()
-        with self.lock:
-            if self.proc is proc:
-                self.proc = None
-            dead, self.pending = self.pending, {}
-        for slot in dead.values():
-            slot[1] = {"status": "dead"}
-            slot[0].set()
-
-    def start(self) -> None:
-        """Start the worker if it is not running (the one-off start is not part of any check's limit)."""
-        with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self._spawn()
-
-    def _send(self, request: dict) -> tuple:
-        """Register and write one request; (its id, its slot, set when the reply comes)."""
-        slot = [threading.Event(), None]
-        with self.lock:
-            self.next_id += 1
-            rid = request["id"] = self.next_id
-            self.pending[rid] = slot
-            try:
-                self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            except (OSError, AttributeError) as exc:
-                self.pending.pop(rid, None)
-                raise GradingError(f"the math-verify worker is gone ({type(exc).__name__})") from exc
-        return rid, slot
-
-    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float, plain_only: bool = False) -> dict:
-        """The worker's reply for one check that must end by `deadline` (time.monotonic()).
-
-        {"status": "ok", "equal", "pred_form", "gold_form", "how"}, {"status": "timeout"} or
-        {"status": "error", "message"} (math-verify itself failed on this input). `plain_only`: read
-        only the raw strings, as plain math-verify does (for answers too long to clean). Raises
-        GradingError when the worker cannot be reached.
-        """
-        self.start()
-        rid, slot = self._send({"pred": pred, "gold": gold, "raw_pred": raw_pred, "raw_gold": raw_gold,
-                                "deadline": deadline, "plain_only": plain_only})
-        if not slot[0].wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
-            with self.lock:
-                self.pending.pop(rid, None)
-            return {"status": "timeout"}
-        if slot[1]["status"] == "dead":
-            raise GradingError(self.death_note())
-        return slot[1]
-
-    def death_note(self) -> str:
-        """Why the worker is gone, with the end of what it printed."""
-        said = ""
-        if self.stderr is not None:
-            self.stderr.seek(0)
-            said = self.stderr.read().decode(errors="replace").strip()[-1000:]
-        return f"the math-verify worker died during a check{': ' + said if said else ''}"
-
-
-_client: Optional[Client] = None
-_client_lock = threading.Lock()
-
-
-def get_client() -> Client:
-    """The process-wide client (one worker process per caller process)."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = Client()
-        return _client
-
-
-def _forget_after_fork() -> None:
-    """In a forked child of the caller: drop the parent's worker (its reply reader did not come
-    along); the child's first hard check starts a worker of its own."""
-    global _client, _client_lock
-    if _client is not None and _client.proc is not None:
-        _client.proc.stdin.close()  # the child's copy only: the parent's worker still sees its caller
-    _client, _client_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 if __name__ == "__main__":
