@@ -3,8 +3,10 @@
     PYTHONPATH=src python benchmarks/grading_check.py [--limit 1.0] [--workers 2]
 
 Prints: golds equivalent to themselves and to their own worked solution (X/1819), golds with their
-first integer bumped that are (rightly) not equivalent, and the worst and total wall time of 1,000
-hostile predictions. tests/test_grading.py runs the same functions, so the numbers quoted from
+first integer bumped that are (rightly) not equivalent, the worst and total wall time of 1,000
+hostile predictions, and, per split of tests/data/grading_pairs.jsonl, the agreement with the
+labels of mathgrpo and of plain math-verify (verify(parse(gold), parse(pred)), default settings)
+side by side, overall and per source, with the time per pair (median, p99) of each. tests/test_grading.py runs the same functions, so the numbers quoted from
 here are the ones the tests assert on.
 """
 
@@ -18,11 +20,13 @@ import string
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 from mathgrpo import grading
 from mathgrpo.formats import last_boxed
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mathgrpo" / "data" / "bundled"
+PAIRS = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
 HOSTILE_GOLDS = ["3", "\\frac{1}{2}", "(1,2)", "x^2+1"]
 
 
@@ -184,11 +188,73 @@ def hostile_check(limit: float = 1.0, n: int = 1000, seed: int = 0, threads: int
     }
 
 
+# --- labelled pairs: mathgrpo against plain math-verify -----------------------------------------
+
+
+def load_pairs(split: Optional[str] = None) -> list:
+    """The labelled pairs of tests/data/grading_pairs.jsonl (one split, or all)."""
+    rows = [json.loads(x) for x in PAIRS.read_text().splitlines() if x.strip()]
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def plain_math_verify(gold: str, pred: str) -> bool:
+    """Plain math-verify with default settings: verify(parse(gold), parse(pred))."""
+    from math_verify import parse, verify
+
+    return bool(verify(parse(gold), parse(pred)))
+
+
+def _judge_all(pairs: list, judge) -> tuple:
+    """(verdicts, seconds per pair) of `judge(gold, pred)` over `pairs`, one by one."""
+    verdicts, seconds = [], []
+    for r in pairs:
+        t0 = time.perf_counter()
+        verdicts.append(judge(r["gold"], r["pred"]))
+        seconds.append(time.perf_counter() - t0)
+    return verdicts, seconds
+
+
+def _percentile(values: list, q: float) -> float:
+    """The q-quantile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def agreement(pairs: list, with_math_verify: bool = True) -> dict:
+    """Agreement with the labels of mathgrpo and (optionally) plain math-verify: per source and
+    overall {"n", "mathgrpo", "math_verify"}, the time per pair of each, and mathgrpo's misses."""
+    judges = {"mathgrpo": lambda g, p: grading.is_equivalent(p, g)}
+    if with_math_verify:
+        judges["math_verify"] = plain_math_verify
+    out = {"by_source": {}, "seconds": {}, "misses": {}}
+    for name, judge in judges.items():
+        verdicts, seconds = _judge_all(pairs, judge)
+        out["seconds"][name] = {"median": _percentile(seconds, 0.5), "p99": _percentile(seconds, 0.99)}
+        out["misses"][name] = [r for r, v in zip(pairs, verdicts) if v != r["label"]]
+        for source in ["all"] + sorted({r["source"] for r in pairs}):
+            rows = [(r, v) for r, v in zip(pairs, verdicts) if source in ("all", r["source"])]
+            entry = out["by_source"].setdefault(source, {"n": len(rows)})
+            entry[name] = sum(v == r["label"] for r, v in rows)
+    return out
+
+
+def print_agreement(split: str, result: dict) -> None:
+    """The side-by-side table for one split."""
+    print(f"labelled pairs, {split} split: agreement with the labels (mathgrpo | plain math-verify)")
+    for source, e in result["by_source"].items():
+        mv = f"{e['math_verify']}/{e['n']}" if "math_verify" in e else "-"
+        print(f"  {source:22s} {e['mathgrpo']:5d}/{e['n']:<5d} | {mv}")
+    for name, t in result["seconds"].items():
+        print(f"  time per pair, {name}: median {t['median'] * 1000:.2f} ms, p99 {t['p99'] * 1000:.1f} ms")
+
+
 def main() -> None:
     """Run the three checks and print the numbers."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=float, default=1.0, help="math-verify time limit per hostile check, seconds")
-    ap.add_argument("--workers", type=int, default=2, help="math-verify worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="threads for the hostile check")
+    ap.add_argument("--splits", nargs="*", default=["tune", "test"], help="labelled-pair splits to compare (tune, test)")
+    ap.add_argument("--show-misses", action="store_true", help="print each labelled pair mathgrpo gets wrong")
     args = ap.parse_args()
     grading.warm_up(args.workers)
     t0 = time.monotonic()
@@ -208,6 +274,11 @@ def main() -> None:
         f"{h['guarded']} guarded, {h['too_long']} too long, {h['math_verify']} decided by math-verify, "
         f"{h['worker_errors']} worker errors, {len(h['exceptions'])} exceptions raised"
     )
+    for split in args.splits:
+        result = agreement(load_pairs(split))
+        print_agreement(split, result)
+        for r in result["misses"]["mathgrpo"] if args.show_misses else []:
+            print(f"  MISS ({r['source']}, label {r['label']}): pred {r['pred'][:120]!r} gold {r['gold'][:120]!r}")
     print(f"grading stats: {grading.stats.as_dict()}")
 
 

@@ -54,6 +54,65 @@ NOT_EQUIVALENT = [
 ]
 
 
+# The kinds of failure issue 18 lists (gold | prediction), each with a near miss that must stay apart.
+ISSUE_18_EQUIVALENT = [
+    ("\\begin{pmatrix}0&0&0\\\\0&1&0\\\\0&0&1\\end{pmatrix}", "\\begin{bmatrix} 0 & 0 & 0 \\\\ 0 & 1 & 0 \\\\ 0 & 0 & 1\\end{bmatrix}"),
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"),
+    ("16386.20", "\\$16,\\!386.20"), ("10,\\!080", "10080"), ("10,\\!080", "10,080"), ("1\\,000", "1000"),
+    ("-12;-11;-10;-8;-7;-6", "\\{-12, -11, -10, -8, -7, -6\\}"), ("1; 2", "1, 2"),
+    ("\\frac{1}{12}", "0.0833333333333333"), ("\\frac{2}{3}", "0.666666666666667"), ("\\frac{1}{7}", "0.142857"),
+    ("10\\%", "0.1"), ("10\\%", "10"), ("28\\%", "28 percent"), ("1.5", "1 1/2"), ("-2.25", "-2 1/4"),
+    ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}"), ("√2", "\\sqrt{2}"), ("2√3", "2\\sqrt{3}"), ("√(x+1)", "\\sqrt{x+1}"),
+    ("2π", "2\\pi"),
+]
+ISSUE_18_DIFFERENT = [
+    ("\\begin{pmatrix}0&0&0\\\\0&1&0\\\\0&0&1\\end{pmatrix}", "\\begin{bmatrix} 0 & 0 & 0 \\\\ 0 & 1 & 0 \\\\ 0 & 0 & 2\\end{bmatrix}"),
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2 & -14 & -6\\end{pmatrix}"),
+    ("16386.20", "\\$16,\\!386.21"), ("10,\\!080", "10,081"), ("-12;-11;-10", "\\{-12, -11, -9\\}"),
+    ("\\frac{1}{12}", "0.0834"), ("10\\%", "0.2"), ("10\\%", "11"), ("1.5", "11/2"), ("1 1/2", "11/2"),
+    ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{1}{4}"), ("√2", "\\sqrt{3}"),
+    ("52_8", "52_9"), ("4210_{5}", "4210_{6}"), ("1,22", "1.23"), ("a_{11}", "a_{12}"),
+]
+
+
+@pytest.mark.parametrize(
+    "gold,pred",
+    [("52_8", "52_{8}"), ("1,22", "1.22"), ("12", "The answer is $\\boxed{12}$."), ("$x < 3$", "We find that $x \\lt 3$."),
+     ("90^\\circ", "Thus \\begin{align*} x &= 50^\\circ+40^\\circ \\\\ &= \\boxed{90^\\circ}. \\end{align*}"),
+     ("189", "So " + "we count again. " * 80 + "Therefore, the answer is $189$.")],
+)
+def test_numerals_decimal_commas_and_text_answers(gold, pred):
+    """A numeral in a base equals itself; `1,22` is the decimal 1.22; a sentence or a long solution
+    (math delimiters, a box, over 1,000 characters) is read the way plain math-verify reads it."""
+    assert grading.is_equivalent(pred, gold)
+
+
+@pytest.mark.parametrize("gold,pred", ISSUE_18_EQUIVALENT)
+def test_issue_18_kinds_are_equivalent(gold, pred):
+    """Matrices with `\\\\` row breaks, `,\\!` thousands, `;` lists, decimals of fractions, percent
+    (p% means p or p/100), mixed numbers, equations, `√`: equal both ways."""
+    assert grading.is_equivalent(pred, gold)
+    assert grading.is_equivalent(gold, pred)
+
+
+@pytest.mark.parametrize("gold,pred", ISSUE_18_DIFFERENT)
+def test_issue_18_near_misses_stay_apart(gold, pred):
+    """The same spellings with a different value (or base) are not equal."""
+    assert not grading.is_equivalent(pred, gold)
+
+
+@pytest.mark.parametrize(
+    "pred,gold",
+    [("(1,2)", "(2,1)"), ("x+1", "x+2"), ("\\frac{\\pi}{2}", "\\frac{\\pi}{3}"), ("0.1428", "\\frac{1}{7}"), ("1.5", "1.6")],
+)
+def test_not_equal_comes_from_math_verify_unless_both_are_exact_numbers(pred, gold):
+    """A cheap path says "equal" only; "not equal" is math-verify's, except integers and fractions
+    compared exactly (a decimal that differs goes to math-verify, which rounds to 6 places)."""
+    assert grading.decide(pred, gold).path == "math-verify"
+    assert grading.decide("3/4", "\\frac{2}{3}") == grading.Decision(False, "number", "3/4", "2/3")
+    assert grading.decide("0.0833333333333333", "\\frac{1}{12}").path == "number"
+
+
 @pytest.mark.parametrize("pred,gold", EQUIVALENT)
 def test_equivalent_literals(pred, gold):
     """Each of the 46 literal pairs means the same answer (and does so in both directions)."""
@@ -67,9 +126,19 @@ def test_not_equivalent_literals(pred, gold):
     assert not grading.is_equivalent(pred, gold)
 
 
-def test_none_prediction_is_wrong():
-    """No answer extracted (None) is never right."""
-    assert not grading.is_equivalent(None, "3")
+@pytest.mark.parametrize("pred,gold", [(None, "3"), (5, "5"), ("5", 5), ("5", None), (b"5", "5")])
+def test_wrong_argument_types_raise_type_error(pred, gold):
+    """Answers that are not str (None, numbers, bytes) raise TypeError instead of a verdict."""
+    with pytest.raises(TypeError, match="must be a str"):
+        grading.is_equivalent(pred, gold)
+
+
+def test_bad_time_limit_raises():
+    """A time limit that is not a positive number is refused."""
+    with pytest.raises(TypeError):
+        grading.is_equivalent("1", "1", timeout="3")
+    with pytest.raises(ValueError):
+        grading.is_equivalent("1", "1", timeout=0)
 
 
 def test_integer_answers_take_the_fast_path():
@@ -220,3 +289,19 @@ def test_grade_main_prints_verdict_forms_and_path(capsys):
     assert grading.grade_main("10^{10^{10^{10}}}", "3") == 0
     out = capsys.readouterr().out
     assert "NOT EQUIVALENT" in out and "decided: guard (tower" in out
+
+
+# --- labelled pairs: never below plain math-verify ---------------------------------------------------
+
+
+def test_labelled_pairs_agree_at_least_as_often_as_plain_math_verify():
+    """On tests/data/grading_pairs.jsonl (both splits; pairs from math-verify's and the MATH
+    repository's tests, and re-spelled bundled golds), mathgrpo agrees with the labels at least as
+    often as plain math-verify (verify(parse(gold), parse(pred)), default settings), overall and on
+    every source."""
+    gc = _grading_check()
+    result = gc.agreement(gc.load_pairs())
+    gc.print_agreement("tune+test", result)
+    assert result["by_source"]["all"]["n"] > 2000
+    for source, entry in result["by_source"].items():
+        assert entry["mathgrpo"] >= entry["math_verify"], source
