@@ -37,6 +37,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native-unfused": ["rollout.engine=native", "model.fused_lora=false"],
     "native-no-tis": ["rollout.engine=native", "model.fused_lora=true", "grpo.sampler_correction=none"],
     "native-fp32": ["rollout.engine=native", "model.dtype=float32"],
+    "native-lowrank": ["rollout.engine=native", "rollout.lora=lowrank"],
 }
 
 

@@ -134,6 +134,12 @@ class RolloutConfig:
     top_k: int = _f(0, "Keep the k most likely tokens (0 = off).")
     min_p: float = _f(0.0, "Drop tokens below min_p x the top probability (0 = off).")
     batch_size: int = _f(0, "Sequences generated at once (0 = decided by the memory budget).")
+    lora: str = _f(
+        "merge",
+        "Native engine with LoRA: merge (the adapter added into the base weights for the rollout, restored exactly "
+        "after; fastest; in bf16 the merged weights round differently from the learner's separate adapter terms) or "
+        "lowrank (the adapter's low-rank terms applied beside each projection, as the learner does).",
+    )
     device_snapshots: Optional[bool] = _f(
         None,
         "Native engine with LoRA: keep the exact copies of the base weights it restores after each merged "
@@ -274,6 +280,7 @@ CHOICES = {
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
     "grpo.importance_sampling_level": ("token", "sequence"),
     "grpo.sampler_correction": ("none", "tis"),
+    "rollout.lora": ("merge", "lowrank"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
 }
 

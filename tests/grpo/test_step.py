@@ -1,6 +1,7 @@
 """One GRPO step on the tiny model: the old-policy pass is skipped at num_iterations 1, phases are timed,
 the memory budget sizes micro-batches, and reference log-probs computed per micro-batch equal the whole-batch ones."""
 
+import pytest
 import torch
 
 from mathgrpo.config import load_config
@@ -185,3 +186,61 @@ def test_liger_skipped_cleanly_on_cpu(tmp_path):
         assert "model.use_liger" in str(err) and "cpu" in str(err)
     else:
         raise AssertionError("use_liger=true on CPU must raise")
+
+
+def test_sampler_gap_is_at_float32_noise_for_a_correct_engine(tmp_path, capsys):
+    """The learner's log-probs of the rolled-out tokens equal the engine's (fp32 on the CPU), for both engines; no warning."""
+    for engine in ("hf", "native"):
+        run = make_run(tmp_path / engine, f"rollout.engine={engine}", "lora.enabled=true", "sft.full_finetune=false")
+        m = run.train_step()
+        assert m["sampler_gap_max"] < 1e-4 and 0 <= m["sampler_gap_mean"] < 1e-5 and abs(m["sampler_kl"]) < 1e-8, m
+    assert "rollout engine's log-probs" not in capsys.readouterr().out
+
+
+def test_rollouts_from_other_weights_show_a_gap_and_warn_once(tmp_path, capsys):
+    """An engine sampling from weights other than the learner's (here: a copy with the output head perturbed, as a
+    stale or wrong rollout would be) is caught by the gap, and the warning comes once."""
+    import copy
+
+    run = make_run(tmp_path, "rollout.engine=hf")
+    stale = copy.deepcopy(run.model)
+    with torch.no_grad():
+        stale.lm_head.weight.add_(0.5 * torch.randn_like(stale.lm_head.weight))
+    run.engine.model = stale
+    first, second = run.train_step(), run.train_step()
+    assert first["sampler_gap_mean"] > 0.1 and first["sampler_kl"] > 0.01
+    assert capsys.readouterr().out.count("rollout engine's log-probs") == 1
+    assert second["sampler_gap_mean"] > 0.1
+
+
+def test_tis_weights_the_update_and_none_leaves_it(tmp_path):
+    """grpo.sampler_correction=tis scales each token's policy-gradient term by min(exp(learner - sampler), cap): with
+    the engine's log-probs shifted by log 2 the loss is half what it is without correction (cap 2 not reached)."""
+    losses = {}
+    for mode in ("none", "tis"):
+        run = make_run(tmp_path / mode, "lora.enabled=true", "sft.full_finetune=false", f"grpo.sampler_correction={mode}")
+        batch = rollout_batch(run)
+        learner = run._logps(batch).detach()
+        batch.sampler_logp = learner + torch.log(torch.tensor(2.0))  # the engine saw every token twice as likely
+        losses[mode] = run.learn(batch, len(batch))["loss"]
+    assert losses["tis"] == pytest.approx(losses["none"] / 2, rel=1e-3)
+
+
+def test_training_accuracy_comes_from_the_verdicts_for_every_reward_preset(tmp_path):
+    """With the unsloth preset (no reward named `correct`) a step still reports accuracy and format rate, read
+    from the one verdict per completion that the rewards also use."""
+    from mathgrpo import grading
+
+    run = make_run(tmp_path, "rewards.preset=unsloth")
+    problems, gens, verdicts, total, parts = run.rollout()
+    assert "correct" not in parts and len(verdicts) == len(gens)
+    expected = [grading.grade(g.text, problems[g.prompt_index], run.fmt).correct for g in gens]
+    assert [v.correct for v in verdicts] == expected
+    m = run.train_step()
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["format_rate"] <= 1
+
+
+def test_rollout_lora_setting_reaches_the_native_engine(tmp_path):
+    run = make_run(tmp_path, "rollout.engine=native", "rollout.lora=lowrank", "lora.enabled=true", "sft.full_finetune=false")
+    assert run.engine.name == "native" and run.engine.lora == "lowrank"
+    assert run.train_step()["sampler_gap_max"] < 1e-4

@@ -141,7 +141,7 @@ class GRPORun:
             self.offloaded, self.plan = True, plan_for_model(self.model, cfg, self.device, offload=True)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
         self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok))
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
         self.engine.batch_size = self._rollout_batch_size()
         self._place_snapshots()
         g = cfg.grpo

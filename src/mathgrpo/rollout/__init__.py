@@ -9,8 +9,9 @@ from .base import Generation, RolloutEngine, SamplingParams
 __all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine"]
 
 
-def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0) -> RolloutEngine:
-    """The engine `name` (auto: native on GPU where the model is supported, else hf)."""
+def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
+    """The engine `name` (auto: native on GPU where the model is supported, else hf); `lora`: how the native
+    engine applies LoRA adapters (merge or lowrank)."""
     from .hf import HFEngine
 
     from .. import dist
@@ -28,7 +29,7 @@ def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_siz
         if reason:
             print(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
             return HFEngine(model, tokenizer, stop_ids, batch_size)
-        return NativeEngine(model, tokenizer, stop_ids, batch_size)
+        return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=lora)
     if name == "hf":
         return HFEngine(model, tokenizer, stop_ids, batch_size)
     if name == "vllm":
