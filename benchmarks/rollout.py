@@ -171,17 +171,24 @@ def correctness(device: str, dtype: torch.dtype) -> dict:
             prefix.append(same)
         result[f"greedy_match_prefix_{attention}"] = prefix
         sampled = engine.generate_ids(prompts, 1, SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9))
-        diffs = []
+        diffs, policy_diffs, boundary = [], [], 0
         for g in sampled:
             seq = torch.tensor([g.prompt_ids + g.token_ids], device=device)
             with torch.no_grad():
                 logits = model(seq).logits[0, len(g.prompt_ids) - 1 : -1].float()
             from mathgrpo.rollout.sampling import filter_logits
 
+            picked = torch.tensor(g.token_ids, device=device)[:, None]
             logp = torch.log_softmax(filter_logits(logits, SamplingParams(temperature=1.0, top_p=0.9)), -1)
-            ref_lp = logp.gather(-1, torch.tensor(g.token_ids, device=device)[:, None])[:, 0]
-            diffs.append((ref_lp - torch.tensor(g.logprobs, device=device)).abs().max().item())
+            ref_lp = logp.gather(-1, picked)[:, 0]
+            kept = torch.isfinite(ref_lp)  # a token at the top-p edge may fall outside the reference's nucleus (bf16)
+            boundary += int((~kept).sum())
+            diffs.append((ref_lp - torch.tensor(g.logprobs, device=device))[kept].abs().max().item())
+            policy = torch.log_softmax(logits, -1).gather(-1, picked)[:, 0]
+            policy_diffs.append((policy - torch.tensor(g.policy_logprobs, device=device)).abs().max().item())
         result[f"logprob_max_abs_diff_{attention}"] = max(diffs)
+        result[f"policy_logprob_max_abs_diff_{attention}"] = max(policy_diffs)
+        result[f"tokens_outside_reference_nucleus_{attention}"] = boundary
     del model
     return result
 
