@@ -327,10 +327,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"eval.limit={cfg.eval.limit} must be at least 1 (or null for every problem)")
     if any(k < 1 for k in cfg.eval.k):
         raise ConfigError(f"eval.k={list(cfg.eval.k)} must hold k values >= 1 (pass@k and maj@k)")
+    check_run_name(cfg.run.name)
     unknown = set(cfg.run.report_to) - {"jsonl", "tensorboard", "wandb"}
     if unknown:
         raise ConfigError(f"run.report_to has unknown sinks {sorted(unknown)}; use jsonl, tensorboard, wandb")
     return cfg
+
+
+def check_run_name(name: Optional[str]) -> None:
+    """A run name is one folder name under run.output_dir: no separators, no `..`, not absolute."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ConfigError(f"run.name={name!r} must be a plain folder name (no '/', '\\' or '..'); "
+                          "set run.output_dir for where run folders go")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -383,9 +393,14 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def config_yaml(cfg: Config) -> str:
+    """A Config as the YAML text that `load_config` reads back."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
 def save_config(cfg: Config, path: Path) -> None:
     """Write a Config as YAML that `load_config` reads back (atomically)."""
-    write_atomic(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    write_atomic(path, config_yaml(cfg))
 
 
 def help_table() -> list:

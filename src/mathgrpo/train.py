@@ -57,8 +57,7 @@ def _start(cfg: Config, recipe: Optional[str], resume: Optional[str], overrides:
             save_config(cfg, run_dir / "config.yaml")
         return cfg, run_dir
     if dist.world().main:
-        run_dir = new_run_dir(cfg, recipe)
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir = new_run_dir(cfg, recipe)  # holds config.yaml already
     run_dir = Path(dist.gather(str(run_dir) if dist.world().main else None)[0])
     return cfg, run_dir
 
