@@ -166,3 +166,57 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
               "--output", str(tmp_path / "res"), *FAST])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_folder_of_other_files_is_refused_untouched(tiny_dir, tmp_path, capsys):
+    """--output into a folder that is not a results folder of ours: refused, the user's files as they were."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text("my numbers")
+    (out / "report.md").write_text("my report")
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "1", "--output", str(out), *FAST]
+    assert cli(argv) == 2
+    assert "not a results folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.md"]
+    assert (out / "metrics.json").read_text() == "my numbers" and (out / "report.md").read_text() == "my report"
+
+
+def test_new_weights_in_the_same_folder_are_not_reused(tiny_dir, tmp_path, capsys):
+    """Samples of the old weights are never reported for new weights saved under the same path."""
+    model_dir = tmp_path / "mymodel"
+    _save(*build_tiny(0), model_dir)
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(model_dir), "--bench", "gsm8k", "--limit", "2", "--output", str(out), *FAST]
+    assert cli(argv) == 0
+    _save(*build_tiny(1), model_dir)  # other weights, same folder
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "weights changed" in err and "--output" in err
+
+
+def test_another_benchmark_into_the_same_folder_keeps_both(tiny_dir, tmp_path):
+    out = tmp_path / "res"
+    base = ["eval", "--model", str(tiny_dir), "--limit", "2", "--output", str(out), *FAST]
+    assert cli(base + ["--bench", "gsm8k"]) == 0
+    assert cli(base + ["--bench", "math500"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"gsm8k", "math500"}
+    assert set(json.loads((out / "prompt.json").read_text())) == {"gsm8k", "math500"}
+    md = (out / "report.md").read_text()
+    assert "| gsm8k |" in md and "| math500 |" in md
+
+
+def test_a_resumed_sampled_run_draws_the_same_samples(tiny_dir, tmp_path):
+    """--n 4 interrupted part-way through a problem's samples resumes to exactly the uninterrupted samples."""
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "3", "--n", "4", "rollout.temperature=1.0", *FAST]
+    assert cli(argv + ["--output", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    assert cli(argv + ["--output", str(cut)]) == 0
+    path = cut / "samples.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[:6]) + "\n")  # killed after 6 of 12 samples
+    (cut / "metrics.json").unlink()
+    assert cli(argv + ["--output", str(cut)]) == 0
+    texts = lambda folder: {(r["id"], r["sample"]): r["completion"] for r in lines(folder / "samples.jsonl")}  # noqa: E731
+    assert texts(cut) == texts(tmp_path / "whole")
+    assert len(set(texts(cut).values())) > 3  # really sampled, not all alike

@@ -89,6 +89,13 @@ def test_compare_refuses_what_cannot_be_compared(tmp_path, capsys):
     assert "none shared" in capsys.readouterr().err
     assert cli(["eval", "--compare", str(a), str(tmp_path / "missing")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    a, b = pair(tmp_path / "ok")
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(mine)]) == 2
+    assert "not a results or comparison folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.md"]
 
 
 def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
