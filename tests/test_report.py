@@ -123,3 +123,17 @@ def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
     assert base64.b64decode(images[0].split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| Algebra | 3 | 100.0% |" in md and "| Geometry | 3 | 0.0% |" in md
     assert "&lt;" not in md and "question m0?" in html
+
+
+def test_report_of_groups_at_0_and_100_percent(tmp_path):
+    """The sizes that made matplotlib reject negative error bars (11 at 0%, 6 at 100%) give a report."""
+    from mathgrpo.metrics import accuracy_with_ci
+    from mathgrpo.report import error_bars
+
+    for n in range(1, 1001):
+        assert min(min(side) for side in error_bars([accuracy_with_ci([v] * n, True) for v in (0.0, 1.0)])) >= 0
+    recs = [record("math500", f"a{i}", False, "3", meta={"level": 1, "subject": "Algebra"}) for i in range(11)]
+    recs += [record("math500", f"b{i}", True, "7", meta={"level": 2, "subject": "Geometry"}) for i in range(6)]
+    out = results_folder(tmp_path / "R", "m", recs)
+    assert write_report(out).is_file()
+    assert "| 1 | 11 | 0.0% |" in (out / "report.md").read_text()

@@ -123,10 +123,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def error_bars(stats: list) -> list:
+    """[[below], [above]] the accuracy in points for matplotlib, never negative (an interval rounded past it)."""
+    return [[max(0.0, 100 * (s["accuracy"] - s["ci"][0])) for s in stats],
+            [max(0.0, 100 * (s["ci"][1] - s["accuracy"])) for s in stats]]
+
+
 def _bars(ax: Any, labels: list, stats: list, horizontal: bool = False) -> None:
     """Accuracy bars (percent) with their 95% intervals as error bars."""
     acc = [100 * s["accuracy"] for s in stats]
-    err = [[100 * (s["accuracy"] - s["ci"][0]) for s in stats], [100 * (s["ci"][1] - s["accuracy"]) for s in stats]]
+    err = error_bars(stats)
     if horizontal:
         ax.barh(labels, acc, xerr=err, capsize=3, color="#4c72b0")
         ax.set_xlabel("accuracy (%)")
