@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
+from .diskio import WriteError, describe
 from .model import ModelError
 from .runs import RunError
 
@@ -215,6 +216,9 @@ def main(argv: Optional[list] = None) -> int:
     except (DataError, ModelError, RunError, FileNotFoundError, FileExistsError) as err:
         print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write failed: permissions, a full disk (WriteError already says where)
+        print(f"mathgrpo {args.command}: {err if isinstance(err, WriteError) else describe(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -443,9 +443,12 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` through a temporary file and a rename: never a half-written file after a crash."""
     import os
 
+    from .diskio import writing
+
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def config_yaml(cfg: Config) -> str:

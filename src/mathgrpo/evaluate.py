@@ -29,6 +29,7 @@ from typing import Any, Optional
 from . import dist
 from .config import Config, ConfigError, to_dict
 from .data import LoadReport, load_configured, load_source, sft_text
+from .diskio import writing
 from .fingerprint import weights_fingerprint
 from .formats import Format, get_format, has_chat_template, render_prompt
 from .heldout import prompts_for
@@ -248,8 +249,9 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
             lines.append(json.dumps(sample_record(bench, problem, j % n, gen, verdict), ensure_ascii=False))
         lines = dist.gather_concat(lines)
         if log is not None:
-            log.write("\n".join(lines) + "\n")
-            log.flush()
+            with writing(Path(log.name)):
+                log.write("\n".join(lines) + "\n")
+                log.flush()
         made += len(lines)
         progress.advance(task, len(lines))
     return made

@@ -271,12 +271,15 @@ def publish_model(model: Any, tokenizer: Any, path: Path, state_dict: Optional[d
     import shutil
 
     path = Path(path)
+    from .diskio import writing
+
     tmp = path.with_name(f".{path.name}-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_trainable(model, tokenizer, tmp, state_dict)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with writing(path, tmp):  # a failed write (a full disk) leaves no half model behind
+        save_trainable(model, tokenizer, tmp, state_dict)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
 
 
 def trainable_state(model: Any) -> dict:

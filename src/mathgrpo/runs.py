@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from .checkpoint import latest
 from .config import Config, config_yaml, write_atomic
+from .diskio import writing
 
 
 class RunError(ValueError):
@@ -58,7 +59,8 @@ def _claim(path: Path, config_text: str) -> bool:
     if any(not p.name.startswith(".config.yaml.") for p in path.iterdir()):
         return False
     tmp = path / f".config.yaml.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(config_text)
+    with writing(path / "config.yaml", tmp):
+        tmp.write_text(config_text)
     try:
         os.link(tmp, path / "config.yaml")
         return True
