@@ -220,3 +220,32 @@ def test_a_resumed_sampled_run_draws_the_same_samples(tiny_dir, tmp_path):
     texts = lambda folder: {(r["id"], r["sample"]): r["completion"] for r in lines(folder / "samples.jsonl")}  # noqa: E731
     assert texts(cut) == texts(tmp_path / "whole")
     assert len(set(texts(cut).values())) > 3  # really sampled, not all alike
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
+    """SIGINT mid-evaluation: exit 130, one line saying how to go on, no traceback; the rerun finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "res"
+    argv = [sys.executable, "-m", "mathgrpo", "eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "40",
+            "--output", str(out), "rollout.batch_size=4", "rollout.max_new_tokens=32", "run.progress=false", "run.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / "samples.jsonl").exists() and (out / "samples.jsonl").read_text().count("\n") >= 4):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr, stderr
+    done = len(lines(out / "samples.jsonl"))
+    assert 4 <= done < 40
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"gsm8k: {done} of 40 samples already in" in rerun.stdout

@@ -178,6 +178,9 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
         except EvalError as err:
             print(f"mathgrpo eval: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as err:
+            print(f"mathgrpo eval: {err or 'interrupted'}", file=sys.stderr)
+            return 130
 
     return run
 

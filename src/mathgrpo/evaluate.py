@@ -46,6 +46,10 @@ class EvalError(RuntimeError):
     """An evaluation cannot start or finish; the message names the file or flag and what to do."""
 
 
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an evaluation; the message says where the finished samples are and how to go on."""
+
+
 # --- benchmarks and prompts -----------------------------------------------------------------------
 
 
@@ -382,7 +386,12 @@ def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional
               + (f" on {world.size} ranks" if world.active else ""))
     dist.barrier()
     t0 = time.monotonic()
-    metrics = evaluate(cfg, model, out, settings)
+    try:
+        metrics = evaluate(cfg, model, out, settings)
+    except KeyboardInterrupt:
+        kept = len(read_samples(out / "samples.jsonl")) if world.main else 0
+        raise EvalInterrupted(f"interrupted; {kept} samples kept in {out / 'samples.jsonl'}; run the same command "
+                              "again to go on from there") from None
     if not world.main:
         return 0
     metrics["elapsed_s"] = round(time.monotonic() - t0, 2)
