@@ -249,3 +249,9 @@ def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"gsm8k: {done} of 40 samples already in" in rerun.stdout
+
+
+def test_eval_without_model_refuses_the_untrained_tiny_model(tmp_path, capsys):
+    assert cli(["eval", "--bench", "gsm8k", "--limit", "1", "--output", str(tmp_path / "res"), *FAST]) == 2
+    assert "no --model" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()

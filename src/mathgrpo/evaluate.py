@@ -377,6 +377,11 @@ def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional
         return compare_main(compare[0], compare[1], output)
     if bench:
         cfg.eval.bench = bench
+    if model_ref is None:
+        if cfg.model.name == "tiny":
+            raise EvalError("no --model: pass a run folder, model or adapter folder, or hub id (--model tiny "
+                            "evaluates the untrained built-in model)")
+        print(f"no --model: evaluating model.name={cfg.model.name} of the recipe")
     model = resolve_model(model_ref or cfg.model.name)
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
     world = dist.init()
