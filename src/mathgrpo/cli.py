@@ -64,7 +64,7 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("action", choices=["show"], help="show: a few formatted examples and the counts")
     parser.add_argument("source", help="gsm8k, math500, hub:<id>[:config][@split], a local file, procedural:<name>")
     parser.add_argument("-n", type=int, default=3, help="examples to print")
-    parser.add_argument("--split", default="train", help="split (bundled and hub sources)")
+    parser.add_argument("--split", default=None, help="split (bundled and hub sources; default: train, or the source's only split)")
     parser.add_argument("--format", default="reasoning", help="format preset for the warm-up text")
     parser.add_argument("--question-field", default=None)
     parser.add_argument("--answer-field", default=None)
@@ -74,10 +74,11 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad row")
 
     def run(args: argparse.Namespace) -> int:
+        from .data import default_split
         from .data.show import show_main
 
         return show_main(
-            args.source, n=args.n, fmt_preset=args.format, split=args.split,
+            args.source, n=args.n, fmt_preset=args.format, split=args.split or default_split(args.source),
             question_field=args.question_field, answer_field=args.answer_field,
             solution_field=args.solution_field, size=args.size, seed=args.seed, strict=args.strict,
         )
