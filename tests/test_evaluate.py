@@ -255,3 +255,19 @@ def test_eval_without_model_refuses_the_untrained_tiny_model(tmp_path, capsys):
     assert cli(["eval", "--bench", "gsm8k", "--limit", "1", "--output", str(tmp_path / "res"), *FAST]) == 2
     assert "no --model" in capsys.readouterr().err
     assert not (tmp_path / "res").exists()
+
+
+def test_solve_names_only_flags_it_accepts(tiny_dir, tmp_path, capsys):
+    """`solve` on a run folder says which of its own flags change the run's settings, and they work."""
+    import re
+
+    run = tmp_path / "runs" / "try1"
+    _save(*build_tiny(0), run / "sft" / "model")
+    save_config(load_config(None, ["format.template=bare"]), run / "config.yaml")
+    assert cli(["solve", "07+28=", "--model", str(run), "--max-new-tokens", "4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("settings:"))
+    named = re.findall(r"--[a-z-]+", line)
+    assert named and "--recipe" not in named and "key=value" not in line
+    for flag in named:
+        value = {"--format": "reasoning", "--template": "bare", "--max-new-tokens": "4"}[flag]
+        assert cli(["solve", "07+28=", "--model", str(run), flag, value]) == 0

@@ -145,7 +145,7 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
         from .export import solve_main
         from .runs import run_recipe
 
-        recipe = run_recipe(args.model)
+        recipe = run_recipe(args.model, changed_by="--format, --template and --max-new-tokens")
         saved = load_config(recipe) if recipe else None
         fmt = args.format or (saved.format.preset if saved else "reasoning")
         template = args.template or (saved.format.template if saved else "auto")

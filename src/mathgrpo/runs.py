@@ -131,17 +131,18 @@ def _folder_label(path: Path) -> str:
     return "-".join(parts[-2:])
 
 
-def run_recipe(model_ref: Optional[str]) -> Optional[str]:
+def run_recipe(model_ref: Optional[str], changed_by: str = "--recipe or key=value overrides") -> Optional[str]:
     """The config.yaml of the training run `model_ref` lies in (run, stage or checkpoint folder), else None.
 
     A trained model is evaluated the way it was trained: the run's format, template and rollout
-    settings become the defaults (flags and overrides still win).
+    settings become the defaults (flags and overrides still win). `changed_by`: what the calling
+    command accepts to change them, as the printed line says.
     """
     if not model_ref or not Path(model_ref).is_dir():
         return None
     path = Path(model_ref).resolve()
     for folder in [path, *path.parents][:6]:
         if is_run_dir(folder):
-            print(f"settings: {folder / 'config.yaml'} (the run's own; --recipe or key=value overrides change them)")
+            print(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
             return str(folder / "config.yaml")
     return None
