@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import Callable, Optional
 
+from . import __version__
 from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
 from .diskio import WriteError, describe
@@ -189,6 +190,7 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")
+    parser.add_argument("--version", action="version", version=f"mathgrpo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, setup) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
