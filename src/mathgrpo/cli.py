@@ -119,11 +119,12 @@ command("sft", "the supervised format warm-up only")(_training_command(("sft",))
 command("grpo", "GRPO only (from the warm-up's model when the run folder has one)")(_training_command(("grpo",)))
 
 
-@command("export", "write a run's adapter and, with --merged, a merged 16-bit model plain transformers loads")
+@command("export", "write a run's adapter and, with --merged, a merged model plain transformers loads")
 def _export(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, adapter folder or model folder")
     parser.add_argument("--merged", action="store_true", help="also write the adapter merged into the base weights")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="dtype of the merged model")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="dtype of the merged model (default: the base model's own)")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
 
     def run(args: argparse.Namespace) -> int:

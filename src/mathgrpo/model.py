@@ -139,10 +139,12 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
 
 
 def adapter_base(adapter_dir: Path) -> str:
-    """The base model an adapter folder names in its adapter_config.json."""
+    """The base model an adapter folder names in its adapter_config.json (a relative path: from the adapter folder)."""
     base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
     if not base_name:
         raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    if base_name.startswith(("./", "../")) and (Path(adapter_dir) / base_name).is_dir():
+        return str((Path(adapter_dir) / base_name).resolve())  # as `mathgrpo export` writes a local base
     return base_name
 
 
