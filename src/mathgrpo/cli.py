@@ -16,6 +16,7 @@ from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
 from .diskio import WriteError, describe
 from .model import ModelError
+from .preflight import PreflightError
 from .runs import RunError
 
 COMMANDS: dict = {}
@@ -94,11 +95,17 @@ def _training_command(stages: tuple) -> Callable:
         add_recipe_args(parser)
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint (overrides apply on top of its saved config)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the resolved settings, what would be loaded from where and the memory plan; start nothing")
 
         def run(args: argparse.Namespace) -> int:
             from .stopping import TrainingStopped
-            from .train import main as train_main
+            from .train import main as train_main, resumed_config
 
+            if args.dry_run:
+                from .preflight import dry_run
+
+                return dry_run(resumed_config(args.resume, args.overrides) if args.resume else config_from(args), stages)
             try:
                 cfg = None if args.resume else config_from(args)
                 train_main(cfg, recipe=args.recipe, resume=args.resume, stages=stages, overrides=args.overrides)
@@ -217,6 +224,9 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
+    except PreflightError as err:
+        print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"mathgrpo {args.command}: bad setting: {err}", file=sys.stderr)
         return 2
