@@ -195,6 +195,19 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
     return run
 
 
+MODEL_COMMANDS = ("train", "sft", "grpo", "eval", "export", "solve")
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
+    bars and lines say what happens); the hub's download bars stay, a long download should show."""
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # also turns the hub's off ...
+    enable_progress_bars()  # ... which are worth keeping
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")
@@ -222,6 +235,17 @@ def main(argv: Optional[list] = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if args.command in MODEL_COMMANDS:
+        quiet_transformers()
+    try:
+        return _dispatch(args)
+    finally:
+        if "mathgrpo.dist" in sys.modules:  # only a command that imported it can have joined a process group
+            sys.modules["mathgrpo.dist"].shutdown()  # under torchrun: on every exit path
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; errors a user can fix become one line and an exit code."""
     try:
         return int(args.run(args) or 0)
     except PreflightError as err:

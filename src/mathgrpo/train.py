@@ -149,3 +149,4 @@ def _print_summary(summary: dict) -> None:
     if before is not None and after is not None:
         print(f"held-out accuracy: {before:.1%} before GRPO -> {after:.1%} after ({(after - before) * 100:+.1f} points, {summary.get('steps')} steps)")
     print(f"summary: {Path(summary['run_dir']) / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
+    print(f"next: mathgrpo eval --model {summary['run_dir']}")
