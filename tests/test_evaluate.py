@@ -271,3 +271,12 @@ def test_solve_names_only_flags_it_accepts(tiny_dir, tmp_path, capsys):
     for flag in named:
         value = {"--format": "reasoning", "--template": "bare", "--max-new-tokens": "4"}[flag]
         assert cli(["solve", "07+28=", "--model", str(run), flag, value]) == 0
+
+
+def test_a_warm_up_model_in_a_run_folder_brings_its_curves(tmp_path):
+    run = tmp_path / "runs" / "try1"
+    (run / "sft" / "model").mkdir(parents=True)
+    save_config(load_config(None), run / "config.yaml")
+    ref = resolve_model(str(run / "sft" / "model"))
+    assert ref.run_dir == run and ref.label == "try1-sft"
+    assert resolve_model(str(tmp_path)).run_dir is None

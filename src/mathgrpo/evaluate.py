@@ -261,12 +261,13 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
     return made
 
 
-def check_lengths(prompts: list, tokenizer: Any, cfg: Config, bench: str) -> None:
-    """Warn when prompt + max_new_tokens exceeds model.max_seq_length (few-shot prompts grow long)."""
+def check_lengths(prompts: list, tokenizer: Any, cfg: Config, bench: str) -> int:
+    """Warn when prompt + max_new_tokens exceeds model.max_seq_length (few-shot prompts grow long); the longest prompt."""
     longest = max((len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
     if longest + cfg.rollout.max_new_tokens > cfg.model.max_seq_length:
         print(f"warning: {bench}: longest prompt is {longest} tokens; + rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
               f"exceeds model.max_seq_length={cfg.model.max_seq_length} (fewer eval.shots, or raise it if the model allows)")
+    return longest
 
 
 def make_progress(enabled: bool) -> Any:
@@ -325,7 +326,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
             key = bench_key(spec)
             prompts = prompts_for(report.problems, fmt, tok, cfg.format.template, shots)
             prompts_info[key] = prompt_record(spec, report.problems, prompts, fmt, tok, cfg, shots)
-            check_lengths(prompts, tok, cfg, key)
+            longest = check_lengths(prompts, tok, cfg, key)
             todo = [(p, q) for p, q in zip(report.problems, prompts)
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n
@@ -334,7 +335,8 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
                       f"generating {len(todo) * cfg.eval.n}")
             t0 = time.monotonic()
             made = generate_missing(engine, key, todo, cfg, fmt, log, progress) if todo else 0
-            per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made,
+            per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made, "longest_prompt": longest,
+                              "max_seq_length": cfg.model.max_seq_length,
                               "reused": reused, "generation_s": round(time.monotonic() - t0, 2)}
     if not main_rank:
         return {}

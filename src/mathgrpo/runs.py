@@ -120,7 +120,8 @@ def resolve_model(ref: str) -> ModelRef:
         return ModelRef(str(path / "sft" / "model"), f"{path.resolve().name}-sft", path)
     if (path / "checkpoints").is_dir() or (path / "grpo").is_dir():
         raise RunError(f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model")
-    return ModelRef(str(path), _folder_label(path))
+    run_dir = path.parent.parent if path.name == "model" and path.parent.name == "sft" else None
+    return ModelRef(str(path), _folder_label(path), run_dir if run_dir and is_run_dir(run_dir) else None)
 
 
 def _folder_label(path: Path) -> str:
