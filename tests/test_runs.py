@@ -43,23 +43,3 @@ def test_run_name_must_be_one_folder_name(tmp_path, capsys, name):
     assert "run.name" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
-
-@pytest.mark.slow
-def test_two_trains_started_together_keep_both_results(tmp_path):
-    """Two real `mathgrpo train` runs with default names, started at once: two folders, each complete."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    args = ["train", "run.threads=1", "run.progress=false", "sft.steps=2", "sft.stop_at_accuracy=null", "grpo.steps=1",
-            "data.heldout_size=4", "grpo.prompts_per_step=2", "grpo.num_generations=2", f"run.output_dir={tmp_path}"]
-    procs = [subprocess.Popen([sys.executable, "-m", "mathgrpo", *args, f"run.seed={seed}"], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    folders = sorted(tmp_path.iterdir())
-    assert len(folders) == 2
-    seeds = sorted(load_config(str(f / "config.yaml")).run.seed for f in folders)
-    assert seeds == [1, 2] and all((f / "summary.json").is_file() for f in folders)
