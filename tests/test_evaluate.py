@@ -192,7 +192,7 @@ def test_new_weights_in_the_same_folder_are_not_reused(tiny_dir, tmp_path, capsy
     capsys.readouterr()
     assert cli(argv) == 2
     err = capsys.readouterr().err
-    assert "weights changed" in err and "--output" in err
+    assert "of other weights (the model changed since" in err and "--output" in err
 
 
 def test_another_benchmark_into_the_same_folder_keeps_both(tiny_dir, tmp_path):

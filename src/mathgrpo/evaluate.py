@@ -159,10 +159,10 @@ def prepare_output(out: Path, cfg: Config, model: ModelRef) -> dict:
     if old is not None:
         diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
         if diff:
-            why = "the weights changed since" if "weights" in diff else "other settings made"
+            what = "of other weights (the model changed since they were made)" if "weights" in diff else \
+                "made with other settings"
             shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise EvalError(f"{out} holds samples {why} them ({shown}); none are reused: pass --output NEW_DIR, "
-                            f"or delete {out}")
+            raise EvalError(f"{out} holds samples {what}: {shown}; none are reused: pass --output NEW_DIR, or delete {out}")
     write_json(info, {"fingerprint": fingerprint, "config": to_dict(cfg), "file_digests": known})
     return fingerprint
 
