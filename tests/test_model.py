@@ -97,8 +97,13 @@ def test_export_keeps_the_base_dtype_and_a_portable_base(tmp_path, monkeypatch):
 
     from mathgrpo.cli import main
 
-    base_dir = _saved_base(tmp_path / "run")
-    peft_model, adapter_dir = _adapter(tmp_path / "run", base_dir)
+    from mathgrpo.config import load_config, save_config
+
+    run = tmp_path / "run"
+    _saved_base(run / "sft")  # a full-weight warm-up model inside a run folder
+    (run / "sft" / "base").rename(run / "sft" / "model")
+    save_config(load_config(None), run / "config.yaml")
+    peft_model, adapter_dir = _adapter(run, run / "sft" / "model")
     out = tmp_path / "exp"
     assert main(["export", str(adapter_dir), "--merged", "--out", str(out)]) == 0
     assert json.loads((out / "merged" / "config.json").read_text())["dtype"] == "float32"

@@ -2,9 +2,10 @@
 
 Export writes the PEFT adapter and, with `--merged`, a merged safetensors model that plain
 transformers loads without PEFT, in the base model's own dtype unless `--dtype` says otherwise.
-An adapter's base is written as the hub id when it is one; a local base (the tiny recipe's
-warm-up model) is copied beside it as `base/`, and the adapter names it as `../base`, a path
-relative to the adapter folder, so the export folder works wherever it is moved.
+An adapter's base stays as it is named when that is a hub id or a model folder of the user's; a
+base that lives inside the run folder (a full-weight warm-up, as in the tiny recipe, trained in
+what is often a temporary place) is copied beside the adapter as `base/`, and the adapter names it
+`../base`, a path relative to the adapter folder, so the export works wherever it is moved.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def base_dtype(name: str) -> str:
     return dtype if dtype in DTYPES else "float32"
 
 
+def in_run_folder(path: Path) -> bool:
+    """Whether `path` is a model a training run wrote into its own folder (`<run>/sft/model`)."""
+    return path.is_dir() and path.name == "model" and path.parent.name == "sft" and is_run_dir(path.parent.parent)
+
+
 def export_adapter(src: Path, out_dir: Path) -> None:
     """Copy the adapter to `out_dir/adapter`, its base named so that it loads anywhere (see the module doc)."""
     import json
@@ -56,7 +62,7 @@ def export_adapter(src: Path, out_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     with writing(out_dir / "adapter", tmp):
         shutil.copytree(src, tmp)
-        if Path(base).is_dir():
+        if in_run_folder(Path(base)):
             shutil.rmtree(out_dir / ".base-tmp", ignore_errors=True)
             with writing(out_dir / "base", out_dir / ".base-tmp"):
                 shutil.copytree(base, out_dir / ".base-tmp")
