@@ -2,7 +2,8 @@
 
 A local folder (model or adapter) is identified by the SHA-256 of its files' contents; an adapter
 also by its base model's identity. A hub id is identified by the commit of the copy in the local
-hub cache, the built-in tiny model by its seed. Hashing a 4B model's 8 GB takes seconds, so the
+hub cache (or, before the first download, the commit the hub serves), the built-in tiny model by
+its seed. Hashing a 4B model's 8 GB takes seconds, so the
 digest of each file is remembered with its size and modification time (`known`) and reused while
 those are unchanged.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -41,11 +43,19 @@ def folder_digest(folder: Path, known: dict) -> str:
 
 
 def hub_revision(hub_id: str) -> Optional[str]:
-    """The commit of `hub_id` in the local hub cache (refs/main), or None when it is not cached."""
-    from huggingface_hub import constants
+    """The commit of `hub_id`: the one in the local hub cache (refs/main), else the one the hub serves
+    now (what a download would fetch); None when neither is known."""
+    from huggingface_hub import constants, model_info
 
     ref = Path(constants.HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / "main"
-    return ref.read_text().strip() if ref.is_file() else None
+    if ref.is_file():
+        return ref.read_text().strip()
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return None
+    try:
+        return model_info(hub_id, timeout=5).sha
+    except Exception:  # no network, unknown or gated repo: the load will say so
+        return None
 
 
 def weights_fingerprint(name: str, seed: int, known: dict) -> str:
