@@ -299,8 +299,10 @@ def check_numbers(cfg: Config) -> None:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section.name}.{f.name}={value} must be a finite number")
     for key in POSITIVE:
+        stage = key.split(".")[0]
+        if key.endswith(".steps") and not _get(cfg, f"{stage}.enabled"):
+            continue  # a stage that is off may say 0 steps
         if _get(cfg, key) < 1:
-            stage = key.split(".")[0]
             hint = f" (to skip the stage: {stage}.enabled=false)" if key.endswith(".steps") else ""
             raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1{hint}")
     for key in NON_NEGATIVE:
