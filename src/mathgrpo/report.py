@@ -378,8 +378,8 @@ def length_warnings(metrics: dict) -> list:
         limit, longest = m.get("max_seq_length"), m.get("longest_prompt")
         if limit and longest and longest + new_tokens > limit:
             out.append(f"{key}: the longest prompt ({longest} tokens) + {new_tokens} new tokens exceeds "
-                       f"model.max_seq_length={limit}; prompts this long are not what the model was trained on (fewer eval.shots, "
-                       "or a larger model.max_seq_length if the model allows)")
+                       f"model.max_seq_length={limit} (fewer eval.shots, or a larger model.max_seq_length if the model "
+                       "allows)")
         if m["truncated"] > TRUNCATED_WARNING:
             out.append(f"{key}: {_pct(m['truncated'])} of completions were cut at {new_tokens} tokens before an answer "
                        "could end; accuracy says little until rollout.max_new_tokens is raised")
