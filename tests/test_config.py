@@ -2,6 +2,7 @@
 
 import pytest
 
+from mathgrpo.cli import main
 from mathgrpo.config import RECIPES_DIR, Config, ConfigError, help_table, load_config, save_config
 
 
@@ -51,6 +52,14 @@ def test_overrides_apply_and_type_check():
         ("run.parallel=fsdp", "full fine-tuning"),  # the tiny recipe's warm-up trains every weight
         ("run.parallel=fsdp sft.full_finetune=false grpo.dynamic_sampling=true", "dynamic_sampling"),
         ("grpo.micro_batch_tokens=-1", "micro_batch_tokens"),
+        ("grpo.steps=-5", "grpo.steps=-5 must be at least 1"),
+        ("sft.steps=-3", "sft.enabled=false"),
+        ("grpo.lr=-1", "grpo.lr=-1.0 must be > 0"),
+        ("sft.lr=nan", "sft.lr=nan must be a finite number"),
+        ("rollout.temperature=inf", "finite"),
+        ("data.heldout_size=0", "data.heldout_size=0 must be at least 1"),
+        ("lora.dropout=1.5", "lora.dropout"),
+        ("run.threads=-2", "run.threads"),
     ],
 )
 def test_validation_messages(override, message):
@@ -66,3 +75,33 @@ def test_unknown_recipe_lists_known(tmp_path):
     cfg = load_config("tiny-cpu", ["grpo.steps=7"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grpo:\n  lr: [1\n", "line 3, column 1: not valid YAML"),
+        ("- a\n- b\n", "a recipe is a mapping of sections"),
+        ("grpo:\n  nope: 1\n", "grpo.nope: Key 'nope' not in 'GRPOConfig'"),
+        ("grpo:\n  steps: many\n", "grpo.steps: Value 'many'"),
+    ],
+)
+def test_broken_recipes_and_saved_configs_fail_in_one_line(tmp_path, capsys, text, message):
+    """A bad recipe, and a broken config.yaml under --resume: one line naming the file, before any work."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    run = tmp_path / "run"
+    (run / "sft").mkdir(parents=True)
+    (run / "config.yaml").write_text(text)
+    for argv in (["train", "--recipe", str(recipe)], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_numbers_stop_the_cli_before_any_work(tmp_path, capsys):
+    for bad in ("grpo.steps=-5", "grpo.lr=-1", "sft.lr=nan", "data.heldout_size=0", "grpo.nope=1"):
+        assert main(["train", f"run.output_dir={tmp_path}", bad]) == 2
+        err = capsys.readouterr().err
+        assert bad.split("=")[0] in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())

@@ -49,7 +49,7 @@ def test_math500_fields_and_ids():
 
 def test_math500_train_split_is_a_clear_error():
     """math500 train is an error saying only test exists."""
-    with pytest.raises(DataError, match=r"math500 has split test only \(not 'train'\); use split='test'"):
+    with pytest.raises(DataError, match=r"math500 has split test only \(not 'train'\); name the split in the source: math500@test"):
         load_source("math500", split="train")
 
 

@@ -52,3 +52,16 @@ def test_show_errors_exit_2_with_the_message(spec, kwargs, message, capsys):
     assert show_main(spec, **kwargs) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_a_source_with_one_split_shows_it_and_the_suggestion_works(capsys):
+    """`mathgrpo data show math500` reads its only split; the fix an error prints works as printed."""
+    import re
+
+    from mathgrpo.cli import main
+
+    assert main(["data", "show", "math500", "-n", "1"]) == 0
+    assert "math500@test" in capsys.readouterr().out
+    assert main(["data", "show", "math500", "--split", "train", "-n", "1"]) == 2
+    suggested = re.search(r"`mathgrpo data show (\S+)`", capsys.readouterr().err).group(1)
+    assert main(["data", "show", suggested, "-n", "1"]) == 0

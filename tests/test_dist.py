@@ -105,3 +105,22 @@ def test_eval_shards_and_gathers(tmp_path):
         rows = read_jsonl(tmp_path / name / "samples.jsonl")
         outs[name] = sorted((r["id"], r["completion"], r["correct"]) for r in rows)
     assert len(outs["two"]) == 5 and outs["two"] == outs["one"]
+
+
+@pytest.mark.slow
+def test_every_exit_path_leaves_the_process_group(tmp_path):
+    """Under torchrun, a finished and a failed command both destroy the process group before returning."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\nimport torch.distributed as d\nfrom mathgrpo.cli import main\n"
+        "rc = main(sys.argv[1:])\nprint(f'rc={rc} group={\"alive\" if d.is_initialized() else \"gone\"}', flush=True)\n"
+        "sys.exit(0)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    base = ["eval", "--model", "tiny", "--limit", "2", "rollout.max_new_tokens=4", "run.progress=false", "run.threads=1"]
+    for bench, rc in (("gsm8k", 0), ("no_such_source", 2)):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               str(script), *base, "--bench", bench, "--output", str(tmp_path / bench)],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert done.stdout.count(f"rc={rc} group=gone") == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "destroy_process_group" not in done.stderr

@@ -166,3 +166,117 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
               "--output", str(tmp_path / "res"), *FAST])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_folder_of_other_files_is_refused_untouched(tiny_dir, tmp_path, capsys):
+    """--output into a folder that is not a results folder of ours: refused, the user's files as they were."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text("my numbers")
+    (out / "report.md").write_text("my report")
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "1", "--output", str(out), *FAST]
+    assert cli(argv) == 2
+    assert "not a results folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.md"]
+    assert (out / "metrics.json").read_text() == "my numbers" and (out / "report.md").read_text() == "my report"
+
+
+def test_new_weights_in_the_same_folder_are_not_reused(tiny_dir, tmp_path, capsys):
+    """Samples of the old weights are never reported for new weights saved under the same path."""
+    model_dir = tmp_path / "mymodel"
+    _save(*build_tiny(0), model_dir)
+    out = tmp_path / "res"
+    argv = ["eval", "--model", str(model_dir), "--bench", "gsm8k", "--limit", "2", "--output", str(out), *FAST]
+    assert cli(argv) == 0
+    _save(*build_tiny(1), model_dir)  # other weights, same folder
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "of other weights (the model changed since" in err and "--output" in err
+
+
+def test_another_benchmark_into_the_same_folder_keeps_both(tiny_dir, tmp_path):
+    out = tmp_path / "res"
+    base = ["eval", "--model", str(tiny_dir), "--limit", "2", "--output", str(out), *FAST]
+    assert cli(base + ["--bench", "gsm8k"]) == 0
+    assert cli(base + ["--bench", "math500"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["benchmarks"]) == {"gsm8k", "math500"}
+    assert set(json.loads((out / "prompt.json").read_text())) == {"gsm8k", "math500"}
+    md = (out / "report.md").read_text()
+    assert "| gsm8k |" in md and "| math500 |" in md
+
+
+def test_a_resumed_sampled_run_draws_the_same_samples(tiny_dir, tmp_path):
+    """--n 4 interrupted part-way through a problem's samples resumes to exactly the uninterrupted samples."""
+    argv = ["eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "3", "--n", "4", "rollout.temperature=1.0", *FAST]
+    assert cli(argv + ["--output", str(tmp_path / "whole")]) == 0
+    cut = tmp_path / "cut"
+    assert cli(argv + ["--output", str(cut)]) == 0
+    path = cut / "samples.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[:6]) + "\n")  # killed after 6 of 12 samples
+    (cut / "metrics.json").unlink()
+    assert cli(argv + ["--output", str(cut)]) == 0
+    texts = lambda folder: {(r["id"], r["sample"]): r["completion"] for r in lines(folder / "samples.jsonl")}  # noqa: E731
+    assert texts(cut) == texts(tmp_path / "whole")
+    assert len(set(texts(cut).values())) > 3  # really sampled, not all alike
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
+    """SIGINT mid-evaluation: exit 130, one line saying how to go on, no traceback; the rerun finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "res"
+    argv = [sys.executable, "-m", "mathgrpo", "eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "40",
+            "--output", str(out), "rollout.batch_size=4", "rollout.max_new_tokens=32", "run.progress=false", "run.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / "samples.jsonl").exists() and (out / "samples.jsonl").read_text().count("\n") >= 4):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr, stderr
+    done = len(lines(out / "samples.jsonl"))
+    assert 4 <= done < 40
+    rerun = subprocess.run(argv, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"gsm8k: {done} of 40 samples already in" in rerun.stdout
+
+
+def test_eval_without_model_refuses_the_untrained_tiny_model(tmp_path, capsys):
+    assert cli(["eval", "--bench", "gsm8k", "--limit", "1", "--output", str(tmp_path / "res"), *FAST]) == 2
+    assert "no --model" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
+def test_solve_names_only_flags_it_accepts(tiny_dir, tmp_path, capsys):
+    """`solve` on a run folder says which of its own flags change the run's settings, and they work."""
+    import re
+
+    run = tmp_path / "runs" / "try1"
+    _save(*build_tiny(0), run / "sft" / "model")
+    save_config(load_config(None, ["format.template=bare"]), run / "config.yaml")
+    assert cli(["solve", "07+28=", "--model", str(run), "--max-new-tokens", "4"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("settings:"))
+    named = re.findall(r"--[a-z-]+", line)
+    assert named and "--recipe" not in named and "key=value" not in line
+    for flag in named:
+        value = {"--format": "reasoning", "--template": "bare", "--max-new-tokens": "4"}[flag]
+        assert cli(["solve", "07+28=", "--model", str(run), flag, value]) == 0
+
+
+def test_a_warm_up_model_in_a_run_folder_brings_its_curves(tmp_path):
+    run = tmp_path / "runs" / "try1"
+    (run / "sft" / "model").mkdir(parents=True)
+    save_config(load_config(None), run / "config.yaml")
+    ref = resolve_model(str(run / "sft" / "model"))
+    assert ref.run_dir == run and ref.label == "try1-sft"
+    assert resolve_model(str(tmp_path)).run_dir is None

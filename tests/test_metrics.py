@@ -126,3 +126,14 @@ def test_accuracy_by_level():
     assert by["1"]["accuracy"] == 0.5 and by["1"]["problems"] == 2
     assert by["2"]["accuracy"] == 1.0
     assert set(by) == {"1", "2"}
+
+
+def test_wilson_bounds_hold_the_estimate_at_0_and_100_percent():
+    """Every sample size up to 1,000: the interval contains 0% and 100% exactly (no 1e-17 overshoot)."""
+    from mathgrpo.metrics import accuracy_with_ci
+
+    for n in range(1, 1001):
+        for value in (0.0, 1.0):
+            m = accuracy_with_ci([value] * n, binary=True)
+            assert m["ci"][0] <= m["accuracy"] <= m["ci"][1], (n, value)
+            assert 0.0 <= m["ci"][0] and m["ci"][1] <= 1.0

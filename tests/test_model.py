@@ -88,3 +88,33 @@ def test_cudnn_attention_stays_on_unless_turned_off():
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
 
+
+
+def test_export_keeps_the_base_dtype_and_a_portable_base(tmp_path, monkeypatch):
+    """`mathgrpo export --merged` of an fp32 model stays fp32 (equal logits); the adapter loads after the run is gone."""
+    import json
+    import shutil
+
+    from mathgrpo.cli import main
+
+    from mathgrpo.config import load_config, save_config
+
+    run = tmp_path / "run"
+    _saved_base(run / "sft")  # a full-weight warm-up model inside a run folder
+    (run / "sft" / "base").rename(run / "sft" / "model")
+    save_config(load_config(None), run / "config.yaml")
+    peft_model, adapter_dir = _adapter(run, run / "sft" / "model")
+    out = tmp_path / "exp"
+    assert main(["export", str(adapter_dir), "--merged", "--out", str(out)]) == 0
+    assert json.loads((out / "merged" / "config.json").read_text())["dtype"] == "float32"
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "../base"
+    shutil.rmtree(tmp_path / "run")  # the training run's folder (often temporary) is gone
+    moved = tmp_path / "elsewhere" / "exp"
+    shutil.move(out, moved)
+    monkeypatch.chdir(tmp_path)
+    ids = torch.randint(3, 100, (2, 10))
+    with torch.no_grad():
+        want = peft_model(ids).logits
+        assert (load_any(str(moved / "adapter"))[0](ids).logits - want).abs().max() < 1e-5
+        merged = AutoModelForCausalLM.from_pretrained(moved / "merged")
+        assert merged.dtype == torch.float32 and (merged(ids).logits - want).abs().max() < 1e-4

@@ -89,6 +89,13 @@ def test_compare_refuses_what_cannot_be_compared(tmp_path, capsys):
     assert "none shared" in capsys.readouterr().err
     assert cli(["eval", "--compare", str(a), str(tmp_path / "missing")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    a, b = pair(tmp_path / "ok")
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(mine)]) == 2
+    assert "not a results or comparison folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.md"]
 
 
 def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
@@ -104,7 +111,7 @@ def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
             for i in range(6)]
     out = results_folder(tmp_path / "R", "tuned", recs, run_dir=run)
     curves = read_curves(run)
-    assert list(curves) == ["grpo/reward", "grpo/loss", "sft/loss"]
+    assert list(curves) == ["grpo/reward", "sft/loss", "grpo/loss"]
     assert curves["grpo/reward"][0] == list(range(1, 8))
     page = write_report(out)
     html = page.read_text()
@@ -116,3 +123,49 @@ def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
     assert base64.b64decode(images[0].split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| Algebra | 3 | 100.0% |" in md and "| Geometry | 3 | 0.0% |" in md
     assert "&lt;" not in md and "question m0?" in html
+
+
+def test_report_of_groups_at_0_and_100_percent(tmp_path):
+    """The sizes that made matplotlib reject negative error bars (11 at 0%, 6 at 100%) give a report."""
+    from mathgrpo.metrics import accuracy_with_ci
+    from mathgrpo.report import error_bars
+
+    for n in range(1, 1001):
+        assert min(min(side) for side in error_bars([accuracy_with_ci([v] * n, True) for v in (0.0, 1.0)])) >= 0
+    recs = [record("math500", f"a{i}", False, "3", meta={"level": 1, "subject": "Algebra"}) for i in range(11)]
+    recs += [record("math500", f"b{i}", True, "7", meta={"level": 2, "subject": "Geometry"}) for i in range(6)]
+    out = results_folder(tmp_path / "R", "m", recs)
+    assert write_report(out).is_file()
+    assert "| 1 | 11 | 0.0% |" in (out / "report.md").read_text()
+
+
+def test_report_polish_curves_warnings_and_html(tmp_path):
+    """Key curves first (kl, grad norm, lr plotted; trivial ones folded or named), warnings for cut completions,
+    <code> instead of backticks, labelled 0% bars, integer histogram ticks."""
+    from mathgrpo.report import accuracy_figure, curve_blocks, length_figure, read_curves
+
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    rows = [{"step": s, "reward": (s % 7) / 7, "loss": 1 / s, "kl": 0.0, "grad_norm": 0.3 + s % 3, "lr": 1e-3,
+             "kept_fraction": 1.0, "reference_time": 1e-6 * (s % 5), "accuracy": s / 100} for s in range(1, 61)]
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = read_curves(run)
+    assert list(curves)[:6] == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/kl", "grpo/grad_norm", "grpo/lr"]
+    blocks = curve_blocks(str(run), curves)
+    folded = [b for b in blocks if b[0] == "fold"][0]
+    assert "Constant throughout: grpo/kept_fraction = 1" in str(folded) and any(b[0] == "img" for b in folded[2])
+    recs = [record("gsm8k", f"q{i}", False, "3") for i in range(4)]
+    for r in recs:
+        r["finished"] = False
+    out = results_folder(tmp_path / "R", "m", recs, run_dir=run)
+    html = write_report(out).read_text()
+    md = (out / "report.md").read_text()
+    assert "Warning: gsm8k: 100.0% of completions were cut at 16 tokens" in md
+    assert "<code>m</code>" in html and "`m`" not in html.split("<body>")[1]
+    assert "<details><summary>Other logged quantities" in html and "<details><summary>Other logged quantities" in md
+    assert "td{white-space:nowrap}" in html
+    metrics = json.loads((out / "metrics.json").read_text())["benchmarks"]
+    fig = accuracy_figure(metrics)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.0%"]  # a 0% bar still shows its value
+    ticks = length_figure(metrics).axes[0].get_yticks()
+    assert all(float(t).is_integer() for t in ticks)

@@ -27,3 +27,25 @@ def test_padded_rows_lose_what_they_would_alone():
         together = sft_loss(model, examples, 0, cpu, 1.0)
         alone = sum(sft_loss(model, [e], 0, cpu, 1.0) for e in examples)
     assert torch.allclose(together, alone, rtol=1e-5)
+
+
+def test_warm_up_says_why_it_ended():
+    """An early stop on purpose is named as such; ending far below the target is a warning before GRPO."""
+    from mathgrpo.sft import ending_note
+
+    assert ending_note(130, 400, {"accuracy": 0.36}, 0.3) == (
+        "warm-up: stopped at step 130 of 400: 36% dev accuracy >= 30% target (sft.stop_at_accuracy)")
+    assert ending_note(400, 400, {"accuracy": 0.05}, 0.3).startswith("warning: the warm-up ended at 5% dev accuracy")
+    assert ending_note(400, 400, {"accuracy": 0.2}, 0.3) is None and ending_note(400, 400, None, None) is None
+
+
+def test_an_early_stop_completes_the_bar():
+    """The bar of a warm-up that stopped at step 130 of 400 ends full, with no time left."""
+    from mathgrpo.progress import StepProgress
+
+    bar = StepProgress("warm-up", 400, 0)
+    bar.update(130)
+    bar.finish(130, "dev 0.36")
+    task = bar._progress.tasks[0]
+    assert (task.completed, task.total, task.finished) == (130, 130, True)
+    bar.close()

@@ -134,3 +134,17 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(finished_run, tmp_p
     assert resumed.returncode == 0, out
     clean = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_time") and k != "tokens_per_s"} for r in rows]  # noqa: E731
     assert clean(read_jsonl(metrics)) == clean(read_jsonl(finished_run / "grpo" / "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_train_output_warns_and_names_the_next_command(tmp_path):
+    """A real `mathgrpo train`: a warm-up far below its target is flagged before GRPO, the eval command is
+    printed at the end, and transformers' own load/save bars stay out of the output."""
+    proc = _run_cli(["train", "run.threads=1", "sft.steps=10", "sft.eval_every=5", "grpo.steps=1",
+                     "data.heldout_size=8", "grpo.prompts_per_step=2", "grpo.num_generations=2",
+                     f"run.output_dir={tmp_path}", "run.name=r"], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert out.index("warning: the warm-up ended at") < out.index("grpo ")
+    assert f"next: mathgrpo eval --model {tmp_path / 'r'}" in out
+    assert "Loading weights" not in out and "Writing model shards" not in out

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from . import dist
+from .diskio import writing
 from .model import load_trainable_state, save_trainable, trainable_state
 
 PREFIX = "ckpt-"
@@ -87,13 +88,14 @@ def _write(folder: Path, final: Path, step: int, model: Any, tokenizer: Any, ful
     """The checkpoint's files in a temporary folder, then one rename into place (full: a sharded model's state)."""
     tmp = folder / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_trainable(model, tokenizer, tmp / "model", full)
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with writing(final, tmp):  # a failed write (a full disk) leaves no half checkpoint behind
+        tmp.mkdir(parents=True)
+        save_trainable(model, tokenizer, tmp / "model", full)
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 def complete(folder: Path) -> list:

@@ -11,9 +11,12 @@ import sys
 import warnings
 from typing import Callable, Optional
 
+from . import __version__
 from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
+from .diskio import WriteError, describe
 from .model import ModelError
+from .preflight import PreflightError
 from .runs import RunError
 
 COMMANDS: dict = {}
@@ -63,7 +66,7 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("action", choices=["show"], help="show: a few formatted examples and the counts")
     parser.add_argument("source", help="gsm8k, math500, hub:<id>[:config][@split], a local file, procedural:<name>")
     parser.add_argument("-n", type=int, default=3, help="examples to print")
-    parser.add_argument("--split", default="train", help="split (bundled and hub sources)")
+    parser.add_argument("--split", default=None, help="split (bundled and hub sources; default: train, or the source's only split)")
     parser.add_argument("--format", default="reasoning", help="format preset for the warm-up text")
     parser.add_argument("--question-field", default=None)
     parser.add_argument("--answer-field", default=None)
@@ -73,10 +76,11 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad row")
 
     def run(args: argparse.Namespace) -> int:
+        from .data import default_split
         from .data.show import show_main
 
         return show_main(
-            args.source, n=args.n, fmt_preset=args.format, split=args.split,
+            args.source, n=args.n, fmt_preset=args.format, split=args.split or default_split(args.source),
             question_field=args.question_field, answer_field=args.answer_field,
             solution_field=args.solution_field, size=args.size, seed=args.seed, strict=args.strict,
         )
@@ -91,11 +95,17 @@ def _training_command(stages: tuple) -> Callable:
         add_recipe_args(parser)
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint (overrides apply on top of its saved config)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the resolved settings, what would be loaded from where and the memory plan; start nothing")
 
         def run(args: argparse.Namespace) -> int:
             from .stopping import TrainingStopped
-            from .train import main as train_main
+            from .train import main as train_main, resumed_config
 
+            if args.dry_run:
+                from .preflight import dry_run
+
+                return dry_run(resumed_config(args.resume, args.overrides) if args.resume else config_from(args), stages)
             try:
                 cfg = None if args.resume else config_from(args)
                 train_main(cfg, recipe=args.recipe, resume=args.resume, stages=stages, overrides=args.overrides)
@@ -116,11 +126,12 @@ command("sft", "the supervised format warm-up only")(_training_command(("sft",))
 command("grpo", "GRPO only (from the warm-up's model when the run folder has one)")(_training_command(("grpo",)))
 
 
-@command("export", "write a run's adapter and, with --merged, a merged 16-bit model plain transformers loads")
+@command("export", "write a run's adapter and, with --merged, a merged model plain transformers loads")
 def _export(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, adapter folder or model folder")
     parser.add_argument("--merged", action="store_true", help="also write the adapter merged into the base weights")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="dtype of the merged model")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="dtype of the merged model (default: the base model's own)")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
 
     def run(args: argparse.Namespace) -> int:
@@ -143,7 +154,7 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
         from .export import solve_main
         from .runs import run_recipe
 
-        recipe = run_recipe(args.model)
+        recipe = run_recipe(args.model, changed_by="--format, --template and --max-new-tokens")
         saved = load_config(recipe) if recipe else None
         fmt = args.format or (saved.format.preset if saved else "reasoning")
         template = args.template or (saved.format.template if saved else "auto")
@@ -177,13 +188,30 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
         except EvalError as err:
             print(f"mathgrpo eval: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as err:
+            print(f"mathgrpo eval: {err or 'interrupted'}", file=sys.stderr)
+            return 130
 
     return run
+
+
+MODEL_COMMANDS = ("train", "sft", "grpo", "eval", "export", "solve")
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
+    bars and lines say what happens); the hub's download bars stay, a long download should show."""
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # also turns the hub's off ...
+    enable_progress_bars()  # ... which are worth keeping
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")
+    parser.add_argument("--version", action="version", version=f"mathgrpo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, setup) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -207,14 +235,31 @@ def main(argv: Optional[list] = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    if args.command in MODEL_COMMANDS:
+        quiet_transformers()
+    try:
+        return _dispatch(args)
+    finally:
+        if "mathgrpo.dist" in sys.modules:  # only a command that imported it can have joined a process group
+            sys.modules["mathgrpo.dist"].shutdown()  # under torchrun: on every exit path
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed subcommand; errors a user can fix become one line and an exit code."""
     try:
         return int(args.run(args) or 0)
+    except PreflightError as err:
+        print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"mathgrpo {args.command}: bad setting: {err}", file=sys.stderr)
         return 2
     except (DataError, ModelError, RunError, FileNotFoundError, FileExistsError) as err:
         print(f"mathgrpo {args.command}: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a write failed: permissions, a full disk (WriteError already says where)
+        print(f"mathgrpo {args.command}: {err if isinstance(err, WriteError) else describe(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

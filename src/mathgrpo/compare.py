@@ -118,6 +118,9 @@ def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None) -> int:
 
     result = compare(a_dir, b_dir)
     out = Path(output or b_dir)
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in ("metrics.json", "compare.json")):
+        raise CompareError(f"--output {out} holds other files and is not a results or comparison folder of mathgrpo "
+                           "eval; pass a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", result)
     page = write_compare_report(out, result)

@@ -8,11 +8,13 @@ the wrong type fail with the key named. `validate` then checks the values agains
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -288,7 +290,14 @@ POSITIVE = (
     "lora.r", "lora.alpha", "rollout.max_new_tokens", "sft.batch_size", "grpo.prompts_per_step",
     "grpo.num_generations", "grpo.num_iterations", "run.keep_last", "run.eval_every",
     "run.checkpoint_every", "run.sample_every", "model.max_seq_length", "sft.eval_every", "eval.n",
+    "sft.steps", "grpo.steps", "data.heldout_size", "data.size",
 )
+NON_NEGATIVE = (
+    "sft.micro_batch_size", "sft.warmup_steps", "sft.weight_decay", "grpo.micro_batch_size", "grpo.warmup_steps",
+    "grpo.weight_decay", "rollout.batch_size", "rollout.top_k", "rewards.overlong_buffer", "run.threads",
+    "lora.dropout",
+)
+POSITIVE_REAL = ("sft.lr", "grpo.lr", "sft.max_grad_norm", "grpo.max_grad_norm")
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -297,14 +306,38 @@ def _get(cfg: Config, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
+def check_numbers(cfg: Config) -> None:
+    """Every number finite; counts, rates and sizes in range (negative steps or a NaN rate never start a run)."""
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value = getattr(getattr(cfg, section.name), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section.name}.{f.name}={value} must be a finite number")
+    for key in POSITIVE:
+        stage = key.split(".")[0]
+        if key.endswith(".steps") and not _get(cfg, f"{stage}.enabled"):
+            continue  # a stage that is off may say 0 steps
+        if _get(cfg, key) < 1:
+            hint = f" (to skip the stage: {stage}.enabled=false)" if key.endswith(".steps") else ""
+            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1{hint}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be >= 0")
+    for key in POSITIVE_REAL:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)} must be > 0")
+    if cfg.lora.dropout >= 1:
+        raise ConfigError(f"lora.dropout={cfg.lora.dropout} must be in [0, 1)")
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise ConfigError(f"data.limit={cfg.data.limit} must be at least 1 (or null for every problem)")
+
+
 def validate(cfg: Config) -> Config:
     """Check values against their allowed ranges and each other; raise ConfigError naming the key."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
-    for key in POSITIVE:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"{key}={_get(cfg, key)} must be at least 1")
+    check_numbers(cfg)
     if cfg.rollout.temperature < 0:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be >= 0")
     if not 0 < cfg.rollout.top_p <= 1:
@@ -344,10 +377,20 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"eval.limit={cfg.eval.limit} must be at least 1 (or null for every problem)")
     if any(k < 1 for k in cfg.eval.k):
         raise ConfigError(f"eval.k={list(cfg.eval.k)} must hold k values >= 1 (pass@k and maj@k)")
+    check_run_name(cfg.run.name)
     unknown = set(cfg.run.report_to) - {"jsonl", "tensorboard", "wandb"}
     if unknown:
         raise ConfigError(f"run.report_to has unknown sinks {sorted(unknown)}; use jsonl, tensorboard, wandb")
     return cfg
+
+
+def check_run_name(name: Optional[str]) -> None:
+    """A run name is one folder name under run.output_dir: no separators, no `..`, not absolute."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+        raise ConfigError(f"run.name={name!r} must be a plain folder name (no '/', '\\' or '..'); "
+                          "set run.output_dir for where run folders go")
 
 
 def recipe_path(recipe: str) -> Path:
@@ -362,6 +405,30 @@ def recipe_path(recipe: str) -> Path:
     raise ConfigError(f"recipe {recipe!r} is neither a YAML file nor a known recipe ({known})")
 
 
+def _one_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf's message without its detail lines (reference_type=..., object_type=...), led by the key."""
+    text = (err.msg or str(err)).splitlines()[0].strip()
+    key = getattr(err, "full_key", None)
+    return f"{key}: {text}" if key else text
+
+
+def read_recipe(path: Path) -> DictConfig:
+    """A recipe or saved config.yaml as OmegaConf; bad YAML or a file that is not a mapping fails in one line."""
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where} not valid YAML ({problem}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err}); pass a YAML recipe") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections (model:, data:, grpo:, ...), "
+                          f"not a {'list' if isinstance(data, ListConfig) else type(data).__name__}; see src/mathgrpo/recipes/tiny-cpu.yaml")
+    return data
+
+
 def load_config(recipe: Optional[str] = DEFAULT_RECIPE, overrides: Optional[list] = None) -> Config:
     """Defaults, then the recipe's YAML, then `a.b=c` overrides; validated."""
     merged = OmegaConf.structured(Config)
@@ -369,9 +436,9 @@ def load_config(recipe: Optional[str] = DEFAULT_RECIPE, overrides: Optional[list
         if recipe:
             path = recipe_path(recipe)
             try:
-                merged = OmegaConf.merge(merged, OmegaConf.load(path))
+                merged = OmegaConf.merge(merged, read_recipe(path))
             except OmegaConfBaseException as err:
-                raise ConfigError(f"{path}: {err.msg}") from None
+                raise ConfigError(f"{path}: {_one_line(err)}") from None
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. grpo.lr=1e-5)")
@@ -379,10 +446,10 @@ def load_config(recipe: Optional[str] = DEFAULT_RECIPE, overrides: Optional[list
             try:
                 merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
             except OmegaConfBaseException as err:
-                raise ConfigError(f"override: {err.msg}") from None
+                raise ConfigError(f"override {_one_line(err)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise ConfigError(str(err.msg)) from None
+        raise ConfigError(_one_line(err)) from None
     return validate(cfg)
 
 
@@ -395,14 +462,22 @@ def write_atomic(path: Path, text: str) -> None:
     """Write `text` through a temporary file and a rename: never a half-written file after a crash."""
     import os
 
+    from .diskio import writing
+
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path, tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def config_yaml(cfg: Config) -> str:
+    """A Config as the YAML text that `load_config` reads back."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write a Config as YAML that `load_config` reads back (atomically)."""
-    write_atomic(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    write_atomic(path, config_yaml(cfg))
 
 
 def help_table() -> list:

@@ -55,6 +55,15 @@ def init() -> World:
     return _WORLD
 
 
+def shutdown() -> None:
+    """Leave the process group, if one was joined (every exit path of a command, so torch never warns
+    that destroy_process_group() was not called); one process again afterwards."""
+    global _WORLD
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+    _WORLD = World()
+
+
 def world() -> World:
     """The current World (one process until `init` joined a group)."""
     return _WORLD

@@ -29,16 +29,25 @@ from typing import Any, Optional
 from . import dist
 from .config import Config, ConfigError, to_dict
 from .data import LoadReport, load_configured, load_source, sft_text
+from .diskio import writing
+from .fingerprint import weights_fingerprint
 from .formats import Format, get_format, has_chat_template, render_prompt
 from .heldout import prompts_for
-from .runs import ModelRef, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
+from .runs import ModelRef, read_json, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
 
 RESULTS_DIR = "results"
+# How sampled completions are seeded: one stream per (benchmark, problem, sample), so a resumed run
+# draws what an uninterrupted one would have drawn (a folder with another rule is not reused).
+SAMPLE_SEEDS = "per-problem-sample"
 DEFAULT_EVAL_BATCH = 64  # sequences per engine call when rollout.batch_size is 0
 
 
 class EvalError(RuntimeError):
     """An evaluation cannot start or finish; the message names the file or flag and what to do."""
+
+
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an evaluation; the message says where the finished samples are and how to go on."""
 
 
 # --- benchmarks and prompts -----------------------------------------------------------------------
@@ -103,15 +112,17 @@ def prompt_record(spec: str, problems: list, prompts: list, fmt: Format, tokeniz
 # --- the results folder -----------------------------------------------------------------------------
 
 
-def settings_fingerprint(cfg: Config, model: ModelRef) -> dict:
+def settings_fingerprint(cfg: Config, model: ModelRef, weights: str) -> dict:
     """The settings a sample depends on; samples in a folder are reused only when these match.
 
+    weights: `fingerprint.weights_fingerprint` of the model (new weights in the same folder differ).
     `eval.limit` is left out on purpose: a larger limit reuses a smaller one's samples (the subset
     of a larger limit starts with the smaller one's problems, see data.take_subset).
     """
     r = cfg.rollout
     return {
         "model": model.path,
+        "weights": weights,
         "n": cfg.eval.n,
         "greedy": cfg.eval.n == 1,
         "temperature": None if cfg.eval.n == 1 else r.temperature,
@@ -123,6 +134,7 @@ def settings_fingerprint(cfg: Config, model: ModelRef) -> dict:
         "system_prompt": cfg.format.system_prompt,
         "template": cfg.format.template,
         "seed": cfg.eval.seed,
+        "sample_seeds": SAMPLE_SEEDS,
     }
 
 
@@ -132,20 +144,27 @@ def default_output_dir(cfg: Config, model: ModelRef) -> Path:
     return Path(RESULTS_DIR) / f"{model.label}-{benches}-n{cfg.eval.n}-{cfg.eval.shots}shot"
 
 
-def prepare_output(out: Path, cfg: Config, model: ModelRef) -> None:
-    """Create the results folder, or check that an existing one was made with the same settings."""
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_output(out: Path, cfg: Config, model: ModelRef) -> dict:
+    """Create the results folder, or check that an existing one is ours and was made with the same
+    settings and weights; returns the settings fingerprint."""
     info = out / "eval_config.json"
-    fingerprint = settings_fingerprint(cfg, model)
-    if info.exists():
-        old = json.loads(info.read_text()).get("fingerprint", {})
+    if out.is_dir() and not info.exists() and any(out.iterdir()):
+        raise EvalError(f"--output {out} holds other files and is not a results folder of mathgrpo eval (no "
+                        "eval_config.json); pass a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(info.read_text()) if info.exists() else {}
+    known = saved.get("file_digests", {})
+    fingerprint = settings_fingerprint(cfg, model, weights_fingerprint(model.path, cfg.run.seed, known))
+    old = saved.get("fingerprint")
+    if old is not None:
         diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
         if diff:
-            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *d) for k, d in diff.items()))
-            raise EvalError(
-                f"{out} holds samples made with other settings ({shown}); pass --output NEW_DIR, or delete {out}"
-            )
-    write_json(info, {"fingerprint": fingerprint, "config": to_dict(cfg)})
+            what = "of other weights (the model changed since they were made)" if "weights" in diff else \
+                "made with other settings"
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise EvalError(f"{out} holds samples {what}: {shown}; none are reused: pass --output NEW_DIR, or delete {out}")
+    write_json(info, {"fingerprint": fingerprint, "config": to_dict(cfg), "file_digests": known})
+    return fingerprint
 
 
 def read_samples(path: Path) -> dict:
@@ -212,6 +231,7 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
     and rank 0 alone writes them (`log` is None on the other ranks).
     """
     from .grading import grade
+    from .rollout.seeded import sequence_seed
 
     n = cfg.eval.n
     params = sampling_params(cfg)
@@ -224,7 +244,8 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
     made = 0
     for b in range(batches):
         chunk = mine[b * per_call : (b + 1) * per_call]
-        gens = engine.generate([prompt for _, prompt in chunk], n, params) if chunk else []
+        seeds = [sequence_seed(cfg.eval.seed, bench, problem.id, s) for problem, _ in chunk for s in range(n)]
+        gens = engine.generate([prompt for _, prompt in chunk], n, params, seeds) if chunk else []
         lines = []
         for j, gen in enumerate(gens):
             problem = chunk[gen.prompt_index][0]
@@ -232,19 +253,21 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
             lines.append(json.dumps(sample_record(bench, problem, j % n, gen, verdict), ensure_ascii=False))
         lines = dist.gather_concat(lines)
         if log is not None:
-            log.write("\n".join(lines) + "\n")
-            log.flush()
+            with writing(Path(log.name)):
+                log.write("\n".join(lines) + "\n")
+                log.flush()
         made += len(lines)
         progress.advance(task, len(lines))
     return made
 
 
-def check_lengths(prompts: list, tokenizer: Any, cfg: Config, bench: str) -> None:
-    """Warn when prompt + max_new_tokens exceeds model.max_seq_length (few-shot prompts grow long)."""
+def check_lengths(prompts: list, tokenizer: Any, cfg: Config, bench: str) -> int:
+    """Warn when prompt + max_new_tokens exceeds model.max_seq_length (few-shot prompts grow long); the longest prompt."""
     longest = max((len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
     if longest + cfg.rollout.max_new_tokens > cfg.model.max_seq_length:
         print(f"warning: {bench}: longest prompt is {longest} tokens; + rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
               f"exceeds model.max_seq_length={cfg.model.max_seq_length} (fewer eval.shots, or raise it if the model allows)")
+    return longest
 
 
 def make_progress(enabled: bool) -> Any:
@@ -269,8 +292,11 @@ def summarise_bench(records: list, cfg: Config, seed: int) -> dict:
     return summarise(records, ks, same=is_equivalent, seed=seed)
 
 
-def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
-    """Run every benchmark into `out` (resuming what is there) and return the metrics dict."""
+def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
+    """Run every benchmark into `out` (resuming what is there) and return the metrics dict.
+
+    settings: the fingerprint `prepare_output` checked, recorded in the metrics.
+    """
     import torch
 
     from . import grading
@@ -300,7 +326,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
             key = bench_key(spec)
             prompts = prompts_for(report.problems, fmt, tok, cfg.format.template, shots)
             prompts_info[key] = prompt_record(spec, report.problems, prompts, fmt, tok, cfg, shots)
-            check_lengths(prompts, tok, cfg, key)
+            longest = check_lengths(prompts, tok, cfg, key)
             todo = [(p, q) for p, q in zip(report.problems, prompts)
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n
@@ -309,15 +335,16 @@ def evaluate(cfg: Config, model: ModelRef, out: Path) -> dict:
                       f"generating {len(todo) * cfg.eval.n}")
             t0 = time.monotonic()
             made = generate_missing(engine, key, todo, cfg, fmt, log, progress) if todo else 0
-            per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made,
+            per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made, "longest_prompt": longest,
+                              "max_seq_length": cfg.model.max_seq_length,
                               "reused": reused, "generation_s": round(time.monotonic() - t0, 2)}
     if not main_rank:
         return {}
-    write_json(out / "prompt.json", prompts_info)
+    write_json(out / "prompt.json", {**read_json(out / "prompt.json"), **prompts_info})
     records = read_samples(samples_path)
     metrics = {"model": model.label, "model_path": model.path,
                "run_dir": str(model.run_dir) if model.run_dir else None,
-               "settings": settings_fingerprint(cfg, model), "engine": engine.name, "benchmarks": {}}
+               "settings": settings, "engine": engine.name, "benchmarks": {}}
     for spec, report in benches.items():
         key = bench_key(spec)
         recs = [records[(key, p.id, s)] for p in report.problems for s in range(cfg.eval.n)]
@@ -352,20 +379,31 @@ def main(cfg: Optional[Config], model_ref: Optional[str] = None, bench: Optional
         return compare_main(compare[0], compare[1], output)
     if bench:
         cfg.eval.bench = bench
+    if model_ref is None:
+        if cfg.model.name == "tiny":
+            raise EvalError("no --model: pass a run folder, model or adapter folder, or hub id (--model tiny "
+                            "evaluates the untrained built-in model)")
+        print(f"no --model: evaluating model.name={cfg.model.name} of the recipe")
     model = resolve_model(model_ref or cfg.model.name)
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
     world = dist.init()
+    settings = prepare_output(out, cfg, model) if world.main else {}
     if world.main:
-        prepare_output(out, cfg, model)
         print(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
               + (f" on {world.size} ranks" if world.active else ""))
     dist.barrier()
     t0 = time.monotonic()
-    metrics = evaluate(cfg, model, out)
+    try:
+        metrics = evaluate(cfg, model, out, settings)
+    except KeyboardInterrupt:
+        kept = len(read_samples(out / "samples.jsonl")) if world.main else 0
+        raise EvalInterrupted(f"interrupted; {kept} samples kept in {out / 'samples.jsonl'}; run the same command "
+                              "again to go on from there") from None
     if not world.main:
         return 0
     metrics["elapsed_s"] = round(time.monotonic() - t0, 2)
-    write_json(out / "metrics.json", metrics)
+    metrics["benchmarks"] = {**read_json(out / "metrics.json").get("benchmarks", {}), **metrics["benchmarks"]}
+    write_json(out / "metrics.json", metrics)  # benchmarks of earlier runs into this folder are kept
     from .report import write_report
 
     report = write_report(out)

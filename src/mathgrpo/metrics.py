@@ -79,7 +79,8 @@ def wilson_interval(successes: float, total: int, z: float = 1.96) -> tuple:
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The bounds hold p exactly: at 0% or 100% rounding would otherwise put a bound ~1e-17 past it.
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def bootstrap_mean_ci(values: list, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple:

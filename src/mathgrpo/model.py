@@ -139,10 +139,12 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
 
 
 def adapter_base(adapter_dir: Path) -> str:
-    """The base model an adapter folder names in its adapter_config.json."""
+    """The base model an adapter folder names in its adapter_config.json (a relative path: from the adapter folder)."""
     base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
     if not base_name:
         raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    if base_name.startswith(("./", "../")) and (Path(adapter_dir) / base_name).is_dir():
+        return str((Path(adapter_dir) / base_name).resolve())  # as `mathgrpo export` writes a local base
     return base_name
 
 
@@ -271,12 +273,15 @@ def publish_model(model: Any, tokenizer: Any, path: Path, state_dict: Optional[d
     import shutil
 
     path = Path(path)
+    from .diskio import writing
+
     tmp = path.with_name(f".{path.name}-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_trainable(model, tokenizer, tmp, state_dict)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with writing(path, tmp):  # a failed write (a full disk) leaves no half model behind
+        save_trainable(model, tokenizer, tmp, state_dict)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
 
 
 def trainable_state(model: Any) -> dict:

@@ -26,6 +26,11 @@ class StepProgress:
         if self._progress is not None:
             self._progress.update(self._task, completed=done, status=status)
 
+    def finish(self, done: int, status: str = "") -> None:
+        """End the bar at `done` steps as complete (a stage that stopped early on purpose: no eta left)."""
+        if self._progress is not None:
+            self._progress.update(self._task, total=done, completed=done, status=status)
+
     def close(self) -> None:
         """Stop drawing."""
         if self._progress is not None:

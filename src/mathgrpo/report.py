@@ -1,9 +1,12 @@
 """Reports of a results folder: `report.md` (plots as PNG files beside it) and a self-contained `report.html`.
 
-A report is a list of blocks (heading, paragraph, table, image, code) rendered twice, once as
-Markdown and once as HTML with the plots embedded as base64 PNG, so the two never disagree.
-Plots: accuracy per benchmark with 95% intervals, MATH accuracy by level and subject, completion
-length histograms, and the training curves of the run folder the model came from.
+A report is a list of blocks (heading, paragraph, table, image, code, folded group) rendered twice,
+once as Markdown and once as HTML with the plots embedded as base64 PNG, so the two never disagree.
+Plots: accuracy per benchmark with 95% intervals (values on the bars), MATH accuracy by level and
+subject, completion length histograms, and the training curves of the run folder the model came
+from (warm-up and GRPO): the key ones first, smoothed and labelled, every other logged number folded.
+Warnings come right after the settings: prompts longer than model.max_seq_length allows, most
+completions cut at max_new_tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,10 +23,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .tracking import read_jsonl  # noqa: E402
 
-MAX_CURVES = 16  # training-curve panels; the rest are listed by name
+MAX_CURVES = 16  # training-curve panels per figure; the rest are listed by name
 EXAMPLES_PER_BENCH = 2
 EXAMPLE_CHARS = 600
 
@@ -44,6 +50,11 @@ def table(headers: list, rows: list) -> tuple:
 
 def code(text: str) -> tuple:
     return ("code", text)
+
+
+def fold(summary: str, blocks: list) -> tuple:
+    """Blocks shown folded (HTML <details>), opened on a click."""
+    return ("fold", summary, blocks)
 
 
 def image(name: str, fig: Any) -> tuple:
@@ -78,13 +89,21 @@ def to_markdown(blocks: list, plot_dir: Path) -> str:
             plot_dir.mkdir(parents=True, exist_ok=True)
             (plot_dir / f"{b[1]}.png").write_bytes(b[2])
             lines += [f"![{b[1]}]({plot_dir.name}/{b[1]}.png)", ""]
+        elif b[0] == "fold":
+            lines += [f"<details><summary>{html.escape(b[1])}</summary>", "", to_markdown(b[2], plot_dir), "</details>", ""]
     return "\n".join(lines)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}
+td:first-child,th:first-child{text-align:left}td{white-space:nowrap}td:last-child{white-space:normal}
+code{background:#f3f3f3;padding:0 3px}summary{cursor:pointer;font-weight:600;margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}
 img{max-width:100%}"""
+
+
+def _inline_code(text: str) -> str:
+    """`x` (Markdown inline code) as <code>x</code> in already escaped HTML text."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def to_html(blocks: list, title: str) -> str:
@@ -94,7 +113,7 @@ def to_html(blocks: list, title: str) -> str:
         if b[0] == "h":
             body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
         elif b[0] == "p":
-            body.append(f"<p>{html.escape(b[1])}</p>")
+            body.append(f"<p>{_inline_code(html.escape(b[1]))}</p>")
         elif b[0] == "table":
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
@@ -104,6 +123,9 @@ def to_html(blocks: list, title: str) -> str:
         elif b[0] == "img":
             data = base64.b64encode(b[2]).decode("ascii")
             body.append(f'<img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">')
+        elif b[0] == "fold":
+            inner = to_html(b[2], "").split("<body>\n", 1)[1].rsplit("\n</body>", 1)[0]
+            body.append(f"<details><summary>{html.escape(b[1])}</summary>\n{inner}\n</details>")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
@@ -123,18 +145,26 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def error_bars(stats: list) -> list:
+    """[[below], [above]] the accuracy in points for matplotlib, never negative (an interval rounded past it)."""
+    return [[max(0.0, 100 * (s["accuracy"] - s["ci"][0])) for s in stats],
+            [max(0.0, 100 * (s["ci"][1] - s["accuracy"])) for s in stats]]
+
+
 def _bars(ax: Any, labels: list, stats: list, horizontal: bool = False) -> None:
     """Accuracy bars (percent) with their 95% intervals as error bars."""
     acc = [100 * s["accuracy"] for s in stats]
-    err = [[100 * (s["accuracy"] - s["ci"][0]) for s in stats], [100 * (s["ci"][1] - s["accuracy"]) for s in stats]]
+    err = error_bars(stats)
     if horizontal:
-        ax.barh(labels, acc, xerr=err, capsize=3, color="#4c72b0")
+        bars = ax.barh(labels, acc, xerr=err, capsize=3, color="#4c72b0")
         ax.set_xlabel("accuracy (%)")
         ax.set_xlim(0, 100)
     else:
-        ax.bar(labels, acc, yerr=err, capsize=4, color="#4c72b0")
+        bars = ax.bar(labels, acc, yerr=err, capsize=4, color="#4c72b0")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
+    # the value on every bar: a 0% bar has no height to see
+    ax.bar_label(bars, labels=[f"{a:.1f}%" for a in acc], padding=3, fontsize=8)
 
 
 def accuracy_figure(benches: dict) -> Any:
@@ -166,12 +196,20 @@ def length_figure(benches: dict) -> Any:
                    color="#55a868", edgecolor="white")
         ax.set_title(key)
         ax.set_xlabel("completion tokens")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no fractional ticks
     axes[0][0].set_ylabel("samples")
     return fig
 
 
+# The curves a reader looks at first, in this order; every other logged number is folded away.
+KEY_CURVES = ("heldout_accuracy", "dev_accuracy", "accuracy", "reward", "loss", "kl", "grad_norm", "lr",
+              "completion_length", "truncated_fraction", "clip_fraction", "format_rate")
+
+
 def read_curves(run_dir: Path) -> dict:
-    """Numeric series by `<stage>/<key>` from every metrics.jsonl in a run folder: {name: ([step], [value])}."""
+    """Numeric series by `<stage>/<key>` from every metrics.jsonl in a run folder: {name: ([step], [value])},
+    the key curves first (KEY_CURVES order, warm-up before GRPO within a key), then the rest by name."""
     series: dict = {}
     for path in sorted(Path(run_dir).glob("**/metrics.jsonl")):
         stage = path.parent.relative_to(run_dir).as_posix().replace("/", "-") or "run"
@@ -182,26 +220,73 @@ def read_curves(run_dir: Path) -> dict:
                     xs, ys = series.setdefault(f"{stage}/{key}", ([], []))
                     xs.append(step)
                     ys.append(value)
-    # Accuracy and reward first, then losses: when panels run out, the timing keys go unplotted.
-    rank = lambda name: 0 if ("accuracy" in name or "reward" in name) else 1 if "loss" in name else 2  # noqa: E731
+
+    def rank(name: str) -> tuple:
+        stage, key = name.split("/", 1)
+        return (KEY_CURVES.index(key) if key in KEY_CURVES else len(KEY_CURVES), stage != "sft", name)
+
     return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
 
 
+def split_curves(series: dict) -> tuple:
+    """(key curves, other changing curves, {name: value} of the constant others)."""
+    key = {n: s for n, s in series.items() if n.split("/", 1)[1] in KEY_CURVES}
+    rest = {n: s for n, s in series.items() if n not in key}
+    constant = {n: s[1][0] for n, s in rest.items() if len(set(s[1])) == 1}
+    return key, {n: s for n, s in rest.items() if n not in constant}, constant
+
+
+def smooth(ys: list) -> tuple:
+    """(window, moving average) of a noisy series: a window of about a twentieth of its length, at least 2."""
+    window = max(2, len(ys) // 20)
+    if len(ys) < 2 * window:
+        return 1, np.asarray(ys, dtype=float)
+    kernel = np.ones(window) / window
+    return window, np.convolve(np.asarray(ys, dtype=float), kernel, mode="valid")
+
+
 def curves_figure(series: dict) -> Any:
-    """Small multiples: one panel per numeric key, value against step."""
+    """Small multiples: one panel per numeric key, value against step (faint: as logged; line: moving mean)."""
     names = list(series)[:MAX_CURVES]
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
         xs, ys = series[name]
-        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2)
+        window, mean = smooth(ys)
+        if window > 1:
+            ax.plot(xs, ys, lw=0.8, alpha=0.3, color="#4c72b0")
+            ax.plot(xs[window - 1:], mean, lw=1.4, color="#4c72b0")
+        else:
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2, color="#4c72b0")
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(name.split("/", 1)[1], fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(xs)) == 1:
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)  # one step: whole-number ticks around it
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def curve_blocks(run_dir: str, curves: dict) -> list:
+    """The training curves: key ones plotted, the other changing ones folded, constant ones named."""
+    key, rest, constant = split_curves(curves)
+    blocks = [h(2, f"Training curves ({run_dir})"),
+              p("Faint lines are the values as logged; solid lines their moving mean where a run is long enough.")]
+    if key:
+        blocks.append(image("training", curves_figure(key)))
+    folded = [image("training-other", curves_figure(rest))] if rest else []
+    if len(rest) > MAX_CURVES:
+        folded.append(p("Not plotted: " + ", ".join(list(rest)[MAX_CURVES:])))
+    if constant:
+        folded.append(p("Constant throughout: " + ", ".join(f"{n} = {v:g}" for n, v in constant.items())))
+    if folded:
+        blocks.append(fold(f"Other logged quantities ({len(rest) + len(constant)})", folded))
+    return blocks
 
 
 # --- the evaluation report -----------------------------------------------------------------------------
@@ -282,18 +367,36 @@ def read_records(out: Path, metrics: dict) -> dict:
     return by_bench
 
 
+TRUNCATED_WARNING = 0.5  # a warning when more than this share of completions hit max_new_tokens
+
+
+def length_warnings(metrics: dict) -> list:
+    """Per benchmark: prompts too long for model.max_seq_length, or most completions cut at max_new_tokens."""
+    new_tokens = metrics["settings"]["max_new_tokens"]
+    out = []
+    for key, m in metrics["benchmarks"].items():
+        limit, longest = m.get("max_seq_length"), m.get("longest_prompt")
+        if limit and longest and longest + new_tokens > limit:
+            out.append(f"{key}: the longest prompt ({longest} tokens) + {new_tokens} new tokens exceeds "
+                       f"model.max_seq_length={limit} (fewer eval.shots, or a larger model.max_seq_length if the model "
+                       "allows)")
+        if m["truncated"] > TRUNCATED_WARNING:
+            out.append(f"{key}: {_pct(m['truncated'])} of completions were cut at {new_tokens} tokens before an answer "
+                       "could end; accuracy says little until rollout.max_new_tokens is raised")
+    return out
+
+
 def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> list:
     """Every block of the evaluation report, in reading order."""
     benches = metrics["benchmarks"]
-    blocks = [h(1, f"Evaluation: {metrics['model']}"), p(_settings_line(metrics)), h(2, "Results"),
-              results_table(benches), image("accuracy", accuracy_figure(benches))]
+    blocks = [h(1, f"Evaluation: {metrics['model']}"), p(_settings_line(metrics))]
+    blocks += [p(f"Warning: {w}") for w in length_warnings(metrics)]
+    blocks += [h(2, "Results"), results_table(benches), image("accuracy", accuracy_figure(benches))]
     for key, m in benches.items():
         blocks += group_blocks(key, m)
     blocks += [h(2, "Completion length (tokens)"), image("lengths", length_figure(benches))]
     if curves:
-        blocks += [h(2, f"Training curves ({metrics['run_dir']})"), image("training", curves_figure(curves))]
-        if len(curves) > MAX_CURVES:
-            blocks.append(p("Not plotted: " + ", ".join(list(curves)[MAX_CURVES:])))
+        blocks += curve_blocks(metrics["run_dir"], curves)
     blocks.append(h(2, "Prompt"))
     for key, info in prompts.items():
         shots = f"{len(info['shots'])} worked examples from {info['shots_source']}" if info["shots"] else "zero-shot"

@@ -13,23 +13,61 @@ runs/<name>/
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .checkpoint import latest
-from .config import Config, write_atomic
+from .config import Config, config_yaml, write_atomic
+from .diskio import writing
+
+
+class RunError(ValueError):
+    """A run folder cannot be made, or --model / --resume names no usable run, model or folder; says what to pass."""
 
 
 def new_run_dir(cfg: Config, recipe: Optional[str]) -> Path:
-    """A fresh folder for a run: run.name, else recipe name plus the time."""
-    name = cfg.run.name or f"{Path(recipe or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = Path(cfg.run.output_dir) / name
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"run folder {path} exists; pass --resume {path} to continue it, or another run.name")
+    """A fresh folder for a run, claimed by writing its config.yaml: run.name, else recipe name plus the time.
+
+    Claiming is atomic, so two runs started in the same second never share a folder: a default name
+    that another run took gets a `-2`, `-3`... suffix; a run.name that is taken is refused.
+    """
+    root = Path(cfg.run.output_dir)
+    if cfg.run.name:
+        path = root / cfg.run.name
+        if not _claim(path, config_yaml(cfg)):
+            raise RunError(f"run folder {path} exists; pass --resume {path} to continue it, or another run.name")
+        return path
+    stem = f"{Path(recipe or 'run').stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        path = root / (stem if n == 1 else f"{stem}-{n}")
+        if _claim(path, config_yaml(cfg)):
+            return path
+    raise RunError(f"{root}: 999 run folders named {stem}-*; pass run.name")
+
+
+def _claim(path: Path, config_text: str) -> bool:
+    """Create `path` (or take it while empty) with `config.yaml` in one atomic step; False if it is in use.
+
+    The config is written to a private temporary file and hard-linked into place: a link fails when
+    the name exists, so of two runs racing for one folder exactly one gets it, and never half a file.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    if any(not p.name.startswith(".config.yaml.") for p in path.iterdir()):
+        return False
+    tmp = path / f".config.yaml.{os.getpid()}.{threading.get_ident()}.tmp"
+    with writing(path / "config.yaml", tmp):
+        tmp.write_text(config_text)
+    try:
+        os.link(tmp, path / "config.yaml")
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -45,11 +83,6 @@ def read_json(path: Path) -> dict:
 def is_run_dir(path: Path) -> bool:
     """True for a folder laid out by `mathgrpo train`."""
     return (Path(path) / "config.yaml").exists() and ((Path(path) / "sft").exists() or (Path(path) / "grpo").exists())
-
-
-
-class RunError(ValueError):
-    """A --model or --resume reference names no usable run, model or folder; the message says what to pass."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,8 @@ def resolve_model(ref: str) -> ModelRef:
         return ModelRef(str(path / "sft" / "model"), f"{path.resolve().name}-sft", path)
     if (path / "checkpoints").is_dir() or (path / "grpo").is_dir():
         raise RunError(f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model")
-    return ModelRef(str(path), _folder_label(path))
+    run_dir = path.parent.parent if path.name == "model" and path.parent.name == "sft" else None
+    return ModelRef(str(path), _folder_label(path), run_dir if run_dir and is_run_dir(run_dir) else None)
 
 
 def _folder_label(path: Path) -> str:
@@ -98,17 +132,18 @@ def _folder_label(path: Path) -> str:
     return "-".join(parts[-2:])
 
 
-def run_recipe(model_ref: Optional[str]) -> Optional[str]:
+def run_recipe(model_ref: Optional[str], changed_by: str = "--recipe or key=value overrides") -> Optional[str]:
     """The config.yaml of the training run `model_ref` lies in (run, stage or checkpoint folder), else None.
 
     A trained model is evaluated the way it was trained: the run's format, template and rollout
-    settings become the defaults (flags and overrides still win).
+    settings become the defaults (flags and overrides still win). `changed_by`: what the calling
+    command accepts to change them, as the printed line says.
     """
     if not model_ref or not Path(model_ref).is_dir():
         return None
     path = Path(model_ref).resolve()
     for folder in [path, *path.parents][:6]:
         if is_run_dir(folder):
-            print(f"settings: {folder / 'config.yaml'} (the run's own; --recipe or key=value overrides change them)")
+            print(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
             return str(folder / "config.yaml")
     return None

@@ -95,6 +95,19 @@ def prepare_model(cfg: Config) -> tuple:
     return make_trainable(model, cfg, not cfg.sft.full_finetune), tok
 
 
+def ending_note(step: int, steps: int, dev: Optional[dict], target: Optional[float]) -> Optional[str]:
+    """What to say when the warm-up ends: stopped early at its target, or far below it (GRPO then has little to go on)."""
+    if target is None or not dev:
+        return None
+    acc = dev["accuracy"]
+    if acc >= target:
+        return f"warm-up: stopped at step {step} of {steps}: {acc:.0%} dev accuracy >= {target:.0%} target (sft.stop_at_accuracy)"
+    if acc < target / 2:
+        return (f"warning: the warm-up ended at {acc:.0%} dev accuracy, far below its {target:.0%} target; GRPO learns "
+                f"little from a model that rarely answers right (raise sft.steps or sft.lr, and check the warm-up data)")
+    return None
+
+
 class SFTRun:
     """The warm-up stage of a run folder: setup, steps, checkpoints, final model in `sft/model`."""
 
@@ -200,6 +213,7 @@ class SFTRun:
                         writer.log(self.step, row)
                     progress.update(self.step, f"loss {loss:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else ""))
                     if stop:
+                        progress.finish(self.step, f"loss {loss:.3f} dev {self.last_dev['accuracy']:.2f}")
                         break
                     if self.step % self.cfg.run.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -214,5 +228,8 @@ class SFTRun:
         full = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else None
         if main:
             publish_model(self.model, self.tok, self.dir / "model", full)
+            note = ending_note(self.step, self.cfg.sft.steps, self.last_dev, self.cfg.sft.stop_at_accuracy)
+            if note:
+                print(note, flush=True)
         dist.barrier()
         return {"sft_steps": self.step, "sft_seconds": time.time() - start, "sft_dev": self.last_dev}

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .diskio import writing
+
 
 def read_jsonl(path: Path) -> list:
     """All complete JSON lines of a file (a torn last line from a crash is skipped)."""
@@ -69,8 +71,9 @@ class MetricsWriter:
     def log(self, step: int, row: dict) -> None:
         """Append `row` (scalars) for `step` to every sink."""
         row = {"step": step, **{k: _clean(v) for k, v in row.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:
             for k, v in numeric.items():

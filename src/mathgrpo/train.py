@@ -14,6 +14,7 @@ from . import dist
 from .config import Config, load_config, save_config
 from .data import DataError, load_configured
 from .model import set_threads
+from .preflight import require, training_checks
 from .runs import new_run_dir, read_json, write_json
 
 
@@ -45,20 +46,29 @@ def _sft_problems(cfg: Config, train: list) -> list:
     return _load(cfg, cfg.sft.source, cfg.data.split, cfg.data.limit, cfg.data.seed)
 
 
-def _start(cfg: Config, recipe: Optional[str], resume: Optional[str], overrides: Optional[list]) -> tuple:
-    """(config, run folder): a new folder, or the saved config (plus overrides, e.g. more steps) of a resumed run."""
+def resumed_config(resume: str, overrides: Optional[list]) -> Config:
+    """The saved config of the run folder `resume` with `overrides` (e.g. more steps) on top."""
+    if not (Path(resume) / "config.yaml").exists():
+        raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
+    return load_config(str(Path(resume) / "config.yaml"), overrides)
+
+
+def _start(cfg: Config, recipe: Optional[str], resume: Optional[str], overrides: Optional[list], stages: tuple) -> tuple:
+    """(config, run folder): a new folder, or the saved config (plus overrides, e.g. more steps) of a resumed run.
+
+    Before anything is written, the model, data sources and device are checked (preflight).
+    """
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
-        cfg = load_config(str(run_dir / "config.yaml"), overrides)
+        cfg = resumed_config(resume, overrides)
+        require(training_checks(cfg, stages))
         dist.barrier()  # every rank has read the file before rank 0 rewrites it
         if overrides and dist.world().main:
             save_config(cfg, run_dir / "config.yaml")
         return cfg, run_dir
+    require(training_checks(cfg, stages))
     if dist.world().main:
-        run_dir = new_run_dir(cfg, recipe)
-        save_config(cfg, run_dir / "config.yaml")
+        run_dir = new_run_dir(cfg, recipe)  # holds config.yaml already
     run_dir = Path(dist.gather(str(run_dir) if dist.world().main else None)[0])
     return cfg, run_dir
 
@@ -91,7 +101,25 @@ def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None
     With `resume`, the run's saved config is used, with `overrides` (say `grpo.steps=400`) on top.
     """
     dist.init()
-    cfg, run_dir = _start(cfg, recipe, resume, overrides)
+    cfg, run_dir = _start(cfg, recipe, resume, overrides, stages)
+    try:
+        return _run(cfg, run_dir, stages)
+    except BaseException:
+        if not resume and dist.world().main:
+            discard_if_unused(run_dir)
+        raise
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a new run folder that still holds only its config.yaml (the run failed before any stage
+    wrote anything), so that the same command can be run again as it was."""
+    if [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+        (run_dir / "config.yaml").unlink()
+        run_dir.rmdir()
+
+
+def _run(cfg: Config, run_dir: Path, stages: tuple) -> dict:
+    """The stages in `run_dir`, then the summary."""
     set_threads(cfg.run.threads)
     import torch
 
@@ -121,3 +149,4 @@ def _print_summary(summary: dict) -> None:
     if before is not None and after is not None:
         print(f"held-out accuracy: {before:.1%} before GRPO -> {after:.1%} after ({(after - before) * 100:+.1f} points, {summary.get('steps')} steps)")
     print(f"summary: {Path(summary['run_dir']) / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
+    print(f"next: mathgrpo eval --model {summary['run_dir']}")

@@ -70,6 +70,12 @@ def _dispatch(spec: str, split: str, fields: dict, size: int, seed: int, strict:
                     f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
 
 
+def default_split(spec: str) -> str:
+    """The split `mathgrpo data show` reads when none is given: a bundled set's only split, else train."""
+    name = spec.partition("@")[0]
+    return bundled.default_split(name) if name in bundled.SETS else "train"
+
+
 def load_source(
     spec: str,
     *,

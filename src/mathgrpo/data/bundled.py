@@ -28,13 +28,20 @@ SETS = {
 }
 
 
+def default_split(name: str) -> str:
+    """The split a bundled set is read from when none is asked for: train, else its only one."""
+    files = SETS[name][1]
+    return "train" if "train" in files else next(iter(files))
+
+
 def load(name: str, split: str = "train", strict: bool = False) -> LoadReport:
     """Problems of the bundled set `name` (gsm8k or math500), split `split`."""
     cols, files = SETS[name]
     if split not in files:
         only = " and ".join(files)
-        raise DataError(f"{name} has split {only} only (not {split!r}); use split={next(iter(files))!r} "
-                        f"(e.g. data.split={next(iter(files))} or {name}@{next(iter(files))})")
+        first = next(iter(files))
+        raise DataError(f"{name} has split {only} only (not {split!r}); name the split in the source: "
+                        f"{name}@{first} (as data.source, --bench or `mathgrpo data show {name}@{first}`)")
     path = BUNDLED_DIR / files[split]
     if not path.is_file():
         raise DataError(f"bundled file {path} is missing; reinstall mathgrpo")

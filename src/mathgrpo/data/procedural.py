@@ -30,9 +30,8 @@ def split_seed(split: str, seed: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def _create(name: str, size: int, seed: int):
-    """The reasoning-gym data set; DataError naming close matches for an unknown generator."""
-    import reasoning_gym
+def check_name(name: str) -> None:
+    """DataError naming close matches when `name` is not a reasoning-gym generator."""
     from reasoning_gym.factory import DATASETS
 
     if name not in DATASETS:
@@ -40,6 +39,13 @@ def _create(name: str, size: int, seed: int):
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise DataError(f"procedural:{name}: no such reasoning-gym generator; {hint}"
                         f"math ones include {', '.join(SUGGESTED)}, or the built-in procedural:arith")
+
+
+def _create(name: str, size: int, seed: int):
+    """The reasoning-gym data set; DataError naming close matches for an unknown generator."""
+    import reasoning_gym
+
+    check_name(name)
     try:
         return reasoning_gym.create_dataset(name, size=size, seed=seed)
     except Exception as err:  # generator configs validate with assertions and ValueErrors

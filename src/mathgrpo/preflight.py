@@ -1,0 +1,216 @@
+"""Checks before a training run creates anything: the model, every data source and the device, all at once.
+
+Each check answers in seconds without loading weights or data: local folders and files are looked
+at, a hub id is looked up in the local hub cache and, when it is not there (and HF_HUB_OFFLINE is
+not set), asked of the hub once with a short time limit. Every problem is reported together, before
+the run folder exists, so a fix-and-retry never meets a folder left behind by the last attempt.
+`mathgrpo train --dry-run` prints the same checks with the resolved settings and the memory plan.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import Config, ConfigError, config_yaml
+
+HUB_TIMEOUT_S = 5.0
+GPU_DTYPES = ("bfloat16", "float16")
+
+
+class PreflightError(ConfigError):
+    """Inputs a run needs are missing; the message lists every one, a line each, with what to do."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One input of a run: which setting, what it names, where it will come from, or what is wrong."""
+
+    setting: str
+    value: str
+    found: Optional[str]  # where it comes from when usable
+    problem: Optional[str] = None  # what is wrong and what to do, when not
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def hub_status(repo: str, repo_type: str) -> tuple:
+    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time."""
+    from huggingface_hub import constants, repo_info
+
+    prefix = "models" if repo_type == "model" else "datasets"
+    if (Path(constants.HF_HUB_CACHE) / f"{prefix}--{repo.replace('/', '--')}").is_dir():
+        return "local hub cache", None
+    if repo_type == "dataset" and _datasets_cache_has(repo):
+        return "local datasets cache", None
+    todo = (f"download it where there is network (huggingface-cli download {repo}) or set model.name to a local folder"
+            if repo_type == "model" else
+            f"put a copy laid out like the hub repo in MATHGRPO_HUB_ROOT/{repo}, or download it where there is "
+            f"network (huggingface-cli download --repo-type dataset {repo})")
+    if _offline():
+        return None, f"not in the local hub cache and HF_HUB_OFFLINE=1; {todo}"
+    try:
+        repo_info(repo, repo_type=repo_type, timeout=HUB_TIMEOUT_S)
+    except Exception as err:  # no network, unknown repo, gated repo: the hub client raises many types
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        return None, f"not in the local hub cache and the hub did not answer ({reason}); {todo}"
+    return "the hub (downloaded on first use)", None
+
+
+def _datasets_cache_has(repo: str) -> bool:
+    """Whether `datasets` has a prepared copy of `repo` in its own cache."""
+    try:
+        from datasets import config
+    except ImportError:
+        return False
+    return (Path(config.HF_DATASETS_CACHE) / repo.replace("/", "___")).is_dir()
+
+
+def check_model(name: str, setting: str = "model.name") -> Check:
+    """The base model (or adapter, and its base): built in, a local folder, or a hub id."""
+    if name == "tiny":
+        return Check(setting, name, "built in")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            from .model import adapter_base
+
+            base = check_model(adapter_base(path), f"{setting} (adapter base)")
+            return Check(setting, name, f"adapter folder, base from {base.found}", base.problem)
+        if (path / "config.json").is_file():
+            return Check(setting, name, "local folder")
+        return Check(setting, name, None, "a folder without config.json or adapter_config.json; pass a model folder")
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        return Check(setting, name, None, "no such folder (a hub id looks like owner/name)")
+    found, problem = hub_status(name, "model")
+    return Check(setting, name, found, problem)
+
+
+def check_source(spec: str, split: str, setting: str) -> Check:
+    """One data source: bundled, procedural, a local file or a hub data set (names and splits, no rows read)."""
+    from .data import bundled, files, hub, procedural
+    from .data.problem import DataError
+
+    name, at, spec_split = spec.partition("@")
+    want = spec_split if at else split
+    try:
+        if spec.startswith("hub:"):
+            dataset_id = hub.parse_spec(spec[len("hub:"):], split)[0]
+            path = hub.resolve_path(dataset_id, None)
+            if Path(path).is_dir():
+                return Check(setting, spec, f"local folder {path}")
+            found, problem = hub_status(dataset_id, "dataset")
+            return Check(setting, spec, found, problem)
+        if spec.startswith("procedural:"):
+            gen = name[len("procedural:"):]
+            if want not in procedural.SPLITS:
+                raise DataError(f"{spec} has splits {', '.join(procedural.SPLITS)} (not {want!r})")
+            if gen != "arith":
+                procedural.check_name(gen)
+            return Check(setting, spec, "generated")
+        if name in bundled.SETS:
+            if want not in bundled.SETS[name][1]:
+                bundled.load(name, want)  # raises the DataError that names the right split
+            return Check(setting, spec, f"bundled ({want} split)")
+        if Path(spec).suffix or Path(spec).exists():
+            return Check(setting, spec, f"file {files.check_path(spec)}")
+        raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
+                        f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+    except DataError as err:
+        return Check(setting, spec, None, str(err))
+
+
+def check_device(cfg: Config) -> Check:
+    """The device: a CUDA device asked for (or implied by a GPU recipe's settings) must be visible."""
+    import torch
+
+    m = cfg.model
+    have = torch.cuda.is_available()
+    if m.device.startswith("cuda") and not have:
+        return Check("model.device", m.device, None, "no CUDA device is visible; use model.device=cpu or a GPU machine")
+    gpu_only = [s for s, on in (
+        (f"model.dtype={m.dtype}", m.dtype in GPU_DTYPES), (f"model.backend={m.backend}", m.backend == "unsloth"),
+        ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine in ("native", "vllm")),
+    ) if on]
+    if m.device == "auto" and not have and gpu_only:
+        return Check("model.device", m.device, None, f"this recipe is made for a GPU ({', '.join(gpu_only)}) and none is "
+                     "visible; run it on a GPU machine, or add model.device=cpu to run it on the CPU anyway (slowly)")
+    return Check("model.device", m.device, f"cuda ({torch.cuda.get_device_name(0)})" if have and m.device != "cpu" else "cpu")
+
+
+def training_checks(cfg: Config, stages: tuple) -> list:
+    """Every check a training run's inputs need, run side by side (each hub question waits at most a few seconds)."""
+    d = cfg.data
+    held = d.heldout_source or d.source
+    jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg)]
+    jobs.append(lambda: check_source(held, "test", "data.heldout_source" if d.heldout_source else "data.source (held-out)"))
+    uses_train = ("grpo" in stages and cfg.grpo.enabled) or ("sft" in stages and cfg.sft.enabled and not cfg.sft.source)
+    if uses_train:
+        jobs.append(lambda: check_source(d.source, d.split, "data.source"))
+    if "sft" in stages and cfg.sft.enabled and cfg.sft.source:
+        jobs.append(lambda: check_source(cfg.sft.source, d.split, "sft.source"))
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def require(checks: list) -> None:
+    """Raise a PreflightError listing every failed check; nothing when all passed."""
+    failed = [c for c in checks if c.problem]
+    if failed:
+        lines = [f"  {c.setting}={c.value}: {c.problem}" for c in failed]
+        raise PreflightError(f"{len(failed)} input(s) missing; nothing was started:\n" + "\n".join(lines))
+
+
+def memory_line(cfg: Config) -> str:
+    """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
+    import torch
+
+    from .memory import ModelShape, device_budget, plan_memory
+    from .model import resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(cfg.model.device)
+    except Exception:
+        device = torch.device("cpu")
+    budget = device_budget(cfg.grpo.max_memory_gb, device) if device.type == "cuda" or cfg.grpo.max_memory_gb else None
+    if budget is None:
+        return "memory: no budget on the CPU (whole batches); set grpo.max_memory_gb to plan one"
+    config = _model_config(cfg.model.name)
+    if config is None:
+        return "memory: the model's config.json is not at hand; no plan"
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    plan = plan_memory(ModelShape.from_config(config), budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
+                       dtype_bytes=torch.finfo(dtype).bits // 8, load_in_4bit=cfg.model.load_in_4bit,
+                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora)
+    return plan.summary(cfg.model.max_seq_length)
+
+
+def _model_config(name: str) -> Optional[object]:
+    """The transformers config of `name` from local files only, or None."""
+    if name == "tiny":
+        from .tiny import build_tokenizer, tiny_config
+
+        return tiny_config(len(build_tokenizer()))
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # not cached, or an adapter folder without config.json
+        return None
+
+
+def dry_run(cfg: Config, stages: tuple, echo: Callable = print) -> int:
+    """Print the resolved settings, what would be loaded from where, and the memory plan; 0 when all is there."""
+    echo("# resolved settings")
+    echo(config_yaml(cfg).rstrip())
+    echo("# inputs")
+    checks = training_checks(cfg, stages)
+    for c in checks:
+        echo(f"{c.setting}={c.value}: " + (c.found if not c.problem else f"MISSING: {c.problem}"))
+    echo(memory_line(cfg))
+    return 2 if any(c.problem for c in checks) else 0
