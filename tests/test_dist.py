@@ -35,7 +35,14 @@ def _run(launcher, out, name, settings):
     return out / name
 
 
-def _close(a, b):
+# Rounding-level quantities (the learner against the engine, ~1e-6 in fp32): their values depend on how the batch
+# is split, so they agree only to rounding.
+ROUNDING = ("sampler_gap_mean", "sampler_gap_max", "sampler_kl")
+
+
+def _close(a, b, key=""):
+    if key in ROUNDING:
+        return abs(a - b) < 1e-4
     if isinstance(a, float) or isinstance(b, float):
         return a == pytest.approx(b, rel=1e-4, abs=1e-6)
     return a == b
@@ -61,7 +68,7 @@ def test_two_gloo_ranks_equal_one_process(single, tmp_path, parallel):
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]
     for w, g in zip(want, got):
         for key in _compared(w):
-            assert _close(g[key], w[key]), (w["step"], key, g[key], w[key])
+            assert _close(g[key], w[key], key), (w["step"], key, g[key], w[key])
     a = load_file(single / "grpo" / "checkpoints" / "ckpt-000004" / "model" / "adapter_model.safetensors")
     b = load_file(ddp / "grpo" / "checkpoints" / "ckpt-000004" / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -83,7 +90,7 @@ def test_resume_on_another_rank_count(single, tmp_path, parallel):
     assert [r["step"] for r in got] == [0, 1, 2, 3, 4]
     for w, g in zip(want[3:], got[3:]):
         for key in _compared(w):
-            assert _close(g[key], w[key]), (w["step"], key, g[key], w[key])
+            assert _close(g[key], w[key], key), (w["step"], key, g[key], w[key])
 
 
 @pytest.mark.slow
