@@ -15,7 +15,8 @@ from mathgrpo.model import apply_liger
 
 def make_run(tmp_path, *overrides):
     cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=2", "grpo.num_generations=4", "rollout.max_new_tokens=8",
-                                   "run.progress=false", "run.sample_every=1000", *overrides])
+                                   "run.progress=false", "run.sample_every=1000",
+                                   "model.device=cpu", *overrides])  # CPU figures (fp32, no memory plan by default)
     train, _, test = split(0)
     return GRPORun(cfg, tmp_path, train[:50], test[:4])
 
