@@ -45,6 +45,13 @@ def gap_sums(learner: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -
         }
 
 
+def add_gap(total: dict, part: dict) -> dict:
+    """Add one micro-batch's `gap_sums` into `total` (sums add, the max is the larger); returns `total`."""
+    for k, v in part.items():
+        total[k] = max(total.get(k, 0.0), v) if k == "gap_max" else total.get(k, 0.0) + v
+    return total
+
+
 def tis_weights(learner: torch.Tensor, sampler: torch.Tensor, cap: float) -> torch.Tensor:
     """min(exp(learner - sampler), cap) per token, without gradient. [N, T]"""
     with torch.no_grad():

@@ -38,7 +38,7 @@ from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .logprobs import pass_width, token_logprobs
 from .loss import LossSettings, policy_loss
-from .sampler import GapWatch, gap_sums, tis_weights
+from .sampler import GapWatch, add_gap, gap_sums, tis_weights
 
 
 def token_limit(cfg: Config, width: int) -> int:
@@ -324,9 +324,9 @@ class GRPORun:
         gap: dict = {}
         for iteration in range(self.cfg.grpo.num_iterations):
             size, part = self._accumulate_fitting(batch, size, total_tokens, total_seqs, times)
-            for k, v in part.pop("gap").items():
-                if not iteration:  # the policy that sampled: before this batch's first update
-                    gap[k] = max(gap.get(k, 0.0), v) if k == "gap_max" else gap.get(k, 0.0) + v
+            measured = part.pop("gap")
+            if not iteration:  # the policy that sampled: before this batch's first update
+                add_gap(gap, measured)
             for k, v in part.items():
                 stats[k] += v
             t0 = self._clock()
@@ -403,8 +403,7 @@ class GRPORun:
         truncated importance weights when grpo.sampler_correction=tis (None otherwise, or without engine log-probs)."""
         if micro.sampler_logp is None:
             return None
-        for k, v in gap_sums(learner, micro.sampler_logp, micro.completion_mask).items():
-            gap[k] = max(gap.get(k, 0.0), v) if k == "gap_max" else gap.get(k, 0.0) + v
+        add_gap(gap, gap_sums(learner, micro.sampler_logp, micro.completion_mask))
         if self.cfg.grpo.sampler_correction != "tis":
             return None
         return tis_weights(learner, micro.sampler_logp, self.cfg.grpo.tis_cap)
