@@ -107,7 +107,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged
     """A GRPORun on the saved model with the benchmark's settings (`ragged`: prompts of varying length)."""
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.grpo.trainer import GRPORun
+    from mathgrpo.train.grpo import GRPORun
 
     over = [f"model.name={MODEL_DIR}", f"model.backend={backend}", "model.dtype=bfloat16", f"model.max_seq_length={PROMPT + new}",
             f"lora.r={R}", f"lora.alpha={2 * R}", "lora.enabled=true", "sft.full_finetune=false", "format.template=bare",
@@ -195,7 +195,7 @@ def profiled_step(run, label: str, new: int, rows_n: int) -> dict:
 
 def completion_loss(model, ids, mask, prompt: int, temperature: float):
     """Our chunked log-probs of the completion tokens ids[:, prompt:]: [N, C]."""
-    from mathgrpo.grpo.logprobs import token_logprobs
+    from mathgrpo.train.logprobs import token_logprobs
 
     return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024)
 
@@ -243,9 +243,9 @@ def phase_fwdbwd(args) -> list:
     from transformers import AutoModelForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.fused_lora import fuse_lora
-    from mathgrpo.grpo.logprobs import plain_token_logprobs
-    from mathgrpo.model import add_lora, apply_liger
+    from mathgrpo.model.fused_lora import fuse_lora
+    from mathgrpo.train.logprobs import plain_token_logprobs
+    from mathgrpo.model.loading import add_lora, apply_liger
 
     rows = []
     for path in ("transformers + PEFT", "ours"):
@@ -380,7 +380,7 @@ def phase_unsloth_fwdbwd(args) -> list:
     import torch
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.unsloth_backend import add_lora_unsloth, load_unsloth
+    from mathgrpo.model.unsloth_backend import add_lora_unsloth, load_unsloth
 
     cfg = ModelConfig(name=MODEL_DIR, backend="unsloth", dtype="bfloat16", max_seq_length=PROMPT + NEW)
     model, _ = load_unsloth(cfg, torch.bfloat16)
@@ -391,7 +391,7 @@ def phase_unsloth_fwdbwd(args) -> list:
         labels = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < prompt, -100)
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-    from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
+    from mathgrpo.train.logprobs import FrozenHeadLogProb, model_parts
 
     def head_logprobs(model, hidden, ids, prompt, temperature):
         """Our frozen-head log-probs of the completion tokens from the hidden states that predict them [N, C, H]."""
@@ -414,7 +414,7 @@ def phase_unsloth_fwdbwd(args) -> list:
             del os.environ["UNSLOTH_RETURN_HIDDEN_STATES"]
         return head_logprobs(model, hidden, ids, prompt, temperature)
 
-    from mathgrpo.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
+    from mathgrpo.model.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
 
     def shipped(measure, *args, **kw):
         """measure(*args, **kw) with Unsloth's LoRA GEMMs as it ships them; our order (the backend's) again after."""
@@ -436,12 +436,12 @@ def phase_unsloth_fwdbwd(args) -> list:
     rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows (rotated, no mask)", pad=37)
     rows += shipped(time_fwdbwd, model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
                     unsloth_grpo_call, pad=37)
-    import mathgrpo.grpo.logprobs as logprobs
+    import mathgrpo.train.logprobs as logprobs
 
     rotation, logprobs.right_aligned = logprobs.right_aligned, lambda *a: None
     rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows, masked", pad=37)
     logprobs.right_aligned = rotation
-    from mathgrpo.offload import offload_checkpoints
+    from mathgrpo.model.offload import offload_checkpoints
 
     layers = offload_checkpoints(model)  # our host offload in place of Unsloth's, same layers and kernels
     rows += time_fwdbwd(model, "ours on the Unsloth backend, our offloaded checkpoints", offloaded_layers=layers)
@@ -591,7 +591,7 @@ def main() -> None:
     if not args.phase:
         return driver(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import mathgrpo.grpo.logprobs as logprobs
+    import mathgrpo.train.logprobs as logprobs
 
     if args.masked:  # the log-probs' masked path for every batch (no rotation), for A/B runs
         logprobs.right_aligned = lambda *a: None

@@ -35,8 +35,8 @@ def build(smoke: bool):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.fused_lora import fuse_lora
-    from mathgrpo.model import add_lora, apply_liger, enable_checkpointing
+    from mathgrpo.model.fused_lora import fuse_lora
+    from mathgrpo.model.loading import add_lora, apply_liger, enable_checkpointing
 
     torch.manual_seed(0)
     shape = dict(QWEN3_4B)
@@ -59,7 +59,7 @@ def build(smoke: bool):
 
 def one_pass(model, vocab: int, width: int, device: str) -> tuple:
     """Forward + backward of the log-prob loss on a left-padded batch: (seconds, all adapter grads finite)."""
-    from mathgrpo.grpo.logprobs import token_logprobs
+    from mathgrpo.train.logprobs import token_logprobs
 
     g = torch.Generator(device=device).manual_seed(width)
     ids = torch.randint(3, vocab, (BATCH, width), device=device, generator=g)
@@ -85,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
     model, vocab, device = build(args.smoke)
     widths = (64, 72) if args.smoke else WIDTHS
-    import mathgrpo.grpo.logprobs as logprobs
+    import mathgrpo.train.logprobs as logprobs
 
     guarded, rotation = logprobs.safe_attention_width, logprobs.right_aligned
     rows = []

@@ -78,7 +78,7 @@ def check_model(name: str, setting: str = "model.name") -> Check:
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
-            from .model import adapter_base
+            from .model.common import adapter_base
 
             base = check_model(adapter_base(path), f"{setting} (adapter base)")
             return Check(setting, name, f"adapter folder, base from {base.found}", base.problem)
@@ -170,8 +170,8 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .memory import ModelShape, device_budget, plan_memory
-    from .model import resolve_device, resolve_dtype
+    from .train.memory import ModelShape, device_budget, plan_memory
+    from .model.common import resolve_device, resolve_dtype
 
     try:
         device = resolve_device(cfg.model.device)
@@ -193,7 +193,7 @@ def memory_line(cfg: Config) -> str:
 def _model_config(name: str) -> Optional[object]:
     """The transformers config of `name` from local files only, or None."""
     if name == "tiny":
-        from .tiny import build_tokenizer, tiny_config
+        from .model.tiny import build_tokenizer, tiny_config
 
         return tiny_config(len(build_tokenizer()))
     from transformers import AutoConfig

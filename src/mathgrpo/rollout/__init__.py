@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Generation, RolloutEngine, SamplingParams
+from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
 
-__all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine"]
+__all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -39,6 +40,12 @@ class Generation:
     policy_logprobs: Optional[list] = None
 
 
+def sequence_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, step, prompt index, sample index...)."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class RolloutEngine(ABC):
     """Generates completions with the current policy weights."""
 
@@ -69,8 +76,6 @@ class RolloutEngine(ABC):
     @staticmethod
     def default_seeds(count: int) -> list:
         """Per-sequence seeds drawn from torch's global RNG (so torch.manual_seed makes runs repeat)."""
-        from .seeded import sequence_seed
-
         base = int(torch.randint(0, 2**62, (1,)).item())
         return [sequence_seed(base, i) for i in range(count)]
 

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..model import unwrap
+from ..model.loading import unwrap
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
