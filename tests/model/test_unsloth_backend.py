@@ -109,13 +109,13 @@ def test_loaded_bodies_keep_the_padding_mask():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Unsloth's GPU body is the one that drops the mask")
-def test_left_padded_rows_in_training_mode_on_gpu(monkeypatch):
+def test_left_padded_rows_in_training_mode_on_gpu():
     """In training mode a left-padded row's log-probs match the same row unpadded (bf16 noise aside), and the
     gradients are finite: on the masked path (rows not rotated, as for a mask with a hole) the mask reaches
     attention although our log-probs call the body directly."""
-    import mathgrpo.train.logprobs as logprobs
+    from mathgrpo.train.logprobs import PassLayout
 
-    monkeypatch.setattr(logprobs, "right_aligned", lambda *a: None)  # rotated rows pass no mask: nothing to drop
+    masked = PassLayout(rotate=False)  # rotated rows pass no mask: nothing to drop
     model, tok = _sharp_tiny_unsloth(["model.dtype=bfloat16"])
     dev = next(model.parameters()).device
     assert dev.type == "cuda"
@@ -125,10 +125,10 @@ def test_left_padded_rows_in_training_mode_on_gpu(monkeypatch):
     ids[0, :6], mask[0, :6] = tok.pad_token_id, 0
     model.eval()
     with torch.no_grad():
-        alone = token_logprobs(model, ids[:1, 6:], mask[:1, 6:], 4)[0].float()
-        padded_eval = token_logprobs(model, ids, mask, 10)[0].float()
+        alone = token_logprobs(model, ids[:1, 6:], mask[:1, 6:], 4, layout=masked)[0].float()
+        padded_eval = token_logprobs(model, ids, mask, 10, layout=masked)[0].float()
     model.train()
-    lp = token_logprobs(model, ids, mask, 10)
+    lp = token_logprobs(model, ids, mask, 10, layout=masked)
     noise = (padded_eval - alone).abs().max().item()
     diff = (lp[0].float() - alone).abs().max().item()
     assert diff <= 2 * noise + 0.05 * alone.abs().max().item(), (diff, noise)

@@ -488,3 +488,17 @@ def test_sampler_matches_the_learner_after_the_allocator_reuses_freed_memory():
     # second call's mean was 2.04 (max 8.5).
     assert gaps[0].mean() < 0.1
     assert gaps[1].mean() < 2 * gaps[0].mean() + 0.01
+
+
+def test_compiled_raises_the_recompile_limit_for_its_own_calls_only(monkeypatch):
+    """The engine's compiled layers see dynamo's recompile limit at RECOMPILE_LIMIT; the process keeps its own."""
+    from torch import _dynamo
+
+    from mathgrpo.rollout import native
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: fn)  # what compile would wrap, called plainly
+    before = _dynamo.config.cache_size_limit
+    layer = native.compiled(lambda x: seen.append(_dynamo.config.cache_size_limit) or x + 1)
+    assert layer(1) == 2
+    assert seen == [max(before, native.RECOMPILE_LIMIT)] and _dynamo.config.cache_size_limit == before

@@ -7,7 +7,7 @@ path's rows run rotated without a mask, so pads attend differently and their val
 import torch
 
 from mathgrpo.config import LoraConfig
-from mathgrpo.train.logprobs import plain_token_logprobs, token_logprobs
+from mathgrpo.train.logprobs import DEFAULT_LAYOUT, plain_token_logprobs, token_logprobs
 from mathgrpo.model.loading import add_lora
 from mathgrpo.model.tiny import build_tiny
 
@@ -93,7 +93,7 @@ def test_trainable_head_gradients_match_plain():
     assert torch.allclose(got, ref, atol=1e-5)
 
 
-def _widths_and_results(model, ids, mask, prompt_width, chunk_tokens=16):
+def _widths_and_results(model, ids, mask, prompt_width, chunk_tokens=16, layout=DEFAULT_LAYOUT):
     """(widths and masks the body saw, [(logp, grads)] of the plain and chunked paths) over the real targets."""
     seen = []
     body = model.base_model.model.model
@@ -102,7 +102,7 @@ def _widths_and_results(model, ids, mask, prompt_width, chunk_tokens=16):
     real = mask[:, prompt_width:].bool()
     weights = torch.randn(real.shape) * real
     results = []
-    for fn in (plain_token_logprobs, lambda *a: token_logprobs(*a, chunk_tokens=chunk_tokens)):
+    for fn in (plain_token_logprobs, lambda *a: token_logprobs(*a, chunk_tokens=chunk_tokens, layout=layout)):
         model.zero_grad()
         logp = fn(model, ids, mask, prompt_width, 1.0)
         (logp * weights).sum().backward()
@@ -161,22 +161,21 @@ def test_right_aligned_rotates_padding_and_declines_other_masks():
     assert right_aligned(empty, 3) is None
 
 
-def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results(monkeypatch):
-    """On a GPU a rotated batch is right-padded to a multiple of WIDTH_MULTIPLE (here forced on the CPU at 16):
+def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results():
+    """On a GPU a rotated batch is right-padded to a multiple of WIDTH_MULTIPLE (here forced on the CPU at 16 by the layout):
     the body sees the rounded width, the log-probs and gradients are those of the plain path."""
     import mathgrpo.train.logprobs as lp
 
     assert lp.width_multiple(torch.device("cpu")) == 1 and lp.width_multiple(torch.device("cuda")) == lp.WIDTH_MULTIPLE == 64
     assert [lp.pass_width(w, torch.device("cuda")) for w in (1277, 1280, 1281)] == [1280, 1280, 1344]
     assert lp.pass_width(37, torch.device("cpu")) == 37
-    monkeypatch.setattr(lp, "width_multiple", lambda device: 16)
     model = _lora_model(7)
     torch.manual_seed(4)
     ids = torch.randint(3, 100, (3, 37))
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
     mask[2, -6:] = 0
-    seen, results = _widths_and_results(model, ids, mask, 20)
+    seen, results = _widths_and_results(model, ids, mask, 20, layout=lp.PassLayout(width_multiple=16))
     assert seen[1] == (48, None)
     assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-5)
@@ -187,3 +186,20 @@ def test_safe_attention_width_skips_64_mod_128():
     from mathgrpo.train.logprobs import safe_attention_width
 
     assert [safe_attention_width(w) for w in (64, 704, 1344, 65, 128, 1280, 1300, 63)] == [72, 712, 1352, 65, 128, 1280, 1300, 63]
+
+
+def test_a_layout_chooses_the_masked_path_without_touching_the_module():
+    """PassLayout(rotate=False) runs the masked path (the body sees a mask) with the same results as the rotated
+    default; guard_widths=False leaves a 64 mod 128 width as it is."""
+    import mathgrpo.train.logprobs as lp
+
+    model = _lora_model(7)
+    torch.manual_seed(5)
+    ids = torch.randint(3, 100, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    rotated_seen, rotated = _widths_and_results(model, ids, mask, 12)
+    masked_seen, masked = _widths_and_results(model, ids, mask, 12, layout=lp.PassLayout(rotate=False))
+    assert rotated_seen[1][1] is None and masked_seen[1][1] is not None
+    assert torch.allclose(rotated[1][0], masked[1][0], atol=1e-5)
+    assert lp.PassLayout(guard_widths=False).masked_width(704) == 704 and lp.DEFAULT_LAYOUT.masked_width(704) == 712

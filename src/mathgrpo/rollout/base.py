@@ -53,13 +53,28 @@ class RolloutEngine(ABC):
     # Whether a prompt's keys and values are cached once for its n samples (memory plans count them so).
     shares_prompt_cache = False
 
-    def __init__(self, model: Any, tokenizer: Any, stop_ids: list) -> None:
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
+        self.batch_size = batch_size  # sequences generated at once (0: all); the trainer sets it from its memory plan
 
     def held_bytes(self) -> int:
         """Device memory this engine keeps between calls (a reused KV cache); none by default."""
+        return 0
+
+    @property
+    def snapshots_on_device(self) -> bool:
+        """Whether copies of the base weights (taken to merge LoRA adapters) stay on the GPU; an engine
+        that keeps no such copies ignores the setting."""
+        return False
+
+    @snapshots_on_device.setter
+    def snapshots_on_device(self, value: bool) -> None:
+        pass
+
+    def snapshot_bytes(self) -> int:
+        """Device bytes `snapshots_on_device` would keep (0: this engine keeps no snapshots)."""
         return 0
 
     def release(self) -> None:

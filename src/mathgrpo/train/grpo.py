@@ -38,7 +38,7 @@ from ..rollout import sequence_seed
 from ..tracking import MetricsWriter, truncate_after
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
-from .logprobs import pass_width, token_logprobs
+from .logprobs import PassLayout, pass_width, token_logprobs
 from .loss import LossSettings, policy_loss
 from .sampler import GapWatch, gap_sums, tis_weights
 
@@ -142,6 +142,7 @@ class GRPORun:
         if self._auto_offload():
             self.offloaded, self.plan = True, plan_for_model(self.model, cfg, self.device, offload=True)
         self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
+        self.layout = PassLayout()  # how log-prob passes lay batches out (benchmarks set another)
         self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
         self.engine.batch_size = self._rollout_batch_size()
@@ -222,7 +223,7 @@ class GRPORun:
     def _logps(self, micro: RolloutBatch) -> torch.Tensor:
         """Completion log-probs of one micro-batch under the current weights. [n, C]"""
         return token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width,
-                              self.params.temperature or 1.0, self.chunk_tokens)
+                              self.params.temperature or 1.0, self.chunk_tokens, self.layout)
 
     def _reference_logps(self, batch: RolloutBatch) -> None:
         """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients, micro-batch by micro-batch.
@@ -268,9 +269,7 @@ class GRPORun:
 
     def _place_snapshots(self) -> None:
         """Keep the native engine's copies of the LoRA-merged base weights on the GPU when rollout.device_snapshots
-        says so, or (null) when `snapshots_fit`."""
-        if not hasattr(self.engine, "snapshots_on_device"):
-            return
+        says so, or (null) when `snapshots_fit` (an engine that keeps no snapshots ignores this)."""
         wanted = self.cfg.rollout.device_snapshots
         if wanted is None:
             wanted = snapshots_fit(self.cfg, self.plan, self.engine.snapshot_bytes(), self.engine.shares_prompt_cache,
@@ -286,7 +285,7 @@ class GRPORun:
         """
         if self.cfg.grpo.micro_batch_size or self.plan is None:
             return self.cfg.grpo.micro_batch_size or len(batch)
-        width = pass_width(batch.input_ids.shape[1], batch.input_ids.device)
+        width = pass_width(batch.input_ids.shape[1], batch.input_ids.device, self.layout.width_multiple)
         if dist.is_sharded(self.model):
             width = max(dist.gather(width))
         wanted = min(len(batch), token_limit(self.cfg, width))

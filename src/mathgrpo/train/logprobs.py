@@ -12,6 +12,7 @@ The decoder sees each row rotated past its left padding and no attention mask (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -105,14 +106,17 @@ def _frozen_plain_head(head: Any) -> bool:
 WIDTH_MULTIPLE = 64
 
 
-def width_multiple(device: torch.device) -> int:
-    """What a rotated batch's width is rounded up to on `device`: WIDTH_MULTIPLE on a GPU, 1 elsewhere."""
+def width_multiple(device: torch.device, multiple: Optional[int] = None) -> int:
+    """What a rotated batch's width is rounded up to on `device`: `multiple` when given, else
+    WIDTH_MULTIPLE on a GPU and 1 elsewhere."""
+    if multiple is not None:
+        return multiple
     return WIDTH_MULTIPLE if device.type == "cuda" else 1
 
 
-def pass_width(width: int, device: torch.device) -> int:
+def pass_width(width: int, device: torch.device, multiple: Optional[int] = None) -> int:
     """The width the body runs a rotated batch of `width` tokens at (what memory planning should count)."""
-    return width + (-width % width_multiple(device))
+    return width + (-width % width_multiple(device, multiple))
 
 
 def safe_attention_width(width: int) -> int:
@@ -144,6 +148,27 @@ def right_aligned(attention_mask: torch.Tensor, prompt_width: int) -> Optional[t
     return pad, cols
 
 
+@dataclass(frozen=True)
+class PassLayout:
+    """How `token_logprobs` lays a batch out for the model's pass. The defaults are what training runs;
+    benchmarks and tests pass another layout to measure or check the alternatives."""
+
+    rotate: bool = True  # rows rotated past their left padding, no mask, where they allow it (`right_aligned`)
+    width_multiple: Optional[int] = None  # rotated widths rounded up to this; None: WIDTH_MULTIPLE on a GPU, 1 elsewhere
+    guard_widths: bool = True  # masked batches widened where cuDNN's backward fails (`safe_attention_width`)
+
+    def aligned(self, attention_mask: torch.Tensor, prompt_width: int) -> Optional[tuple]:
+        """`right_aligned` when rows are rotated, else None (the masked path)."""
+        return right_aligned(attention_mask, prompt_width) if self.rotate else None
+
+    def masked_width(self, width: int) -> int:
+        """The width a masked batch of `width` tokens runs at."""
+        return safe_attention_width(width) if self.guard_widths else width
+
+
+DEFAULT_LAYOUT = PassLayout()
+
+
 def token_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -151,15 +176,17 @@ def token_logprobs(
     prompt_width: int,
     temperature: float = 1.0,
     chunk_tokens: int = 2048,
+    layout: PassLayout = DEFAULT_LAYOUT,
 ) -> torch.Tensor:
     """Log-probs of the completion tokens input_ids[:, prompt_width:]. Returns [N, C].
 
     input_ids, attention_mask: [N, P + C], prompts left-padded to P, completions right-padded.
     temperature: the sampling temperature, so the log-probs are those of the sampling distribution.
-    The rows run through the model rotated past their left padding (no mask, see `right_aligned`).
+    layout: how the rows run through the model; by default rotated past their left padding (no mask,
+    see `right_aligned`).
     """
     body, head = model_parts(model)
-    hidden = _completion_hidden(body, input_ids, attention_mask, prompt_width)  # [N, C, H] predicts P..P+C-1
+    hidden = _completion_hidden(body, input_ids, attention_mask, prompt_width, layout)  # [N, C, H] predicts P..P+C-1
     targets = input_ids[:, prompt_width:]  # [N, C]
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
@@ -175,18 +202,19 @@ def token_logprobs(
     return torch.cat(pieces).view_as(targets)
 
 
-def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                       layout: PassLayout) -> torch.Tensor:
     """The body's hidden states at the positions that predict each completion token: [N, C, H]."""
-    aligned = right_aligned(attention_mask, prompt_width)
+    aligned = layout.aligned(attention_mask, prompt_width)
     if aligned is not None:
         pad, cols = aligned
         rotated = input_ids.gather(1, cols)
-        wider = pass_width(rotated.shape[1], rotated.device) - rotated.shape[1]
+        wider = pass_width(rotated.shape[1], rotated.device, layout.width_multiple) - rotated.shape[1]
         last = body(input_ids=torch.nn.functional.pad(rotated, (0, wider))).last_hidden_state
         completion = input_ids.shape[1] - prompt_width
         at = (prompt_width - 1 - pad)[:, None] + torch.arange(completion, device=input_ids.device)[None]  # [N, C]
         return last.gather(1, at[..., None].expand(-1, -1, last.shape[-1]))
-    extra = safe_attention_width(input_ids.shape[1]) - input_ids.shape[1]
+    extra = layout.masked_width(input_ids.shape[1]) - input_ids.shape[1]
     if extra:  # masked columns on the left, before the prompt
         input_ids = torch.nn.functional.pad(input_ids, (extra, 0))
         attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0))
