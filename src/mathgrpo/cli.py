@@ -61,6 +61,19 @@ def _grade(parser: argparse.ArgumentParser) -> Callable:
     return run
 
 
+@command("config", "every setting with its value in the recipe (and overrides) and what it does")
+def _config(parser: argparse.ArgumentParser) -> Callable:
+    add_recipe_args(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import settings_text
+
+        print(settings_text(load_config(args.recipe, args.overrides)))
+        return 0
+
+    return run
+
+
 @command("data", "look at a data source: `mathgrpo data show SOURCE`")
 def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("action", choices=["show"], help="show: a few formatted examples and the counts")

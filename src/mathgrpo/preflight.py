@@ -135,7 +135,7 @@ def check_device(cfg: Config) -> Check:
         return Check("model.device", m.device, None, "no CUDA device is visible; use model.device=cpu or a GPU machine")
     gpu_only = [s for s, on in (
         (f"model.dtype={m.dtype}", m.dtype in GPU_DTYPES), (f"model.backend={m.backend}", m.backend == "unsloth"),
-        ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine in ("native", "vllm")),
+        ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine == "native"),
     ) if on]
     if m.device == "auto" and not have and gpu_only:
         return Check("model.device", m.device, None, f"this recipe is made for a GPU ({', '.join(gpu_only)}) and none is "

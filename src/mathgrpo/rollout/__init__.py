@@ -6,7 +6,9 @@ from typing import Any
 
 from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
 
-__all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
+__all__ = ["ENGINES", "Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
+
+ENGINES = ("auto", "hf", "native")  # what rollout.engine may name
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
@@ -32,6 +34,4 @@ def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_siz
         return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=lora)
     if name == "hf":
         return HFEngine(model, tokenizer, stop_ids, batch_size)
-    if name == "vllm":
-        raise ValueError("rollout.engine=vllm is not supported yet; use native (GPU) or hf")
-    raise ValueError(f"unknown rollout.engine {name!r}; use auto, native, hf")
+    raise ValueError(f"unknown rollout.engine {name!r}; use one of {', '.join(ENGINES)}")
