@@ -14,6 +14,7 @@ import torch
 
 from ..config import Config, LoraConfig, ModelConfig
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
+from .liger import quiet_optional_backends
 
 
 def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
@@ -98,6 +99,7 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
         if cfg.use_liger:
             raise ModelError(f"model.use_liger=true but {reason}; set model.use_liger=null or false")
         return False
+    quiet_optional_backends()  # Liger's warnings about its Ascend and CuTe DSL kernels, which cannot run here
     apply_liger_kernel_to_qwen3(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                 fused_linear_cross_entropy=False, model=model)
     return True
