@@ -329,7 +329,7 @@ def registry_choices() -> dict:
     """Allowed values that come from the registries themselves: format presets, reward presets, engines."""
     from .data.formats import PRESETS as FORMATS
     from .grading.rewards import PRESETS as REWARDS
-    from .rollout import ENGINES
+    from .rollout.engines import ENGINES
 
     return {"format.preset": tuple(FORMATS), "rewards.preset": tuple(REWARDS), "rollout.engine": ENGINES}
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
+from .engines import ENGINES
 
 __all__ = ["ENGINES", "Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
-
-ENGINES = ("auto", "hf", "native")  # what rollout.engine may name
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
