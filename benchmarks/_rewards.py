@@ -13,8 +13,8 @@ def length_reward(completions, **kwargs):
 def _graded(completions, answer):
     """mathgrpo's verdicts (the default recipe's reasoning format) for TRL's completions and gold answers."""
     from mathgrpo.data.problem import Problem
-    from mathgrpo.formats import get_format
-    from mathgrpo.grading import grade
+    from mathgrpo.data.formats import get_format
+    from mathgrpo.grading.judge import grade
 
     fmt = get_format("reasoning")
     return [grade(c if isinstance(c, str) else str(c), Problem(id="", question="", answer=a, source=""), fmt)

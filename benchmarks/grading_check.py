@@ -6,7 +6,7 @@ Prints: golds equivalent to themselves and to their own worked solution (X/1819)
 first integer bumped that are (rightly) not equivalent, the worst and total wall time of 1,000
 hostile predictions, and, per split of tests/data/grading_pairs.jsonl, the agreement with the
 labels of mathgrpo and of plain math-verify (verify(parse(gold), parse(pred)), default settings)
-side by side, overall and per source, with the time per pair (median, p99) of each. tests/test_grading.py runs the same functions, so the numbers quoted from
+side by side, overall and per source, with the time per pair (median, p99) of each. tests/grading/test_judge.py runs the same functions, so the numbers quoted from
 here are the ones the tests assert on.
 """
 
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from mathgrpo import grading
-from mathgrpo.formats import last_boxed
+from mathgrpo.grading import judge
+from mathgrpo.data.formats import last_boxed
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mathgrpo" / "data" / "bundled"
 PAIRS = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
@@ -51,7 +51,7 @@ def math500_pairs() -> list:
 def gold_self_check() -> tuple:
     """(golds equal to themselves and to their solution's answer, total, the failing pairs)."""
     pairs = gsm8k_pairs() + math500_pairs()
-    failed = [(s, g) for s, g in pairs if not (grading.is_equivalent(g, g) and grading.is_equivalent(s, g))]
+    failed = [(s, g) for s, g in pairs if not (judge.is_equivalent(g, g) and judge.is_equivalent(s, g))]
     return len(pairs) - len(failed), len(pairs), failed
 
 
@@ -64,7 +64,7 @@ def changed_gold_check() -> tuple:
     """(bumped golds judged not equivalent, golds that have a number, the pairs wrongly judged equal)."""
     golds = [g for _, g in gsm8k_pairs() + math500_pairs()]
     changed = [(bump_first_integer(g), g) for g in golds if bump_first_integer(g) != g]
-    wrong = [(c, g) for c, g in changed if grading.is_equivalent(c, g)]
+    wrong = [(c, g) for c, g in changed if judge.is_equivalent(c, g)]
     return len(changed) - len(wrong), len(changed), wrong
 
 
@@ -153,7 +153,7 @@ def _grade_timed(items: list, limit: float, times: list, errors: list) -> None:
     for i, pred in items:
         t0 = time.monotonic()
         try:
-            grading.is_equivalent(pred, HOSTILE_GOLDS[i % len(HOSTILE_GOLDS)], timeout=limit)
+            judge.is_equivalent(pred, HOSTILE_GOLDS[i % len(HOSTILE_GOLDS)], timeout=limit)
         except Exception as exc:  # the judge promises never to raise; record it if it does
             errors.append(f"{i}: {type(exc).__name__}: {exc}")
         times.append(time.monotonic() - t0)
@@ -164,7 +164,7 @@ def hostile_check(limit: float = 1.0, n: int = 1000, seed: int = 0, threads: int
     them the main thread when threads > 1); per-check wall times, exceptions and how checks ended."""
     items = list(enumerate(hostile_inputs(n, seed)))
     times, errors = [], []
-    before = grading.stats.as_dict()
+    before = judge.stats.as_dict()
     t0 = time.monotonic()
     if threads == 1:
         _grade_timed(items, limit, times, errors)
@@ -175,7 +175,7 @@ def hostile_check(limit: float = 1.0, n: int = 1000, seed: int = 0, threads: int
         for t in pool:
             t.join()
     wall = time.monotonic() - t0
-    after = grading.stats.as_dict()
+    after = judge.stats.as_dict()
     return {
         "n": len(times),
         "worst_s": max(times),
@@ -223,12 +223,12 @@ def _percentile(values: list, q: float) -> float:
 def agreement(pairs: list, with_math_verify: bool = True) -> dict:
     """Agreement with the labels of mathgrpo and (optionally) plain math-verify: per source and
     overall {"n", "mathgrpo", "math_verify"}, the time per pair of each, and mathgrpo's misses."""
-    judges = {"mathgrpo": lambda g, p: grading.is_equivalent(p, g)}
+    judges = {"mathgrpo": lambda g, p: judge.is_equivalent(p, g)}
     if with_math_verify:
         judges["math_verify"] = plain_math_verify
     out = {"by_source": {}, "seconds": {}, "misses": {}}
-    for name, judge in judges.items():
-        verdicts, seconds = _judge_all(pairs, judge)
+    for name, judge_fn in judges.items():
+        verdicts, seconds = _judge_all(pairs, judge_fn)
         out["seconds"][name] = {"median": _percentile(seconds, 0.5), "p99": _percentile(seconds, 0.99)}
         out["misses"][name] = [r for r, v in zip(pairs, verdicts) if v != r["label"]]
         for source in ["all"] + sorted({r["source"] for r in pairs}):
@@ -256,7 +256,7 @@ def main() -> None:
     ap.add_argument("--splits", nargs="*", default=["tune", "test"], help="labelled-pair splits to compare (tune, test)")
     ap.add_argument("--show-misses", action="store_true", help="print each labelled pair mathgrpo gets wrong")
     args = ap.parse_args()
-    grading.warm_up(args.workers)
+    judge.warm_up(args.workers)
     t0 = time.monotonic()
     ok, total, failed = gold_self_check()
     print(f"gold self-check: {ok}/{total} equivalent to themselves and their own solution ({time.monotonic() - t0:.1f} s)")
@@ -279,7 +279,7 @@ def main() -> None:
         print_agreement(split, result)
         for r in result["misses"]["mathgrpo"] if args.show_misses else []:
             print(f"  MISS ({r['source']}, label {r['label']}): pred {r['pred'][:120]!r} gold {r['gold'][:120]!r}")
-    print(f"grading stats: {grading.stats.as_dict()}")
+    print(f"grading stats: {judge.stats.as_dict()}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ T0 = time.perf_counter()
 MODEL_DIR = "/tmp/q4b-random"
 PROMPT, NEW, PROMPTS, G, R = 256, 1024, 8, 8, 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LAYOUT = None  # this phase's log-prob layout (mathgrpo.train.logprobs.PassLayout) set by main from --masked /
+# --width-multiple; None: the default layout
 
 
 # ---- shared helpers (run inside each phase's process) ------------------------------------------
@@ -107,7 +109,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged
     """A GRPORun on the saved model with the benchmark's settings (`ragged`: prompts of varying length)."""
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.grpo.trainer import GRPORun
+    from mathgrpo.train.grpo import GRPORun
 
     over = [f"model.name={MODEL_DIR}", f"model.backend={backend}", "model.dtype=bfloat16", f"model.max_seq_length={PROMPT + new}",
             f"lora.r={R}", f"lora.alpha={2 * R}", "lora.enabled=true", "sft.full_finetune=false", "format.template=bare",
@@ -117,6 +119,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged
     probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(prompts(64, ragged=ragged))]
     run = GRPORun(cfg, Path("/tmp/bench-run"), probs, probs[:1])
     run.engine.stop_ids = []  # forced length
+    run.layout = LAYOUT or run.layout
     return run
 
 
@@ -193,11 +196,20 @@ def profiled_step(run, label: str, new: int, rows_n: int) -> dict:
     return row
 
 
-def completion_loss(model, ids, mask, prompt: int, temperature: float):
-    """Our chunked log-probs of the completion tokens ids[:, prompt:]: [N, C]."""
-    from mathgrpo.grpo.logprobs import token_logprobs
+def completion_loss(model, ids, mask, prompt: int, temperature: float, layout=None):
+    """Our chunked log-probs of the completion tokens ids[:, prompt:]: [N, C] (`layout`: the phase's by default)."""
+    from mathgrpo.train.logprobs import DEFAULT_LAYOUT, token_logprobs
 
-    return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024)
+    return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024, layout=layout or LAYOUT or DEFAULT_LAYOUT)
+
+
+def masked_loss(model, ids, mask, prompt: int, temperature: float):
+    """`completion_loss` through the masked path: rows not rotated."""
+    from dataclasses import replace
+
+    from mathgrpo.train.logprobs import DEFAULT_LAYOUT
+
+    return completion_loss(model, ids, mask, prompt, temperature, replace(LAYOUT or DEFAULT_LAYOUT, rotate=False))
 
 
 def time_fwdbwd(model, path: str, loss=completion_loss, pad: int = 0, **extra) -> list:
@@ -243,9 +255,9 @@ def phase_fwdbwd(args) -> list:
     from transformers import AutoModelForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.fused_lora import fuse_lora
-    from mathgrpo.grpo.logprobs import plain_token_logprobs
-    from mathgrpo.model import add_lora, apply_liger
+    from mathgrpo.model.fused_lora import fuse_lora
+    from mathgrpo.train.logprobs import plain_token_logprobs
+    from mathgrpo.model.loading import add_lora, apply_liger
 
     rows = []
     for path in ("transformers + PEFT", "ours"):
@@ -380,7 +392,7 @@ def phase_unsloth_fwdbwd(args) -> list:
     import torch
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.unsloth_backend import add_lora_unsloth, load_unsloth
+    from mathgrpo.model.unsloth_backend import add_lora_unsloth, load_unsloth
 
     cfg = ModelConfig(name=MODEL_DIR, backend="unsloth", dtype="bfloat16", max_seq_length=PROMPT + NEW)
     model, _ = load_unsloth(cfg, torch.bfloat16)
@@ -391,7 +403,7 @@ def phase_unsloth_fwdbwd(args) -> list:
         labels = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < prompt, -100)
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-    from mathgrpo.grpo.logprobs import FrozenHeadLogProb, model_parts
+    from mathgrpo.train.logprobs import FrozenHeadLogProb, model_parts
 
     def head_logprobs(model, hidden, ids, prompt, temperature):
         """Our frozen-head log-probs of the completion tokens from the hidden states that predict them [N, C, H]."""
@@ -414,7 +426,7 @@ def phase_unsloth_fwdbwd(args) -> list:
             del os.environ["UNSLOTH_RETURN_HIDDEN_STATES"]
         return head_logprobs(model, hidden, ids, prompt, temperature)
 
-    from mathgrpo.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
+    from mathgrpo.model.unsloth_backend import reorder_lora_matmul, restore_lora_matmul
 
     def shipped(measure, *args, **kw):
         """measure(*args, **kw) with Unsloth's LoRA GEMMs as it ships them; our order (the backend's) again after."""
@@ -436,12 +448,8 @@ def phase_unsloth_fwdbwd(args) -> list:
     rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows (rotated, no mask)", pad=37)
     rows += shipped(time_fwdbwd, model, "Unsloth's GRPO call (label-less, hidden states) + our head, left-padded rows",
                     unsloth_grpo_call, pad=37)
-    import mathgrpo.grpo.logprobs as logprobs
-
-    rotation, logprobs.right_aligned = logprobs.right_aligned, lambda *a: None
-    rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows, masked", pad=37)
-    logprobs.right_aligned = rotation
-    from mathgrpo.offload import offload_checkpoints
+    rows += time_fwdbwd(model, "ours on the Unsloth backend, left-padded rows, masked", masked_loss, pad=37)
+    from mathgrpo.model.offload import offload_checkpoints
 
     layers = offload_checkpoints(model)  # our host offload in place of Unsloth's, same layers and kernels
     rows += time_fwdbwd(model, "ours on the Unsloth backend, our offloaded checkpoints", offloaded_layers=layers)
@@ -582,7 +590,7 @@ def main() -> None:
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
     p.add_argument("--masked", action="store_true", help="log-probs through the masked path, rows not rotated (A/B; the driver passes it to every phase)")
-    p.add_argument("--width-multiple", type=int, default=0, help="override logprobs.WIDTH_MULTIPLE (1 = no rounding; A/B; passed to every phase)")
+    p.add_argument("--width-multiple", type=int, default=0, help="round rotated log-prob batches to this many columns instead of WIDTH_MULTIPLE (1 = no rounding; A/B; passed to every phase)")
     p.add_argument("--ragged", action="store_true", help="our step phase: prompts of 193-256 tokens (left-padded batches; passed to every phase)")
     p.add_argument("--extra", nargs="*", default=[], help="config overrides for our runs (the driver passes them to every phase)")
     p.add_argument("--only", nargs="*", default=[],
@@ -591,16 +599,16 @@ def main() -> None:
     if not args.phase:
         return driver(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import mathgrpo.grpo.logprobs as logprobs
+    global LAYOUT
+    from mathgrpo.train.logprobs import WIDTH_MULTIPLE, PassLayout
 
-    if args.masked:  # the log-probs' masked path for every batch (no rotation), for A/B runs
-        logprobs.right_aligned = lambda *a: None
-    if args.width_multiple:
-        logprobs.WIDTH_MULTIPLE = args.width_multiple
+    # --masked: the log-probs' masked path for every batch (no rotation); --width-multiple: another rounding (A/B runs)
+    LAYOUT = PassLayout(rotate=not args.masked, width_multiple=args.width_multiple or None)
     try:
         rows = PHASES[args.phase](args)
         for r in rows:
-            r["masked_logprobs"], r["ragged_prompts"], r["width_multiple"] = args.masked, args.ragged, logprobs.WIDTH_MULTIPLE
+            r["masked_logprobs"], r["ragged_prompts"] = args.masked, args.ragged
+            r["width_multiple"] = args.width_multiple or WIDTH_MULTIPLE
     except Exception as err:
         rows = [{"phase": args.phase, "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-2000:]}]
         print(rows[0]["trace"], flush=True)

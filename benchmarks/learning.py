@@ -152,11 +152,11 @@ def trl_grpo(sft_dir: Path, eval_every: int) -> dict:
 
     from _rewards import correct_reward, format_reward
     from mathgrpo.config import load_config
-    from mathgrpo.formats import get_format, render_prompt
-    from mathgrpo.heldout import heldout_accuracy
-    from mathgrpo.model import stop_token_ids
+    from mathgrpo.data.formats import get_format, render_prompt
+    from mathgrpo.evaluate.heldout import heldout_accuracy
+    from mathgrpo.model.loading import stop_token_ids
     from mathgrpo.rollout.hf import HFEngine
-    from mathgrpo.train import load_problems
+    from mathgrpo.train.pipeline import load_problems
 
     cfg = load_config("tiny-cpu")
     g = cfg.grpo
@@ -237,7 +237,7 @@ def phase_fullshape(args) -> dict:
     import grpo_step
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.grpo.trainer import GRPORun
+    from mathgrpo.train.grpo import GRPORun
 
     grpo_step.build_and_save()
     new = 1024

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mathgrpo import fused_lora
+from mathgrpo.model import fused_lora
 from train_speed import SEQ
 
 TOKENS, R = 20480, 32
@@ -95,7 +95,7 @@ def whole_model(out: Path) -> dict:
     """Both orders on the train_speed.py subject: tok/s rows (interleaved, twice), gradient check, profiles."""
     import train_speed as ts
 
-    from mathgrpo.offload import offload_checkpoints
+    from mathgrpo.model.offload import offload_checkpoints
 
     model, liger = ts.build(True)
     fused_lora.fuse_lora(model)

@@ -35,8 +35,8 @@ def build(smoke: bool):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.fused_lora import fuse_lora
-    from mathgrpo.model import add_lora, apply_liger, enable_checkpointing
+    from mathgrpo.model.fused_lora import fuse_lora
+    from mathgrpo.model.loading import add_lora, apply_liger, enable_checkpointing
 
     torch.manual_seed(0)
     shape = dict(QWEN3_4B)
@@ -57,9 +57,9 @@ def build(smoke: bool):
     return model, shape["vocab_size"], device
 
 
-def one_pass(model, vocab: int, width: int, device: str) -> tuple:
-    """Forward + backward of the log-prob loss on a left-padded batch: (seconds, all adapter grads finite)."""
-    from mathgrpo.grpo.logprobs import token_logprobs
+def one_pass(model, vocab: int, width: int, device: str, layout) -> tuple:
+    """Forward + backward of the log-prob loss on a left-padded batch laid out by `layout`: (seconds, all adapter grads finite)."""
+    from mathgrpo.train.logprobs import token_logprobs
 
     g = torch.Generator(device=device).manual_seed(width)
     ids = torch.randint(3, vocab, (BATCH, width), device=device, generator=g)
@@ -70,7 +70,7 @@ def one_pass(model, vocab: int, width: int, device: str) -> tuple:
     if device == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    (token_logprobs(model, ids, mask, width // 4, 1.0, 1024) * adv).mean().backward()
+    (token_logprobs(model, ids, mask, width // 4, 1.0, 1024, layout) * adv).mean().backward()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -85,19 +85,17 @@ def main() -> None:
     args = p.parse_args()
     model, vocab, device = build(args.smoke)
     widths = (64, 72) if args.smoke else WIDTHS
-    import mathgrpo.grpo.logprobs as logprobs
+    from mathgrpo.train.logprobs import PassLayout
 
-    guarded, rotation = logprobs.safe_attention_width, logprobs.right_aligned
     rows = []
     for cudnn, guard, rotate in ((True, True, True), (True, False, False), (True, True, False), (False, True, False)):
         torch.backends.cuda.enable_cudnn_sdp(cudnn)
-        logprobs.safe_attention_width = guarded if guard else (lambda width: width)
-        logprobs.right_aligned = rotation if rotate else (lambda *a: None)  # None: the masked path
+        layout = PassLayout(rotate=rotate, guard_widths=guard)  # rotate=False: the masked path
         for width in widths:
-            one_pass(model, vocab, width, device)  # warm-up: kernels, plans
+            one_pass(model, vocab, width, device, layout)  # warm-up: kernels, plans
             times, finite = [], True
             for _ in range(3):
-                seconds, ok = one_pass(model, vocab, width, device)
+                seconds, ok = one_pass(model, vocab, width, device, layout)
                 times.append(seconds)
                 finite = finite and ok
             rows.append({"rotated_no_mask": rotate, "cudnn_sdp": cudnn, "wider_at_64_mod_128": guard, "width": width, "width_mod_128": width % 128, "grads_finite": finite,

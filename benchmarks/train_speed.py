@@ -31,7 +31,7 @@ def build(liger: bool):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
-    from mathgrpo.model import add_lora, apply_liger, enable_checkpointing
+    from mathgrpo.model.loading import add_lora, apply_liger, enable_checkpointing
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -48,7 +48,7 @@ def build(liger: bool):
 
 def step(model, ids, mask, adv, chunk: int = 1024):
     """One forward + backward of the chunked log-prob loss."""
-    from mathgrpo.grpo.logprobs import token_logprobs
+    from mathgrpo.train.logprobs import token_logprobs
 
     (token_logprobs(model, ids, mask, 256, 1.0, chunk) * adv).mean().backward()
 
@@ -108,9 +108,9 @@ def profile(model, n: int, path: Path) -> dict:
 
 
 def main() -> None:
-    from mathgrpo.fused_lora import fuse_lora
-    from mathgrpo.grpo import head_kernel
-    from mathgrpo.offload import offload_checkpoints
+    from mathgrpo.model.fused_lora import fuse_lora
+    from mathgrpo.train import head_kernel
+    from mathgrpo.model.offload import offload_checkpoints
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)

@@ -105,3 +105,24 @@ def test_bad_numbers_stop_the_cli_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert bad.split("=")[0] in err and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.iterdir())
+
+
+def test_config_command_prints_every_setting_with_value_and_help(capsys):
+    """`mathgrpo config --recipe R key=value` lists each setting once, with the recipe's (or override's) value and its help."""
+    assert main(["config", "--recipe", "qwen3-4b-grpo", "grpo.steps=7"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    keys = [line.split(" = ")[0] for line in out if not line.startswith(" ")]
+    assert keys == [key for key, _, _ in help_table()]
+    assert "model.name = Qwen/Qwen3-4B-Base" in out and "grpo.steps = 7" in out and "run.name = null" in out
+    assert out[out.index("lora.r = 32") + 1].strip() == "LoRA rank."
+
+
+def test_allowed_values_come_from_the_registries():
+    """Format presets, reward presets and engines are checked against the registries; vllm is not offered."""
+    from mathgrpo.config import registry_choices
+    from mathgrpo.data.formats import PRESETS
+    from mathgrpo.rollout import ENGINES
+
+    assert registry_choices()["format.preset"] == tuple(PRESETS) and "vllm" not in ENGINES
+    with pytest.raises(ConfigError, match="rollout.engine='vllm' is not one of auto, hf, native"):
+        load_config("tiny-cpu", ["rollout.engine=vllm"])

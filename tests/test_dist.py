@@ -96,7 +96,7 @@ def test_resume_on_another_rank_count(single, tmp_path, parallel):
 @pytest.mark.slow
 def test_eval_shards_and_gathers(tmp_path):
     """Two ranks split the problems, rank 0 writes every sample once: same verdicts as one process."""
-    from mathgrpo.tiny import build_tiny
+    from mathgrpo.model.tiny import build_tiny
 
     model, tok = build_tiny(0)
     model.save_pretrained(tmp_path / "tiny")

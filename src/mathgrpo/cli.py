@@ -15,7 +15,7 @@ from . import __version__
 from .config import DEFAULT_RECIPE, ConfigError, load_config
 from .data.problem import DataError
 from .diskio import WriteError, describe
-from .model import ModelError
+from .model.common import ModelError
 from .preflight import PreflightError
 from .runs import RunError
 
@@ -42,7 +42,7 @@ def config_from(args: argparse.Namespace):
     """The Config named by --recipe with the positional overrides applied (Unsloth imported first if it is the backend)."""
     cfg = load_config(args.recipe, args.overrides)
     if cfg.model.backend == "unsloth":
-        from .unsloth_backend import import_unsloth
+        from .model.unsloth_backend import import_unsloth
 
         import_unsloth()  # before anything imports transformers, so all of its patches apply
     return cfg
@@ -54,9 +54,22 @@ def _grade(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--gold", required=True, help="the reference answer")
 
     def run(args: argparse.Namespace) -> int:
-        from .grading import grade_main
+        from .grading.judge import grade_main
 
         return grade_main(args.pred, args.gold)
+
+    return run
+
+
+@command("config", "every setting with its value in the recipe (and overrides) and what it does")
+def _config(parser: argparse.ArgumentParser) -> Callable:
+    add_recipe_args(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import settings_text
+
+        print(settings_text(load_config(args.recipe, args.overrides)))
+        return 0
 
     return run
 
@@ -99,8 +112,8 @@ def _training_command(stages: tuple) -> Callable:
                             help="print the resolved settings, what would be loaded from where and the memory plan; start nothing")
 
         def run(args: argparse.Namespace) -> int:
-            from .stopping import TrainingStopped
-            from .train import main as train_main, resumed_config
+            from .train.stopping import TrainingStopped
+            from .train.pipeline import main as train_main, resumed_config
 
             if args.dry_run:
                 from .preflight import dry_run
@@ -135,7 +148,7 @@ def _export(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
 
     def run(args: argparse.Namespace) -> int:
-        from .export import export_main
+        from .model.export import export_main
 
         return export_main(args.model, args.out, args.merged, args.dtype)
 
@@ -151,7 +164,7 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
 
     def run(args: argparse.Namespace) -> int:
-        from .export import solve_main
+        from .model.export import solve_main
         from .runs import run_recipe
 
         recipe = run_recipe(args.model, changed_by="--format, --template and --max-new-tokens")
@@ -176,13 +189,15 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
     add_recipe_args(parser, default=None)  # None: Config defaults, or the run's config.yaml for a run folder
 
     def run(args: argparse.Namespace) -> int:
-        from .evaluate import EvalError, main, run_recipe
+        from .evaluate.benchmark import EvalError, main, run_recipe
 
         flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
         overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         try:
             if args.compare:
-                return main(None, compare=args.compare, output=args.output)
+                from .evaluate.compare import compare_main
+
+                return compare_main(args.compare[0], args.compare[1], args.output)
             recipe = args.recipe or run_recipe(args.model)
             return main(load_config(recipe, overrides), args.model, args.bench, output=args.output)
         except EvalError as err:

@@ -53,18 +53,15 @@ class ModelConfig:
     offload_checkpoints: Optional[bool] = _f(
         None,
         "With gradient checkpointing on a GPU, keep each layer's saved input in pinned host memory "
-        "(copied on a side stream) instead of on the GPU: 180 KiB a token less for Qwen3-4B, as much "
-        "host memory used. null = GRPO turns it on when its memory plan cannot fit the micro-batch a step "
+        "(copied on a side stream) instead of on the GPU: GPU memory traded for as much host memory. null = GRPO turns it on when its memory plan cannot fit the micro-batch a step "
         "wants at model.max_seq_length (its completions, at most grpo.micro_batch_tokens); true/false = always/never.",
     )
     cudnn_attention: bool = _f(
         True,
-        "Let PyTorch's SDPA use its cuDNN backend while training on a GPU (the fastest there). Training batches "
-        "run without a mask (rows rotated past their padding). With a padding mask its backward returns NaN "
-        "gradients at sequence lengths of 64 mod 128 on H100/H200 under torch 2.11+ (pytorch/pytorch#196678), "
-        "so a batch that still needs one (a row with a hole in its mask) gets 8 more masked columns at such "
-        "widths. false = the backend off (on an H100 here forward + backward ran 18-25% slower on masked "
-        "batches, 4-5% on unmasked ones).",
+        "Let PyTorch's SDPA use its cuDNN backend while training on a GPU. Training batches run without a mask "
+        "(rows rotated past their padding); a batch that still needs one (a row with a hole in its mask) gets "
+        "8 more masked columns at sequence lengths of 64 mod 128, where the backend's masked backward returns "
+        "NaN gradients (pytorch/pytorch#196678). false = the backend off (slower; docs/performance.md).",
     )
     use_liger: Optional[bool] = _f(
         None,
@@ -129,7 +126,7 @@ class RewardConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("auto", "Generation engine: auto (native on GPU, hf elsewhere), hf (transformers generate), native, vllm.")
+    engine: str = _f("auto", "Generation engine: auto (native on GPU, hf elsewhere), hf (transformers generate), native.")
     max_new_tokens: int = _f(1024, "Longest completion, in tokens.")
     temperature: float = _f(1.0, "Sampling temperature (0 = greedy).")
     top_p: float = _f(1.0, "Nucleus sampling mass.")
@@ -145,9 +142,9 @@ class RolloutConfig:
     device_snapshots: Optional[bool] = _f(
         None,
         "Native engine with LoRA: keep the exact copies of the base weights it restores after each merged "
-        "rollout on the GPU (a device copy; ~7 GB for Qwen3-4B) instead of in pinned host memory (a transfer "
-        "of every projection: 0.11 s more rollout a step on an H100). null = on when the memory plan still fits the "
-        "rollout batch in one generate call beside them; true/false = always/never.",
+        "rollout on the GPU (restoring is a device copy) instead of in pinned host memory (a transfer of every "
+        "merged projection). null = on when the memory plan still fits the rollout batch in one generate call "
+        "beside them; true/false = always/never.",
     )
 
 
@@ -182,8 +179,7 @@ class GRPOConfig:
     micro_batch_tokens: int = _f(
         16384,
         "When the memory budget sizes micro-batches: at most this many tokens (completions x padded width) a "
-        "pass. Larger passes are no faster (Qwen3-4B on an H100: 17.6k tok/s at 10k tokens, 17.8k at 20k), "
-        "only bigger. 0 = no limit.",
+        "pass (larger passes use more memory and are hardly faster; docs/performance.md). 0 = no limit.",
     )
     scale_rewards: str = _f(
         "group",
@@ -215,7 +211,7 @@ class GRPOConfig:
     max_memory_gb: Optional[float] = _f(
         None,
         "Memory budget in GiB that sizes grpo.micro_batch_size and rollout.batch_size when they are 0 "
-        "(default: 95% of the GPU's memory; on CPU, without it, whole batches). See mathgrpo/memory.py.",
+        "(default: 95% of the GPU's memory; on CPU, without it, whole batches). See mathgrpo/train/memory.py.",
     )
 
 
@@ -274,10 +270,7 @@ CHOICES = {
     "model.init": ("pretrained", "random"),
     "run.parallel": ("ddp", "fsdp"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "format.preset": ("reasoning", "think", "unsloth", "boxed"),
     "format.template": ("auto", "chat", "plain", "bare"),
-    "rewards.preset": ("default", "unsloth"),
-    "rollout.engine": ("auto", "hf", "native", "vllm"),
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
     "grpo.importance_sampling_level": ("token", "sequence"),
@@ -332,9 +325,18 @@ def check_numbers(cfg: Config) -> None:
         raise ConfigError(f"data.limit={cfg.data.limit} must be at least 1 (or null for every problem)")
 
 
+def registry_choices() -> dict:
+    """Allowed values that come from the registries themselves: format presets, reward presets, engines."""
+    from .data.formats import PRESETS as FORMATS
+    from .grading.rewards import PRESETS as REWARDS
+    from .rollout.engines import ENGINES
+
+    return {"format.preset": tuple(FORMATS), "rewards.preset": tuple(REWARDS), "rollout.engine": ENGINES}
+
+
 def validate(cfg: Config) -> Config:
     """Check values against their allowed ranges and each other; raise ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
+    for key, allowed in {**CHOICES, **registry_choices()}.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
     check_numbers(cfg)
@@ -480,11 +482,27 @@ def save_config(cfg: Config, path: Path) -> None:
     write_atomic(path, config_yaml(cfg))
 
 
-def help_table() -> list:
-    """(key, default, help) for every setting, for `mathgrpo config`-style listings and docs."""
+def help_table(cfg: Optional[Config] = None) -> list:
+    """(key, value, help) for every setting: the values of `cfg`, or the defaults; `mathgrpo config` prints it."""
+    cfg = cfg or Config()
     rows = []
-    for section in dataclasses.fields(Config):
-        for f in dataclasses.fields(section.default_factory()):
-            default = getattr(section.default_factory(), f.name)
-            rows.append((f"{section.name}.{f.name}", default, f.metadata.get("help", "")))
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            rows.append((f"{section.name}.{f.name}", getattr(values, f.name), f.metadata.get("help", "")))
     return rows
+
+
+def _yaml_value(value: Any) -> str:
+    """One setting's value as it would be written in a recipe (null, true, [a, b], 1.0e-05 ...)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def settings_text(cfg: Config) -> str:
+    """Every setting of `cfg` with its value and, indented under it, what it does."""
+    lines = []
+    for key, value, help_text in help_table(cfg):
+        lines += [f"{key} = {_yaml_value(value)}", f"    {help_text}"]
+    return "\n".join(lines)
+

@@ -78,7 +78,7 @@ def check_model(name: str, setting: str = "model.name") -> Check:
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
-            from .model import adapter_base
+            from .model.common import adapter_base
 
             base = check_model(adapter_base(path), f"{setting} (adapter base)")
             return Check(setting, name, f"adapter folder, base from {base.found}", base.problem)
@@ -135,7 +135,7 @@ def check_device(cfg: Config) -> Check:
         return Check("model.device", m.device, None, "no CUDA device is visible; use model.device=cpu or a GPU machine")
     gpu_only = [s for s, on in (
         (f"model.dtype={m.dtype}", m.dtype in GPU_DTYPES), (f"model.backend={m.backend}", m.backend == "unsloth"),
-        ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine in ("native", "vllm")),
+        ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine == "native"),
     ) if on]
     if m.device == "auto" and not have and gpu_only:
         return Check("model.device", m.device, None, f"this recipe is made for a GPU ({', '.join(gpu_only)}) and none is "
@@ -170,8 +170,8 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .memory import ModelShape, device_budget, plan_memory
-    from .model import resolve_device, resolve_dtype
+    from .train.memory import ModelShape, device_budget, plan_memory
+    from .model.common import resolve_device, resolve_dtype
 
     try:
         device = resolve_device(cfg.model.device)
@@ -193,7 +193,7 @@ def memory_line(cfg: Config) -> str:
 def _model_config(name: str) -> Optional[object]:
     """The transformers config of `name` from local files only, or None."""
     if name == "tiny":
-        from .tiny import build_tokenizer, tiny_config
+        from .model.tiny import build_tokenizer, tiny_config
 
         return tiny_config(len(build_tokenizer()))
     from transformers import AutoConfig

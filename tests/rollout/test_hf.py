@@ -3,8 +3,8 @@
 import torch
 
 from mathgrpo.rollout import SamplingParams, make_engine
-from mathgrpo.rollout.seeded import sequence_seed
-from mathgrpo.tiny import build_tiny
+from mathgrpo.rollout import sequence_seed
+from mathgrpo.model.tiny import build_tiny
 
 
 def _engine(batch_size=0):

@@ -20,7 +20,7 @@ from transformers.generation.logits_process import (
 from mathgrpo.rollout import make_engine
 from mathgrpo.rollout.base import SamplingParams
 from mathgrpo.rollout.native import NativeEngine, supports
-from mathgrpo.tiny import build_tiny
+from mathgrpo.model.tiny import build_tiny
 
 PROMPTS = ["What is 12+7?", "Hi", "Compute 345 - 67 step by step, then answer."]
 
@@ -352,7 +352,7 @@ ref = grouped_attention(q, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], a
 assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
 print("ok")
 """
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
@@ -368,7 +368,7 @@ def test_engine_with_split_k_attention_matches_math_attention_interpreted():
 import torch
 from mathgrpo.rollout.base import SamplingParams
 from mathgrpo.rollout.native import NativeEngine
-from mathgrpo.tiny import build_tiny
+from mathgrpo.model.tiny import build_tiny
 model, tok = build_tiny(0)
 gen = torch.Generator().manual_seed(0)
 with torch.no_grad():
@@ -383,7 +383,7 @@ assert len({tuple(t) for t in tokens[:3]}) > 1  # the samples of a prompt differ
 assert tokens == [g.token_ids for g in out["triton"]]
 print("ok")
 """
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
@@ -421,8 +421,8 @@ def test_even_chunks_and_one_cache_at_a_time(tiny):
 
 def learner_gap(model, gens, temperature: float = 1.0) -> torch.Tensor:
     """|engine policy log-prob - the model's own log-prob| of every sampled token, over `gens`. [tokens]"""
-    from mathgrpo.grpo.batch import collate
-    from mathgrpo.grpo.logprobs import token_logprobs
+    from mathgrpo.train.batch import collate
+    from mathgrpo.train.logprobs import token_logprobs
 
     device = next(model.parameters()).device
     batch = collate(gens, torch.zeros(len(gens)), 0, False, device)
@@ -488,3 +488,17 @@ def test_sampler_matches_the_learner_after_the_allocator_reuses_freed_memory():
     # second call's mean was 2.04 (max 8.5).
     assert gaps[0].mean() < 0.1
     assert gaps[1].mean() < 2 * gaps[0].mean() + 0.01
+
+
+def test_compiled_raises_the_recompile_limit_for_its_own_calls_only(monkeypatch):
+    """The engine's compiled layers see dynamo's recompile limit at RECOMPILE_LIMIT; the process keeps its own."""
+    from torch import _dynamo
+
+    from mathgrpo.rollout import native
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: fn)  # what compile would wrap, called plainly
+    before = _dynamo.config.cache_size_limit
+    layer = native.compiled(lambda x: seen.append(_dynamo.config.cache_size_limit) or x + 1)
+    assert layer(1) == 2
+    assert seen == [max(before, native.RECOMPILE_LIMIT)] and _dynamo.config.cache_size_limit == before

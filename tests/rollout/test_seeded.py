@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from mathgrpo.rollout import sequence_seed
 from mathgrpo.rollout.base import SamplingParams
-from mathgrpo.rollout.seeded import SeededSampler, filtered_logprobs, sequence_seed
+from mathgrpo.rollout.seeded import SeededSampler, filtered_logprobs
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 

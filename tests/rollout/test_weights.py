@@ -3,7 +3,7 @@
 import torch
 
 from mathgrpo.rollout.weights import collect, rope_table
-from mathgrpo.tiny import build_tiny
+from mathgrpo.model.tiny import build_tiny
 
 
 def test_a_float32_rotary_table_is_the_model_buffer_itself():

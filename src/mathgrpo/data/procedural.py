@@ -17,7 +17,7 @@ from .problem import DataError, LoadReport
 from .rows import Columns, build_report
 
 SPLITS = ("train", "dev", "test")
-# Generators checked offline here (see tests/test_data_procedural.py); any registered name works.
+# Generators checked offline here (see tests/data/test_procedural.py); any registered name works.
 SUGGESTED = ("basic_arithmetic", "chain_sum", "gsm_symbolic", "simple_equations", "fraction_simplification")
 _COLUMNS = Columns("question", "answer", solution="solution", meta=None)
 

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..formats import get_format
+from .formats import get_format
 from . import DataError, LoadReport, load_source
 from .solutions import sft_text
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..formats import Format, closing_brace, parse_completion
+from .formats import Format, closing_brace, parse_completion
 from .problem import Problem
 
 # Only `<<expr=value>>` (GSM8K's calculator calls), so a stray `<<` in other text survives.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Generation, RolloutEngine, SamplingParams
+from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
+from .engines import ENGINES
 
-__all__ = ["Generation", "RolloutEngine", "SamplingParams", "make_engine"]
+__all__ = ["ENGINES", "Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
@@ -32,6 +33,4 @@ def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_siz
         return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=lora)
     if name == "hf":
         return HFEngine(model, tokenizer, stop_ids, batch_size)
-    if name == "vllm":
-        raise ValueError("rollout.engine=vllm is not supported yet; use native (GPU) or hf")
-    raise ValueError(f"unknown rollout.engine {name!r}; use auto, native, hf")
+    raise ValueError(f"unknown rollout.engine {name!r}; use one of {', '.join(ENGINES)}")

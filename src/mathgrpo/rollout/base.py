@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -39,6 +40,12 @@ class Generation:
     policy_logprobs: Optional[list] = None
 
 
+def sequence_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (run seed, step, prompt index, sample index...)."""
+    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class RolloutEngine(ABC):
     """Generates completions with the current policy weights."""
 
@@ -46,13 +53,28 @@ class RolloutEngine(ABC):
     # Whether a prompt's keys and values are cached once for its n samples (memory plans count them so).
     shares_prompt_cache = False
 
-    def __init__(self, model: Any, tokenizer: Any, stop_ids: list) -> None:
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
+        self.batch_size = batch_size  # sequences generated at once (0: all); the trainer sets it from its memory plan
 
     def held_bytes(self) -> int:
         """Device memory this engine keeps between calls (a reused KV cache); none by default."""
+        return 0
+
+    @property
+    def snapshots_on_device(self) -> bool:
+        """Whether copies of the base weights (taken to merge LoRA adapters) stay on the GPU; an engine
+        that keeps no such copies ignores the setting."""
+        return False
+
+    @snapshots_on_device.setter
+    def snapshots_on_device(self, value: bool) -> None:
+        pass
+
+    def snapshot_bytes(self) -> int:
+        """Device bytes `snapshots_on_device` would keep (0: this engine keeps no snapshots)."""
         return 0
 
     def release(self) -> None:
@@ -69,8 +91,6 @@ class RolloutEngine(ABC):
     @staticmethod
     def default_seeds(count: int) -> list:
         """Per-sequence seeds drawn from torch's global RNG (so torch.manual_seed makes runs repeat)."""
-        from .seeded import sequence_seed
-
         base = int(torch.randint(0, 2**62, (1,)).item())
         return [sequence_seed(base, i) for i in range(count)]
 

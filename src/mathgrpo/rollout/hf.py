@@ -18,8 +18,7 @@ class HFEngine(RolloutEngine):
     name = "hf"
 
     def __init__(self, model, tokenizer, stop_ids, batch_size: int = 0) -> None:
-        super().__init__(model, tokenizer, stop_ids)
-        self.batch_size = batch_size
+        super().__init__(model, tokenizer, stop_ids, batch_size)
 
     def _generation_kwargs(self, params: SamplingParams) -> dict:
         """Arguments for `generate` that reproduce `params` (None switches a filter off)."""

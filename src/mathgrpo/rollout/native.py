@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..model import unwrap
+from ..model.loading import unwrap
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
@@ -29,6 +29,7 @@ from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
+RECOMPILE_LIMIT = 64  # dynamo recompiles a decode layer per batch bucket and attention length; its default is 8
 
 
 def _rope_type(cfg: Any) -> str:
@@ -59,6 +60,21 @@ def supports(model: Any) -> Optional[str]:
         if isinstance(dora, dict) and any(dora.values()):
             return "DoRA adapters"
     return None
+
+
+def compiled(fn: Any) -> Any:
+    """`fn` under torch.compile, with dynamo's recompile limit at least RECOMPILE_LIMIT for its own calls only:
+    the rest of the process keeps its limit. The limit is read when a call (re)compiles, so it is set around
+    every call (a few microseconds; captured graph replays run no Python)."""
+    inner = torch.compile(fn, dynamic=False)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from torch import _dynamo
+
+        with _dynamo.config.patch(cache_size_limit=max(_dynamo.config.cache_size_limit, RECOMPILE_LIMIT)):
+            return inner(*args, **kwargs)
+
+    return call
 
 
 def _up128(n: int) -> int:
@@ -148,13 +164,12 @@ class NativeEngine(RolloutEngine):
         seed: Optional[int] = None,
         check_every: int = 16,
     ) -> None:
-        super().__init__(model, tokenizer, stop_ids)
+        super().__init__(model, tokenizer, stop_ids, batch_size)
         reason = supports(model)
         if reason:
             raise ValueError(f"native engine cannot run this model: {reason}")
         if lora not in ("merge", "lowrank"):
             raise ValueError(f"lora={lora!r}; use merge or lowrank")
-        self.batch_size = batch_size
         self.lora = lora
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
@@ -180,11 +195,7 @@ class NativeEngine(RolloutEngine):
         self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
         self._qkv, self._finish = project_qkv, finish_layer
         if self.use_compile:
-            from torch import _dynamo
-
-            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
-            self._qkv = torch.compile(project_qkv, dynamic=False)
-            self._finish = torch.compile(finish_layer, dynamic=False)
+            self._qkv, self._finish = compiled(project_qkv), compiled(finish_layer)
         self.last_stats: dict = {}
 
     # ---- public API -------------------------------------------------------------------------

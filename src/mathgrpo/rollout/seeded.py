@@ -8,18 +8,10 @@ exactly and data-parallel runs equal single-process ones.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from .base import SamplingParams
 from .sampling import filter_logits, filters_active, policy_logprob
-
-
-def sequence_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (run seed, step, prompt index, sample index...)."""
-    digest = hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..model import unwrap
+from ..model.loading import unwrap
 
 
 @dataclass

@@ -1,0 +1,479 @@
+"""Reports of a results folder: `report.md` (plots as PNG files beside it) and a self-contained `report.html`.
+
+A report is a list of blocks (heading, paragraph, table, image, code, folded group) rendered twice,
+once as Markdown and once as HTML with the plots embedded as base64 PNG, so the two never disagree.
+Plots: accuracy per benchmark with 95% intervals (values on the bars), MATH accuracy by level and
+subject, completion length histograms, and the training curves of the run folder the model came
+from (warm-up and GRPO): the key ones first, smoothed and labelled, every other logged number folded.
+Warnings come right after the settings: prompts longer than model.max_seq_length allows, most
+completions cut at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from ..tracking import read_jsonl  # noqa: E402
+
+MAX_CURVES = 16  # training-curve panels per figure; the rest are listed by name
+EXAMPLES_PER_BENCH = 2
+EXAMPLE_CHARS = 600
+
+
+# --- blocks and their two renderings ---------------------------------------------------------------
+
+
+def h(level: int, text: str) -> tuple:
+    return ("h", level, text)
+
+
+def p(text: str) -> tuple:
+    return ("p", text)
+
+
+def table(headers: list, rows: list) -> tuple:
+    return ("table", headers, rows)
+
+
+def code(text: str) -> tuple:
+    return ("code", text)
+
+
+def fold(summary: str, blocks: list) -> tuple:
+    """Blocks shown folded (HTML <details>), opened on a click."""
+    return ("fold", summary, blocks)
+
+
+def image(name: str, fig: Any) -> tuple:
+    """An image block: the figure as PNG bytes (closed afterwards)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ("img", name, buf.getvalue())
+
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list, plot_dir: Path) -> str:
+    """Markdown text; image blocks are written to `plot_dir` and linked relative to the report."""
+    lines = []
+    for b in blocks:
+        if b[0] == "h":
+            lines += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "table":
+            lines.append("| " + " | ".join(_md_cell(c) for c in b[1]) + " |")
+            lines.append("|" + "|".join(" --- " for _ in b[1]) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b[2]]
+            lines.append("")
+        elif b[0] == "code":
+            fence = "````" if "```" in b[1] else "```"
+            lines += [fence, b[1], fence, ""]
+        elif b[0] == "img":
+            plot_dir.mkdir(parents=True, exist_ok=True)
+            (plot_dir / f"{b[1]}.png").write_bytes(b[2])
+            lines += [f"![{b[1]}]({plot_dir.name}/{b[1]}.png)", ""]
+        elif b[0] == "fold":
+            lines += [f"<details><summary>{html.escape(b[1])}</summary>", "", to_markdown(b[2], plot_dir), "</details>", ""]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}td{white-space:nowrap}td:last-child{white-space:normal}
+code{background:#f3f3f3;padding:0 3px}summary{cursor:pointer;font-weight:600;margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}
+img{max-width:100%}"""
+
+
+def _inline_code(text: str) -> str:
+    """`x` (Markdown inline code) as <code>x</code> in already escaped HTML text."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def to_html(blocks: list, title: str) -> str:
+    """One self-contained HTML page (no external files: images inline as base64 PNG)."""
+    body = []
+    for b in blocks:
+        if b[0] == "h":
+            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            body.append(f"<p>{_inline_code(html.escape(b[1]))}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b[0] == "code":
+            body.append(f"<pre>{html.escape(b[1])}</pre>")
+        elif b[0] == "img":
+            data = base64.b64encode(b[2]).decode("ascii")
+            body.append(f'<img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">')
+        elif b[0] == "fold":
+            inner = to_html(b[2], "").split("<body>\n", 1)[1].rsplit("\n</body>", 1)[0]
+            body.append(f"<details><summary>{html.escape(b[1])}</summary>\n{inner}\n</details>")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_pages(out: Path, stem: str, blocks: list, title: str) -> Path:
+    """Write `<stem>.md` (+ plots/) and `<stem>.html` into `out`; return the HTML path."""
+    (out / f"{stem}.md").write_text(to_markdown(blocks, out / "plots"), encoding="utf-8")
+    path = out / f"{stem}.html"
+    path.write_text(to_html(blocks, title), encoding="utf-8")
+    return path
+
+
+# --- plots -------------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def error_bars(stats: list) -> list:
+    """[[below], [above]] the accuracy in points for matplotlib, never negative (an interval rounded past it)."""
+    return [[max(0.0, 100 * (s["accuracy"] - s["ci"][0])) for s in stats],
+            [max(0.0, 100 * (s["ci"][1] - s["accuracy"])) for s in stats]]
+
+
+def _bars(ax: Any, labels: list, stats: list, horizontal: bool = False) -> None:
+    """Accuracy bars (percent) with their 95% intervals as error bars."""
+    acc = [100 * s["accuracy"] for s in stats]
+    err = error_bars(stats)
+    if horizontal:
+        bars = ax.barh(labels, acc, xerr=err, capsize=3, color="#4c72b0")
+        ax.set_xlabel("accuracy (%)")
+        ax.set_xlim(0, 100)
+    else:
+        bars = ax.bar(labels, acc, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+    # the value on every bar: a 0% bar has no height to see
+    ax.bar_label(bars, labels=[f"{a:.1f}%" for a in acc], padding=3, fontsize=8)
+
+
+def accuracy_figure(benches: dict) -> Any:
+    """Accuracy per benchmark with 95% intervals."""
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.6 * len(benches)), 3.2))
+    _bars(ax, list(benches), list(benches.values()))
+    ax.set_title("accuracy per benchmark (95% CI)")
+    return fig
+
+
+def grouped_figure(groups: dict, title: str, horizontal: bool) -> Any:
+    """Accuracy per group (MATH level or subject) with 95% intervals."""
+    labels = list(groups)
+    size = (6, 0.4 * len(labels) + 1.2) if horizontal else (max(4, 0.9 * len(labels)), 3.2)
+    fig, ax = plt.subplots(figsize=size)
+    _bars(ax, labels, [groups[k] for k in labels], horizontal)
+    ax.set_title(title)
+    return fig
+
+
+def length_figure(benches: dict) -> Any:
+    """Histogram of completion lengths (tokens), one panel per benchmark."""
+    fig, axes = plt.subplots(1, len(benches), figsize=(3.6 * len(benches), 2.8), squeeze=False)
+    for ax, (key, m) in zip(axes[0], benches.items()):
+        hist = m["length"]["histogram"]
+        if hist["counts"]:
+            edges = hist["edges"]
+            ax.bar(edges[:-1], hist["counts"], width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge",
+                   color="#55a868", edgecolor="white")
+        ax.set_title(key)
+        ax.set_xlabel("completion tokens")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no fractional ticks
+    axes[0][0].set_ylabel("samples")
+    return fig
+
+
+# The curves a reader looks at first, in this order; every other logged number is folded away.
+KEY_CURVES = ("heldout_accuracy", "dev_accuracy", "accuracy", "reward", "loss", "kl", "grad_norm", "lr",
+              "completion_length", "truncated_fraction", "clip_fraction", "format_rate")
+
+
+def read_curves(run_dir: Path) -> dict:
+    """Numeric series by `<stage>/<key>` from every metrics.jsonl in a run folder: {name: ([step], [value])},
+    the key curves first (KEY_CURVES order, warm-up before GRPO within a key), then the rest by name."""
+    series: dict = {}
+    for path in sorted(Path(run_dir).glob("**/metrics.jsonl")):
+        stage = path.parent.relative_to(run_dir).as_posix().replace("/", "-") or "run"
+        for n, row in enumerate(read_jsonl(path)):  # a torn last line of a live run is skipped
+            step = row.get("step", n)
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    xs, ys = series.setdefault(f"{stage}/{key}", ([], []))
+                    xs.append(step)
+                    ys.append(value)
+
+    def rank(name: str) -> tuple:
+        stage, key = name.split("/", 1)
+        return (KEY_CURVES.index(key) if key in KEY_CURVES else len(KEY_CURVES), stage != "sft", name)
+
+    return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
+
+
+def split_curves(series: dict) -> tuple:
+    """(key curves, other changing curves, {name: value} of the constant others)."""
+    key = {n: s for n, s in series.items() if n.split("/", 1)[1] in KEY_CURVES}
+    rest = {n: s for n, s in series.items() if n not in key}
+    constant = {n: s[1][0] for n, s in rest.items() if len(set(s[1])) == 1}
+    return key, {n: s for n, s in rest.items() if n not in constant}, constant
+
+
+def smooth(ys: list) -> tuple:
+    """(window, moving average) of a noisy series: a window of about a twentieth of its length, at least 2."""
+    window = max(2, len(ys) // 20)
+    if len(ys) < 2 * window:
+        return 1, np.asarray(ys, dtype=float)
+    kernel = np.ones(window) / window
+    return window, np.convolve(np.asarray(ys, dtype=float), kernel, mode="valid")
+
+
+def curves_figure(series: dict) -> Any:
+    """Small multiples: one panel per numeric key, value against step (faint: as logged; line: moving mean)."""
+    names = list(series)[:MAX_CURVES]
+    cols = min(4, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        xs, ys = series[name]
+        window, mean = smooth(ys)
+        if window > 1:
+            ax.plot(xs, ys, lw=0.8, alpha=0.3, color="#4c72b0")
+            ax.plot(xs[window - 1:], mean, lw=1.4, color="#4c72b0")
+        else:
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2, color="#4c72b0")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(name.split("/", 1)[1], fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(xs)) == 1:
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)  # one step: whole-number ticks around it
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curve_blocks(run_dir: str, curves: dict) -> list:
+    """The training curves: key ones plotted, the other changing ones folded, constant ones named."""
+    key, rest, constant = split_curves(curves)
+    blocks = [h(2, f"Training curves ({run_dir})"),
+              p("Faint lines are the values as logged; solid lines their moving mean where a run is long enough.")]
+    if key:
+        blocks.append(image("training", curves_figure(key)))
+    folded = [image("training-other", curves_figure(rest))] if rest else []
+    if len(rest) > MAX_CURVES:
+        folded.append(p("Not plotted: " + ", ".join(list(rest)[MAX_CURVES:])))
+    if constant:
+        folded.append(p("Constant throughout: " + ", ".join(f"{n} = {v:g}" for n, v in constant.items())))
+    if folded:
+        blocks.append(fold(f"Other logged quantities ({len(rest) + len(constant)})", folded))
+    return blocks
+
+
+# --- the evaluation report -----------------------------------------------------------------------------
+
+
+def _settings_line(m: dict) -> str:
+    s = m["settings"]
+    sampling = ("greedy decoding, accuracy = pass@1" if s["greedy"] else
+                f"{s['n']} samples per problem at temperature {s['temperature']}, accuracy = mean over samples, "
+                f"maj@k votes over the first k")
+    return (f"Model `{m['model_path']}`; {sampling}; {s['shots']}-shot; format {s['format']} ({s['template']} "
+            f"template); up to {s['max_new_tokens']} new tokens; engine {m.get('engine')}; "
+            f"{m.get('elapsed_s', '?')} s.")
+
+
+def results_table(benches: dict) -> tuple:
+    """The headline table: accuracy, CI, pass@k, maj@k, format, answered, truncated, lengths."""
+    ks = sorted({k for m in benches.values() for k in m["pass@k"]}, key=int)
+    many = any(m["samples_per_problem"] > 1 for m in benches.values())
+    headers = ["benchmark", "problems", "accuracy", "95% CI"]
+    if many:
+        headers += [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    headers += ["format ok", "answered", "truncated", "mean len", "median len", "p90 len"]
+    rows = []
+    for key, m in benches.items():
+        row = [key, m["problems"], _pct(m["accuracy"]), f"{_pct(m['ci'][0])} - {_pct(m['ci'][1])}"]
+        if many:
+            row += [_pct(m["pass@k"][k]) if k in m["pass@k"] else "" for k in ks]
+            row += [_pct(m["maj@k"][k]) if k in m["maj@k"] else "" for k in ks]
+        ln = m["length"]
+        row += [_pct(m["format_adherence"]), _pct(m["answered"]), _pct(m["truncated"]),
+                f"{ln['mean']:.0f}", f"{ln['median']:.0f}", f"{ln['p90']:.0f}"]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def group_blocks(key: str, m: dict) -> list:
+    """Tables and plots of accuracy by MATH level and subject, where the benchmark has them."""
+    blocks = []
+    for field, title, horizontal in (("by_level", "level", False), ("by_subject", "subject", True)):
+        groups = m.get(field)
+        if not groups:
+            continue
+        blocks.append(h(3, f"{key}: accuracy by {title}"))
+        blocks.append(table([title, "problems", "accuracy", "95% CI"],
+                            [[g, s["problems"], _pct(s["accuracy"]), f"{_pct(s['ci'][0])} - {_pct(s['ci'][1])}"]
+                             for g, s in groups.items()]))
+        blocks.append(image(f"{key}-{title}", grouped_figure(groups, f"{key}: accuracy by {title} (95% CI)", horizontal)))
+    return blocks
+
+
+def _clip(text: str, limit: int = EXAMPLE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more characters]"
+
+
+def example_blocks(key: str, records: list) -> list:
+    """A right and a wrong sample (where there are), question, gold, answer and completion."""
+    picks = [r for r in records if r["correct"]][:1] + [r for r in records if not r["correct"]][:1]
+    blocks = []
+    for r in picks[:EXAMPLES_PER_BENCH]:
+        blocks.append(p(f"{key} / {r['id']} (sample {r['sample']}): {r['verdict']}; gold {r['gold']!r}, "
+                        f"answer {r['answer']!r}, well formed: {r['well_formed']}, {r['length']} tokens"))
+        blocks.append(code(f"Q: {_clip(r['question'])}\n\nA: {_clip(r['completion'])}"))
+    return blocks
+
+
+def read_records(out: Path, metrics: dict) -> dict:
+    """Records of samples.jsonl by benchmark, only the problems metrics.json was computed on."""
+    wanted = {key: set(m.get("problem_ids", [])) for key, m in metrics["benchmarks"].items()}
+    by_bench: dict = {key: [] for key in wanted}
+    path = out / "samples.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r["id"] in wanted.get(r["bench"], ()):
+                    by_bench[r["bench"]].append(r)
+    return by_bench
+
+
+TRUNCATED_WARNING = 0.5  # a warning when more than this share of completions hit max_new_tokens
+
+
+def length_warnings(metrics: dict) -> list:
+    """Per benchmark: prompts too long for model.max_seq_length, or most completions cut at max_new_tokens."""
+    new_tokens = metrics["settings"]["max_new_tokens"]
+    out = []
+    for key, m in metrics["benchmarks"].items():
+        limit, longest = m.get("max_seq_length"), m.get("longest_prompt")
+        if limit and longest and longest + new_tokens > limit:
+            out.append(f"{key}: the longest prompt ({longest} tokens) + {new_tokens} new tokens exceeds "
+                       f"model.max_seq_length={limit} (fewer eval.shots, or a larger model.max_seq_length if the model "
+                       "allows)")
+        if m["truncated"] > TRUNCATED_WARNING:
+            out.append(f"{key}: {_pct(m['truncated'])} of completions were cut at {new_tokens} tokens before an answer "
+                       "could end; accuracy says little until rollout.max_new_tokens is raised")
+    return out
+
+
+def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> list:
+    """Every block of the evaluation report, in reading order."""
+    benches = metrics["benchmarks"]
+    blocks = [h(1, f"Evaluation: {metrics['model']}"), p(_settings_line(metrics))]
+    blocks += [p(f"Warning: {w}") for w in length_warnings(metrics)]
+    blocks += [h(2, "Results"), results_table(benches), image("accuracy", accuracy_figure(benches))]
+    for key, m in benches.items():
+        blocks += group_blocks(key, m)
+    blocks += [h(2, "Completion length (tokens)"), image("lengths", length_figure(benches))]
+    if curves:
+        blocks += curve_blocks(metrics["run_dir"], curves)
+    blocks.append(h(2, "Prompt"))
+    for key, info in prompts.items():
+        shots = f"{len(info['shots'])} worked examples from {info['shots_source']}" if info["shots"] else "zero-shot"
+        blocks += [p(f"{key}: {shots}; format {info['format']}, {info['template']} template. "
+                     f"Full prompt of {info['example_id']}:"), code(info["example_prompt"] or "")]
+    blocks.append(h(2, "Examples"))
+    for key, recs in records.items():
+        blocks += example_blocks(key, recs)
+    g = metrics.get("grading", {})
+    blocks += [h(2, "Grading"), p(f"{g.get('checks', 0)} answer checks: {g.get('string', 0)} by string, "
+                                  f"{g.get('number', 0)} by number, {g.get('math_verify', 0)} by math-verify, "
+                                  f"{g.get('timeouts', 0)} timeouts, {g.get('errors', 0)} errors (counted wrong).")]
+    return blocks
+
+
+def write_report(out: Path, records: Optional[dict] = None) -> Path:
+    """Write report.md (+ plots/) and report.html for the results folder `out`; return the HTML path."""
+    out = Path(out)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    prompts_path = out / "prompt.json"
+    prompts = json.loads(prompts_path.read_text(encoding="utf-8")) if prompts_path.exists() else {}
+    records = records if records is not None else read_records(out, metrics)
+    curves = read_curves(Path(metrics["run_dir"])) if metrics.get("run_dir") and Path(metrics["run_dir"]).is_dir() else {}
+    return write_pages(out, "report", report_blocks(metrics, records, prompts, curves), f"Evaluation: {metrics['model']}")
+
+
+# --- the comparison report -----------------------------------------------------------------------------
+
+MAX_LISTED = 50  # fixed/broken problems listed per benchmark; the count is always complete
+
+
+def diff_figure(benches: dict) -> Any:
+    """B - A accuracy per benchmark with the paired bootstrap 95% interval."""
+    labels = list(benches)
+    diffs = [100 * benches[k]["diff"] for k in labels]
+    err = [[100 * (benches[k]["diff"] - benches[k]["ci"][0]) for k in labels],
+           [100 * (benches[k]["ci"][1] - benches[k]["diff"]) for k in labels]]
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.6 * len(labels)), 3.2))
+    ax.bar(labels, diffs, yerr=err, capsize=4, color=["#55a868" if d >= 0 else "#c44e52" for d in diffs])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("B - A accuracy (points)")
+    ax.set_title("difference (paired bootstrap 95% CI)")
+    return fig
+
+
+def _problem_rows(items: list) -> list:
+    return [[r["id"], r["gold"], r["answer_a"], r["answer_b"], _clip(r["question"], 120)] for r in items[:MAX_LISTED]]
+
+
+def compare_blocks(result: dict) -> list:
+    """Every block of the comparison report."""
+    a, b = result["a"], result["b"]
+    benches = result["benchmarks"]
+    blocks = [h(1, f"Comparison: {b['model']} (B) vs {a['model']} (A)"),
+              p(f"A: {a['folder']} ({a['settings']['n']} samples/problem, {a['settings']['shots']}-shot). "
+                f"B: {b['folder']} ({b['settings']['n']} samples/problem, {b['settings']['shots']}-shot). "
+                f"Solved means {result['solved_means']}; the interval is a paired bootstrap over the shared problems.")]
+    blocks += [p(f"Warning: {c['warning']}") for c in benches.values() if c["warning"]]
+    if result["skipped_benchmarks"]:
+        blocks.append(p(f"Not in both folders, not compared: {', '.join(result['skipped_benchmarks'])}"))
+    blocks.append(table(
+        ["benchmark", "shared", "A", "B", "B - A", "95% CI", "fixed", "broken"],
+        [[k, c["shared"], _pct(c["accuracy_a"]), _pct(c["accuracy_b"]), f"{100 * c['diff']:+.1f} pts",
+          f"{100 * c['ci'][0]:+.1f} to {100 * c['ci'][1]:+.1f}", len(c["fixed"]), len(c["broken"])]
+         for k, c in benches.items()]))
+    blocks.append(image("compare", diff_figure(benches)))
+    for key, c in benches.items():
+        for kind in ("fixed", "broken"):
+            items = c[kind]
+            blocks.append(h(3, f"{key}: {kind} ({len(items)})"))
+            if items:
+                blocks.append(table(["id", "gold", "A answer", "B answer", "question"], _problem_rows(items)))
+            if len(items) > MAX_LISTED:
+                blocks.append(p(f"... and {len(items) - MAX_LISTED} more in compare.json"))
+    return blocks
+
+
+def write_compare_report(out: Path, result: dict) -> Path:
+    """Write compare.md (+ plots/) and compare.html into `out`; return the HTML path."""
+    return write_pages(Path(out), "compare", compare_blocks(result), "Comparison")

@@ -1,0 +1,58 @@
+"""What every model backend shares: the error type, device and dtype rules, adapter folders, tokenizer padding.
+
+`loading` (transformers + PEFT) and `unsloth_backend` both build on these, so neither imports the other's
+helpers and the optional backend stays a leaf.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ModelError(RuntimeError):
+    """A model or adapter cannot be loaded; the message says what was tried and what to do."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"model.device={name} but no CUDA device is visible; use model.device=cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on GPU and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def is_adapter_dir(path: Path) -> bool:
+    """True for a folder holding a PEFT adapter rather than a full model."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def prepare_tokenizer(model: Any, tok: Any) -> Any:
+    """Left padding and a pad token (eos when it has none), also in the model's generation config."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return tok
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter folder names in its adapter_config.json (a relative path: from the adapter folder)."""
+    base_name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base_name:
+        raise ModelError(f"{adapter_dir}/adapter_config.json names no base model; pass model.name=<base>")
+    if base_name.startswith(("./", "../")) and (Path(adapter_dir) / base_name).is_dir():
+        return str((Path(adapter_dir) / base_name).resolve())  # as `mathgrpo export` writes a local base
+    return base_name

@@ -1,0 +1,171 @@
+"""Reports and `eval --compare` on results folders written by hand (known right/wrong sets)."""
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from mathgrpo.cli import main as cli
+from mathgrpo.evaluate.metrics import summarise
+from mathgrpo.evaluate.report import read_curves, write_report
+
+SETTINGS = {"model": "m", "n": 1, "greedy": True, "temperature": None, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+            "max_new_tokens": 16, "shots": 0, "shots_source": None, "format": "reasoning", "system_prompt": None,
+            "template": "auto", "seed": 0}
+
+
+def record(bench, pid, correct, answer, sample=0, meta=None, gold="7"):
+    return {"bench": bench, "id": pid, "sample": sample, "question": f"question {pid}?", "gold": gold,
+            "completion": f"[REASONING]...[ANSWER]{answer}", "answer": answer, "correct": correct,
+            "verdict": "correct" if correct else "wrong", "well_formed": True, "length": 12, "finished": True,
+            "meta": meta or {}}
+
+
+def results_folder(path: Path, model: str, recs: list, run_dir=None) -> Path:
+    """A results folder as `mathgrpo eval` writes it, from per-sample records."""
+    path.mkdir(parents=True)
+    (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    benches = {}
+    for bench in dict.fromkeys(r["bench"] for r in recs):
+        mine = [r for r in recs if r["bench"] == bench]
+        benches[bench] = {**summarise(mine, ks=[1]), "problem_ids": list(dict.fromkeys(r["id"] for r in mine))}
+    metrics = {"model": model, "model_path": model, "run_dir": str(run_dir) if run_dir else None,
+               "settings": SETTINGS, "engine": "hf", "benchmarks": benches, "grading": {}, "elapsed_s": 1.0}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return path
+
+
+# A right on p3 and p4; B right on p1, p2 and p3: B fixed p1, p2 and broke p4; p5 wrong in both.
+A_RIGHT = {"p3", "p4"}
+B_RIGHT = {"p1", "p2", "p3"}
+IDS = ["p1", "p2", "p3", "p4", "p5"]
+
+
+def pair(tmp_path, b_ids=IDS, b_gold="7"):
+    a = results_folder(tmp_path / "A", "base", [record("gsm8k", i, i in A_RIGHT, "7" if i in A_RIGHT else "3") for i in IDS])
+    b = results_folder(tmp_path / "B", "tuned", [record("gsm8k", i, i in B_RIGHT, "7" if i in B_RIGHT else "3", gold=b_gold)
+                                                 for i in b_ids])
+    return a, b
+
+
+def test_compare_fixed_broken_and_difference(tmp_path, capsys):
+    a, b = pair(tmp_path)
+    assert cli(["eval", "--compare", str(a), str(b)]) == 0
+    result = json.loads((b / "compare.json").read_text())["benchmarks"]["gsm8k"]
+    assert [r["id"] for r in result["fixed"]] == ["p1", "p2"]
+    assert [r["id"] for r in result["broken"]] == ["p4"]
+    assert result["accuracy_a"] == pytest.approx(2 / 5) and result["accuracy_b"] == pytest.approx(3 / 5)
+    assert result["diff"] == pytest.approx(1 / 5)
+    assert result["ci"][0] <= result["diff"] <= result["ci"][1] and result["resamples"] == 2000
+    assert result["warning"] is None
+    out = capsys.readouterr().out
+    assert "fixed" in out and "+20.0" in out
+    md = (b / "compare.md").read_text()
+    assert "gsm8k: fixed (2)" in md and "gsm8k: broken (1)" in md and "| p4 |" in md
+    html = (b / "compare.html").read_text()
+    assert "data:image/png;base64," in html and 'src="plots/' not in html
+    # Same command again gives the same interval: the bootstrap is seeded.
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "compare.json").read_text())["benchmarks"]["gsm8k"]["ci"] == result["ci"]
+
+
+def test_compare_on_shared_problems_warns(tmp_path, capsys):
+    a, b = pair(tmp_path, b_ids=["p1", "p2", "p3"])
+    assert cli(["eval", "--compare", str(a), str(b)]) == 0
+    assert "problem sets differ (A 5, B 3, shared 3)" in capsys.readouterr().out
+    result = json.loads((b / "compare.json").read_text())["benchmarks"]["gsm8k"]
+    assert result["shared"] == 3 and result["only_a"] == 2
+    assert [r["id"] for r in result["fixed"]] == ["p1", "p2"] and result["broken"] == []
+    assert "Warning: gsm8k: problem sets differ" in (b / "compare.md").read_text()
+
+
+def test_compare_refuses_what_cannot_be_compared(tmp_path, capsys):
+    a, b = pair(tmp_path, b_gold="8")
+    assert cli(["eval", "--compare", str(a), str(b)]) == 2
+    assert "different data" in capsys.readouterr().err
+    c = results_folder(tmp_path / "C", "other", [record("gsm8k", "q9", True, "7")])
+    assert cli(["eval", "--compare", str(a), str(c)]) == 2
+    assert "none shared" in capsys.readouterr().err
+    assert cli(["eval", "--compare", str(a), str(tmp_path / "missing")]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    a, b = pair(tmp_path / "ok")
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(mine)]) == 2
+    assert "not a results or comparison folder" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.md"]
+
+
+def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    (run / "sft").mkdir()
+    (run / "grpo" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1 / s, "reward": s / 10, "phase": "grpo"}) + "\n" for s in range(1, 8))
+        + '{"step": 8, "rew'  # a live run's torn last line
+    )
+    (run / "sft" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    recs = [record("math500", f"m{i}", i % 2 == 0, "7", meta={"subject": ["Algebra", "Geometry"][i % 2], "level": 1 + i % 3})
+            for i in range(6)]
+    out = results_folder(tmp_path / "R", "tuned", recs, run_dir=run)
+    curves = read_curves(run)
+    assert list(curves) == ["grpo/reward", "sft/loss", "grpo/loss"]
+    assert curves["grpo/reward"][0] == list(range(1, 8))
+    page = write_report(out)
+    html = page.read_text()
+    md = (out / "report.md").read_text()
+    for name in ("accuracy", "math500-level", "math500-subject", "lengths", "training"):
+        assert (out / "plots" / f"{name}.png").is_file() and f"plots/{name}.png" in md
+    images = html.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 5 and 'src="plots/' not in html
+    assert base64.b64decode(images[0].split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| Algebra | 3 | 100.0% |" in md and "| Geometry | 3 | 0.0% |" in md
+    assert "&lt;" not in md and "question m0?" in html
+
+
+def test_report_of_groups_at_0_and_100_percent(tmp_path):
+    """The sizes that made matplotlib reject negative error bars (11 at 0%, 6 at 100%) give a report."""
+    from mathgrpo.evaluate.metrics import accuracy_with_ci
+    from mathgrpo.evaluate.report import error_bars
+
+    for n in range(1, 1001):
+        assert min(min(side) for side in error_bars([accuracy_with_ci([v] * n, True) for v in (0.0, 1.0)])) >= 0
+    recs = [record("math500", f"a{i}", False, "3", meta={"level": 1, "subject": "Algebra"}) for i in range(11)]
+    recs += [record("math500", f"b{i}", True, "7", meta={"level": 2, "subject": "Geometry"}) for i in range(6)]
+    out = results_folder(tmp_path / "R", "m", recs)
+    assert write_report(out).is_file()
+    assert "| 1 | 11 | 0.0% |" in (out / "report.md").read_text()
+
+
+def test_report_polish_curves_warnings_and_html(tmp_path):
+    """Key curves first (kl, grad norm, lr plotted; trivial ones folded or named), warnings for cut completions,
+    <code> instead of backticks, labelled 0% bars, integer histogram ticks."""
+    from mathgrpo.evaluate.report import accuracy_figure, curve_blocks, length_figure, read_curves
+
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    rows = [{"step": s, "reward": (s % 7) / 7, "loss": 1 / s, "kl": 0.0, "grad_norm": 0.3 + s % 3, "lr": 1e-3,
+             "kept_fraction": 1.0, "reference_time": 1e-6 * (s % 5), "accuracy": s / 100} for s in range(1, 61)]
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = read_curves(run)
+    assert list(curves)[:6] == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/kl", "grpo/grad_norm", "grpo/lr"]
+    blocks = curve_blocks(str(run), curves)
+    folded = [b for b in blocks if b[0] == "fold"][0]
+    assert "Constant throughout: grpo/kept_fraction = 1" in str(folded) and any(b[0] == "img" for b in folded[2])
+    recs = [record("gsm8k", f"q{i}", False, "3") for i in range(4)]
+    for r in recs:
+        r["finished"] = False
+    out = results_folder(tmp_path / "R", "m", recs, run_dir=run)
+    html = write_report(out).read_text()
+    md = (out / "report.md").read_text()
+    assert "Warning: gsm8k: 100.0% of completions were cut at 16 tokens" in md
+    assert "<code>m</code>" in html and "`m`" not in html.split("<body>")[1]
+    assert "<details><summary>Other logged quantities" in html and "<details><summary>Other logged quantities" in md
+    assert "td{white-space:nowrap}" in html
+    metrics = json.loads((out / "metrics.json").read_text())["benchmarks"]
+    fig = accuracy_figure(metrics)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.0%"]  # a 0% bar still shows its value
+    ticks = length_figure(metrics).axes[0].get_yticks()
+    assert all(float(t).is_integer() for t in ticks)
