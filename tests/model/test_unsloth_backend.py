@@ -77,7 +77,9 @@ def test_train_cli_warmup_then_grpo(tmp_path):
     """`mathgrpo train` end to end with backend=unsloth: LoRA warm-up, GRPO from the warm-up's adapter, final adapter."""
     from mathgrpo.train.pipeline import main as train_main
 
-    cfg = load_config("tiny-cpu", TINY + ["sft.steps=5", "grpo.steps=3", f"run.output_dir={tmp_path}", "run.name=u"])
+    # model.device=cpu: the up-front checks refuse the unsloth backend on a machine without a GPU unless asked
+    cfg = load_config("tiny-cpu", TINY + ["sft.steps=5", "grpo.steps=3", f"run.output_dir={tmp_path}", "run.name=u",
+                                          "model.device=cpu"])
     summary = train_main(cfg)
     assert summary is not None
     assert list((tmp_path / "u").rglob("adapter_config.json"))
