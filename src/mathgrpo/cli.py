@@ -139,18 +139,20 @@ command("sft", "the supervised format warm-up only")(_training_command(("sft",))
 command("grpo", "GRPO only (from the warm-up's model when the run folder has one)")(_training_command(("grpo",)))
 
 
-@command("export", "write a run's adapter and, with --merged, a merged model plain transformers loads")
+@command("export", "write a run's adapter and, with --merged, a merged model plain transformers loads (--gguf: as GGUF)")
 def _export(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("model", metavar="RUN_OR_MODEL", help="run folder, adapter folder or model folder")
     parser.add_argument("--merged", action="store_true", help="also write the adapter merged into the base weights")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="dtype of the merged model (default: the base model's own)")
+    parser.add_argument("--gguf", action="store_true", help="also write the merged model as GGUF (llama.cpp; needs mathgrpo[gguf])")
+    parser.add_argument("--quant", default="q8_0", choices=["q8_0", "f16"], help="GGUF matrix type (norms stay f32)")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
 
     def run(args: argparse.Namespace) -> int:
         from .model.export import export_main
 
-        return export_main(args.model, args.out, args.merged, args.dtype)
+        return export_main(args.model, args.out, args.merged, args.dtype, args.quant if args.gguf else None)
 
     return run
 

@@ -1,7 +1,8 @@
 """`mathgrpo export` and `mathgrpo solve`: a trained run as files others can load, and one question answered.
 
 Export writes the PEFT adapter and, with `--merged`, a merged safetensors model that plain
-transformers loads without PEFT, in the base model's own dtype unless `--dtype` says otherwise.
+transformers loads without PEFT, in the base model's own dtype unless `--dtype` says otherwise;
+with `--gguf`, the merged model also as one GGUF file (`gguf_export`).
 An adapter's base stays as it is named when that is a hub id or a model folder of the user's; a
 base that lives inside the run folder (a full-weight warm-up, as in the tiny recipe, trained in
 what is often a temporary place) is copied beside the adapter as `base/`, and the adapter names it
@@ -83,10 +84,11 @@ def merge(model: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
     return model.to(dtype)
 
 
-def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None) -> int:
+def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> int:
     """Write `adapter/` (+ `base/` for a local base) when the model has one and, with `merged`, `merged/` under `out`.
 
     dtype: of the merged weights; None keeps the base model's.
+    gguf_quant: also write the merged model as `model-<quant>.gguf` (q8_0 or f16; see `gguf_export`).
     """
     src = resolve_model(ref).path
     out_dir = Path(out) if out else (Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(src).name}-export"))
@@ -96,9 +98,16 @@ def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str]
         export_adapter(Path(src), out_dir)
         base = "base/ (a copy of its local base model)" if (out_dir / "base").is_dir() else adapter_base(Path(src))
         print(f"adapter: {out_dir / 'adapter'} (base: {base})")
+    plain = merge(model, torch.float32) if merged or gguf_quant else None
+    if gguf_quant:  # from the float32 merge, before the merged folder's cast
+        from .gguf_export import write_gguf
+
+        path = out_dir / f"model-{gguf_quant}.gguf"
+        write_gguf(plain, tok, path, gguf_quant)
+        print(f"GGUF ({gguf_quant}): {path}")
     if merged:
         dtype = dtype or base_dtype(src)
-        publish_model(merge(model, DTYPES[dtype]), tok, out_dir / "merged")
+        publish_model(plain.to(DTYPES[dtype]), tok, out_dir / "merged")
         print(f"merged model ({dtype}): {out_dir / 'merged'}")
     return 0
 
