@@ -146,13 +146,13 @@ def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) ->
         row["engine"] = run.engine.name
         row["rollout_batch"] = getattr(run.engine, "batch_size", None)
         row["snapshots_on_device"] = getattr(run.engine, "snapshots_on_device", None)
-        row["chunk_tokens"] = run.chunk_tokens
+        row["chunk_tokens"] = run.sizing.chunk_tokens
         norm = run.model.get_base_model().model.norm
         row["liger"] = "liger" in (type(norm).__name__ + str(getattr(norm, "forward", ""))).lower()
-        if run.plan is not None:
+        if run.sizing.plan is not None:
             width = PROMPT + new
             micro = m.get("micro_batch_size") or 1
-            row["estimated_train_peak_gib"] = run.plan.train_bytes(micro, width, run.engine.held_bytes()) / 2**30
+            row["estimated_train_peak_gib"] = run.sizing.plan.train_bytes(micro, width, run.engine.held_bytes()) / 2**30
     return row
 
 
@@ -166,7 +166,7 @@ def phase_capped(args) -> list:
         try:
             m = run.train_step()
             row = step_row("ours (transformers)", f"capped {args.cap:g} GiB, {label}", args.new, args.prompts * args.g, m, run)
-            row["completed"], row["offloaded"] = True, run.offloaded
+            row["completed"], row["offloaded"] = True, run.sizing.offloaded
         except Exception as err:  # the row records how it failed
             row = {"path": "ours", "run": f"capped {args.cap:g} GiB, {label}", "completed": False,
                    "error": f"{type(err).__name__}: {err}"[:500]}

@@ -1,5 +1,6 @@
 """One GRPO step on the tiny model: the old-policy pass is skipped at num_iterations 1, phases are timed,
-the memory budget sizes micro-batches, and reference log-probs computed per micro-batch equal the whole-batch ones."""
+the trainer acts on the sizing's decisions (releases the kept cache, retries a step that ran out of memory
+with half the micro-batch), and reference log-probs computed per micro-batch equal the whole-batch ones."""
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def test_old_policy_pass_skipped_at_one_iteration(tmp_path):
     """num_iterations 1: one body forward per micro-batch, no old log-probs; 2: an extra no-grad pass per micro-batch."""
     run = make_run(tmp_path / "a", "grpo.micro_batch_size=3")
     batch = rollout_batch(run)
+    assert [len(i) for i in batch.micro_indices(3)] == [3, 3, 2]
     micro = len(batch.micro_indices(3))  # 8 completions -> 3 micro-batches
     calls, metrics = count_body_forwards(run, batch)
     assert (calls, micro) == (3, 3)
@@ -82,44 +84,9 @@ def test_step_reports_phase_times(tmp_path):
     assert m["micro_batch_size"] == 8  # no budget on CPU: the whole batch at once
 
 
-def test_memory_budget_sizes_micro_batches(tmp_path):
-    """With grpo.max_memory_gb and micro_batch_size 0 the plan decides at the batch's width; less room, smaller micro-batches."""
-    import dataclasses
-
-    run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false")
-    batch = rollout_batch(run)
-    assert run._micro_size(batch) == len(batch)  # 1 GiB holds the whole tiny batch
-    width = batch.input_ids.shape[1]
-    for k in (1, 2, 5):
-        room = run.plan.resident + run.plan.logits_chunk + k * width * run.plan.train_per_token
-        run.plan = dataclasses.replace(run.plan, budget=room)
-        assert run._micro_size(batch) == k
-        assert [len(i) for i in batch.micro_indices(k)] == [k] * (len(batch) // k) + ([len(batch) % k] if len(batch) % k else [])
-    run.plan = dataclasses.replace(run.plan, budget=run.plan.resident)  # nothing fits: fall back to 1 and say so
-    assert run._micro_size(batch) == 1
-
-
-def test_micro_batches_capped_by_token_count(tmp_path):
-    """grpo.micro_batch_tokens bounds the planned micro-batch (sequences x padded width); 0 lifts the bound;
-    an explicit grpo.micro_batch_size is taken as given."""
-    run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false")
-    batch = rollout_batch(run)
-    width = batch.input_ids.shape[1]
-    assert run._micro_size(batch) == len(batch)  # the default 16,384 tokens hold the whole tiny batch
-    run.cfg.grpo.micro_batch_tokens = 3 * width + 1
-    assert run._micro_size(batch) == 3
-    assert run.learn(batch, len(batch))["micro_batch_size"] == 3
-    run.cfg.grpo.micro_batch_tokens = 1  # less than one sequence: still one a pass
-    assert run._micro_size(batch) == 1
-    run.cfg.grpo.micro_batch_tokens = 0
-    assert run._micro_size(batch) == len(batch)
-    run.cfg.grpo.micro_batch_tokens, run.cfg.grpo.micro_batch_size = 3 * width, 5
-    assert run._micro_size(batch) == 5
-
-
-def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
-    """The native engine keeps its KV cache between rollouts; when that costs training micro-batch
-    size, the trainer frees it (the next rollout rebuilds it), and keeps it when there is room."""
+def test_trainer_releases_the_kept_kv_cache_when_the_sizing_says_so(tmp_path):
+    """The native engine keeps its KV cache between rollouts; when the sizing says it would cost training
+    micro-batch size, the trainer frees it (the next rollout rebuilds it), and keeps it when there is room."""
     import dataclasses
 
     run = make_run(tmp_path, "grpo.max_memory_gb=1", "lora.enabled=true", "sft.full_finetune=false", "rollout.engine=native")
@@ -127,15 +94,13 @@ def test_kept_kv_cache_released_when_it_would_shrink_micro_batches(tmp_path):
     batch = rollout_batch(run)
     held = run.engine.held_bytes()
     assert held > 0
-    assert run._micro_size(batch) == len(batch) and run.engine.held_bytes() == held  # room for both: kept
-    width = batch.input_ids.shape[1]
-    room = run.plan.resident + run.plan.logits_chunk + 3 * width * run.plan.train_per_token
-    extra = min(held, width * run.plan.train_per_token) // 2  # less than a sequence's worth, less than the cache
-    run.plan = dataclasses.replace(run.plan, budget=room + extra)  # 3 fit alone, fewer beside the cache
-    assert run.plan.micro_batch(width, held) < 3
-    assert run._micro_size(batch) == 3 and run.engine.held_bytes() == 0
-    metrics = run.learn(batch, len(batch))
-    assert metrics["micro_batch_size"] == 3
+    assert run.learn(batch, len(batch))["micro_batch_size"] == len(batch) and run.engine.held_bytes() == held  # kept
+    width, plan = batch.input_ids.shape[1], run.sizing.plan
+    room = plan.resident + plan.logits_chunk + 3 * width * plan.train_per_token
+    extra = min(held, width * plan.train_per_token) // 2  # less than a sequence's worth, less than the cache
+    run.sizing.plan = dataclasses.replace(plan, budget=room + extra)  # 3 fit alone, fewer beside the cache
+    assert run.sizing.micro(len(batch), width, held).release_engine_cache
+    assert run.learn(batch, len(batch))["micro_batch_size"] == 3 and run.engine.held_bytes() == 0
     rollout_batch(run)
     assert run.engine.held_bytes() == held  # rebuilt by the next rollout
 
@@ -169,7 +134,7 @@ def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_p
             # Adam's first step is ~lr x sign(grad): summing 8 vs 4 x 2 rows moves near-zero gradients by
             # rounding, which shows up as ~1e-6 on steps of 1e-3; a wrong update would be off by ~1e-3.
             assert torch.allclose(p, q, atol=2e-5), (name, (p - q).abs().max().item())
-    assert failing._micro_size(batch_b) == 2
+    assert failing.sizing.micro(len(batch_b), batch_b.input_ids.shape[1]).size == 2  # kept for later steps
 
 
 def test_liger_skipped_cleanly_on_cpu(tmp_path):

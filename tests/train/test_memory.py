@@ -1,7 +1,7 @@
-"""The memory estimator: Qwen3-4B's sizes, what fits a 24 GB and a 16 GB card, and the trainer's use of it."""
+"""The memory estimator: Qwen3-4B's sizes, what fits a 24 GB and a 16 GB card (the decisions a run takes from it:
+test_sizing.py)."""
 
 import pytest
-from transformers import Qwen3Config
 
 from mathgrpo.config import load_config
 from mathgrpo.train.memory import GIB, LOGIT_BYTES, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
@@ -10,15 +10,9 @@ from mathgrpo.model.tiny import build_tiny
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def qwen3_4b() -> ModelShape:
-    config = Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-                         head_dim=128, intermediate_size=9728, vocab_size=151936, tie_word_embeddings=True)
-    return ModelShape.from_config(config)
-
-
-def test_qwen3_4b_sizes():
+def test_qwen3_4b_sizes(qwen3_4b):
     """Parameter count, LoRA r32 size and KV bytes per token match the published shape."""
-    s = qwen3_4b()
+    s = qwen3_4b
     assert 4.00e9 < s.params < 4.05e9  # Qwen3-4B: 4.02B with tied embeddings
     assert s.lora_params(32, ALL) == 36 * 32 * (2 * (2560 + 4096) + 2 * (2560 + 1024) + 3 * (2560 + 9728))
     assert s.kv_bytes_per_token() == 2 * 36 * 8 * 128 * 2  # 144 KiB
@@ -30,9 +24,9 @@ def test_count_params_matches_a_real_model():
     assert ModelShape.from_config(model.config).params == sum(p.numel() for p in model.parameters())
 
 
-def test_reference_recipe_fits_24gb():
+def test_reference_recipe_fits_24gb(qwen3_4b):
     """Qwen3-4B, LoRA r32, 2,048 tokens in 24 GB: at least one sequence per micro-batch, within the budget."""
-    plan = plan_memory(qwen3_4b(), 24 * GIB, lora_r=32, lora_targets=ALL)
+    plan = plan_memory(qwen3_4b, 24 * GIB, lora_r=32, lora_targets=ALL)
     micro = plan.micro_batch(2048)
     assert micro >= 1
     assert plan.train_bytes(micro, 2048) <= 24 * GIB < plan.train_bytes(micro + 1, 2048)
@@ -40,9 +34,9 @@ def test_reference_recipe_fits_24gb():
     assert plan.chunk_tokens * 151936 * LOGIT_BYTES <= 24 * GIB / 25
 
 
-def test_budget_orders_batch_sizes():
+def test_budget_orders_batch_sizes(qwen3_4b):
     """More memory never means smaller batches; 4-bit weights leave more room; no checkpointing leaves less."""
-    s = qwen3_4b()
+    s = qwen3_4b
     small, big = plan_memory(s, 16 * GIB), plan_memory(s, 80 * GIB)
     assert 1 <= small.micro_batch(2048) < big.micro_batch(2048)
     assert small.rollout_batch(2048) < big.rollout_batch(2048)
@@ -52,26 +46,10 @@ def test_budget_orders_batch_sizes():
     assert plan_memory(s, 16 * GIB, fused_lora=False).micro_batch(2048) < small.micro_batch(2048)
 
 
-def test_offload_is_wanted_only_when_a_step_does_not_fit():
-    """Auto offload: on when the plan cannot take a whole step's completions in one micro-batch; never when set."""
-    from mathgrpo.train.grpo import offload_wanted
-
-    s = qwen3_4b()
-    cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048"])
-    assert offload_wanted(cfg, plan_memory(s, 13 * GIB))  # fewer than 16384 // 2048 = 8 sequences fit
-    assert not offload_wanted(cfg, plan_memory(s, 40 * GIB))  # 8 fit
-    cfg.grpo.micro_batch_tokens = 0  # no limit: offload until the step's 64 completions fit
-    assert offload_wanted(cfg, plan_memory(s, 40 * GIB))
-    assert not offload_wanted(cfg, plan_memory(s, 200 * GIB))
-    assert not offload_wanted(cfg, None)
-    cfg.model.offload_checkpoints = False
-    assert not offload_wanted(cfg, plan_memory(s, 13 * GIB))
-
-
-def test_prompt_cached_once_per_group_fits_more_rollouts():
+def test_prompt_cached_once_per_group_fits_more_rollouts(qwen3_4b):
     """With the prompt's keys kept once per group, 8 x 8 at 256 + 256 tokens fits one generate call at 13 GiB
     (it does not with a copy per sample); a group of 1 is the per-sample count."""
-    plan = plan_memory(qwen3_4b(), 13 * GIB)
+    plan = plan_memory(qwen3_4b, 13 * GIB)
     assert plan.rollout_batch(512) < 64 <= plan.rollout_batch(512, 256, 8)
     assert plan.rollout_batch(512, 256, 1) == plan.rollout_batch(512)
     assert plan.rollout_batch(512, 256, 2) <= plan.rollout_batch(512, 256, 8) <= plan.rollout_batch(512, 128, 8)
@@ -79,9 +57,9 @@ def test_prompt_cached_once_per_group_fits_more_rollouts():
     assert plan.rollout_batch(512, 256, 8) == (plan.budget - plan.resident) // per_seq
 
 
-def test_too_small_budget_fits_nothing():
+def test_too_small_budget_fits_nothing(qwen3_4b):
     """A budget below the weights gives 0, which the trainer turns into a clear stop."""
-    plan = plan_memory(qwen3_4b(), 8 * GIB)
+    plan = plan_memory(qwen3_4b, 8 * GIB)
     assert plan.micro_batch(2048) == 0 and plan.rollout_batch(2048) == 0
 
 
@@ -117,21 +95,8 @@ def test_nonpositive_budget_refused():
         load_config("tiny-cpu", ["grpo.max_memory_gb=0"])
 
 
-def test_weight_snapshots_stay_on_the_gpu_only_where_the_rollout_still_fits():
-    """Qwen3-4B's 7.3 GB of merged projections: kept on an 80 GB card for 8 x 8 at 2,048 tokens, not at 24 GiB
-    (the rollout would no longer fit one call) nor under 13 GiB at 512 tokens; never without a plan or LoRA."""
-    from mathgrpo.train.grpo import snapshots_fit
-
-    s = qwen3_4b()
-    need = 36 * 2 * s.hidden * (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim + 3 * s.intermediate)
-    ref = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
-                                   "rollout.max_new_tokens=1792"])
-    assert snapshots_fit(ref, plan_memory(s, 75 * GIB), need, True, 0)
-    assert not snapshots_fit(ref, plan_memory(s, 24 * GIB), need, True, 0)
-    short = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=512",
-                                     "rollout.max_new_tokens=256"])
-    assert snapshots_fit(short, plan_memory(s, 24 * GIB), need, True, 0)
-    assert not snapshots_fit(short, plan_memory(s, 13 * GIB), need, True, 0)
-    assert not snapshots_fit(short, None, need, True, 0) and not snapshots_fit(short, plan_memory(s, 75 * GIB), 0, True, 0)
-    plan = plan_memory(s, 20 * GIB)
+def test_held_bytes_shrink_the_rollout_batch(qwen3_4b):
+    """Bytes an engine keeps (weight snapshots) come out of the rollout's share of the budget."""
+    need = 7 * GIB
+    plan = plan_memory(qwen3_4b, 20 * GIB)
     assert plan.rollout_batch(512, 256, 8, held=need) < plan.rollout_batch(512, 256, 8)

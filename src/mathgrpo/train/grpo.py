@@ -25,10 +25,8 @@ from ..config import Config
 from ..data.formats import get_format
 from ..grading.judge import grade
 from ..evaluate.heldout import heldout_accuracy, prompts_for
-from .memory import MemoryPlan, plan_for_model
 from ..model.common import is_adapter_dir
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids
-from ..model.offload import offload_checkpoints
 from .optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..grading.rewards import RewardContext, build_rewards
@@ -38,43 +36,10 @@ from ..rollout import sequence_seed
 from ..tracking import MetricsWriter, truncate_after
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
-from .logprobs import PassLayout, pass_width, token_logprobs
+from .logprobs import PassLayout, token_logprobs
 from .loss import LossSettings, policy_loss
 from .sampler import GapWatch, add_gap, gap_sums, tis_weights
-
-
-def token_limit(cfg: Config, width: int) -> int:
-    """Sequences of `width` tokens that grpo.micro_batch_tokens allows in one pass (at least 1; no limit at 0)."""
-    tokens = cfg.grpo.micro_batch_tokens
-    return max(1, tokens // width) if tokens else 1 << 30
-
-
-def rollout_fits(cfg: Config, plan: MemoryPlan, shares_prompt: bool, held: int = 0) -> int:
-    """Sequences of model.max_seq_length tokens one generate call holds under `plan` (prompts counted once per
-    group where the engine shares them), beside `held` bytes the engine keeps."""
-    group = cfg.grpo.num_generations if shares_prompt else 1
-    new = min(cfg.rollout.max_new_tokens, cfg.model.max_seq_length)
-    return plan.rollout_batch(cfg.model.max_seq_length, new, group, held=held)
-
-
-def snapshots_fit(cfg: Config, plan: Optional[MemoryPlan], need: int, shares_prompt: bool, batch: int) -> bool:
-    """Whether `need` bytes of base-weight copies can stay on the GPU (restoring the weights after a merged-LoRA
-    rollout is then a device copy, not a transfer of every projection from host memory) while the plan still
-    fits the engine's rollout batch (`batch`; 0 = the whole step) in one generate call at model.max_seq_length."""
-    if plan is None or not need:
-        return False
-    wanted = batch or cfg.grpo.prompts_per_step * cfg.grpo.num_generations
-    return rollout_fits(cfg, plan, shares_prompt, held=need) >= wanted
-
-
-def offload_wanted(cfg: Config, plan: Optional[MemoryPlan]) -> bool:
-    """model.offload_checkpoints=null on one process with the default backend: offload when the memory plan
-    cannot fit the micro-batch the step wants at max_seq_length (all its completions, or as many as
-    grpo.micro_batch_tokens allows)."""
-    if cfg.model.offload_checkpoints is not None or plan is None or cfg.model.backend != "transformers" or dist.world().active:
-        return False
-    width = cfg.model.max_seq_length
-    return plan.micro_batch(width) < min(cfg.grpo.prompts_per_step * cfg.grpo.num_generations, token_limit(cfg, width))
+from .sizing import Sizing
 
 
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
@@ -137,16 +102,13 @@ class GRPORun:
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
-        self.offloaded = cfg.model.offload_checkpoints is True  # checkpointed layer inputs kept on the host
-        self.plan: Optional[MemoryPlan] = plan_for_model(self.model, cfg, self.device, self.offloaded)
-        if self._auto_offload():
-            self.offloaded, self.plan = True, plan_for_model(self.model, cfg, self.device, offload=True)
-        self.chunk_tokens = self.plan.chunk_tokens if self.plan else 2048
+        self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
         self.layout = PassLayout()  # how log-prob passes lay batches out (benchmarks set another)
-        self._token_cap = 0  # sequences x width per micro-batch known to run out of memory halved (0: none)
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
-        self.engine.batch_size = self._rollout_batch_size()
-        self._place_snapshots()
+        shares = self.engine.shares_prompt_cache
+        self.engine.batch_size = self.sizing.rollout_batch_size(shares)
+        self.engine.snapshots_on_device = self.sizing.snapshots_on_device(self.engine.snapshot_bytes(), shares,
+                                                                          self.engine.batch_size)
         g = cfg.grpo
         self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
         self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
@@ -223,7 +185,7 @@ class GRPORun:
     def _logps(self, micro: RolloutBatch) -> torch.Tensor:
         """Completion log-probs of one micro-batch under the current weights. [n, C]"""
         return token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width,
-                              self.params.temperature or 1.0, self.chunk_tokens, self.layout)
+                              self.params.temperature or 1.0, self.sizing.chunk_tokens, self.layout)
 
     def _reference_logps(self, batch: RolloutBatch) -> None:
         """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients, micro-batch by micro-batch.
@@ -248,61 +210,14 @@ class GRPORun:
                         ref[index, :width] = self._logps(micro).float()
         batch.old_logp, batch.ref_logp = old, ref
 
-    def _auto_offload(self) -> bool:
-        """Offload the checkpointed layer inputs when `offload_wanted` says so and the model has such layers."""
-        if not offload_wanted(self.cfg, self.plan) or offload_checkpoints(self.model) == 0:
-            return False
-        print("grpo: a full micro-batch at model.max_seq_length does not fit the memory plan; offloading checkpointed "
-              "layer inputs to pinned host memory (model.offload_checkpoints=false turns this off)")
-        return True
-
-    def _rollout_batch_size(self) -> int:
-        """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one
-        generate call of this engine hold."""
-        if self.cfg.rollout.batch_size or self.plan is None:
-            return self.cfg.rollout.batch_size
-        fits = rollout_fits(self.cfg, self.plan, self.engine.shares_prompt_cache)
-        if fits < 1:
-            raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
-                                  "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")
-        return min(fits, self.cfg.grpo.prompts_per_step * self.cfg.grpo.num_generations)
-
-    def _place_snapshots(self) -> None:
-        """Keep the native engine's copies of the LoRA-merged base weights on the GPU when rollout.device_snapshots
-        says so, or (null) when `snapshots_fit` (an engine that keeps no snapshots ignores this)."""
-        wanted = self.cfg.rollout.device_snapshots
-        if wanted is None:
-            wanted = snapshots_fit(self.cfg, self.plan, self.engine.snapshot_bytes(), self.engine.shares_prompt_cache,
-                                   self.engine.batch_size)
-        self.engine.snapshots_on_device = wanted
-
     def _micro_size(self, batch: RolloutBatch) -> int:
-        """grpo.micro_batch_size, or (0) what the memory plan fits at the width this batch runs at (at most
-        grpo.micro_batch_tokens tokens), or the whole batch.
-
-        Under FSDP every rank must run as many forward/backward passes as the others (each pass
-        gathers weights collectively), so the width planned for is the widest over the ranks.
-        """
-        if self.cfg.grpo.micro_batch_size or self.plan is None:
-            return self.cfg.grpo.micro_batch_size or len(batch)
-        width = pass_width(batch.input_ids.shape[1], batch.input_ids.device, self.layout.width_multiple)
-        if dist.is_sharded(self.model):
-            width = max(dist.gather(width))
-        wanted = min(len(batch), token_limit(self.cfg, width))
-        if self._token_cap:  # a size that ran out of memory before: stay below it
-            wanted = min(wanted, max(1, self._token_cap // width))
-        held = self.engine.held_bytes()
-        fits = self.plan.micro_batch(width, held)
-        alone = self.plan.micro_batch(width)
-        if held and fits < min(alone, wanted):
-            # The rollout's kept KV cache would shrink the micro-batches: free it (the next rollout
-            # rebuilds it in a fraction of a second) rather than train with fewer sequences a pass.
+        """Sequences per pass over `batch`, as the sizing decides; frees the engine's kept cache when it says to."""
+        micro = self.sizing.micro(len(batch), batch.input_ids.shape[1], self.engine.held_bytes(), self.layout.width_multiple)
+        if micro.release_engine_cache:
             self.engine.release()
-            fits = alone
-        fits = min(fits, wanted)
-        if fits < 1:
-            print(f"grpo: {self.plan.summary(width)}; trying 1 sequence per micro-batch")
-        return max(1, fits)
+        if micro.note:
+            print(micro.note)
+        return micro.size
 
     def _clock(self) -> float:
         """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""
@@ -362,22 +277,23 @@ class GRPORun:
     def _accumulate_fitting(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> tuple:
         """`_accumulate`, retried with half the micro-batch when a planned size runs out of GPU memory.
 
-        Only a single process whose micro-batches the memory plan sized retries (ranks must run equal
-        passes); the smaller size is kept for later steps. Returns (size used, stats).
+        Whether to retry, and with how many, is the sizing's call (`Sizing.after_out_of_memory`: a single
+        process whose micro-batches the memory plan sized; it keeps the smaller size for later steps).
+        Returns (size used, stats).
         """
         while True:
             self.opt.zero_grad(set_to_none=True)
             try:
                 return size, self._accumulate(batch, size, total_tokens, total_seqs, times)
             except torch.cuda.OutOfMemoryError:
-                if size <= 1 or self.plan is None or self.cfg.grpo.micro_batch_size or dist.world().active:
+                width = batch.input_ids.shape[1]
+                smaller = self.sizing.after_out_of_memory(size, width)
+                if not smaller:
                     raise
                 torch.cuda.empty_cache()
-                width = batch.input_ids.shape[1]
                 print(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
-                      f"retrying the step with {size // 2} (kept for later steps)")
-                size //= 2
-                self._token_cap = size * width
+                      f"retrying the step with {smaller} (kept for later steps)")
+                size = smaller
 
     def _accumulate(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> dict:
         """Forward and backward over every micro-batch of `size` sequences, gradients summed; the loss statistics."""
