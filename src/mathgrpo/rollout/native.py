@@ -24,7 +24,7 @@ from ..model.loading import unwrap
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
-from .sampling import sample
+from .sampling import filters_active, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
@@ -341,7 +341,8 @@ class NativeEngine(RolloutEngine):
         tok = tok.masked_fill(slab.done, self.pad_id)
         slab.out_tok.index_copy_(1, slab.t, tok[:, None])
         slab.out_lp.index_copy_(1, slab.t, logprob[:, None])
-        slab.out_plp.index_copy_(1, slab.t, policy_logprob[:, None])
+        if policy_logprob is not logprob:  # the same tensor without filters: out_lp holds it already
+            slab.out_plp.index_copy_(1, slab.t, policy_logprob[:, None])
         slab.nlen.add_((~slab.done).long())
         slab.done.logical_or_((tok[:, None] == slab.stops[None, :]).any(-1))
         slab.tok.copy_(tok)
@@ -460,7 +461,7 @@ class NativeEngine(RolloutEngine):
         rows, cols = len(prompt_ids) * n, params.max_new_tokens
         tokens = slab.out_tok[:rows, :cols].tolist()
         logprobs = slab.out_lp[:rows, :cols].tolist()
-        policy = slab.out_plp[:rows, :cols].tolist()
+        policy = slab.out_plp[:rows, :cols].tolist() if filters_active(params) else logprobs
         lengths = slab.nlen[:rows].tolist()
         done = slab.done[:rows].tolist()
         out = []

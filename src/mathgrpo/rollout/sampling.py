@@ -60,8 +60,14 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[tor
     race = torch.empty_like(logp).exponential_(generator=generator)
     # clamp: an exact 0 from the exponential would give +inf and could win over a filtered token
     token = (logp - race.clamp_min(1e-30).log()).argmax(dim=-1)
+    return (token, *picked_logprobs(logits, logp, token, params))
+
+
+def picked_logprobs(logits: torch.Tensor, logp: torch.Tensor, token: torch.Tensor, params: SamplingParams) -> tuple:
+    """(filtered log-prob, unfiltered policy log-prob) [B] of `token` [B], given the raw `logits` and the filtered
+    log-probs `logp` [B, V]; one tensor twice when no filter is on."""
     chosen = logp.gather(-1, token[:, None])[:, 0]
-    return token, chosen, policy_logprob(logits, token, params) if filters_active(params) else chosen
+    return chosen, policy_logprob(logits, token, params) if filters_active(params) else chosen
 
 
 def policy_logprob(logits: torch.Tensor, token: torch.Tensor, params: SamplingParams) -> torch.Tensor:

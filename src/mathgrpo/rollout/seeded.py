@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import SamplingParams
-from .sampling import filter_logits, filters_active, policy_logprob
+from .sampling import filter_logits, picked_logprobs
 
 
 def filtered_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -36,9 +36,9 @@ class SeededSampler:
         """One token per row, sampled from the filtered distribution. [B]"""
         logp = filtered_logprobs(logits, params)
         tokens = torch.argmax(logp - self.noise(logp.shape[-1], logp.device).clamp_min(1e-30).log(), dim=-1)
-        chosen = logp.gather(-1, tokens[:, None]).squeeze(-1)
+        chosen, policy = picked_logprobs(logits, logp, tokens, params)
         self.chosen_logprobs.append(chosen)
-        self.policy_logprobs.append(policy_logprob(logits, tokens, params) if filters_active(params) else chosen)
+        self.policy_logprobs.append(policy)
         return tokens
 
 

@@ -267,12 +267,13 @@ class GRPORun:
     @staticmethod
     def _gap_metrics(gap: dict) -> dict:
         """sampler_gap_mean / _max and sampler_kl over all ranks' counted tokens (none when no engine log-probs)."""
-        tokens = dist.all_sum(gap.get("tokens", 0.0))  # collectives: every rank calls each, in this order
-        biggest = max(dist.gather(gap.get("gap_max", 0.0))) if dist.world().active else gap.get("gap_max", 0.0)
+        local = {k: float(gap.get(k, 0.0)) for k in ("tokens", "gap_sum", "gap_max", "kl_sum")}  # the step's one sync
+        tokens = dist.all_sum(local["tokens"])  # collectives: every rank calls each, in this order
+        biggest = max(dist.gather(local["gap_max"])) if dist.world().active else local["gap_max"]
         if not tokens:
             return {}
-        return {"sampler_gap_mean": dist.all_sum(gap.get("gap_sum", 0.0)) / tokens, "sampler_gap_max": biggest,
-                "sampler_kl": dist.all_sum(gap.get("kl_sum", 0.0)) / tokens}
+        return {"sampler_gap_mean": dist.all_sum(local["gap_sum"]) / tokens, "sampler_gap_max": biggest,
+                "sampler_kl": dist.all_sum(local["kl_sum"]) / tokens}
 
     def _accumulate_fitting(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> tuple:
         """`_accumulate`, retried with half the micro-batch when a planned size runs out of GPU memory.

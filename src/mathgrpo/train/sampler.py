@@ -29,7 +29,8 @@ WARN_FACTOR = 10.0
 
 
 def gap_sums(learner: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Sums over the counted tokens of one micro-batch: |gap|, its max, the k3 KL and the token count.
+    """Sums over the counted tokens of one micro-batch: |gap|, its max, the k3 KL and the token count, as 0-d
+    tensors on the batch's device (no host sync in the loss loop; the caller reads them once a step).
 
     learner, sampler, mask: [N, T]; the caller adds the sums over micro-batches (and ranks) and divides.
     """
@@ -37,18 +38,22 @@ def gap_sums(learner: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor) -
         counted = mask > 0
         diff = (learner.float() - sampler.float()).masked_fill(~counted, 0.0)
         k3 = (torch.exp(diff) - 1 - diff).masked_fill(~counted, 0.0)
+        gap = diff.abs()
         return {
-            "gap_sum": float(diff.abs().sum()),
-            "gap_max": float(diff.abs().max()) if diff.numel() else 0.0,
-            "kl_sum": float(k3.sum()),
-            "tokens": float(counted.sum()),
+            "gap_sum": gap.sum(),
+            "gap_max": gap.max() if gap.numel() else gap.new_zeros(()),
+            "kl_sum": k3.sum(),
+            "tokens": counted.sum().float(),
         }
 
 
 def add_gap(total: dict, part: dict) -> dict:
     """Add one micro-batch's `gap_sums` into `total` (sums add, the max is the larger); returns `total`."""
     for k, v in part.items():
-        total[k] = max(total.get(k, 0.0), v) if k == "gap_max" else total.get(k, 0.0) + v
+        if k not in total:
+            total[k] = v
+        else:
+            total[k] = torch.maximum(total[k], v) if k == "gap_max" else total[k] + v
     return total
 
 
@@ -73,5 +78,5 @@ class GapWatch:
         self.warned = True
         return (f"grpo step {step}: the rollout engine's log-probs are {gap_mean:.3g} nats (mean; max {gap_max:.3g}) "
                 f"from the learner's for the same tokens, {gap_mean / self.noise:.0f}x the {self.dtype} rounding "
-                f"noise ({self.noise:g}): the rollouts may not come from the policy being trained. Try "
-                "rollout.engine=hf to compare, or grpo.sampler_correction=tis to weight the updates.")
+                f"noise ({self.noise:g}): the rollouts may not come from the policy being trained. Compare with "
+                "rollout.engine=hf; grpo.sampler_correction=tis (the default) caps each token's weight at grpo.tis_cap.")
