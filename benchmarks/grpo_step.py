@@ -119,7 +119,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged
     probs = [Problem(id=str(i), question=q, answer="0", source="bench") for i, q in enumerate(prompts(64, ragged=ragged))]
     run = GRPORun(cfg, Path("/tmp/bench-run"), probs, probs[:1])
     run.engine.stop_ids = []  # forced length
-    run.layout = LAYOUT or run.layout
+    run.update.layout = LAYOUT or run.update.layout
     return run
 
 

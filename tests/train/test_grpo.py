@@ -63,7 +63,7 @@ def test_reference_logps_per_micro_batch_equal_whole_batch(tmp_path):
     """Old-policy log-probs gathered micro-batch by micro-batch match one pass over the padded batch."""
     run = make_run(tmp_path, "grpo.micro_batch_size=3", "grpo.num_iterations=2", "grpo.beta=0.1")
     batch = rollout_batch(run)
-    run._reference_logps(batch)
+    run.update.reference_logps(batch)
     with torch.no_grad():
         whole = token_logprobs(run.model, batch.input_ids, batch.attention_mask, batch.prompt_width)
         with run.model.disable_adapter():
@@ -186,7 +186,7 @@ def test_tis_weights_the_update_and_none_leaves_it(tmp_path):
     for mode in ("none", "tis"):
         run = make_run(tmp_path / mode, "lora.enabled=true", "sft.full_finetune=false", f"grpo.sampler_correction={mode}")
         batch = rollout_batch(run)
-        learner = run._logps(batch).detach()
+        learner = run.update.logps(batch).detach()
         batch.sampler_logp = learner + torch.log(torch.tensor(2.0))  # the engine saw every token twice as likely
         losses[mode] = run.learn(batch, len(batch))["loss"]
     assert losses["tis"] == pytest.approx(losses["none"] / 2, rel=1e-3)

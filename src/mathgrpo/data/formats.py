@@ -190,6 +190,19 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def resolved_template(tokenizer: Any, template: str) -> str:
+    """The layout `format.template` stands for: `auto` is `chat` when the tokenizer has a chat template, else `plain`."""
+    if template != "auto":
+        return template
+    return "chat" if tokenizer is not None and has_chat_template(tokenizer) else "plain"
+
+
+def prompts_for(problems: list, fmt: Format, tokenizer: Any, template: str, shots: Optional[list] = None) -> list:
+    """The prompt text of each problem (few-shot examples in front when given): what training, held-out
+    evaluation and `mathgrpo eval` all feed the model."""
+    return [render_prompt(p.question, fmt, tokenizer, template, shots) for p in problems]
+
+
 def render_prompt(
     question: str,
     fmt: Format,
@@ -205,8 +218,7 @@ def render_prompt(
     pairs shown before the question (few-shot evaluation of base models).
     """
     shots = shots or []
-    if template == "auto":
-        template = "chat" if tokenizer is not None and has_chat_template(tokenizer) else "plain"
+    template = resolved_template(tokenizer, template)
     if template == "bare":
         return "".join(f"{q}{s}\n" for q, s in shots) + question
     if template == "chat":

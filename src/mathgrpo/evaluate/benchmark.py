@@ -31,8 +31,7 @@ from ..config import Config, ConfigError, to_dict
 from ..data import LoadReport, load_configured, load_source, sft_text
 from ..diskio import writing
 from .fingerprint import weights_fingerprint
-from ..data.formats import Format, get_format, has_chat_template, render_prompt
-from .heldout import prompts_for
+from ..data.formats import Format, get_format, prompts_for, render_prompt, resolved_template
 from ..runs import ModelRef, read_json, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
 
 RESULTS_DIR = "results"
@@ -86,13 +85,6 @@ def load_shots(cfg: Config, fmt: Format) -> list:
             "solution; lower eval.shots or set eval.shots_source to a source with solutions"
         )
     return shots
-
-
-def resolved_template(tokenizer: Any, template: str) -> str:
-    """The layout `render_prompt` uses for `format.template` (auto: chat when the tokenizer has a template, else plain)."""
-    if template != "auto":
-        return template
-    return "chat" if tokenizer is not None and has_chat_template(tokenizer) else "plain"
 
 
 def prompt_record(spec: str, problems: list, prompts: list, fmt: Format, tokenizer: Any, cfg: Config, shots: list) -> dict:

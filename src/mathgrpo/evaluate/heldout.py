@@ -6,16 +6,9 @@ every rank reports the same accuracy.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from .. import dist
-from ..data.formats import Format, render_prompt
+from ..data.formats import Format, prompts_for
 from ..rollout import RolloutEngine, SamplingParams
-
-
-def prompts_for(problems: list, fmt: Format, tokenizer: Any, template: str, shots: Optional[list] = None) -> list:
-    """The prompt text of each problem (few-shot examples in front when given)."""
-    return [render_prompt(p.question, fmt, tokenizer, template, shots) for p in problems]
 
 
 def heldout_accuracy(engine: RolloutEngine, problems: list, fmt: Format, template: str, max_new_tokens: int) -> dict:

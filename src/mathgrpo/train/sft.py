@@ -3,7 +3,7 @@
 The model sees the prompt as GRPO will render it and learns to write `fmt.solution(...)` then the
 end-of-sequence token. With `sft.stop_at_accuracy` it stops as soon as greedy held-out accuracy
 reaches that fraction, so GRPO starts from a model that follows the format but still has room to
-improve. Checkpoints and resume work as in GRPO.
+improve. Resume, checkpoints and stops are the shared `stage.Stage` lifecycle.
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ from typing import Any, Optional
 
 import torch
 
-from . import checkpoint
 from .. import dist
 from ..config import Config
-from ..data.formats import Format, get_format, render_prompt
+from ..data.formats import Format, get_format, prompts_for
 from ..evaluate.heldout import heldout_accuracy
-from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids
-from .optim import make_optimizer, make_scheduler
-from ..progress import StepProgress
-from .stopping import StopRequest, TrainingStopped
+from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..rollout import make_engine
-from ..tracking import MetricsWriter, truncate_after
+from .optim import make_optimizer, make_scheduler
+from .stage import Stage, place
 
 
 @dataclass
@@ -47,7 +44,7 @@ def make_examples(problems: list, fmt: Format, tokenizer: Any, template: str, ma
         target = sft_text(p, fmt)
         if target is None:
             continue
-        prompt_ids = tokenizer(render_prompt(p.question, fmt, tokenizer, template), add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompts_for([p], fmt, tokenizer, template)[0], add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = (prompt_ids + target_ids)[:max_len]
         if len(ids) > len(prompt_ids):
@@ -109,16 +106,16 @@ def ending_note(step: int, steps: int, dev: Optional[dict], target: Optional[flo
     return None
 
 
-class SFTRun:
+class SFTRun(Stage):
     """The warm-up stage of a run folder: setup, steps, checkpoints, final model in `sft/model`."""
 
+    name, label = "sft", "warm-up"
+
     def __init__(self, cfg: Config, run_dir: Path, train: list, dev: list) -> None:
-        self.cfg, self.dir = cfg, Path(run_dir) / "sft"
+        super().__init__(cfg, run_dir)
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
         self.model, self.tok = prepare_model(cfg)
-        if dist.world().active and cfg.run.parallel == "fsdp":
-            dist.shard(self.model)
-        self.device = next(self.model.parameters()).device
+        self.device = place(self.model, cfg)
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
         if not self.examples:
             raise ValueError(f"no warm-up examples: {cfg.sft.source or cfg.data.source} has no worked solutions; set sft.enabled=false or sft.source")
@@ -126,22 +123,37 @@ class SFTRun:
         self.opt = make_optimizer(self.model, cfg.sft.lr, cfg.sft.weight_decay)
         self.sched = make_scheduler(self.opt, "constant", cfg.sft.warmup_steps, cfg.sft.steps)
         self.rng = random.Random(cfg.run.seed)
-        self.step = 0
         self.last_dev: Optional[dict] = None
+        self.nan_advice = "Lower sft.lr"
+        self.oom_advice = "Lower sft.micro_batch_size or model.max_seq_length"
 
-    def resume(self) -> None:
-        """Continue from the newest warm-up checkpoint, if any."""
-        ckpt = checkpoint.latest(self.dir / "checkpoints")
-        if ckpt is None:
-            if dist.world().main and (self.dir / "metrics.jsonl").exists():
-                truncate_after(self.dir / "metrics.jsonl", -1)  # rows of a run killed before its first checkpoint
-            return
-        extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
-        self.step, self.last_dev = extra["step"], extra.get("last_dev")
+    # ---- the stage's own part of the lifecycle ---------------------------------------------
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.sft.steps
+
+    def extra(self) -> dict:
+        return {"data_rng": self.rng.getstate(), "last_dev": self.last_dev}
+
+    def restore(self, extra: dict) -> None:
         self.rng.setstate(extra["data_rng"])
-        if dist.world().main:
-            truncate_after(self.dir / "metrics.jsonl", self.step)
-        print(f"sft: resumed from {ckpt} (step {self.step})")
+        self.last_dev = extra.get("last_dev")
+
+    def status(self, row: dict) -> str:
+        return f"loss {row['loss']:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else "")
+
+    def step_row(self) -> tuple:
+        """One step's loss and time, with dev accuracy when checked; done when it reached sft.stop_at_accuracy."""
+        t0 = time.time()
+        loss = self.train_step()
+        stop = self._should_stop()
+        row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
+        if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
+            row["dev_accuracy"] = self.last_dev["accuracy"]
+        return row, stop
+
+    # ---- one step --------------------------------------------------------------------------
 
     def _batch(self) -> list:
         return [self.examples[self.rng.randrange(len(self.examples))] for _ in range(self.cfg.sft.batch_size)]
@@ -154,37 +166,26 @@ class SFTRun:
         micro = self.cfg.sft.micro_batch_size or len(batch)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        for i in range(0, len(batch), micro):
-            loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)
-            loss.backward()
-            total += loss.item()
+        with training_attention(self.cfg.model, self.device):
+            for i in range(0, len(batch), micro):
+                loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)
+                loss.backward()
+                total += loss.item()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         dist.sum_gradients(trainable)
         total = dist.all_sum(total)
         if not math.isfinite(total):
-            raise FloatingPointError(f"sft loss is {total} at step {self.step + 1}: lower sft.lr")
+            raise FloatingPointError(f"loss {total}")
         torch.nn.utils.clip_grad_norm_(trainable, self.cfg.sft.max_grad_norm)
         self.opt.step()
         self.sched.step()
         self.step += 1
         return total
 
-    def _guarded_step(self) -> float:
-        """A step that turns a non-finite loss into a stop with advice (the last checkpoint stands)."""
-        try:
-            return self.train_step()
-        except FloatingPointError as err:
-            raise TrainingStopped(f"{err}; resume from the last warm-up checkpoint with --resume {self.dir.parent}") from None
-
     def dev_accuracy(self) -> dict:
         """Greedy accuracy on the dev set with the current weights."""
         engine = make_engine("hf", self.model, self.tok, stop_token_ids(self.tok))
         return heldout_accuracy(engine, self.dev, self.fmt, self.cfg.format.template, self.cfg.rollout.max_new_tokens)
-
-    def save_checkpoint(self) -> None:
-        """Checkpoint the warm-up at the current step (rank 0 writes)."""
-        extra = {"data_rng": self.rng.getstate(), "last_dev": self.last_dev}
-        checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched, extra, self.cfg.run.keep_last)
 
     def _should_stop(self) -> bool:
         """Held-out check every sft.eval_every steps when a stop accuracy is set."""
@@ -197,35 +198,9 @@ class SFTRun:
     def run(self) -> dict:
         """Train until sft.steps or the stop accuracy; write `sft/model`; return a summary."""
         self.model.train()
-        main = dist.world().main
-        writer = MetricsWriter(self.dir, self.cfg.run.report_to, "sft") if main else None
-        progress = StepProgress("warm-up", self.cfg.sft.steps, self.step, enabled=self.cfg.run.progress and main)
         start = time.time()
-        try:
-            with StopRequest("warm-up") as interrupt:
-                while self.step < self.cfg.sft.steps:
-                    t0 = time.time()
-                    loss = self._guarded_step()
-                    stop = self._should_stop()
-                    row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
-                    if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
-                        row["dev_accuracy"] = self.last_dev["accuracy"]
-                    if writer:
-                        writer.log(self.step, row)
-                    progress.update(self.step, f"loss {loss:.3f}" + (f" dev {self.last_dev['accuracy']:.2f}" if self.last_dev else ""))
-                    if stop:
-                        progress.finish(self.step, f"loss {loss:.3f} dev {self.last_dev['accuracy']:.2f}")
-                        break
-                    if self.step % self.cfg.run.checkpoint_every == 0:
-                        self.save_checkpoint()
-                    if interrupt.agreed():
-                        self.save_checkpoint()
-                        print(f"sft: interrupted; saved step {self.step}. Continue with --resume {self.dir.parent}", flush=True)
-                        raise KeyboardInterrupt
-        finally:
-            progress.close()
-            if writer:
-                writer.close()
+        self.loop()
+        main = dist.world().main
         full = dist.full_state_dict(self.model) if dist.is_sharded(self.model) else None
         if main:
             publish_model(self.model, self.tok, self.dir / "model", full)
