@@ -102,19 +102,19 @@ def whole_model(out: Path) -> dict:
     offload_checkpoints(model)
     grads = {}
     for label, fn in ORDERS.items():
-        fused_lora.LoraLinear = fn
+        fused_lora.fuse_lora(model, fn)
         grads[label] = ts.adapter_grads(model)
     a, b = grads.values()
     result = {"liger": liger, "adapter grads, relative difference between the orders": float((a - b).norm() / a.norm()), "rows": [], "profiles": {}}
     for rep in range(2):
         for label, fn in ORDERS.items():
-            fused_lora.LoraLinear = fn
+            fused_lora.fuse_lora(model, fn)
             result["rows"] += [ts.measure(model, f"{label}, round {rep + 1}", n) for n in (8, 16)]
     for label, fn in ORDERS.items():
-        fused_lora.LoraLinear = fn
+        fused_lora.fuse_lora(model, fn)
         name = "profile_lora_" + label.split()[0].replace("-", "_") + ".txt"
         result["profiles"][label] = ts.profile(model, 16, out / name)
-    fused_lora.LoraLinear = ORDERS["low-rank first (ours)"]
+    fused_lora.fuse_lora(model)
     return result
 
 

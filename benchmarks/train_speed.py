@@ -24,6 +24,7 @@ import torch
 from _subject import QWEN3_4B, kernel_profile
 
 SEQ, R = 1280, 32
+LAYOUT = None  # how `step` lays batches out (mathgrpo.train.logprobs.PassLayout); None: the default, set by main
 
 
 def build(liger: bool):
@@ -47,10 +48,10 @@ def build(liger: bool):
 
 
 def step(model, ids, mask, adv, chunk: int = 1024):
-    """One forward + backward of the chunked log-prob loss."""
-    from mathgrpo.train.logprobs import token_logprobs
+    """One forward + backward of the chunked log-prob loss (laid out as this benchmark's `LAYOUT` says)."""
+    from mathgrpo.train.logprobs import DEFAULT_LAYOUT, token_logprobs
 
-    (token_logprobs(model, ids, mask, 256, 1.0, chunk) * adv).mean().backward()
+    (token_logprobs(model, ids, mask, 256, 1.0, chunk, LAYOUT or DEFAULT_LAYOUT) * adv).mean().backward()
 
 
 def batch(n: int, seed: int = 0, pad: int = 0):
@@ -109,8 +110,8 @@ def profile(model, n: int, path: Path) -> dict:
 
 def main() -> None:
     from mathgrpo.model.fused_lora import fuse_lora
-    from mathgrpo.train import head_kernel
     from mathgrpo.model.offload import offload_checkpoints
+    from mathgrpo.train.logprobs import PassLayout
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -151,7 +152,8 @@ def main() -> None:
     profiles[label] = profile(model, 16, out / "profile_offload.txt")
     rows += [measure(model, label + ", every other row left-padded by 37", n, pad=37) for n in (8, 16)]
     rows += [measure(model, label + ", 512-token log-prob chunks", n, chunk=512) for n in (8, 16)]
-    head_kernel.available = lambda: False  # the torch path of the frozen-head log-probs, for comparison
+    global LAYOUT
+    LAYOUT = PassLayout(head_kernel=False)  # the torch path of the frozen-head log-probs, for comparison
     torch_head = adapter_grads(model)
     checks["torch head path vs Triton head kernel, relative grad difference"] = float((torch_head - offloaded).norm() / offloaded.norm())
     rows += [measure(model, label + ", torch head path (no Triton kernel)", n) for n in (8, 16)]

@@ -5,7 +5,7 @@ import copy
 import torch
 
 from mathgrpo.config import LoraConfig
-from mathgrpo.model.fused_lora import fuse_lora
+from mathgrpo.model.fused_lora import LoraLinear, fuse_lora
 from mathgrpo.train.logprobs import token_logprobs
 from mathgrpo.model.loading import add_lora
 from mathgrpo.model.tiny import build_tiny
@@ -86,6 +86,35 @@ def test_fuse_twice_patches_once():
     """Fusing an already fused model changes nothing."""
     _, fused, _ = _pair()
     assert fuse_lora(fused) == 0
+
+
+class CountingLinear(LoraLinear):
+    """LoraLinear that counts its calls (another function a benchmark might pass)."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, *args):
+        CountingLinear.calls += 1
+        return LoraLinear.forward(ctx, *args)
+
+
+def test_fusing_again_with_another_function_swaps_it_on_that_model_only():
+    """The function is a per-model choice (no module global is replaced): a second fuse_lora swaps it, and the
+    default comes back the same way."""
+    _, fused, _ = _pair()
+    other = copy.deepcopy(fused)
+    x = torch.randn(2, 3, 128)
+    proj = fused.base_model.model.model.layers[0].self_attn.q_proj
+    want = proj(x)
+    assert fuse_lora(fused, CountingLinear) == 0
+    got = proj(x)
+    assert CountingLinear.calls == 1 and torch.equal(got, want)
+    other.base_model.model.model.layers[0].self_attn.q_proj(x)
+    assert CountingLinear.calls == 1  # the other model keeps LoraLinear
+    fuse_lora(fused)
+    proj(x)
+    assert CountingLinear.calls == 1
 
 
 def test_lora_linear_with_bias_and_any_scale_matches_the_formula():

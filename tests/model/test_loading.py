@@ -74,21 +74,26 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, dtype, tol):
     assert (got - want).abs().max() < tol
 
 
-def test_cudnn_attention_stays_on_unless_turned_off():
-    """cuDNN's SDPA backend stays on by default (batches avoid its NaN widths); model.cudnn_attention=false turns it off on a GPU."""
+def test_cudnn_attention_is_off_only_inside_a_training_pass_when_turned_off():
+    """cuDNN's SDPA backend stays on by default (batches avoid its NaN widths); model.cudnn_attention=false turns it
+    off on a GPU for the training pass only, and the process's setting is back after it."""
     from mathgrpo.model.loading import training_attention
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         torch.backends.cuda.enable_cudnn_sdp(True)
-        assert not training_attention(ModelConfig(), torch.device("cuda")) and torch.backends.cuda.cudnn_sdp_enabled()
-        assert not training_attention(ModelConfig(cudnn_attention=False), torch.device("cpu"))
+        with training_attention(ModelConfig(), torch.device("cuda")) as off:
+            assert not off and torch.backends.cuda.cudnn_sdp_enabled()
+        with training_attention(ModelConfig(cudnn_attention=False), torch.device("cpu")) as off:
+            assert not off and torch.backends.cuda.cudnn_sdp_enabled()
+        with training_attention(ModelConfig(cudnn_attention=False), torch.device("cuda")) as off:
+            assert off and not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.cudnn_sdp_enabled()
-        assert training_attention(ModelConfig(cudnn_attention=False), torch.device("cuda"))
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        with pytest.raises(RuntimeError), training_attention(ModelConfig(cudnn_attention=False), torch.device("cuda")):
+            raise RuntimeError("a failed pass")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
-
 
 
 def test_export_keeps_the_base_dtype_and_a_portable_base(tmp_path, monkeypatch):

@@ -502,3 +502,32 @@ def test_compiled_raises_the_recompile_limit_for_its_own_calls_only(monkeypatch)
     layer = native.compiled(lambda x: seen.append(_dynamo.config.cache_size_limit) or x + 1)
     assert layer(1) == 2
     assert seen == [max(before, native.RECOMPILE_LIMIT)] and _dynamo.config.cache_size_limit == before
+
+
+def seeded_calls_repeat_and_leave_global_rng(engine, prompts: list, device: str) -> None:
+    """Two calls with one seed give the same samples (the first of them compiling and capturing, the second
+    replaying), another seed other samples, and torch's global generator for `device` is where it was (the
+    engine draws from its own)."""
+    global_state = (torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state()).clone()
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    a, b = (engine.generate(prompts, 4, params, seeds=[7]) for _ in range(2))
+    other = engine.generate(prompts, 4, params, seeds=[8])
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in other]
+    assert torch.equal(torch.cuda.get_rng_state() if device == "cuda" else torch.get_rng_state(), global_state)
+
+
+def test_seeded_calls_repeat_without_touching_the_global_generator(tiny):
+    model, tok = tiny
+    seeded_calls_repeat_and_leave_global_rng(NativeEngine(model, tok, [tok.eos_token_id]), PROMPTS, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_seeded_calls_repeat_without_touching_the_global_cuda_generator_in_captured_graphs():
+    """With decode steps replayed from CUDA graphs, reseeding the engine's own generator still changes (and
+    repeats) the draws inside the graphs, and the global CUDA generator is left alone."""
+    model, tok = build_tiny(0)
+    sharpen(model)
+    engine = NativeEngine(model.to(torch.bfloat16).cuda().eval(), tok, [tok.eos_token_id])
+    assert engine.use_graphs
+    seeded_calls_repeat_and_leave_global_rng(engine, PROMPTS, "cuda")

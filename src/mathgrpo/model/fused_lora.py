@@ -81,18 +81,24 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     if name is None:
         return self._peft_forward(x, *args, **kwargs)
     base = self.base_layer
-    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+    return self._fused_function.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                                      self.scaling[name])
 
 
-def fuse_lora(model: Any) -> int:
-    """Route every PEFT LoRA Linear of `model` through `LoraLinear`; returns how many were patched."""
+def fuse_lora(model: Any, function: type = LoraLinear) -> int:
+    """Route every PEFT LoRA Linear of `model` through `function` (an autograd Function with LoraLinear's
+    arguments; benchmarks pass others to compare); returns how many were newly patched (patching again swaps the
+    function and patches nothing twice)."""
     try:
         from peft.tuners.lora.layer import Linear as PeftLoraLinear
     except ImportError:
         return 0
     count = 0
     for module in model.modules():
-        if type(module) is PeftLoraLinear and not hasattr(module, "_peft_forward"):
+        if type(module) is not PeftLoraLinear:
+            continue
+        module._fused_function = function
+        if not hasattr(module, "_peft_forward"):
             module._peft_forward = module.forward
             module.forward = types.MethodType(_fused_forward, module)
             count += 1

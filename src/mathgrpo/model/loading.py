@@ -7,8 +7,9 @@ adapter (or, without LoRA, the whole model) in the format transformers and PEFT 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -171,9 +172,8 @@ def unwrap(model: Any) -> Any:
 
 
 def ready_for_training(model: Any, cfg: ModelConfig) -> None:
-    """Gradient checkpointing (GPU; offloaded to the host when asked), SDPA backends safe for training,
-    and, when model.fused_lora is on, the fused LoRA projections."""
-    training_attention(cfg, next(model.parameters()).device)
+    """Gradient checkpointing (GPU; offloaded to the host when asked) and, when model.fused_lora is on, the
+    fused LoRA projections. (The SDPA backends for training are chosen per pass: `training_attention`.)"""
     if enable_checkpointing(model, cfg) and cfg.offload_checkpoints:
         from .offload import offload_checkpoints
 
@@ -184,13 +184,19 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
         fuse_lora(model)
 
 
-def training_attention(cfg: ModelConfig, device: torch.device) -> bool:
-    """Turn PyTorch's cuDNN SDPA backend off for a GPU training process when model.cudnn_attention is false;
-    returns whether it is off."""
+@contextmanager
+def training_attention(cfg: ModelConfig, device: torch.device) -> Iterator[bool]:
+    """Within: PyTorch's cuDNN SDPA backend is off for a training pass on a GPU when model.cudnn_attention is
+    false, and back as it was after (rollouts and evaluation keep it); yields whether it is off."""
     if device.type != "cuda" or cfg.cudnn_attention:
-        return False
+        yield False
+        return
+    was = torch.backends.cuda.cudnn_sdp_enabled()
     torch.backends.cuda.enable_cudnn_sdp(False)
-    return True
+    try:
+        yield True
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
 
 
 def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:

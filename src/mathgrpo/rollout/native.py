@@ -182,11 +182,10 @@ class NativeEngine(RolloutEngine):
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
         self.check_every = check_every
-        self.generator = None if cuda else torch.Generator(device=self.device)
-        if self.generator is not None and seed is not None:
+        # The engine's own stream of random numbers: seeding a call never touches torch's global generators.
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
             self.generator.manual_seed(seed)
-        elif cuda and seed is not None:
-            torch.cuda.manual_seed(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
         self._merger = LoraMerge()
         self._cache: Optional[_Slab] = None  # the one KV cache kept between calls
@@ -203,14 +202,12 @@ class NativeEngine(RolloutEngine):
     def generate(self, prompts: list, n: int, params: SamplingParams, seeds: Optional[list] = None) -> list:
         """`n` completions per prompt string, grouped by prompt.
 
-        seeds: the first one seeds this call's draws (repeatable runs); unlike the hf engine the
-        draws depend on the batch, so data-parallel runs match a single process only in distribution.
+        seeds: the first one seeds the engine's own generator for this call (repeatable runs; torch's global
+        generators are left alone; None continues the engine's stream); unlike the hf engine the draws
+        depend on the batch, so data-parallel runs match a single process only in distribution.
         """
         if seeds:
-            if self.generator is not None:
-                self.generator.manual_seed(int(seeds[0]))
-            else:
-                torch.cuda.manual_seed(int(seeds[0]))
+            self.generator.manual_seed(int(seeds[0]))
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         return self.generate_ids(ids, n, params)
 
@@ -355,19 +352,26 @@ class NativeEngine(RolloutEngine):
         return params.temperature, params.top_k, params.top_p, params.min_p, attn_len
 
     def _capture(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_lens: set) -> None:
-        """Capture the decode step for each needed attention length (scribbles on the state; reset after)."""
+        """Capture the decode step for each needed attention length (scribbles on the state; reset after).
+
+        The warm-up and capture draw from the engine's generator; its state is put back after, so a call's
+        samples depend on its seed and inputs, not on whether this call captured graphs (a resumed run
+        captures at another step than the run it resumes)."""
         start = time.perf_counter()
+        rng = self.generator.get_state()
         for attn_len in sorted(attn_lens):
             key = self._graph_key(params, attn_len)
             if key in slab.graphs:
                 continue
             self._warm_up(w, slab, params, attn_len)
             graph = torch.cuda.CUDAGraph()
+            graph.register_generator_state(self.generator)  # replays draw from the engine's generator, reseeded per call
             slab.rewind()
             with torch.cuda.graph(graph, pool=self._pool):
                 self._step(w, slab, params, attn_len)
             slab.graphs[key] = graph
         torch.cuda.synchronize()
+        self.generator.set_state(rng)
         self.last_stats["capture_s"] += time.perf_counter() - start
 
     def _warm_up(self, w: ModelWeights, slab: _Slab, params: SamplingParams, attn_len: int) -> None:

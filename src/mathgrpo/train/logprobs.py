@@ -72,13 +72,14 @@ class FrozenHeadLogProb(torch.autograd.Function):
     """log p(target) through a frozen output head, chunk by chunk; saves d logp / d hidden, not logits."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_tokens):
-        """Log-probs per chunk, and (when hidden needs a gradient) d logp / d hidden."""
+    def forward(ctx, hidden, weight, targets, temperature, chunk_tokens, use_kernel=True):
+        """Log-probs per chunk, and (when hidden needs a gradient) d logp / d hidden; `use_kernel`: the Triton pass
+        where it is available on a GPU, else the torch chunks."""
         # hidden [T, H], weight [V, H], targets [T] -> [T] fp32
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         scale = temperature if temperature not in (0.0, 1.0) else 1.0
-        chunk = _chunk_fused if hidden.is_cuda and head_kernel.available() else _chunk_torch
+        chunk = _chunk_fused if use_kernel and hidden.is_cuda and head_kernel.available() else _chunk_torch
         for lo in range(0, hidden.shape[0], chunk_tokens):
             part = slice(lo, lo + chunk_tokens)
             out[part], delta = chunk(hidden[part], weight, targets[part], scale, grads is not None)
@@ -91,7 +92,7 @@ class FrozenHeadLogProb(torch.autograd.Function):
     def backward(ctx, grad):
         """The saved d logp / d hidden scaled by the incoming per-token gradient."""
         (grads,) = ctx.saved_tensors
-        return grads * grad[:, None].to(grads.dtype), None, None, None, None
+        return grads * grad[:, None].to(grads.dtype), None, None, None, None, None
 
 
 def _frozen_plain_head(head: Any) -> bool:
@@ -156,6 +157,7 @@ class PassLayout:
     rotate: bool = True  # rows rotated past their left padding, no mask, where they allow it (`right_aligned`)
     width_multiple: Optional[int] = None  # rotated widths rounded up to this; None: WIDTH_MULTIPLE on a GPU, 1 elsewhere
     guard_widths: bool = True  # masked batches widened where cuDNN's backward fails (`safe_attention_width`)
+    head_kernel: bool = True  # the frozen head's log-probs through the Triton kernel on a GPU (False: torch chunks)
 
     def aligned(self, attention_mask: torch.Tensor, prompt_width: int) -> Optional[tuple]:
         """`right_aligned` when rows are rotated, else None (the masked path)."""
@@ -191,7 +193,8 @@ def token_logprobs(
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
     if _frozen_plain_head(head) and flat_h.dtype == head.weight.dtype:
-        return FrozenHeadLogProb.apply(flat_h, head.weight, flat_t, temperature, chunk_tokens).view_as(targets)
+        return FrozenHeadLogProb.apply(flat_h, head.weight, flat_t, temperature, chunk_tokens,
+                                       layout.head_kernel).view_as(targets)
     pieces = []
     for start in range(0, flat_h.shape[0], chunk_tokens):
         h, t = flat_h[start : start + chunk_tokens], flat_t[start : start + chunk_tokens]
