@@ -93,7 +93,7 @@ class GRPORun:
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
         self.cfg, self.dir = cfg, Path(run_dir) / "grpo"
-        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         self.model, self.tok = prepare_policy(cfg, start_from)
         if dist.world().active and cfg.run.parallel == "fsdp":
             dist.shard(self.model)

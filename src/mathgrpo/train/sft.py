@@ -114,7 +114,7 @@ class SFTRun:
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, dev: list) -> None:
         self.cfg, self.dir = cfg, Path(run_dir) / "sft"
-        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         self.model, self.tok = prepare_model(cfg)
         if dist.world().active and cfg.run.parallel == "fsdp":
             dist.shard(self.model)
