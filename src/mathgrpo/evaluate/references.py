@@ -119,27 +119,30 @@ def same_model(model_path: str, ref_model: str) -> bool:
     return Path(model_path).name.lower() == ref_model.split("/")[-1].lower() and Path(model_path).exists()
 
 
-def differences(ref: Reference, settings: dict) -> str:
-    """How the source's setting differs from the run's (shots, decoding), in words; "" when it does not."""
+def differences(ref: Reference, settings: dict, who: str = "ours") -> str:
+    """How the source's setting differs from the run's (shots, decoding), in words; "" when it does not.
+
+    `who`: the run's name in the text ("ours"; "B" in a comparison)."""
     out = []
     ours_shots = settings.get("shots", 0)
     if ref.shots is None:
-        out.append(f"shots not stated (ours {ours_shots})")
+        out.append(f"shots not stated ({who} {ours_shots})")
     elif ref.shots != ours_shots:
-        out.append(f"{ref.shots}-shot (ours {ours_shots}-shot)")
+        out.append(f"{ref.shots}-shot ({who} {ours_shots}-shot)")
     ours_decoding = "greedy" if settings.get("greedy", True) else "sampled"
     if ref.decoding is None:
-        out.append(f"decoding not stated (ours {ours_decoding})")
+        out.append(f"decoding not stated ({who} {ours_decoding})")
     elif ref.decoding != ours_decoding:
-        out.append(f"{ref.decoding} (ours {ours_decoding})")
+        out.append(f"{ref.decoding} ({who} {ours_decoding})")
     return "; ".join(out)
 
 
-def matching(spec: str, settings: dict, model_paths: tuple, refs: Optional[list] = None) -> list:
+def matching(spec: str, settings: dict, model_paths: tuple, refs: Optional[list] = None, who: str = "ours") -> list:
     """Rows for the references of the benchmark `spec` runs: the evaluated models' own figures first.
 
     Each row: model, whose (`this model`, `A`/`B` or ""), value, setting, source, differences, note.
-    `model_paths`: (label, path) of each evaluated model ("" label for a single evaluation).
+    `model_paths`: (label, path) of each evaluated model ("" label for a single evaluation); `who`: see
+    `differences`.
     """
     bench = benchmark_of(spec)
     if bench is None:
@@ -151,7 +154,7 @@ def matching(spec: str, settings: dict, model_paths: tuple, refs: Optional[list]
             continue
         whose = [label or "this model" for label, path in model_paths if same_model(path, ref.model)]
         rows.append({"model": ref.model, "whose": ", ".join(whose), "value": ref.value, "setting": ref.setting(),
-                     "differs": differences(ref, settings), "source": ref.source, "note": ref.note})
+                     "differs": differences(ref, settings, who), "source": ref.source, "note": ref.note})
     return sorted(rows, key=lambda r: not r["whose"])  # stable: the file's order otherwise
 
 

@@ -304,7 +304,7 @@ def reference_blocks(specs: dict, settings: dict, model_paths: tuple, against: s
 
     blocks = []
     for key, spec in specs.items():
-        rows = matching(spec, settings, model_paths)
+        rows = matching(spec, settings, model_paths, who="ours" if against == "this run" else against)
         if rows:
             blocks += [h(3, key), table(
                 ["model", "published", "setting", f"differs from {against}", "source"],
