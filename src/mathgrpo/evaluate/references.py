@@ -47,7 +47,7 @@ class Reference:
 
     def setting(self) -> str:
         """The source's setting in words: shots, prompting, metric, decoding."""
-        shots = "shots not stated" if self.shots is None else f"{self.shots}-shot"
+        shots = "shots not stated," if self.shots is None else f"{self.shots}-shot"
         decoding = f", {self.decoding}" if self.decoding else ""
         return f"{shots} {self.prompting}, {self.metric}{decoding}"
 
