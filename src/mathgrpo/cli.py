@@ -192,6 +192,7 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
 
     def run(args: argparse.Namespace) -> int:
         from .evaluate.benchmark import EvalError, main, run_recipe
+        from .evaluate.references import ReferenceDataError
 
         flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
         overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -199,10 +200,11 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
             if args.compare:
                 from .evaluate.compare import compare_main
 
-                return compare_main(args.compare[0], args.compare[1], args.output)
+                show = load_config(args.recipe, overrides).eval.references  # eval.references=false hides them
+                return compare_main(args.compare[0], args.compare[1], args.output, references=show)
             recipe = args.recipe or run_recipe(args.model)
             return main(load_config(recipe, overrides), args.model, args.bench, output=args.output)
-        except EvalError as err:
+        except (EvalError, ReferenceDataError) as err:
             print(f"mathgrpo eval: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:

@@ -96,6 +96,11 @@ class FormatConfig:
         "Prompt layout: auto (the tokenizer's chat template if it has one, else ours), chat, plain "
         "(system and question as text), or bare (the question alone; tiny models).",
     )
+    instruction: str = _f(
+        "system",
+        "Where the format's instruction (its system prompt) goes: system (a system message; the first line of a "
+        "plain prompt) or user (after the question in the user turn, no system message: DeepSeekMath's prompt).",
+    )
 
 
 @dataclass
@@ -229,6 +234,12 @@ class EvalConfig:
         "source's train split (gsm8k train for every benchmark by default: MATH has no bundled train split).",
     )
     output_dir: Optional[str] = _f(None, "Results folder (default: results/<model>-<benchmarks>-n<n>-<shots>shot; rerun to resume).")
+    references: bool = _f(True, "Show published figures for the same benchmark beside the results (report and --compare), marked as not measured here.")
+    model_prompt: bool = _f(
+        True,
+        "Prompt a model the way its card asks when its tokenizer's chat template is a known one (DeepSeekMath: boxed "
+        "answer, instruction after the question, no system prompt); false keeps format.* as set. Not for run folders.",
+    )
 
 
 @dataclass
@@ -271,6 +282,7 @@ CHOICES = {
     "run.parallel": ("ddp", "fsdp"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "format.template": ("auto", "chat", "plain", "bare"),
+    "format.instruction": ("system", "user"),
     "grpo.scale_rewards": ("group", "batch", "none"),
     "grpo.loss_type": ("grpo", "dr_grpo", "dapo"),
     "grpo.importance_sampling_level": ("token", "sequence"),

@@ -81,3 +81,16 @@ def test_system_prompt_override():
     assert get_format("reasoning", "Be brief.").system_prompt == "Be brief."
     with pytest.raises(ValueError, match="unknown format preset"):
         get_format("nope")
+
+
+def test_instruction_after_the_question_in_every_template():
+    """format.instruction=user: no system part; the instruction follows each question, shots included."""
+    fmt = get_format("boxed", instruction="user")
+    line = fmt.system_prompt
+    assert render_prompt("Q?", fmt, template="plain") == f"Problem: Q?\n{line}\nSolution: "
+    assert render_prompt("Q?", fmt, template="bare") == f"Q?\n{line}"
+    shots = render_prompt("Q?", fmt, template="plain", shots=[("A?", "S")])
+    assert shots.startswith(f"Problem: A?\n{line}\nSolution: S\n") and shots.count(line) == 2
+    assert get_format("boxed").instruction == "system"
+    with pytest.raises(ValueError, match="use system or user"):
+        get_format("boxed", instruction="assistant")

@@ -169,3 +169,62 @@ def test_report_polish_curves_warnings_and_html(tmp_path):
     assert [t.get_text() for t in fig.axes[0].texts] == ["0.0%"]  # a 0% bar still shows its value
     ticks = length_figure(metrics).axes[0].get_yticks()
     assert all(float(t).is_integer() for t in ticks)
+
+
+def _section(md: str, title: str) -> str:
+    """The text of a level-2 section of a Markdown report, up to the next level-2 heading."""
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_report_shows_published_figures_apart_and_never_as_measured(tmp_path):
+    recs = [record("gsm8k", f"q{i}", i < 2, "7" if i < 2 else "3") for i in range(4)]
+    recs += [record("math500", f"m{i}", True, "7", meta={"level": 1, "subject": "Algebra"}) for i in range(2)]
+    out = results_folder(tmp_path / "R", "Qwen/Qwen3-4B-Base", recs)
+    write_report(out)
+    md = (out / "report.md").read_text()
+    title = "Published figures (not measured here)"
+    assert md.index("## Results") < md.index(f"## {title}")
+    section = _section(md, title)
+    assert "None was measured by mathgrpo" in section
+    # The model's own figure first and marked, with its setting and how it differs from this 0-shot greedy run.
+    assert ("| Qwen/Qwen3-4B-Base (this model) | 87.79% | 4-shot CoT, accuracy | 4-shot (ours 0-shot); decoding not "
+            "stated (ours greedy) | Qwen3 Technical Report, arXiv:2505.09388, Table 7") in section
+    assert "| deepseek-ai/deepseek-math-7b-rl | 88.2% |" in section
+    # MATH-500 gets MATH-500 figures only; the full MATH test set's are named as left out.
+    math500 = section.split("### math500", 1)[1]
+    assert "Qwen/Qwen3-4B (thinking" not in math500 and "| Qwen/Qwen3-4B | 97% | shots not stated, thinking mode, accuracy, sampled |" in math500
+    assert "54.1%" not in math500 and "not shown beside MATH-500" in math500
+    # Outside the section no published number appears: the results table holds our numbers only.
+    rest = md.replace(section, "")
+    assert "87.79" not in rest and "88.2%" not in rest
+    assert title in (out / "report.html").read_text()
+
+
+def test_references_off_and_benchmarks_without_figures(tmp_path):
+    recs = [record("gsm8k", "q1", True, "7")]
+    out = results_folder(tmp_path / "R", "m", recs)
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps({**metrics, "references": False}))
+    write_report(out)
+    assert "Published figures" not in (out / "report.md").read_text()
+    other = results_folder(tmp_path / "P", "m", [record("procedural_arith", "a1", True, "7")])
+    write_report(other)
+    assert "Published figures" not in (other / "report.md").read_text()
+
+
+def test_compare_shows_published_figures_for_shared_benchmarks(tmp_path, capsys):
+    a, b = pair(tmp_path)
+    for folder, path in ((a, "Qwen/Qwen3-4B-Base"), (b, "runs/x/ckpt-000010/model")):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "model_path": path}))
+    assert cli(["eval", "--compare", str(a), str(b)]) == 0
+    printed = capsys.readouterr().out
+    assert "Published figures (not measured here)" in printed and "Qwen/Qwen3-4B-Base (A)" in printed
+    md = (b / "compare.md").read_text()
+    section = _section(md, "Published figures (not measured here)")
+    # A's base model is marked A; the setting is compared with B's (0-shot greedy).
+    assert "| Qwen/Qwen3-4B-Base (A) | 87.79% | 4-shot CoT, accuracy | 4-shot (B 0-shot); decoding not stated (B greedy)" \
+        in section and "| differs from B |" in section
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(tmp_path / "C"), "eval.references=false"]) == 0
+    assert "Published figures" not in capsys.readouterr().out
+    assert "Published figures" not in (tmp_path / "C" / "compare.md").read_text()

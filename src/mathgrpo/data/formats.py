@@ -27,6 +27,7 @@ class Format:
     answer_end: str  # "" when the answer runs to the end of the completion
     system_prompt: str
     boxed: bool = False  # the final answer is the last \boxed{...}
+    instruction: str = "system"  # where system_prompt goes: "system" (its own message) or "user" (after the question)
 
     def solution(self, reasoning: str, answer: str) -> str:
         """A worked solution written in this format (the warm-up's target text)."""
@@ -92,14 +93,46 @@ PRESETS = {
 }
 
 
-def get_format(preset: str = "reasoning", system_prompt: Optional[str] = None) -> Format:
-    """The preset by name, optionally with its system prompt replaced."""
+def get_format(preset: str = "reasoning", system_prompt: Optional[str] = None, instruction: str = "system") -> Format:
+    """The preset by name, optionally with its system prompt replaced and its instruction moved after the question."""
     if preset not in PRESETS:
         raise ValueError(f"unknown format preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if instruction not in ("system", "user"):
+        raise ValueError(f"unknown instruction placement {instruction!r}; use system or user")
     fmt = PRESETS[preset]
-    if system_prompt is not None:
-        fmt = Format(**{**fmt.__dict__, "system_prompt": system_prompt})
+    if system_prompt is not None or instruction != fmt.instruction:
+        fmt = Format(**{**fmt.__dict__, "system_prompt": fmt.system_prompt if system_prompt is None else system_prompt,
+                        "instruction": instruction})
     return fmt
+
+
+# Chat templates of models that publish a prompt of their own, and the settings that give that prompt.
+# DeepSeekMath-Instruct and -RL: the chat_template of their tokenizer_config.json (User:/Assistant:, bos first);
+# their card asks for "{question}\nPlease reason step by step, and put your final answer within \boxed{}."
+# in the user turn and no system prompt ("the system prompt is not compatible with this version of our models").
+DEEPSEEK_CHAT_TEMPLATE = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ 'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}"
+    "{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}"
+    "{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "{{ 'Assistant:' }}{% endif %}"
+)
+def _same_template(text: str) -> str:
+    """A chat template compared as Jinja reads it: `\\n` inside its string literals is the newline it stands for."""
+    return text.replace("\\n", "\n").strip()
+
+
+MODEL_PROMPTS = {
+    _same_template(DEEPSEEK_CHAT_TEMPLATE): {"name": "DeepSeekMath's (User:/Assistant: chat template)",
+                                             "preset": "boxed", "instruction": "user"},
+}
+
+
+def model_prompt(tokenizer: Any) -> Optional[dict]:
+    """The prompt settings a model's card asks for, known by its tokenizer's chat template; None when unknown."""
+    template = getattr(tokenizer, "chat_template", None)
+    return MODEL_PROMPTS.get(_same_template(template)) if isinstance(template, str) else None
 
 
 @dataclass(frozen=True)
@@ -218,19 +251,22 @@ def render_prompt(
     pairs shown before the question (few-shot evaluation of base models).
     """
     shots = shots or []
+    if fmt.instruction == "user":  # the instruction follows each question; there is no system message
+        question = f"{question}\n{fmt.system_prompt}"
+        shots = [(f"{q}\n{fmt.system_prompt}", s) for q, s in shots]
     template = resolved_template(tokenizer, template)
     if template == "bare":
         return "".join(f"{q}{s}\n" for q, s in shots) + question
     if template == "chat":
         if tokenizer is None or not has_chat_template(tokenizer):
             raise ValueError("format.template=chat needs a tokenizer with a chat template; use auto or plain")
-        messages = [{"role": "system", "content": fmt.system_prompt}]
+        messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.instruction == "system" else []
         for q, s in shots:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": s}]
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if template == "plain":
-        parts = [fmt.system_prompt, ""]
+        parts = [fmt.system_prompt, ""] if fmt.instruction == "system" else []
         for q, s in shots:
             parts += [f"Problem: {q}", f"Solution: {s}", ""]
         parts += [f"Problem: {question}", "Solution: "]

@@ -91,6 +91,7 @@ def prompt_record(spec: str, problems: list, prompts: list, fmt: Format, tokeniz
     """What prompt.json keeps for one benchmark: the template with a `{question}` slot, the shots, one full prompt."""
     return {
         "format": fmt.name,
+        "instruction": fmt.instruction,
         "template": resolved_template(tokenizer, cfg.format.template),
         "system_prompt": fmt.system_prompt,
         "shots_source": f"{cfg.eval.shots_source}@train" if shots else None,
@@ -125,6 +126,8 @@ def settings_fingerprint(cfg: Config, model: ModelRef, weights: str) -> dict:
         "format": cfg.format.preset,
         "system_prompt": cfg.format.system_prompt,
         "template": cfg.format.template,
+        # only when moved: folders written before the setting existed hold the default placement
+        **({"instruction": cfg.format.instruction} if cfg.format.instruction != "system" else {}),
         "seed": cfg.eval.seed,
         "sample_seeds": SAMPLE_SEEDS,
     }
@@ -149,7 +152,7 @@ def prepare_output(out: Path, cfg: Config, model: ModelRef) -> dict:
     fingerprint = settings_fingerprint(cfg, model, weights_fingerprint(model.path, cfg.run.seed, known))
     old = saved.get("fingerprint")
     if old is not None:
-        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+        diff = {k: (old.get(k), fingerprint.get(k)) for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)}
         if diff:
             what = "of other weights (the model changed since they were made)" if "weights" in diff else \
                 "made with other settings"
@@ -297,7 +300,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
 
     set_threads(cfg.run.threads)
     torch.manual_seed(cfg.eval.seed)
-    fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+    fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
     benches = {spec: load_benchmark(spec, cfg) for spec in bench_specs(cfg.eval.bench)}
     for spec, report in benches.items():
         print(report.summary())
@@ -336,7 +339,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     records = read_samples(samples_path)
     metrics = {"model": model.label, "model_path": model.path,
                "run_dir": str(model.run_dir) if model.run_dir else None,
-               "settings": settings, "engine": engine.name, "benchmarks": {}}
+               "settings": settings, "engine": engine.name, "references": cfg.eval.references, "benchmarks": {}}
     for spec, report in benches.items():
         key = bench_key(spec)
         recs = [records[(key, p.id, s)] for p in report.problems for s in range(cfg.eval.n)]
@@ -362,6 +365,27 @@ def print_table(metrics: dict) -> None:
     table_console().print(table)
 
 
+def apply_model_prompt(cfg: Config, model: ModelRef) -> Optional[dict]:
+    """Prompt the model the way its card asks when its chat template is a known one (`formats.model_prompt`).
+
+    Sets format.preset and format.instruction (format.template auto then takes the chat template) before
+    the results folder is checked, so the folder records the prompt really used. Off with
+    eval.model_prompt=false; never for a training run's folder, whose config says how it was trained.
+    """
+    from ..data.formats import model_prompt
+    from ..model.loading import load_tokenizer
+
+    if not cfg.eval.model_prompt or model.run_dir is not None:
+        return None
+    known = model_prompt(load_tokenizer(model.path, cfg.model))
+    if known is None:
+        return None
+    cfg.format.preset, cfg.format.instruction = known["preset"], known["instruction"]
+    print(f"prompt: {model.path} has {known['name']}; format.preset={known['preset']}, "
+          f"format.instruction={known['instruction']} as its card asks (eval.model_prompt=false keeps format.*)")
+    return known
+
+
 def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = None, output: Optional[str] = None) -> int:
     """`mathgrpo eval`: evaluate `model_ref` (default model.name) on `bench` (default eval.bench)."""
     if bench:
@@ -372,6 +396,7 @@ def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = No
                             "evaluates the untrained built-in model)")
         print(f"no --model: evaluating model.name={cfg.model.name} of the recipe")
     model = resolve_model(model_ref or cfg.model.name)
+    apply_model_prompt(cfg, model)
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
     world = dist.init()
     settings = prepare_output(out, cfg, model) if world.main else {}
@@ -395,5 +420,10 @@ def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = No
 
     report = write_report(out)
     print_table(metrics)
+    if cfg.eval.references:
+        from .references import print_references
+
+        print_references({k: m.get("spec", k) for k, m in metrics["benchmarks"].items()}, metrics["settings"],
+                         (("", model.path),))
     print(f"results: {out}\nreport:  {report}")
     return 0

@@ -74,8 +74,8 @@ def compare_bench(a: dict, b: dict, bench: str) -> dict:
     }
 
 
-def compare(a_dir: str, b_dir: str) -> dict:
-    """Compare every benchmark two results folders share (B - A)."""
+def compare(a_dir: str, b_dir: str, references: bool = True) -> dict:
+    """Compare every benchmark two results folders share (B - A); `references`: show published figures."""
     ma, ra = load_results(a_dir)
     mb, rb = load_results(b_dir)
     common = [k for k in ra if k in rb]
@@ -83,11 +83,13 @@ def compare(a_dir: str, b_dir: str) -> dict:
         raise CompareError(f"{a_dir} has benchmarks {sorted(ra)} and {b_dir} has {sorted(rb)}: none in common")
     skipped = sorted(set(ra) ^ set(rb))
     return {
-        "a": {"folder": str(a_dir), "model": ma["model"], "settings": ma["settings"]},
-        "b": {"folder": str(b_dir), "model": mb["model"], "settings": mb["settings"]},
+        "a": {"folder": str(a_dir), "model": ma["model"], "model_path": ma.get("model_path", ""), "settings": ma["settings"]},
+        "b": {"folder": str(b_dir), "model": mb["model"], "model_path": mb.get("model_path", ""), "settings": mb["settings"]},
         "benchmarks": {k: compare_bench(ra[k], rb[k], k) for k in common},
+        "specs": {k: mb["benchmarks"][k].get("spec", k) for k in common},
         "skipped_benchmarks": skipped,
         "solved_means": "at least half of a problem's samples correct",
+        "references": references,
     }
 
 
@@ -112,11 +114,11 @@ def print_table(result: dict) -> None:
     console.print(table)
 
 
-def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None) -> int:
+def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> int:
     """Compare A and B, write compare.json/.md/.html into `output` (default B), print the table."""
     from .report import write_compare_report
 
-    result = compare(a_dir, b_dir)
+    result = compare(a_dir, b_dir, references)
     out = Path(output or b_dir)
     if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in ("metrics.json", "compare.json")):
         raise CompareError(f"--output {out} holds other files and is not a results or comparison folder of mathgrpo "
@@ -125,5 +127,10 @@ def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None) -> int:
     write_json(out / "compare.json", result)
     page = write_compare_report(out, result)
     print_table(result)
+    if references:
+        from .references import print_references
+
+        print_references(result["specs"], result["b"]["settings"],
+                         (("A", result["a"]["model_path"]), ("B", result["b"]["model_path"])))
     print(f"report: {page}")
     return 0

@@ -289,6 +289,40 @@ def curve_blocks(run_dir: str, curves: dict) -> list:
     return blocks
 
 
+# --- published figures (not measured here) ----------------------------------------------------------------
+
+REFERENCES_TITLE = "Published figures (not measured here)"
+
+
+def reference_blocks(specs: dict, settings: dict, model_paths: tuple, against: str = "this run") -> list:
+    """The section of published figures for the benchmarks `specs` ({key: spec}), or [] when none has any.
+
+    `settings`: the run's settings (shots, greedy) the sources' settings are compared with; `model_paths`:
+    (label, path) of the evaluated models, whose own figures are marked and listed first.
+    """
+    from .references import matching, other_benchmark_note
+
+    blocks = []
+    for key, spec in specs.items():
+        rows = matching(spec, settings, model_paths, who="ours" if against == "this run" else against)
+        if rows:
+            blocks += [h(3, key), table(
+                ["model", "published", "setting", f"differs from {against}", "source"],
+                [[f"{r['model']} ({r['whose']})" if r["whose"] else r["model"], f"{r['value']:g}%", r["setting"],
+                  r["differs"] or "same shots and decoding", r["source"] + (f"; {r['note']}" if r["note"] else "")]
+                 for r in rows])]
+        note = other_benchmark_note(spec)
+        if note:
+            blocks.append(p(note))
+    if not blocks:
+        return []
+    intro = ("Figures the models' authors published for the same benchmark, with their own prompts, answer "
+             "extraction and decoding. None was measured by mathgrpo; they are context for the numbers above, "
+             "not results of this evaluation. Where a source's shots or decoding differ from "
+             f"{against}'s, the difference is named.")
+    return [h(2, REFERENCES_TITLE), p(intro)] + blocks
+
+
 # --- the evaluation report -----------------------------------------------------------------------------
 
 
@@ -297,8 +331,9 @@ def _settings_line(m: dict) -> str:
     sampling = ("greedy decoding, accuracy = pass@1" if s["greedy"] else
                 f"{s['n']} samples per problem at temperature {s['temperature']}, accuracy = mean over samples, "
                 f"maj@k votes over the first k")
+    placed = ", instruction after the question" if s.get("instruction") == "user" else ""
     return (f"Model `{m['model_path']}`; {sampling}; {s['shots']}-shot; format {s['format']} ({s['template']} "
-            f"template); up to {s['max_new_tokens']} new tokens; engine {m.get('engine')}; "
+            f"template{placed}); up to {s['max_new_tokens']} new tokens; engine {m.get('engine')}; "
             f"{m.get('elapsed_s', '?')} s.")
 
 
@@ -394,6 +429,9 @@ def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> 
     blocks += [h(2, "Results"), results_table(benches), image("accuracy", accuracy_figure(benches))]
     for key, m in benches.items():
         blocks += group_blocks(key, m)
+    if metrics.get("references", True):
+        blocks += reference_blocks({k: m.get("spec", k) for k, m in benches.items()}, metrics["settings"],
+                                   (("", metrics.get("model_path", "")),))
     blocks += [h(2, "Completion length (tokens)"), image("lengths", length_figure(benches))]
     if curves:
         blocks += curve_blocks(metrics["run_dir"], curves)
@@ -463,6 +501,9 @@ def compare_blocks(result: dict) -> list:
           f"{100 * c['ci'][0]:+.1f} to {100 * c['ci'][1]:+.1f}", len(c["fixed"]), len(c["broken"])]
          for k, c in benches.items()]))
     blocks.append(image("compare", diff_figure(benches)))
+    if result.get("references", True):
+        blocks += reference_blocks(result.get("specs", {k: k for k in benches}), b["settings"],
+                                   (("A", a.get("model_path", "")), ("B", b.get("model_path", ""))), against="B")
     for key, c in benches.items():
         for kind in ("fixed", "broken"):
             items = c[kind]

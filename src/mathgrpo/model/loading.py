@@ -106,6 +106,22 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
     return True
 
 
+def load_tokenizer(name: str, cfg: ModelConfig) -> Optional[Any]:
+    """The tokenizer alone of a hub id, model folder or adapter folder (its own, else its base's); None for
+    `tiny` or when it cannot be read (loading the model then gives the error that says why)."""
+    from transformers import AutoTokenizer
+
+    if name == "tiny":
+        return None
+    path = Path(name)
+    if path.exists() and is_adapter_dir(path) and not (path / "tokenizer_config.json").exists():
+        name = adapter_base(path)
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
 def load_with_adapter(adapter_dir: Path, cfg: ModelConfig, trainable: bool = False) -> tuple:
     """Base named in the adapter's config plus the adapter itself (a PeftModel)."""
     from peft import PeftModel

@@ -92,7 +92,7 @@ class GRPORun(Stage):
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
         super().__init__(cfg, run_dir)
-        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         self.model, self.tok = prepare_policy(cfg, start_from)
         self.device = place(self.model, cfg)
         self.train_problems, self.heldout = train, heldout

@@ -113,7 +113,7 @@ class SFTRun(Stage):
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, dev: list) -> None:
         super().__init__(cfg, run_dir)
-        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt)
+        self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         self.model, self.tok = prepare_model(cfg)
         self.device = place(self.model, cfg)
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
