@@ -91,6 +91,17 @@ def check_model(name: str, setting: str = "model.name") -> Check:
     return Check(setting, name, found, problem)
 
 
+def check_reward_model(name: str) -> Check:
+    """rewards.model: a local folder of a sequence classifier (its config.json read), or a hub id found as model.name is."""
+    from .grading.reward_model import folder_problem
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        problem = folder_problem(path)
+        return Check("rewards.model", name, None if problem else "local folder", problem)
+    return check_model(name, "rewards.model")
+
+
 def check_source(spec: str, split: str, setting: str) -> Check:
     """One data source: bundled, procedural, a local file or a hub data set (names and splits, no rows read)."""
     from .data import bundled, files, hub, procedural
@@ -148,6 +159,8 @@ def training_checks(cfg: Config, stages: tuple) -> list:
     d = cfg.data
     held = d.heldout_source or d.source
     jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg)]
+    if cfg.rewards.model and "grpo" in stages and cfg.grpo.enabled:
+        jobs.append(lambda: check_reward_model(cfg.rewards.model))
     jobs.append(lambda: check_source(held, "test", "data.heldout_source" if d.heldout_source else "data.source (held-out)"))
     uses_train = ("grpo" in stages and cfg.grpo.enabled) or ("sft" in stages and cfg.sft.enabled and not cfg.sft.source)
     if uses_train:
@@ -170,7 +183,7 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .train.memory import ModelShape, device_budget, plan_memory
+    from .train.memory import ModelShape, device_budget, plan_memory, reward_model_bytes
     from .model.common import resolve_device, resolve_dtype
 
     try:
@@ -186,7 +199,8 @@ def memory_line(cfg: Config) -> str:
     dtype = resolve_dtype(cfg.model.dtype, device)
     plan = plan_memory(ModelShape.from_config(config), budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
                        dtype_bytes=torch.finfo(dtype).bits // 8, load_in_4bit=cfg.model.load_in_4bit,
-                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora)
+                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora,
+                       beside=reward_model_bytes(cfg, device))
     return plan.summary(cfg.model.max_seq_length)
 
 
