@@ -39,8 +39,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def hub_status(repo: str, repo_type: str) -> tuple:
-    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time."""
+def hub_status(repo: str, repo_type: str, setting: str = "model.name") -> tuple:
+    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time.
+    setting: the model setting to point at a local folder instead."""
     from huggingface_hub import constants, repo_info
 
     prefix = "models" if repo_type == "model" else "datasets"
@@ -48,7 +49,7 @@ def hub_status(repo: str, repo_type: str) -> tuple:
         return "local hub cache", None
     if repo_type == "dataset" and _datasets_cache_has(repo):
         return "local datasets cache", None
-    todo = (f"download it where there is network (huggingface-cli download {repo}) or set model.name to a local folder"
+    todo = (f"download it where there is network (huggingface-cli download {repo}) or set {setting} to a local folder"
             if repo_type == "model" else
             f"put a copy laid out like the hub repo in MATHGRPO_HUB_ROOT/{repo}, or download it where there is "
             f"network (huggingface-cli download --repo-type dataset {repo})")
@@ -87,19 +88,22 @@ def check_model(name: str, setting: str = "model.name") -> Check:
         return Check(setting, name, None, "a folder without config.json or adapter_config.json; pass a model folder")
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
         return Check(setting, name, None, "no such folder (a hub id looks like owner/name)")
-    found, problem = hub_status(name, "model")
+    found, problem = hub_status(name, "model", setting.split(" ")[0])
     return Check(setting, name, found, problem)
 
 
 def check_reward_model(name: str) -> Check:
-    """rewards.model: a local folder of a sequence classifier (its config.json read), or a hub id found as model.name is."""
-    from .grading.reward_model import folder_problem
+    """rewards.model: a local folder or a hub id (found as model.name is) of a sequence classifier with at most two
+    labels, as far as its config.json is at hand."""
+    from .grading.reward_model import config_problem, folder_problem, local_config
 
     path = Path(name).expanduser()
     if path.is_dir():
         problem = folder_problem(path)
         return Check("rewards.model", name, None if problem else "local folder", problem)
-    return check_model(name, "rewards.model")
+    found = check_model(name, "rewards.model")
+    config = local_config(name) if found.found else None
+    return Check("rewards.model", name, found.found, found.problem or (config_problem(config) if config else None))
 
 
 def check_source(spec: str, split: str, setting: str) -> Check:

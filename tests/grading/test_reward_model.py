@@ -174,14 +174,18 @@ def test_bad_folders_say_what_to_do(tmp_path):
         RewardModel.load(str(tmp_path / "empty"))
 
 
-def test_preflight_names_a_bad_reward_model_before_anything_starts(tmp_path, capsys):
+def test_preflight_names_a_bad_reward_model_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """A causal LM folder and a hub id that is not at hand (offline) are named before the warm-up, no folder made."""
     from mathgrpo.cli import main
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lm, tok = build_tiny()
     lm.save_pretrained(tmp_path / "lm")
-    assert main(["train", f"run.output_dir={tmp_path / 'runs'}", f"rewards.model={tmp_path / 'lm'}"]) == 2
-    err = capsys.readouterr().err
-    assert "rewards.model=" in err and "not a sequence-classification model" in err
+    for name, message in ((tmp_path / "lm", "not a sequence-classification model"),
+                          ("nobody/no-such-orm", "not in the local hub cache")):
+        assert main(["train", f"run.output_dir={tmp_path / 'runs'}", f"rewards.model={name}"]) == 2
+        err = capsys.readouterr().err
+        assert f"rewards.model={name}: " in err and message in err
     assert not (tmp_path / "runs").exists()
 
 
