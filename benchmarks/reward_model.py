@@ -63,7 +63,11 @@ def build_classifier(tiny: bool) -> dict:
         tok = build_tokenizer(QWEN25_15B["vocab_size"])
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    return {"classifier": folder, "params": sum(p.numel() for p in model.parameters())}
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the run loads its own copy from the folder
+    return {"classifier": folder, "params": params}
 
 
 def make_run(tiny: bool, with_rm: bool, steps: int):

@@ -29,7 +29,6 @@ import torch
 from ..model.common import ModelError, resolve_dtype
 from .rewards import MODEL_PART
 
-NAME = MODEL_PART  # the reward part's name (metrics: rewards/reward_model)
 EPS = 1e-4
 
 
@@ -77,7 +76,7 @@ def render(tok: Any, question: str, completion: str) -> tuple:
 class RewardModel:
     """A loaded classifier that scores (question, completion) pairs; a batch scorer for `Rewards`."""
 
-    name = NAME
+    name = MODEL_PART  # the reward part's name (metrics: rewards/reward_model)
 
     def __init__(self, model: Any, tok: Any, weight: float = 1.0, normalize: str = "group", batch_size: int = 8,
                  max_length: int = 2048, group_size: int = 1) -> None:
@@ -147,7 +146,7 @@ class RewardModel:
             logits = self.model(input_ids=batch["input_ids"].to(self.device),
                                 attention_mask=batch["attention_mask"].to(self.device)).logits.float()  # [n, labels]
             values = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
-            for i, v in zip(chunk, values.tolist()):
+            for i, v in zip(chunk, values.tolist()):  # the host waits for the GPU here
                 scores[i] = v
         return scores
 
@@ -166,8 +165,6 @@ class RewardModel:
         """(raw scores: the logged part, normalised scores: what model_weight multiplies) of one batch."""
         t0 = time.perf_counter()
         raw = self.raw_scores([p.question for p in problems], completions)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - t0
         return raw, self.normalized(raw)
 
@@ -186,8 +183,8 @@ def folder_problem(path: Path) -> Optional[str]:
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         return "is a LoRA adapter folder; merge it (mathgrpo export --merged) and pass the merged model"
     if not (path / "config.json").is_file():
-        return "a folder without config.json; pass the folder of a sequence-classification model"
+        return "is a folder without config.json; pass the folder of a sequence-classification model"
     config = local_config(str(path))
     if config is None:
-        return "its config.json is not one transformers reads; pass the folder of a sequence-classification model"
+        return "has a config.json transformers cannot read; pass the folder of a sequence-classification model"
     return config_problem(config)
