@@ -30,7 +30,6 @@ from ..model.loading import load_base, load_with_adapter, make_trainable, ready_
 from .optim import make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..grading.rewards import RewardContext, build_rewards
-from ..grading.reward_model import load_reward_model
 from .stopping import StopRequest, TrainingStopped
 from ..rollout import SamplingParams, make_engine
 from ..rollout import sequence_seed
@@ -102,6 +101,8 @@ class GRPORun:
         self.train_problems, self.heldout = train, heldout
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
+        from ..grading.reward_model import load_reward_model  # rewards.model, when set: a classifier on this device
+
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
                                      load_reward_model(cfg.rewards, cfg.grpo.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
