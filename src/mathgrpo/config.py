@@ -127,6 +127,26 @@ class RewardConfig:
     preset: str = _f("default", "Reward preset: default (correct 1.0 + format 0.1) or unsloth (the reference notebook's scale).")
     weights: dict = _f({}, "Override weights by reward name, e.g. {correct: 2.0, overlong: 0.5}; 0 disables one.")
     overlong_buffer: int = _f(64, "Tokens before max_new_tokens where the soft overlong penalty starts (DAPO).")
+    model: Optional[str] = _f(
+        None,
+        "A learned reward beside the preset's: a hub id or local folder of a sequence-classification model (e.g. an "
+        "outcome reward model for math) that scores each completion with its question, in its tokenizer's chat "
+        "template when it has one (user: question, assistant: completion), else as `question\\n\\ncompletion`. "
+        "Score: a one-label head's logit, or logit[1] - logit[0] of a two-label head. Loaded on the policy's device "
+        "(bf16 on a GPU, fp32 on the CPU) and counted in the memory plan; its raw score is logged as "
+        "rewards/reward_model. null = none.",
+    )
+    model_weight: float = _f(1.0, "Weight of the reward model's (normalised) score in the total reward.")
+    model_normalize: str = _f(
+        "group",
+        "What the weight multiplies: none (the raw score), group (the score minus its group's mean over the group's "
+        "std + 1e-4; a group is one prompt's num_generations completions) or batch (the same over the step's "
+        "completions; each rank's share under torchrun). The logged part is the raw score either way.",
+    )
+    model_batch_size: int = _f(8, "Completions the reward model scores per forward pass.")
+    model_max_length: int = _f(
+        2048, "Tokens of question + completion the reward model reads; longer texts lose their start (the answer is kept)."
+    )
 
 
 @dataclass
@@ -289,13 +309,14 @@ CHOICES = {
     "grpo.sampler_correction": ("none", "tis"),
     "rollout.lora": ("merge", "lowrank"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
+    "rewards.model_normalize": ("none", "group", "batch"),
 }
 
 POSITIVE = (
     "lora.r", "lora.alpha", "rollout.max_new_tokens", "sft.batch_size", "grpo.prompts_per_step",
     "grpo.num_generations", "grpo.num_iterations", "run.keep_last", "run.eval_every",
     "run.checkpoint_every", "run.sample_every", "model.max_seq_length", "sft.eval_every", "eval.n",
-    "sft.steps", "grpo.steps", "data.heldout_size", "data.size",
+    "sft.steps", "grpo.steps", "data.heldout_size", "data.size", "rewards.model_batch_size", "rewards.model_max_length",
 )
 NON_NEGATIVE = (
     "sft.micro_batch_size", "sft.warmup_steps", "sft.weight_decay", "grpo.micro_batch_size", "grpo.warmup_steps",
@@ -374,6 +395,7 @@ def validate(cfg: Config) -> Config:
     if cfg.run.parallel == "fsdp" and cfg.grpo.dynamic_sampling:
         raise ConfigError("grpo.dynamic_sampling leaves ranks with different numbers of sequences, which FSDP's "
                           "collective passes cannot take; use run.parallel=ddp with it")
+    check_reward_model(cfg.rewards)
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):
@@ -396,6 +418,21 @@ def validate(cfg: Config) -> Config:
     if unknown:
         raise ConfigError(f"run.report_to has unknown sinks {sorted(unknown)}; use jsonl, tensorboard, wandb")
     return cfg
+
+
+def check_reward_model(rewards: RewardConfig) -> None:
+    """rewards.model names a model (not `tiny`, not empty) with a weight that counts; its part is weighted by
+    rewards.model_weight, not in rewards.weights."""
+    if "reward_model" in rewards.weights:
+        raise ConfigError("rewards.weights names reward_model, the reward model's part: set rewards.model=<folder "
+                          "or hub id> and its weight with rewards.model_weight")
+    if rewards.model is None:
+        return
+    if not rewards.model.strip() or rewards.model == "tiny":
+        raise ConfigError(f"rewards.model={rewards.model!r} must be a hub id or a local folder of a sequence-"
+                          "classification model (or null for none)")
+    if rewards.model_weight == 0:
+        raise ConfigError("rewards.model_weight=0 would load rewards.model for nothing; set rewards.model=null instead")
 
 
 def check_run_name(name: Optional[str]) -> None:

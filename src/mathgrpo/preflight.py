@@ -39,8 +39,9 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def hub_status(repo: str, repo_type: str) -> tuple:
-    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time."""
+def hub_status(repo: str, repo_type: str, setting: str = "model.name") -> tuple:
+    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time.
+    setting: the model setting to point at a local folder instead."""
     from huggingface_hub import constants, repo_info
 
     prefix = "models" if repo_type == "model" else "datasets"
@@ -48,7 +49,7 @@ def hub_status(repo: str, repo_type: str) -> tuple:
         return "local hub cache", None
     if repo_type == "dataset" and _datasets_cache_has(repo):
         return "local datasets cache", None
-    todo = (f"download it where there is network (huggingface-cli download {repo}) or set model.name to a local folder"
+    todo = (f"download it where there is network (huggingface-cli download {repo}) or set {setting} to a local folder"
             if repo_type == "model" else
             f"put a copy laid out like the hub repo in MATHGRPO_HUB_ROOT/{repo}, or download it where there is "
             f"network (huggingface-cli download --repo-type dataset {repo})")
@@ -87,8 +88,22 @@ def check_model(name: str, setting: str = "model.name") -> Check:
         return Check(setting, name, None, "a folder without config.json or adapter_config.json; pass a model folder")
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
         return Check(setting, name, None, "no such folder (a hub id looks like owner/name)")
-    found, problem = hub_status(name, "model")
+    found, problem = hub_status(name, "model", setting.split(" ")[0])
     return Check(setting, name, found, problem)
+
+
+def check_reward_model(name: str) -> Check:
+    """rewards.model: a local folder or a hub id (found as model.name is) of a sequence classifier with at most two
+    labels, as far as its config.json is at hand."""
+    from .grading.reward_model import config_problem, folder_problem, local_config
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        problem = folder_problem(path)
+        return Check("rewards.model", name, None if problem else "local folder", problem)
+    found = check_model(name, "rewards.model")
+    config = local_config(name) if found.found else None
+    return Check("rewards.model", name, found.found, found.problem or (config_problem(config) if config else None))
 
 
 def check_source(spec: str, split: str, setting: str) -> Check:
@@ -148,6 +163,8 @@ def training_checks(cfg: Config, stages: tuple) -> list:
     d = cfg.data
     held = d.heldout_source or d.source
     jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg)]
+    if cfg.rewards.model and "grpo" in stages and cfg.grpo.enabled:
+        jobs.append(lambda: check_reward_model(cfg.rewards.model))
     jobs.append(lambda: check_source(held, "test", "data.heldout_source" if d.heldout_source else "data.source (held-out)"))
     uses_train = ("grpo" in stages and cfg.grpo.enabled) or ("sft" in stages and cfg.sft.enabled and not cfg.sft.source)
     if uses_train:
@@ -170,7 +187,7 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .train.memory import ModelShape, device_budget, plan_memory
+    from .train.memory import ModelShape, device_budget, plan_memory, reward_model_bytes
     from .model.common import resolve_device, resolve_dtype
 
     try:
@@ -186,7 +203,8 @@ def memory_line(cfg: Config) -> str:
     dtype = resolve_dtype(cfg.model.dtype, device)
     plan = plan_memory(ModelShape.from_config(config), budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
                        dtype_bytes=torch.finfo(dtype).bits // 8, load_in_4bit=cfg.model.load_in_4bit,
-                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora)
+                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora,
+                       beside=reward_model_bytes(cfg, device))
     return plan.summary(cfg.model.max_seq_length)
 
 

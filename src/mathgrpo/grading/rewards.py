@@ -4,6 +4,9 @@ Each part is logged on its own (unweighted) so a run shows which part moved. `co
 `judge.grade`, the same judge evaluation uses. Rewards never touch a model: what they need to
 know about the generation (its length, whether it was cut off) comes in a `RewardContext`.
 
+A learned reward (`rewards.model`, a sequence-classification model) joins any preset as the part
+`reward_model`: a batch scorer given to `build_rewards`, since it scores a whole batch at once.
+
 Presets:
   default  correct 1.0 + format_exact 0.1 (the tiny run's reward)
   unsloth  the scale of Unsloth's Qwen3 (4B) GRPO notebook: format_exact +3, per-tag +0.5/-1,
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import judge
 from ..data.formats import Format, parse_completion
 
 RewardFn = Callable[..., float]
 REGISTRY: dict = {}
+MODEL_PART = "reward_model"  # the learned reward's part (rewards.model; grading/reward_model.py), not in REGISTRY
 
 PRESETS = {
     "default": {"correct": 1.0, "format_exact": 0.1},
@@ -50,7 +54,7 @@ def reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Register a reward function under `name`."""
 
     def register(fn: RewardFn) -> RewardFn:
-        if name in REGISTRY:
+        if name in REGISTRY or name == MODEL_PART:
             raise ValueError(f"reward {name!r} is registered twice")
         REGISTRY[name] = fn
         return fn
@@ -176,11 +180,17 @@ def unsloth_numbers(completion: str, problem, ctx: RewardContext) -> float:
 
 
 class Rewards:
-    """Named, weighted reward parts; called on a batch, it returns totals and each part unweighted."""
+    """Named, weighted reward parts; called on a batch, it returns totals and each part unweighted.
 
-    def __init__(self, weights: dict) -> None:
+    scorer: a batch scorer beside the per-completion parts (the reward model, `reward_model.py`): called once
+    on the whole batch as `scorer(completions, problems) -> (logged values, values its weight multiplies)`,
+    with `name` and `weight` attributes; its logged values are a part like the others.
+    """
+
+    def __init__(self, weights: dict, scorer: Optional[Any] = None) -> None:
         self.weights = dict(weights)
-        self.names = list(self.weights)
+        self.scorer = scorer
+        self.names = list(self.weights) + ([scorer.name] if scorer is not None else [])
 
     def __call__(self, completions: list, problems: list, ctxs: list) -> tuple:
         """(total per completion, {name: unweighted values}) for parallel lists of one batch."""
@@ -190,19 +200,25 @@ class Rewards:
                 f"completions, {len(problems)} problems, {len(ctxs)} contexts"
             )
         parts = {
-            name: [REGISTRY[name](c, p, x) for c, p, x in zip(completions, problems, ctxs)] for name in self.names
+            name: [REGISTRY[name](c, p, x) for c, p, x in zip(completions, problems, ctxs)] for name in self.weights
         }
-        totals = [sum(self.weights[n] * parts[n][i] for n in self.names) for i in range(len(completions))]
+        totals = [sum(self.weights[n] * parts[n][i] for n in self.weights) for i in range(len(completions))]
+        if self.scorer is not None:
+            parts[self.scorer.name], added = self.scorer(completions, problems)
+            totals = [t + self.scorer.weight * a for t, a in zip(totals, added)]
         return totals, parts
 
 
-def build_rewards(preset: str = "default", weights_override: Optional[dict] = None) -> Rewards:
-    """The preset's weights with `weights_override` applied (a new name adds a part, weight 0 drops one)."""
+def build_rewards(preset: str = "default", weights_override: Optional[dict] = None, scorer: Optional[Any] = None) -> Rewards:
+    """The preset's weights with `weights_override` applied (a new name adds a part, weight 0 drops one), plus
+    `scorer` (the reward model, or None) as one more part."""
     if preset not in PRESETS:
         raise ValueError(f"unknown reward preset {preset!r}; choose one of {', '.join(PRESETS)}")
     weights = dict(PRESETS[preset])
     for name, weight in (weights_override or {}).items():
+        if name == MODEL_PART:
+            raise ValueError(f"reward {name!r} is the reward model's part: set rewards.model and rewards.model_weight")
         if name not in REGISTRY:
             raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(sorted(REGISTRY))}")
         weights[name] = float(weight)
-    return Rewards({n: w for n, w in weights.items() if w != 0})
+    return Rewards({n: w for n, w in weights.items() if w != 0}, scorer)

@@ -1,6 +1,7 @@
 """The built-in tiny model: a character-level tokenizer and a small Qwen3, built offline in a second.
 
-Used by the default run (`mathgrpo train` with no arguments) and by the tests. The tokenizer
+Used by the default run (`mathgrpo train` with no arguments) and by the tests (with a tiny sequence
+classifier of the same shape as a stand-in reward model). The tokenizer
 knows printable ASCII one character per token plus the format markers as whole tokens, so the
 same tiny model can read GSM8K questions in tests. The markers are ordinary added tokens, not
 special ones: decoding with special tokens skipped must not delete them.
@@ -12,7 +13,7 @@ import string
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification
 
 from ..data.formats import PRESETS
 
@@ -67,5 +68,18 @@ def build_tiny(seed: int = 0) -> tuple:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = None
+    model.set_attn_implementation("eager")
+    return model, tok
+
+
+def build_tiny_classifier(seed: int = 0, num_labels: int = 1) -> tuple:
+    """(model, tokenizer): a freshly initialised tiny Qwen3 sequence classifier (a `num_labels` head) over the tiny
+    tokenizer, the shape of the tiny model: a stand-in reward model for tests and the CPU benchmark."""
+    tok = build_tokenizer()
+    config = tiny_config(len(tok))
+    config.num_labels = num_labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForSequenceClassification(config)
     model.set_attn_implementation("eager")
     return model, tok

@@ -98,7 +98,10 @@ class GRPORun(Stage):
         self.train_problems, self.heldout = train, heldout
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
-        self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights))
+        from ..grading.reward_model import load_reward_model  # rewards.model, when set: a classifier on this device
+
+        self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
+                                     load_reward_model(cfg.rewards, cfg.grpo.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
         shares = self.engine.shares_prompt_cache

@@ -15,7 +15,9 @@ whole run and what grows with the batch:
   softmax that gives the gradient; with a trainable head the log-softmax and its fp32 gradient);
 - rollout, per token: the KV cache, 2 (K and V) x layers x kv_heads x head_dim x 2 bytes
   (144 KiB a token for Qwen3-4B; a prompt's tokens once per group of samples where the engine
-  shares them), plus a few fp32 vocabulary-sized rows per sequence for sampling.
+  shares them), plus a few fp32 vocabulary-sized rows per sequence for sampling;
+- beside the policy, for the whole run: a reward model (rewards.model), its weights and one scoring
+  batch's activations (rewards.model_batch_size x model_max_length tokens), counted as resident.
 
 The constants are estimates that err on the large side; the numbers they give are upper bounds on
 the batch sizes to try, and an out-of-memory stop names the settings to lower.
@@ -37,6 +39,9 @@ ACT_HIDDEN, ACT_INTERMEDIATE = 14, 4
 ACT_HIDDEN_PEFT, ACT_INTERMEDIATE_PEFT = 18, 5
 # fp32 vocabulary rows a sampling step holds per sequence (logits, processed logits, probabilities).
 SAMPLING_ROWS = 4
+# Values one token of a no-grad scoring pass holds at a layer's peak, in hidden- and intermediate-sized
+# vectors (residual, norm, q/k/v/attention output; gate, up and their product).
+SCORE_HIDDEN, SCORE_INTERMEDIATE = 6, 3
 # CUDA context, cuBLAS/attention workspaces and allocator slack, bytes (GPU plans only).
 FIXED_OVERHEAD = int(1.5 * GIB)
 # Bytes per logits value in one chunk. Frozen head: bf16 head output, fp32 copy turned into the
@@ -113,6 +118,7 @@ class MemoryPlan:
     chunk_tokens: int  # tokens per log-prob chunk
     rollout_per_token: int  # KV-cache bytes per generated or prompt token
     rollout_per_sequence: int  # sampling scratch per sequence, bytes
+    beside: int = 0  # bytes of other models kept on the device (the reward model), part of `resident`
 
     def micro_batch(self, seq_tokens: int, held: int = 0) -> int:
         """Sequences of `seq_tokens` tokens one forward/backward can take (0: not even one fits).
@@ -141,7 +147,8 @@ class MemoryPlan:
 
     def summary(self, seq_tokens: int) -> str:
         """One line for the log: budget, resident share, and the two batch sizes at `seq_tokens`."""
-        return (f"memory: budget {self.budget / GIB:.1f} GiB, resident {self.resident / GIB:.1f} GiB; at {seq_tokens} tokens "
+        beside = f" (reward model {self.beside / GIB:.1f} GiB)" if self.beside else ""
+        return (f"memory: budget {self.budget / GIB:.1f} GiB, resident {self.resident / GIB:.1f} GiB{beside}; at {seq_tokens} tokens "
                 f"a micro-batch of {self.micro_batch(seq_tokens)}, a rollout batch of {self.rollout_batch(seq_tokens)}, "
                 f"log-prob chunks of {self.chunk_tokens} tokens")
 
@@ -166,14 +173,16 @@ def plan_memory(
     fixed_overhead: int = FIXED_OVERHEAD,
     fused_lora: bool = True,
     offload_checkpoints: bool = False,
+    beside: int = 0,
 ) -> MemoryPlan:
-    """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`."""
+    """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`, beside `beside`
+    bytes of other models kept on the device (`reward_model_bytes`)."""
     targets = lora_targets if lora_targets is not None else PROJECTIONS
     # 4-bit NF4: half a byte a weight plus one fp32 scale per 64-weight block (~0.56 bytes).
     weight_bytes = int(shape.params * (0.5625 if load_in_4bit else dtype_bytes))
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)
     state_bytes = trained * 16  # fp32 weight, gradient and two AdamW moments
-    resident = weight_bytes + state_bytes + fixed_overhead
+    resident = weight_bytes + state_bytes + fixed_overhead + beside
     per_hidden, per_intermediate = (ACT_HIDDEN, ACT_INTERMEDIATE) if fused_lora else (ACT_HIDDEN_PEFT, ACT_INTERMEDIATE_PEFT)
     layer_values = per_hidden * shape.hidden + per_intermediate * shape.intermediate
     if gradient_checkpointing:
@@ -192,7 +201,33 @@ def plan_memory(
         chunk_tokens=chunk,
         rollout_per_token=shape.kv_bytes_per_token(dtype_bytes),
         rollout_per_sequence=SAMPLING_ROWS * 4 * shape.vocab,
+        beside=beside,
     )
+
+
+def scorer_bytes(config: Any, dtype_bytes: int, batch: int, max_length: int) -> int:
+    """A sequence classifier kept beside the policy: its weights (the decoder, embeddings once, a num_labels head)
+    and the activations of one no-grad scoring pass of `batch` texts of `max_length` tokens."""
+    shape = ModelShape.from_config(config, params=0)
+    params = shape.count_params(tied=True) + shape.hidden * config.num_labels
+    per_token = SCORE_HIDDEN * shape.hidden + SCORE_INTERMEDIATE * shape.intermediate
+    return dtype_bytes * (params + batch * max_length * per_token)
+
+
+def reward_model_bytes(cfg: Any, device: Any) -> int:
+    """What the run's rewards.model keeps on `device` (`scorer_bytes` from its config.json; 0 without one, or when
+    its config is not at hand)."""
+    if not cfg.rewards.model:
+        return 0
+    import torch
+
+    from ..grading.reward_model import classifier_dtype, local_config
+
+    config = local_config(cfg.rewards.model)
+    if config is None:
+        return 0
+    dtype_bytes = torch.finfo(classifier_dtype(torch.device(device))).bits // 8
+    return scorer_bytes(config, dtype_bytes, cfg.rewards.model_batch_size, cfg.rewards.model_max_length)
 
 
 def device_budget(max_memory_gb: Optional[float], device: Any) -> Optional[int]:
@@ -232,6 +267,7 @@ def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> 
         fixed_overhead=FIXED_OVERHEAD if torch.device(device).type == "cuda" else 0,
         fused_lora=cfg.model.fused_lora,
         offload_checkpoints=offload,
+        beside=reward_model_bytes(cfg, device),
     )
     print(plan.summary(cfg.model.max_seq_length))
     return plan
