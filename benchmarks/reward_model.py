@@ -28,11 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-RM_DIR = "/tmp/rm-1.5b-random"
+RM_DIR = "/tmp/rm-1.5b-random-qwen3"
 TINY_RM_DIR = str(Path(tempfile.gettempdir()) / "rm-tiny-bench")
-QWEN25_15B = {  # Qwen2.5-1.5B's shape, as a one-label sequence classifier
+# Qwen2.5-1.5B's shape as a one-label Qwen3 sequence classifier (Qwen3 adds only the q/k norms, 256 weights a
+# layer): with a qwen2 config.json, transformers 5 loads the made-up word-level tokenizer as Qwen2's BPE, which
+# turns the benchmark's texts into no tokens.
+QWEN25_15B = {
     "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-    "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True, "rope_theta": 1e6,
+    "num_attention_heads": 12, "num_key_value_heads": 2, "head_dim": 128, "tie_word_embeddings": True, "rope_theta": 1e6,
     "max_position_embeddings": 32768, "num_labels": 1,
 }
 
@@ -49,12 +52,12 @@ def build_classifier(tiny: bool) -> dict:
 
         model, tok = build_tiny_classifier(seed=1)
     else:
-        from transformers import Qwen2Config, Qwen2ForSequenceClassification
+        from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
         from grpo_step import build_tokenizer
 
         with torch.device("cuda"):
-            model = Qwen2ForSequenceClassification(Qwen2Config(**QWEN25_15B, pad_token_id=0, eos_token_id=1,
+            model = Qwen3ForSequenceClassification(Qwen3Config(**QWEN25_15B, pad_token_id=0, eos_token_id=1,
                                                                bos_token_id=None)).to(torch.bfloat16)
         with torch.no_grad():
             for name, p in model.named_parameters():

@@ -93,6 +93,18 @@ def test_long_texts_lose_their_start(classifier):
     assert len(ids) == 10 and rm.tok.decode(ids).endswith("[ANSWER]42")
 
 
+def test_a_tokenizer_that_reads_no_tokens_is_named(classifier):
+    """A tokenizer that does not fit the texts (here one with an empty vocabulary, as a BPE tokenizer reading
+    another model's word list) gives an error that names it, not a shape error deep in the model."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    rm = RewardModel.load(str(classifier), normalize="none")
+    rm.tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), pad_token="<pad>")
+    with pytest.raises(RewardModelError, match="turned a question and completion into no tokens"):
+        rm(["[ANSWER]15"], problems(["7+8="]))
+
+
 def test_group_and_batch_normalisation(classifier):
     """group: z-scores within each consecutive group of G (std with n-1, + 1e-4); batch: over the whole call."""
     rm = RewardModel.load(str(classifier), group_size=2)

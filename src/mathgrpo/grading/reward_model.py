@@ -131,6 +131,10 @@ class RewardModel:
         for q, c in zip(questions, completions):
             text, add_special = render(self.tok, q, c)
             row = self.tok(text, add_special_tokens=add_special)["input_ids"]
+            if not row:
+                raise RewardModelError(f"rewards.model: its tokenizer ({type(self.tok).__name__}) turned a question and "
+                                       "completion into no tokens; check that the folder's tokenizer files are the "
+                                       "ones the classifier was trained with")
             ids.append(row[-self.max_length:])
         return ids
 

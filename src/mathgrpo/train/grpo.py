@@ -23,6 +23,7 @@ from ..config import Config
 from ..data.formats import get_format, prompts_for
 from ..evaluate.heldout import heldout_accuracy
 from ..grading.judge import grade
+from ..grading.reward_model import load_reward_model
 from ..grading.rewards import RewardContext, build_rewards
 from ..model.common import is_adapter_dir
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids, training_attention
@@ -98,8 +99,6 @@ class GRPORun(Stage):
         self.train_problems, self.heldout = train, heldout
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
-        from ..grading.reward_model import load_reward_model  # rewards.model, when set: a classifier on this device
-
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
                                      load_reward_model(cfg.rewards, cfg.grpo.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
