@@ -225,10 +225,12 @@ def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
                        offload_checkpoints=checkpointing and m.offload_checkpoints is not False)
     need = plan.floor(m.max_seq_length)
     weights = shape.weight_bytes(dtype_bytes, m.load_in_4bit)
+    overhead = FIXED_OVERHEAD if gpu else 0
     kind = "4-bit" if m.load_in_4bit else str(dtype).replace("torch.", "")
-    parts = [f"weights {_size(weights)} in {kind}", f"{'LoRA' if cfg.lora.enabled else 'full'} training state {_size(plan.resident - weights - (FIXED_OVERHEAD if gpu else 0))}",
-             f"one {m.max_seq_length}-token sequence {_size(need - plan.resident)}"] + (["CUDA overhead 1.5 GiB"] if gpu else [])
-    return need, " + ".join(parts)
+    parts = [f"weights {_size(weights)} in {kind}",
+             f"{'LoRA' if cfg.lora.enabled else 'full'} training state {_size(plan.resident - weights - overhead)}",
+             f"one {m.max_seq_length}-token sequence {_size(need - plan.resident)}"]
+    return need, " + ".join(parts + ([f"CUDA overhead {_size(overhead)}"] if gpu else []))
 
 
 def _changed(cfg: Config, **sections: dict) -> Config:
@@ -247,8 +249,8 @@ def memory_fixes(cfg: Config, shape: object, have: Memory, need: int) -> list:
         return bytes_ if bytes_ <= have.bytes else None
 
     fixes = []
-    four = needs(_changed(cfg, model={"load_in_4bit": True, "backend": "unsloth"}))
-    if have.gpu and not cfg.model.load_in_4bit and four:
+    four = have.gpu and not cfg.model.load_in_4bit and needs(_changed(cfg, model={"load_in_4bit": True, "backend": "unsloth"}))
+    if four:
         fixes.append(f"model.load_in_4bit=true model.backend=unsloth (about {_size(four)}; pip install 'mathgrpo[unsloth]')")
     if need <= have.device:
         fixes.append(f"grpo.max_memory_gb={-(-need // GIB)} or more, or unset")
@@ -260,8 +262,9 @@ def memory_fixes(cfg: Config, shape: object, have: Memory, need: int) -> list:
     for recipe in sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")):
         other = load_config(recipe)
         other_shape = model_shape(other.model.name)[0]
-        if other_shape is not None and other_shape.params < shape.params and needs(other, other_shape):
-            smaller.append((other_shape.params, f"a smaller model: --recipe {recipe} (about {_size(needs(other, other_shape))})"))
+        fits = other_shape is not None and other_shape.params < shape.params and needs(other, other_shape)
+        if fits:
+            smaller.append((other_shape.params, f"a smaller model: --recipe {recipe} (about {_size(fits)})"))
     if smaller:
         fixes.append(max(smaller)[1])
     if not have.gpu:
