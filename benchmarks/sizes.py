@@ -14,7 +14,8 @@ completions forced to their full length (no stop ids). Phases:
   one generate call and one forward/backward micro-batch (`rollout.batch_size` and `grpo.micro_batch_size` set to
   the whole step, so the trainer's halving after an out-of-memory error, `Sizing.after_out_of_memory`, is off and
   the error comes through), layer inputs offloaded to the host, the rollout's KV cache freed before training. The
-  ladder stops at the first rung that runs out of memory; the last one that ran is the largest that fits. (With
+  ladder stops at the first rung that runs out of memory; the last one that ran is the largest that fits (its
+  time is a first step at that shape: compilation and graph capture included). (With
   its memory plan the trainer runs larger steps in several passes: these are the steps a card holds at once.)
   For 14b under a cap where the bf16 base does not fit (preflight's estimate) the base is 4-bit on the Unsloth
   backend (`--four-bit` overrides), which needs Unsloth and bitsandbytes importable and a call of its own: Unsloth
