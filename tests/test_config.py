@@ -28,6 +28,24 @@ def test_reference_recipe_mirrors_notebook():
     assert cfg.sft.enabled and cfg.grpo.enabled
 
 
+@pytest.mark.parametrize("recipe, model, rank, lr, group, prompts", [
+    ("qwen3-1.7b-grpo", "Qwen/Qwen3-1.7B-Base", 32, 6e-6, 8, 4),
+    ("qwen3-8b-grpo", "Qwen/Qwen3-8B-Base", 16, 3e-6, 4, 4),
+    ("qwen3-14b-grpo", "Qwen/Qwen3-14B-Base", 16, 2.5e-6, 4, 4),
+])
+def test_size_recipes_keep_the_method_and_change_what_their_comments_say(recipe, model, rank, lr, group, prompts):
+    """The other Qwen3 sizes: the reference recipe's data, rewards, sampling and schedule; their own model, rank
+    (alpha = 2 r), lr, group and prompts; bf16 on the default backend (the 14B's 4-bit base is an override)."""
+    ref, cfg = load_config("qwen3-4b-grpo"), load_config(recipe)
+    assert cfg.model.name == model and (cfg.lora.r, cfg.lora.alpha) == (rank, 2 * rank)
+    assert (cfg.grpo.lr, cfg.grpo.num_generations, cfg.grpo.prompts_per_step) == (lr, group, prompts)
+    assert (cfg.model.dtype, cfg.model.backend, cfg.model.load_in_4bit) == ("bfloat16", "transformers", False)
+    for section in ("data", "rewards", "rollout", "format", "eval", "run"):
+        assert getattr(cfg, section) == getattr(ref, section), section
+    assert (cfg.grpo.loss_type, cfg.grpo.scale_rewards, cfg.grpo.steps) == (ref.grpo.loss_type, ref.grpo.scale_rewards, ref.grpo.steps)
+    assert load_config(recipe, ["model.load_in_4bit=true", "model.backend=unsloth"]).model.load_in_4bit
+
+
 def test_overrides_apply_and_type_check():
     """Dotted overrides win over the recipe; a wrong type or unknown key names the key."""
     cfg = load_config("tiny-cpu", ["grpo.lr=0.5", "run.name=x"])

@@ -1,7 +1,9 @@
 """Up-front checks: every missing input of a run in one message, in seconds, before any folder is made."""
 
+import os
 import time
 
+import pytest
 import torch
 
 from mathgrpo.cli import main
@@ -52,3 +54,66 @@ def test_a_run_failing_before_any_stage_leaves_no_folder(tmp_path, capsys):
         assert main(argv) == 2
         assert "bad.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_memory_verdict_from_numbers_names_the_model_the_estimate_and_what_to_change():
+    """A tiny model on a pretend 1 MiB device: the estimate, what is available and a change; with room: fits."""
+    from mathgrpo.config import load_config
+    from mathgrpo.preflight import Memory, check_memory
+
+    cfg = load_config("tiny-cpu")
+    small = check_memory(cfg, Memory(2**20, "a test device", gpu=False))
+    assert small.setting == "model.name (memory)" and small.value == "tiny" and small.found is None
+    assert "needs about" in small.problem and "a test device gives 1.0 MiB" in small.problem
+    assert "weights" in small.problem and "Change:" in small.problem
+    roomy = check_memory(cfg, Memory(2**30, "a test device", gpu=False))
+    assert roomy.problem is None and roomy.found.startswith("fits: about")
+
+
+def test_14b_on_a_24gb_gpu_is_told_the_4bit_base_and_a_smaller_recipe():
+    """No weights or config.json here: the known Qwen3 sizes give the estimate; the 4-bit base fits."""
+    from mathgrpo.config import load_config
+    from mathgrpo.preflight import GIB, Memory, check_memory
+
+    card = Memory(int(0.95 * 24 * GIB), "95% of a 24 GiB test GPU", gpu=True)
+    check = check_memory(load_config("qwen3-14b-grpo"), card)
+    assert "weights 27.5 GiB in bfloat16" in check.problem and "known Qwen3 sizes" in check.problem
+    assert "model.load_in_4bit=true model.backend=unsloth" in check.problem
+    assert "--recipe qwen3-8b-grpo" in check.problem
+    assert check_memory(load_config("qwen3-14b-grpo", ["model.load_in_4bit=true", "model.backend=unsloth"]), card).problem is None
+    assert check_memory(load_config("qwen3-14b-grpo"), Memory(int(0.95 * 80 * GIB), "an 80 GiB test GPU", gpu=True)).problem is None
+
+
+def test_a_budget_below_the_device_is_named_as_the_limit(monkeypatch):
+    from mathgrpo import preflight
+    from mathgrpo.config import load_config
+
+    monkeypatch.setattr(preflight.os, "sysconf", lambda key: 2**20 if key == "SC_PHYS_PAGES" else 2**14)  # 16 GiB
+    check = preflight.check_memory(load_config("qwen3-1.7b-grpo", ["grpo.max_memory_gb=4", "model.device=cpu"]))
+    assert "grpo.max_memory_gb=4 (of the device's 16.0 GiB) gives 4.0 GiB" in check.problem
+    assert "grpo.max_memory_gb=10 or more" in check.problem
+
+
+@pytest.mark.parametrize("gpu_gib", [None, 24])
+def test_14b_recipe_on_a_machine_that_cannot_hold_it_fails_fast_with_no_folder(tmp_path, capsys, monkeypatch, gpu_gib):
+    """`mathgrpo train --recipe qwen3-14b-grpo` here (no weights, no GPU; then a pretend 24 GiB GPU): every problem
+    in one message before anything is loaded, the memory one with the settings to change, no run folder."""
+    from mathgrpo import preflight
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    if gpu_gib:
+        card = preflight.Memory(int(0.95 * gpu_gib * preflight.GIB), f"95% of a {gpu_gib} GiB test GPU", gpu=True)
+        monkeypatch.setattr(preflight, "machine_memory", lambda cfg: card)
+    t0 = time.monotonic()
+    assert main(["train", "--recipe", "qwen3-14b-grpo", f"run.output_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 20
+    assert "nothing was started" in err and "model.name=Qwen/Qwen3-14B-Base: not in the local hub cache" in err
+    memory = [line for line in err.splitlines() if "model.name (memory)=Qwen/Qwen3-14B-Base" in line]
+    if gpu_gib:
+        assert "needs about 31" in memory[0] and "model.load_in_4bit=true model.backend=unsloth" in memory[0]
+    else:  # this machine's RAM: reported when it is too small for a CPU run, not otherwise
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert bool(memory) == (ram < 50 * preflight.GIB), err
+    assert not (tmp_path / "runs").exists()

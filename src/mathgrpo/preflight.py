@@ -1,14 +1,19 @@
-"""Checks before a training run creates anything: the model, every data source and the device, all at once.
+"""Checks before a training run creates anything: the model, every data source, the device and whether the
+device can hold the model, all at once.
 
 Each check answers in seconds without loading weights or data: local folders and files are looked
 at, a hub id is looked up in the local hub cache and, when it is not there (and HF_HUB_OFFLINE is
-not set), asked of the hub once with a short time limit. Every problem is reported together, before
+not set), asked of the hub once with a short time limit. The memory check estimates from the model's
+shape (its config.json, or for a known Qwen3 hub id not yet downloaded the shape in `model/known.py`)
+what the smallest step needs (`MemoryPlan.floor`) and compares it with the GPU's memory, or for a CPU
+run the system RAM; when it does not fit it names the settings that would. Every problem is reported together, before
 the run folder exists, so a fix-and-retry never meets a folder left behind by the last attempt.
 `mathgrpo train --dry-run` prints the same checks with the resolved settings and the memory plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -158,11 +163,160 @@ def check_device(cfg: Config) -> Check:
     return Check("model.device", m.device, f"cuda ({torch.cuda.get_device_name(0)})" if have and m.device != "cpu" else "cpu")
 
 
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a run may use: bytes, where they are (for the message), and whether that is a GPU's memory."""
+
+    bytes: int
+    where: str
+    gpu: bool
+    device: int = 0  # what the device has when grpo.max_memory_gb allows less (0: not capped)
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def machine_memory(cfg: Config) -> Memory:
+    """The memory this machine gives the run: 95% of the GPU's (as the trainer plans) or the system RAM for a
+    CPU run, and grpo.max_memory_gb when it sets less."""
+    import torch
+
+    from .model.common import resolve_device
+
+    try:
+        device = resolve_device(cfg.model.device)
+    except Exception:  # a CUDA device asked for and none visible: check_device says so
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        total = torch.cuda.mem_get_info(device)[1]
+        have = Memory(int(total * 0.95), f"95% of the GPU's memory ({torch.cuda.get_device_name(device)}, {_size(total)})", True)
+    else:
+        have = Memory(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's RAM for a CPU run", False)
+    cap = cfg.grpo.max_memory_gb
+    if cap is not None and cap * GIB < have.bytes:
+        return Memory(int(cap * GIB), f"grpo.max_memory_gb={cap:g} (of the device's {_size(have.bytes)})", have.gpu, have.bytes)
+    return have
+
+
+def model_shape(name: str) -> tuple:
+    """(ModelShape, where its sizes came from) of a model, from local files or the known Qwen3 sizes; (None, why) if neither."""
+    from .model.known import known_config
+    from .train.memory import ModelShape
+
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        from .model.common import adapter_base
+
+        name = adapter_base(path)
+    config = _model_config(name)
+    if config is not None:
+        return ModelShape.from_config(config), "its config.json"
+    config = known_config(name)
+    if config is not None:
+        return ModelShape.from_config(config), "the known Qwen3 sizes in mathgrpo/model/known.py"
+    return None, "its config.json is not on this machine"
+
+
+def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
+    """(bytes, breakdown) the smallest GRPO step of `cfg` needs for `shape`: weights, LoRA (or full) training
+    state, one sequence of model.max_seq_length in training or rollout, and on a GPU the fixed overhead. Layer
+    inputs count as offloaded where the run may offload them (a GPU run with gradient checkpointing)."""
+    import torch
+
+    from .model.common import resolve_dtype
+    from .train.memory import FIXED_OVERHEAD, plan_memory
+
+    m = cfg.model
+    dtype = resolve_dtype(m.dtype, torch.device("cuda" if gpu else "cpu"))
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    checkpointing = gpu and m.gradient_checkpointing
+    plan = plan_memory(shape, budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules), dtype_bytes=dtype_bytes,
+                       load_in_4bit=m.load_in_4bit, gradient_checkpointing=checkpointing, full_finetune=not cfg.lora.enabled,
+                       fixed_overhead=FIXED_OVERHEAD if gpu else 0, fused_lora=m.fused_lora,
+                       offload_checkpoints=checkpointing and m.offload_checkpoints is not False)
+    need = plan.floor(m.max_seq_length)
+    weights = shape.weight_bytes(dtype_bytes, m.load_in_4bit)
+    overhead = FIXED_OVERHEAD if gpu else 0
+    kind = "4-bit" if m.load_in_4bit else str(dtype).replace("torch.", "")
+    parts = [f"weights {_size(weights)} in {kind}",
+             f"{'LoRA' if cfg.lora.enabled else 'full'} training state {_size(plan.resident - weights - overhead)}",
+             f"one {m.max_seq_length}-token sequence {_size(need - plan.resident)}"]
+    return need, " + ".join(parts + ([f"CUDA overhead {_size(overhead)}"] if gpu else []))
+
+
+def _changed(cfg: Config, **sections: dict) -> Config:
+    """A copy of `cfg` with some settings changed, by section: _changed(cfg, model={"load_in_4bit": True})."""
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **kv) for s, kv in sections.items()})
+
+
+def memory_fixes(cfg: Config, shape: object, have: Memory, need: int) -> list:
+    """Settings that would make `cfg` fit `have`, each with its estimate: the 4-bit base on Unsloth (a GPU), a
+    larger grpo.max_memory_gb, half the model.max_seq_length, the largest shipped recipe of a smaller model."""
+    from .config import RECIPES_DIR, load_config
+
+    def needs(other: Config, other_shape: object = shape) -> Optional[int]:
+        """What `other` needs when it fits `have`, else None."""
+        bytes_ = memory_needed(other, other_shape, have.gpu, have.bytes)[0]
+        return bytes_ if bytes_ <= have.bytes else None
+
+    fixes = []
+    four = have.gpu and not cfg.model.load_in_4bit and needs(_changed(cfg, model={"load_in_4bit": True, "backend": "unsloth"}))
+    if four:
+        fixes.append(f"model.load_in_4bit=true model.backend=unsloth (about {_size(four)}; pip install 'mathgrpo[unsloth]')")
+    if need <= have.device:
+        fixes.append(f"grpo.max_memory_gb={-(-need // GIB)} or more, or unset")
+    half = cfg.model.max_seq_length // 2
+    shorter = needs(_changed(cfg, model={"max_seq_length": half}))
+    if half and shorter:
+        fixes.append(f"model.max_seq_length={half} (about {_size(shorter)}; rollout.max_new_tokens at most that)")
+    smaller = []
+    for recipe in sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")):
+        other = load_config(recipe)
+        other_shape = model_shape(other.model.name)[0]
+        fits = other_shape is not None and other_shape.params < shape.params and needs(other, other_shape)
+        if fits:
+            smaller.append((other_shape.params, f"a smaller model: --recipe {recipe} (about {_size(fits)})"))
+    if smaller:
+        fixes.append(max(smaller)[1])
+    if not have.gpu:
+        fixes.append(f"a GPU with more than {_size(need)} of memory")
+    return fixes
+
+
+def check_memory(cfg: Config, have: Optional[Memory] = None) -> Check:
+    """Whether this machine (or `have`) can hold the model with the smallest step of `cfg`; the fixes when not."""
+    name = cfg.model.name
+    shape, source = model_shape(name)
+    if shape is None:
+        return Check("model.name (memory)", name, f"no estimate ({source})")
+    if cfg.run.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return Check("model.name (memory)", name, "no estimate under FSDP (weights sharded over the ranks)")
+    have = have or machine_memory(cfg)
+    need, breakdown = memory_needed(cfg, shape, have.gpu, have.bytes)
+    verdict = memory_verdict(need, breakdown, have, source)
+    if verdict.startswith("fits"):
+        return Check("model.name (memory)", name, verdict)
+    fixes = memory_fixes(cfg, shape, have, need)
+    todo = ". Change: " + ", or ".join(fixes) if fixes else ""
+    return Check("model.name (memory)", name, None, verdict + todo)
+
+
+def memory_verdict(need: int, breakdown: str, have: Memory, source: str) -> str:
+    """'fits: ...' or 'needs about X but ... gives Y' from the numbers alone."""
+    if need <= have.bytes:
+        return f"fits: about {_size(need)} of {_size(have.bytes)}, {have.where}; shape from {source}"
+    return f"needs about {_size(need)}: {breakdown}, shape from {source}; but {have.where} gives {_size(have.bytes)}"
+
+
 def training_checks(cfg: Config, stages: tuple) -> list:
     """Every check a training run's inputs need, run side by side (each hub question waits at most a few seconds)."""
     d = cfg.data
     held = d.heldout_source or d.source
-    jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg)]
+    jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg), lambda: check_memory(cfg)]
     if cfg.rewards.model and "grpo" in stages and cfg.grpo.enabled:
         jobs.append(lambda: check_reward_model(cfg.rewards.model))
     jobs.append(lambda: check_source(held, "test", "data.heldout_source" if d.heldout_source else "data.source (held-out)"))
@@ -187,7 +341,7 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .train.memory import ModelShape, device_budget, plan_memory, reward_model_bytes
+    from .train.memory import device_budget, plan_memory, reward_model_bytes
     from .model.common import resolve_device, resolve_dtype
 
     try:
@@ -197,11 +351,11 @@ def memory_line(cfg: Config) -> str:
     budget = device_budget(cfg.grpo.max_memory_gb, device) if device.type == "cuda" or cfg.grpo.max_memory_gb else None
     if budget is None:
         return "memory: no budget on the CPU (whole batches); set grpo.max_memory_gb to plan one"
-    config = _model_config(cfg.model.name)
-    if config is None:
+    shape = model_shape(cfg.model.name)[0]
+    if shape is None:
         return "memory: the model's config.json is not at hand; no plan"
     dtype = resolve_dtype(cfg.model.dtype, device)
-    plan = plan_memory(ModelShape.from_config(config), budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
+    plan = plan_memory(shape, budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
                        dtype_bytes=torch.finfo(dtype).bits // 8, load_in_4bit=cfg.model.load_in_4bit,
                        full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora,
                        beside=reward_model_bytes(cfg, device))

@@ -305,6 +305,17 @@ def test_unsupported_models_get_a_reason_and_fall_back_to_hf(tiny):
     assert make_engine("native", model, tok, [1]).name == "native"
 
 
+def test_quantized_weights_go_to_hf(tiny):
+    """A 4-bit base (bitsandbytes stores its weights as uint8) cannot be read or LoRA-merged by the native engine."""
+    import copy
+
+    model = copy.deepcopy(tiny[0])
+    proj = model.model.layers[0].self_attn.q_proj
+    proj.weight = torch.nn.Parameter(torch.zeros(proj.weight.numel() // 2, 1, dtype=torch.uint8), requires_grad=False)
+    assert "quantized" in supports(model)
+    assert make_engine("native", model, tiny[1], [1]).name == "hf"
+
+
 # On the GPU machine (Triton 3.6) the interpreter fails inside its launch-argument handling ("only 0-dimensional
 # arrays can be converted to Python scalars") with or without this session's changes; there the compiled kernel
 # runs for real (the rollout and learning benchmarks, test_sampler_matches_the_learner...).

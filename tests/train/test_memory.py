@@ -100,3 +100,17 @@ def test_held_bytes_shrink_the_rollout_batch(qwen3_4b):
     need = 7 * GIB
     plan = plan_memory(qwen3_4b, 20 * GIB)
     assert plan.rollout_batch(512, 256, 8, held=need) < plan.rollout_batch(512, 256, 8)
+
+
+def test_4bit_weights_keep_the_embedding_and_head_in_16_bit(qwen3_4b):
+    """bitsandbytes quantizes the projections only: the tied 4B embedding stays bf16; an untied head doubles it."""
+    from dataclasses import replace
+
+    embed = 151936 * 2560
+    assert qwen3_4b.weight_bytes(2) == 2 * qwen3_4b.params
+    assert qwen3_4b.weight_bytes(2, load_in_4bit=True) == int((qwen3_4b.params - embed) * 0.5625) + 2 * embed
+    untied = replace(qwen3_4b, tied=False, params=qwen3_4b.params + embed)
+    assert untied.weight_bytes(2, load_in_4bit=True) == int((qwen3_4b.params - embed) * 0.5625) + 4 * embed
+    plan = plan_memory(qwen3_4b, 24 * GIB, load_in_4bit=True)
+    assert plan.floor(2048) == plan.resident + max(plan.logits_chunk + 2048 * plan.train_per_token,
+                                                   2048 * plan.rollout_per_token + plan.rollout_per_sequence)

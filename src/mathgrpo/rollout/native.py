@@ -53,6 +53,8 @@ def supports(model: Any) -> Optional[str]:
     inner = getattr(lm, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "unexpected module layout (no model.layers / model.rotary_emb)"
+    if any(not p.dtype.is_floating_point for p in inner.layers.parameters()):
+        return "quantized weights (model.load_in_4bit): the engine reads and merges plain floating-point weights"
     if hasattr(inner.embed_tokens, "lora_A") or hasattr(inner.embed_tokens, "lora_embedding_A"):
         return "LoRA on the embedding layer"
     for module in lm.modules():

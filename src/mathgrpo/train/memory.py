@@ -3,7 +3,8 @@
 `grpo.max_memory_gb` (or, on a GPU, the card's size) is split between what stays resident for the
 whole run and what grows with the batch:
 
-- resident: the frozen base weights (bf16: 2 bytes a parameter; 4-bit: ~0.56), the LoRA weights
+- resident: the frozen base weights (bf16: 2 bytes a parameter; 4-bit: ~0.56, the embedding and output
+  head staying 16-bit as bitsandbytes leaves them), the LoRA weights
   with their gradients and AdamW moments (fp32: 16 bytes a LoRA parameter), and a fixed allowance
   for the CUDA context, kernels' workspaces and allocator fragmentation;
 - training, per token: with gradient checkpointing each decoder layer keeps its input hidden state
@@ -64,6 +65,7 @@ class ModelShape:
     intermediate: int
     vocab: int
     params: int  # all parameters of the base model
+    tied: bool = True  # the output head shares the embedding matrix
 
     @classmethod
     def from_config(cls, config: Any, params: Optional[int] = None) -> "ModelShape":
@@ -79,9 +81,9 @@ class ModelShape:
             intermediate=config.intermediate_size,
             vocab=config.vocab_size,
             params=0,
+            tied=bool(getattr(config, "tie_word_embeddings", False)),
         )
-        tied = getattr(config, "tie_word_embeddings", False)
-        return cls(**{**shape.__dict__, "params": params if params is not None else shape.count_params(tied)})
+        return cls(**{**shape.__dict__, "params": params if params is not None else shape.count_params(shape.tied)})
 
     def count_params(self, tied: bool) -> int:
         """Parameters of a Qwen3/Llama-style model with this shape (norms included)."""
@@ -90,6 +92,18 @@ class ModelShape:
         norms = 2 * self.hidden + 2 * self.head_dim
         embed = self.vocab * self.hidden * (1 if tied else 2)
         return self.layers * (attn + mlp + norms) + embed + self.hidden
+
+    def embedding_params(self) -> int:
+        """Parameters of the embedding and (untied) output head: the matrices 4-bit loading leaves in 16-bit."""
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    def weight_bytes(self, dtype_bytes: int = 2, load_in_4bit: bool = False) -> int:
+        """Bytes of the frozen base weights: `dtype_bytes` a parameter, or 4-bit NF4 (half a byte a weight plus
+        one fp32 scale per 64-weight block, ~0.56 bytes) for every matrix but the embedding and output head."""
+        if not load_in_4bit:
+            return self.params * dtype_bytes
+        embed = min(self.embedding_params(), self.params)
+        return int((self.params - embed) * 0.5625) + embed * dtype_bytes
 
     def lora_params(self, r: int, targets: list) -> int:
         """LoRA parameters for rank `r` on the named projections of every layer (A: r x in, B: out x r)."""
@@ -145,6 +159,13 @@ class MemoryPlan:
         """Estimated peak bytes of one training micro-batch, resident and held memory included."""
         return self.resident + self.logits_chunk + held + sequences * seq_tokens * self.train_per_token
 
+    def floor(self, seq_tokens: int) -> int:
+        """Bytes the smallest step needs: the resident share and the larger of one training sequence of
+        `seq_tokens` tokens (with one chunk of logits) and one rollout sequence of as many."""
+        train = self.logits_chunk + seq_tokens * self.train_per_token
+        rollout = seq_tokens * self.rollout_per_token + self.rollout_per_sequence
+        return self.resident + max(train, rollout)
+
     def summary(self, seq_tokens: int) -> str:
         """One line for the log: budget, resident share, and the two batch sizes at `seq_tokens`."""
         beside = f" (reward model {self.beside / GIB:.1f} GiB)" if self.beside else ""
@@ -178,8 +199,7 @@ def plan_memory(
     """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`, beside `beside`
     bytes of other models kept on the device (`reward_model_bytes`)."""
     targets = lora_targets if lora_targets is not None else PROJECTIONS
-    # 4-bit NF4: half a byte a weight plus one fp32 scale per 64-weight block (~0.56 bytes).
-    weight_bytes = int(shape.params * (0.5625 if load_in_4bit else dtype_bytes))
+    weight_bytes = shape.weight_bytes(dtype_bytes, load_in_4bit)
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)
     state_bytes = trained * 16  # fp32 weight, gradient and two AdamW moments
     resident = weight_bytes + state_bytes + fixed_overhead + beside
