@@ -17,3 +17,8 @@ def test_evaluation_doc_quotes_the_readme_run():
         readme).groups()
     row = f"| procedural_arith@test | 200 | {a} | {b} | {diff} pts | {lo} to {hi} | {fixed} | {broken} |"
     assert row in doc
+
+
+def test_readme_stays_short():
+    """The README is for users: under 9,000 characters (measurements live in docs/performance.md)."""
+    assert len((ROOT / "README.md").read_text()) < 9000

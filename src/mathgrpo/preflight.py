@@ -228,23 +228,26 @@ def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
     import torch
 
     from .model.common import resolve_dtype
-    from .train.memory import FIXED_OVERHEAD, plan_memory
+    from .train.memory import FIXED_OVERHEAD, plan_memory, reward_model_bytes
 
     m = cfg.model
-    dtype = resolve_dtype(m.dtype, torch.device("cuda" if gpu else "cpu"))
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = resolve_dtype(m.dtype, device)
     dtype_bytes = torch.finfo(dtype).bits // 8
     checkpointing = gpu and m.gradient_checkpointing
+    beside = reward_model_bytes(cfg, device)
     plan = plan_memory(shape, budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules), dtype_bytes=dtype_bytes,
                        load_in_4bit=m.load_in_4bit, gradient_checkpointing=checkpointing, full_finetune=not cfg.lora.enabled,
                        fixed_overhead=FIXED_OVERHEAD if gpu else 0, fused_lora=m.fused_lora,
-                       offload_checkpoints=checkpointing and m.offload_checkpoints is not False)
+                       offload_checkpoints=checkpointing and m.offload_checkpoints is not False, beside=beside)
     need = plan.floor(m.max_seq_length)
     weights = shape.weight_bytes(dtype_bytes, m.load_in_4bit)
     overhead = FIXED_OVERHEAD if gpu else 0
     kind = "4-bit" if m.load_in_4bit else str(dtype).replace("torch.", "")
     parts = [f"weights {_size(weights)} in {kind}",
-             f"{'LoRA' if cfg.lora.enabled else 'full'} training state {_size(plan.resident - weights - overhead)}",
+             f"{'LoRA' if cfg.lora.enabled else 'full'} training state {_size(plan.resident - weights - overhead - beside)}",
              f"one {m.max_seq_length}-token sequence {_size(need - plan.resident)}"]
+    parts += [f"reward model {_size(beside)}"] if beside else []
     return need, " + ".join(parts + ([f"CUDA overhead {_size(overhead)}"] if gpu else []))
 
 

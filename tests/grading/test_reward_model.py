@@ -240,3 +240,17 @@ def test_grpo_run_with_a_reward_model_end_to_end(classifier, tmp_path):
     for row in steps:
         assert {"rewards/correct", "rewards/format_exact", "rewards/reward_model"} <= set(row)
         assert row["rewards/reward_model"] != 0.0  # the mean raw score of random weights
+
+
+def test_the_can_it_hold_check_counts_the_classifier(classifier):
+    """Preflight's memory check adds the reward model's weights and scoring batch to what the run needs."""
+    from mathgrpo.preflight import Memory, check_memory
+
+    tight = Memory(2**20, "a test device", gpu=False)
+    alone = check_memory(load_config("tiny-cpu"), tight).problem
+    with_rm = check_memory(load_config("tiny-cpu", [f"rewards.model={classifier}"]), tight).problem
+    def need(text: str) -> float:
+        value, unit = re.search(r"needs about ([\d.]+) (MiB|GiB)", text).groups()
+        return float(value) * (1024 if unit == "GiB" else 1)
+
+    assert "reward model" in with_rm and "reward model" not in alone and need(with_rm) > need(alone)
