@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional
 
 T0 = time.perf_counter()
 PROMPT = 256
@@ -214,6 +214,20 @@ def set_shape(run, group: int, prompts_n: int, new: int) -> None:
     run.params = SamplingParams(new, r.temperature, r.top_p, r.top_k, r.min_p)
 
 
+def host_shortfall(size: str, tiny: bool, seqs: int, tokens: int) -> Optional[str]:
+    """Why a one-pass step of `seqs` x `tokens` cannot run on this host (each layer's input, bf16, in pinned host
+    memory: more than 40% of what the host has available), or None. (A 1.7B ladder was killed by the host's
+    out-of-memory killer without this.)"""
+    shape = shape_kwargs(size, tiny)
+    need = shape["num_hidden_layers"] * shape["hidden_size"] * seqs * tokens * 2
+    with open("/proc/meminfo") as f:
+        available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if need <= 0.4 * available:  # pinned blocks round up; a 56 GiB step on a 128 GiB host was killed
+        return None
+    return (f"host memory: the offloaded layer inputs need ~{need / 2**30:.0f} GiB pinned, "
+            f"{available / 2**30:.0f} GiB available")
+
+
 def phase_fit(size: str, cap: float, args, save, earlier: dict) -> dict:
     """The ladder under `cap` GiB (see the module docstring); with --skip-rungs, after the first rungs of `earlier`
     (this phase's entry from an earlier call)."""
@@ -245,6 +259,12 @@ def phase_fit(size: str, cap: float, args, save, earlier: dict) -> dict:
         rung = {"group": group, "prompts": prompts_n, "new_tokens": new}
         if time_left(args) < 0:
             out["tries"].append({**rung, "skipped": "deadline"})
+            break
+        host = host_shortfall(size, args.tiny, group * prompts_n, PROMPT + new) if not four and not args.tiny else None
+        if host:  # the offloaded layer inputs would not fit in host memory: the machine, not the card, is the limit
+            out["tries"].append({**rung, "skipped": host})
+            print(f"{size} fit{cap:g} {group}x{prompts_n}x{new}: skipped, {host}", flush=True)
+            save(out)
             break
         set_shape(run, group, prompts_n, new)
         try:
