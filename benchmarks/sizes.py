@@ -271,9 +271,8 @@ def phase_fit(size: str, cap: float, args, save, earlier: dict) -> dict:
             row = {**step_row(run, run.train_step()), "fits": True}
             row["oom_retried"] = bool(run.sizing.token_cap)  # the halving is off: never true here
         except Exception as err:
-            row = {**rung, "fits": False, "out_of_memory": is_oom(err), "error": f"{type(err).__name__}: {str(err)[:300]}"}
-            if not is_oom(err):
-                row["trace"] = traceback.format_exc()[-1200:]
+            row = {**rung, "fits": False, "out_of_memory": is_oom(err), "error": f"{type(err).__name__}: {str(err)[:300]}",
+                   "trace": traceback.format_exc()[-1200:]}  # where it ran out: rollout or training
             del err
         run.engine.release()
         run.opt.zero_grad(set_to_none=True)
