@@ -269,7 +269,8 @@ def memory_fixes(cfg: Config, shape: object, have: Memory, need: int) -> list:
     fixes = []
     four = have.gpu and not cfg.model.load_in_4bit and needs(_changed(cfg, model={"load_in_4bit": True, "backend": "unsloth"}))
     if four:
-        fixes.append(f"model.load_in_4bit=true model.backend=unsloth (about {_size(four)}; pip install 'mathgrpo[unsloth]')")
+        fixes.append(f"model.load_in_4bit=true model.backend=unsloth (estimated about {_size(four)}, but a step on that path has "
+                     "measured far more: docs/performance.md#other-model-sizes; pip install 'mathgrpo[unsloth]')")
     if need <= have.device:
         fixes.append(f"grpo.max_memory_gb={-(-need // GIB)} or more, or unset")
     half = cfg.model.max_seq_length // 2
