@@ -212,7 +212,7 @@ def test_memory_plan_counts_the_classifier(classifier, tmp_path, capsys):
     scratch = 4 * 100 * (SCORE_HIDDEN * 128 + SCORE_INTERMEDIATE * 512) * 4  # fp32 on the CPU
     assert reward_model_bytes(cfg, "cpu") == rm.param_bytes() + scratch
     assert reward_model_bytes(load_config("tiny-cpu", ["grpo.max_memory_gb=2"]), "cpu") == 0
-    argv = ["train", "--dry-run", f"run.output_dir={tmp_path / 'runs'}", "grpo.max_memory_gb=2",
+    argv = ["train", "--dry-run", f"run.output_dir={tmp_path / 'runs'}", "model.device=cpu", "grpo.max_memory_gb=2",
             "rewards.model_batch_size=64"]  # 64 x 2,048 tokens: 1.1 GiB, so the resident share shows in the line
     beside = reward_model_bytes(load_config("tiny-cpu", argv[3:] + [f"rewards.model={classifier}"]), "cpu")
     assert main(argv + [f"rewards.model={classifier}"]) == 0
