@@ -216,13 +216,13 @@ def set_shape(run, group: int, prompts_n: int, new: int) -> None:
 
 def host_shortfall(size: str, tiny: bool, seqs: int, tokens: int) -> Optional[str]:
     """Why a one-pass step of `seqs` x `tokens` cannot run on this host (each layer's input, bf16, in pinned host
-    memory: more than 40% of what the host has available), or None. (A 1.7B ladder was killed by the host's
-    out-of-memory killer without this.)"""
+    memory: more than 40% of what the host has available), or None. (Without this a 1.7B ladder's
+    process ended silently at such a rung, most likely killed by the host's out-of-memory killer.)"""
     shape = shape_kwargs(size, tiny)
     need = shape["num_hidden_layers"] * shape["hidden_size"] * seqs * tokens * 2
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    if need <= 0.4 * available:  # pinned blocks round up; a 56 GiB step on a 128 GiB host was killed
+    if need <= 0.4 * available:  # pinned blocks round up; a 56 GiB step on a 128 GiB host died
         return None
     return (f"host memory: the offloaded layer inputs need ~{need / 2**30:.0f} GiB pinned, "
             f"{available / 2**30:.0f} GiB available")

@@ -100,7 +100,8 @@ def check_model(name: str, setting: str = "model.name") -> Check:
 def check_reward_model(name: str) -> Check:
     """rewards.model: a local folder or a hub id (found as model.name is) of a sequence classifier with at most two
     labels, as far as its config.json is at hand."""
-    from .grading.reward_model import config_problem, folder_problem, local_config
+    from .grading.reward_model import config_problem, folder_problem
+    from .model.common import local_config
 
     path = Path(name).expanduser()
     if path.is_dir():
@@ -228,18 +229,15 @@ def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
     import torch
 
     from .model.common import resolve_dtype
-    from .train.memory import FIXED_OVERHEAD, plan_memory, reward_model_bytes
+    from .train.memory import FIXED_OVERHEAD, plan_for_config
 
     m = cfg.model
     device = torch.device("cuda" if gpu else "cpu")
     dtype = resolve_dtype(m.dtype, device)
     dtype_bytes = torch.finfo(dtype).bits // 8
     checkpointing = gpu and m.gradient_checkpointing
-    beside = reward_model_bytes(cfg, device)
-    plan = plan_memory(shape, budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules), dtype_bytes=dtype_bytes,
-                       load_in_4bit=m.load_in_4bit, gradient_checkpointing=checkpointing, full_finetune=not cfg.lora.enabled,
-                       fixed_overhead=FIXED_OVERHEAD if gpu else 0, fused_lora=m.fused_lora,
-                       offload_checkpoints=checkpointing and m.offload_checkpoints is not False, beside=beside)
+    plan = plan_for_config(shape, cfg, device, budget, offload=checkpointing and m.offload_checkpoints is not False)
+    beside = plan.beside
     need = plan.floor(m.max_seq_length)
     weights = shape.weight_bytes(dtype_bytes, m.load_in_4bit)
     overhead = FIXED_OVERHEAD if gpu else 0
@@ -345,8 +343,8 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .train.memory import device_budget, plan_memory, reward_model_bytes
-    from .model.common import resolve_device, resolve_dtype
+    from .train.memory import device_budget, plan_for_config
+    from .model.common import resolve_device
 
     try:
         device = resolve_device(cfg.model.device)
@@ -358,12 +356,7 @@ def memory_line(cfg: Config) -> str:
     shape = model_shape(cfg.model.name)[0]
     if shape is None:
         return "memory: the model's config.json is not at hand; no plan"
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    plan = plan_memory(shape, budget, lora_r=cfg.lora.r, lora_targets=list(cfg.lora.target_modules),
-                       dtype_bytes=torch.finfo(dtype).bits // 8, load_in_4bit=cfg.model.load_in_4bit,
-                       full_finetune=not cfg.lora.enabled, fused_lora=cfg.model.fused_lora,
-                       beside=reward_model_bytes(cfg, device))
-    return plan.summary(cfg.model.max_seq_length)
+    return plan_for_config(shape, cfg, device, budget).summary(cfg.model.max_seq_length)
 
 
 def _model_config(name: str) -> Optional[object]:
@@ -372,12 +365,9 @@ def _model_config(name: str) -> Optional[object]:
         from .model.tiny import build_tokenizer, tiny_config
 
         return tiny_config(len(build_tokenizer()))
-    from transformers import AutoConfig
+    from .model.common import local_config
 
-    try:
-        return AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception:  # not cached, or an adapter folder without config.json
-        return None
+    return local_config(name)
 
 
 def dry_run(cfg: Config, stages: tuple, echo: Callable = print) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..model.common import ModelError, resolve_dtype
+from ..model.common import ModelError, local_config, resolve_dtype
 from .rewards import MODEL_PART
 
 EPS = 1e-4
@@ -47,16 +47,6 @@ def config_problem(config: Any) -> Optional[str]:
         return (f"has {config.num_labels} labels; a reward model has 1 (the score) or 2 (score = logit[1] - "
                 "logit[0]); pass a model with a one- or two-label head")
     return None
-
-
-def local_config(name: str) -> Optional[Any]:
-    """The classifier's transformers config from local files only (a folder or the hub cache), or None."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception:  # not cached, or not a model folder
-        return None
 
 
 def classifier_dtype(device: torch.device) -> torch.dtype:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -56,3 +56,14 @@ def adapter_base(adapter_dir: Path) -> str:
     if base_name.startswith(("./", "../")) and (Path(adapter_dir) / base_name).is_dir():
         return str((Path(adapter_dir) / base_name).resolve())  # as `mathgrpo export` writes a local base
     return base_name
+
+
+def local_config(name: str) -> Optional[Any]:
+    """The transformers config of a model folder or hub id from local files only (the folder or the hub cache),
+    or None (not on this machine, or not a model folder)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # not cached, an adapter folder without config.json, or no model at all
+        return None

@@ -241,7 +241,8 @@ def reward_model_bytes(cfg: Any, device: Any) -> int:
         return 0
     import torch
 
-    from ..grading.reward_model import classifier_dtype, local_config
+    from ..grading.reward_model import classifier_dtype
+    from ..model.common import local_config
 
     config = local_config(cfg.rewards.model)
     if config is None:
@@ -262,6 +263,32 @@ def device_budget(max_memory_gb: Optional[float], device: Any) -> Optional[int]:
     return int(total * 0.95)
 
 
+def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offload: bool = False) -> MemoryPlan:
+    """The plan a run's Config gives `shape` on `device` within `budget` bytes: gradient checkpointing (when set)
+    and the CUDA overhead on a GPU only, the reward model beside; `offload`: checkpointed layer inputs on the host.
+    The trainer, the dry run and preflight's can-it-hold check all plan through here."""
+    import torch
+
+    from ..model.common import resolve_dtype
+
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    return plan_memory(
+        shape,
+        budget,
+        lora_r=cfg.lora.r,
+        lora_targets=list(cfg.lora.target_modules),
+        dtype_bytes=torch.finfo(resolve_dtype(cfg.model.dtype, device)).bits // 8,
+        load_in_4bit=cfg.model.load_in_4bit,
+        gradient_checkpointing=cfg.model.gradient_checkpointing and gpu,
+        full_finetune=not cfg.lora.enabled,
+        fixed_overhead=FIXED_OVERHEAD if gpu else 0,
+        fused_lora=cfg.model.fused_lora,
+        offload_checkpoints=offload,
+        beside=reward_model_bytes(cfg, device),
+    )
+
+
 def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> Optional[MemoryPlan]:
     """The plan for a loaded model under a run's Config; None when there is no budget (CPU, no max_memory_gb).
 
@@ -270,24 +297,6 @@ def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> 
     budget = device_budget(cfg.grpo.max_memory_gb, device)
     if budget is None:
         return None
-    import torch
-
-    from ..model.common import resolve_dtype
-
-    dtype = resolve_dtype(cfg.model.dtype, torch.device(device))
-    plan = plan_memory(
-        ModelShape.from_config(model.config),
-        budget,
-        lora_r=cfg.lora.r,
-        lora_targets=list(cfg.lora.target_modules),
-        dtype_bytes=torch.finfo(dtype).bits // 8,
-        load_in_4bit=cfg.model.load_in_4bit,
-        gradient_checkpointing=cfg.model.gradient_checkpointing and torch.device(device).type == "cuda",
-        full_finetune=not cfg.lora.enabled,
-        fixed_overhead=FIXED_OVERHEAD if torch.device(device).type == "cuda" else 0,
-        fused_lora=cfg.model.fused_lora,
-        offload_checkpoints=offload,
-        beside=reward_model_bytes(cfg, device),
-    )
+    plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload)
     print(plan.summary(cfg.model.max_seq_length))
     return plan

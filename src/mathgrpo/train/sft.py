@@ -19,7 +19,7 @@ import torch
 
 from .. import dist
 from ..config import Config
-from ..data.formats import Format, get_format, prompts_for
+from ..data.formats import Format, get_format, render_prompt
 from ..evaluate.heldout import heldout_accuracy
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..rollout import make_engine
@@ -44,7 +44,7 @@ def make_examples(problems: list, fmt: Format, tokenizer: Any, template: str, ma
         target = sft_text(p, fmt)
         if target is None:
             continue
-        prompt_ids = tokenizer(prompts_for([p], fmt, tokenizer, template)[0], add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(render_prompt(p.question, fmt, tokenizer, template), add_special_tokens=False)["input_ids"]
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = (prompt_ids + target_ids)[:max_len]
         if len(ids) > len(prompt_ids):
@@ -110,6 +110,8 @@ class SFTRun(Stage):
     """The warm-up stage of a run folder: setup, steps, checkpoints, final model in `sft/model`."""
 
     name, label = "sft", "warm-up"
+    nan_advice = "Lower sft.lr"
+    oom_advice = "Lower sft.micro_batch_size or model.max_seq_length"
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, dev: list) -> None:
         super().__init__(cfg, run_dir)
@@ -124,8 +126,6 @@ class SFTRun(Stage):
         self.sched = make_scheduler(self.opt, "constant", cfg.sft.warmup_steps, cfg.sft.steps)
         self.rng = random.Random(cfg.run.seed)
         self.last_dev: Optional[dict] = None
-        self.nan_advice = "Lower sft.lr"
-        self.oom_advice = "Lower sft.micro_batch_size or model.max_seq_length"
 
     # ---- the stage's own part of the lifecycle ---------------------------------------------
 

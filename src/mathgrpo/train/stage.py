@@ -108,9 +108,10 @@ class Stage:
         self.dir.mkdir(parents=True, exist_ok=True)
         main = dist.world().main
         writer = MetricsWriter(self.dir, self.cfg.run.report_to, self.name) if main else None
-        progress = StepProgress(self.label, self.steps, self.step, enabled=self.cfg.run.progress and main)
+        progress = None
         try:
-            self.before_loop(writer)
+            self.before_loop(writer)  # before the bar: its clock counts steps only
+            progress = StepProgress(self.label, self.steps, self.step, enabled=self.cfg.run.progress and main)
             with StopRequest(self.label) as stop:
                 while self.step < self.steps:
                     row, done = self.guarded_step()
@@ -127,7 +128,8 @@ class Stage:
                         print(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}", flush=True)
                         raise KeyboardInterrupt
         finally:
-            progress.close()
+            if progress:
+                progress.close()
             if writer:
                 writer.close()
 
