@@ -38,6 +38,8 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native-no-tis": ["rollout.engine=native", "model.fused_lora=true", "grpo.sampler_correction=none"],
     "native-fp32": ["rollout.engine=native", "model.dtype=float32"],
     "native-lowrank": ["rollout.engine=native", "rollout.lora=lowrank"],
+    "hf-fp16": ["rollout.engine=hf", "model.dtype=float16"],
+    "native-fp16": ["rollout.engine=native", "model.fused_lora=true", "model.dtype=float16"],
 }
 
 
@@ -61,12 +63,14 @@ def summarise(name: str, variant: str, seed: int, overrides: list, wall: float, 
     gaps = [r["sampler_gap_max"] for r in steps if "sampler_gap_max" in r]
     means = [r["sampler_gap_mean"] for r in steps if "sampler_gap_mean" in r]
     return {
-        "variant": variant, "engine": "hf" if variant == "hf" else "native", "seed": seed,
+        "variant": variant, "engine": "hf" if "rollout.engine=hf" in overrides else "native", "seed": seed,
+        "dtype": next((o.split("=")[1] for o in overrides if o.startswith("model.dtype=")), "auto"),
         "fused_lora": "model.fused_lora=false" not in overrides, "overrides": overrides,
         "accuracy_before": summary.get("accuracy_before_grpo"), "accuracy_after": summary.get("accuracy_after_grpo"),
         "collapse_step": collapse, "max_truncated_fraction": max((r["truncated_fraction"] for r in steps), default=None),
         "sampler_gap_max": max(gaps, default=None), "sampler_gap_mean": sum(means) / len(means) if means else None,
         "heldout_curve": [[r["step"], r["heldout_accuracy"]] for r in rows if "heldout_accuracy" in r],
+        "skipped_steps": max((r.get("skipped_steps", 0) for r in steps), default=None),
         "grpo_train_s": sum(r.get("step_time", 0.0) for r in steps), "wall_s": wall, "rc": rc,
         "log_tail": log_tail if rc else "",
     }

@@ -210,3 +210,22 @@ def test_rollout_lora_setting_reaches_the_native_engine(tmp_path):
     run = make_run(tmp_path, "rollout.engine=native", "rollout.lora=lowrank", "lora.enabled=true", "sft.full_finetune=false")
     assert run.engine.name == "native" and run.engine.lora == "lowrank"
     assert run.train_step()["sampler_gap_max"] < 1e-4
+
+
+def test_float16_grpo_keeps_adapters_in_float32_and_logs_the_loss_scale(tmp_path):
+    """model.dtype=float16: frozen weights float16, LoRA adapters and AdamW's state float32, the learner's pass under
+    autocast, finite steps with the loss scale logged and the sampler gap at float16's noise."""
+    run = make_run(tmp_path, "model.dtype=float16", "grpo.lr=1e-3")
+    frozen = {p.dtype for p in run.model.parameters() if not p.requires_grad}
+    trainable = {p.dtype for p in run.model.parameters() if p.requires_grad}
+    assert frozen == {torch.float16} and trainable == {torch.float32}
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+    rows = []
+    for _ in range(2):
+        batch = rollout_batch(run)  # advantages made non-zero: the untrained model's rewards are all equal
+        rows.append(run.learn(batch, len(batch)))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert rows[-1]["loss_scale"] == 2.0**16 and rows[-1]["skipped_steps"] == 0
+    assert rows[-1]["sampler_gap_mean"] < 0.05  # hf engine, float16 model: rounding only
+    moved = [n for n, p in run.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved and all(s["exp_avg"].dtype == torch.float32 for s in run.opt.state.values())

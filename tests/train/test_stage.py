@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from mathgrpo.config import load_config
 from mathgrpo.data.arith import split
@@ -76,3 +77,19 @@ def test_a_non_finite_loss_stops_with_the_stages_advice(tmp_path):
     stage = warm_up(tmp_path, "sft.lr=1e30", "sft.steps=6")
     with pytest.raises(TrainingStopped, match=r"sft step \d: non-finite loss .* Lower sft\.lr; then --resume"):
         stage.loop()
+
+
+def test_float16_warm_up_trains_in_mixed_precision_and_resumes_its_loss_scale(tmp_path):
+    """model.dtype=float16 on the tiny recipe's full fine-tuning warm-up: every trained weight in float32 (plain
+    float16 weights stopped with a NaN loss at step 2), the loss falls, and resume restores the loss scale."""
+    stage = warm_up(tmp_path, "model.dtype=float16", "sft.steps=6", "run.checkpoint_every=3", "sft.batch_size=16")
+    assert {p.dtype for p in stage.model.parameters()} == {torch.float32}
+    stage.loop()
+    rows = read_jsonl(stage.dir / "metrics.jsonl")
+    assert all(r["loss"] == r["loss"] for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["loss_scale"] == 2.0**16
+    stage.stepper.scaler.update(1024.0)  # a scale the fresh stage would not start from
+    stage.step = 7
+    stage.save_checkpoint()
+    again = warm_up(tmp_path, "model.dtype=float16", "sft.steps=8", "run.checkpoint_every=3", "sft.batch_size=16")
+    assert again.resume() and again.step == 7 and again.stepper.scaler.get_scale() == 1024.0

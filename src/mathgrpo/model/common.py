@@ -28,10 +28,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on GPU and fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    """The dtype model.dtype=`name` means on `device`: `auto` is bf16 on a GPU with native bf16 (sm_80+), float16
+    on an older GPU, float32 on the CPU (`card.choose_dtype`)."""
+    from .card import card_of, choose_dtype
+
+    return choose_dtype(name, card_of(device))[0]
 
 
 def is_adapter_dir(path: Path) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..config import Config, LoraConfig, ModelConfig
+from .card import card_of
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
 from .liger import quiet_optional_backends
 
@@ -89,6 +90,8 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
     reason = None
     if device.type != "cuda":
         reason = f"the model is on {device.type} (Liger's kernels are Triton, GPU only)"
+    elif not card_of(device).kernels:
+        reason = f"this card is {card_of(device).sm} and Triton kernels are used from sm_80 only (never tested below)"
     elif family not in LIGER_FAMILIES:
         reason = f"model type {family!r} is not one of {LIGER_FAMILIES}"
     else:

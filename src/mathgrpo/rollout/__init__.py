@@ -11,15 +11,22 @@ __all__ = ["ENGINES", "Generation", "RolloutEngine", "SamplingParams", "make_eng
 
 
 def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
-    """The engine `name` (auto: native on GPU where the model is supported, else hf); `lora`: how the native
-    engine applies LoRA adapters (merge or lowrank)."""
+    """The engine `name` (auto: native on a GPU whose capability runs its kernels and a model it supports, else
+    hf; `model.card.choose_engine`); `lora`: how the native engine applies LoRA adapters (merge or lowrank)."""
     from .hf import HFEngine
 
     from .. import dist
+    from ..model.card import card_of, choose_engine
 
     device = next(model.parameters()).device
+    card = card_of(device)
     if name == "auto":
-        name = "native" if device.type == "cuda" and not dist.is_sharded(model) else "hf"
+        name, why = choose_engine(name, card, dist.is_sharded(model))
+        if device.type == "cuda" and name == "hf":
+            print(f"rollout: {why}")
+    if name == "native" and device.type == "cuda" and not card.kernels:
+        print(f"rollout: the native engine's kernels need sm_80+ and this card is {card.sm}; using hf")
+        name = "hf"
     if name == "native" and dist.is_sharded(model):
         print("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
         name = "hf"

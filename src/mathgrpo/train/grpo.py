@@ -31,10 +31,9 @@ from ..rollout import SamplingParams, make_engine, sequence_seed
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .loss import LossSettings
-from .optim import make_optimizer, make_scheduler
 from .sampler import GapWatch
 from .sizing import Sizing
-from .stage import Stage, place
+from .stage import Stage
 from .update import PolicyUpdate
 
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
@@ -94,8 +93,8 @@ class GRPORun(Stage):
     def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
         super().__init__(cfg, run_dir)
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
-        self.model, self.tok = prepare_policy(cfg, start_from)
-        self.device = place(self.model, cfg)
+        model, self.tok = prepare_policy(cfg, start_from)
+        self.device = self.prepare(model)
         self.train_problems, self.heldout = train, heldout
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
@@ -108,13 +107,12 @@ class GRPORun(Stage):
         self.engine.snapshots_on_device = self.sizing.snapshots_on_device(self.engine.snapshot_bytes(), shares,
                                                                           self.engine.batch_size)
         g, r = cfg.grpo, cfg.rollout
-        self.opt = make_optimizer(self.model, g.lr, g.weight_decay)
-        self.sched = make_scheduler(self.opt, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations)
+        self.train_with(g.lr, g.weight_decay, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations, g.max_grad_norm)
         loss = LossSettings(g.loss_type, g.epsilon_low, g.epsilon_high, g.importance_sampling_level, g.beta, r.max_new_tokens)
-        self.update = PolicyUpdate(self.model, self.opt, self.sched, g, loss, self.sizing, self.engine, r.temperature)
+        self.update = PolicyUpdate(self.model, self.stepper, self.precision, g, loss, self.sizing, self.engine, r.temperature)
         self.order = DataOrder(len(train), cfg.run.seed)
         self.params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p)
-        self.gap_watch = GapWatch(next(self.model.parameters()).dtype)
+        self.gap_watch = GapWatch(self.precision.dtype)
         self.history: dict = {}
         self._start_order = self.order.state()  # where the current step began
 

@@ -28,6 +28,13 @@ def available() -> bool:
     return triton is not None
 
 
+def runs_on(device: torch.device) -> bool:
+    """Whether training uses the kernel on `device`: Triton importable and a GPU of capability 8.0+ (`model.card`)."""
+    from ..model.card import card_of
+
+    return available() and device.type == "cuda" and card_of(device).kernels
+
+
 if triton is not None:
 
     @triton.jit

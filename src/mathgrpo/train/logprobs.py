@@ -79,7 +79,7 @@ class FrozenHeadLogProb(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         grads = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         scale = temperature if temperature not in (0.0, 1.0) else 1.0
-        chunk = _chunk_fused if use_kernel and hidden.is_cuda and head_kernel.available() else _chunk_torch
+        chunk = _chunk_fused if use_kernel and head_kernel.runs_on(hidden.device) else _chunk_torch
         for lo in range(0, hidden.shape[0], chunk_tokens):
             part = slice(lo, lo + chunk_tokens)
             out[part], delta = chunk(hidden[part], weight, targets[part], scale, grads is not None)

@@ -8,7 +8,6 @@ improve. Resume, checkpoints and stops are the shared `stage.Stage` lifecycle.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -23,8 +22,7 @@ from ..data.formats import Format, get_format, render_prompt
 from ..evaluate.heldout import heldout_accuracy
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..rollout import make_engine
-from .optim import make_optimizer, make_scheduler
-from .stage import Stage, place
+from .stage import Stage
 
 
 @dataclass
@@ -116,14 +114,13 @@ class SFTRun(Stage):
     def __init__(self, cfg: Config, run_dir: Path, train: list, dev: list) -> None:
         super().__init__(cfg, run_dir)
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
-        self.model, self.tok = prepare_model(cfg)
-        self.device = place(self.model, cfg)
+        model, self.tok = prepare_model(cfg)
+        self.device = self.prepare(model)
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
         if not self.examples:
             raise ValueError(f"no warm-up examples: {cfg.sft.source or cfg.data.source} has no worked solutions; set sft.enabled=false or sft.source")
         self.dev = dev
-        self.opt = make_optimizer(self.model, cfg.sft.lr, cfg.sft.weight_decay)
-        self.sched = make_scheduler(self.opt, "constant", cfg.sft.warmup_steps, cfg.sft.steps)
+        self.train_with(cfg.sft.lr, cfg.sft.weight_decay, "constant", cfg.sft.warmup_steps, cfg.sft.steps, cfg.sft.max_grad_norm)
         self.rng = random.Random(cfg.run.seed)
         self.last_dev: Optional[dict] = None
 
@@ -148,7 +145,7 @@ class SFTRun(Stage):
         t0 = time.time()
         loss = self.train_step()
         stop = self._should_stop()
-        row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0}
+        row = {"loss": loss, "lr": self.sched.get_last_lr()[0], "step_time": time.time() - t0, **self.stepper.metrics()}
         if self.last_dev and self.step % self.cfg.sft.eval_every == 0:
             row["dev_accuracy"] = self.last_dev["accuracy"]
         return row, stop
@@ -168,17 +165,13 @@ class SFTRun(Stage):
         total = 0.0
         with training_attention(self.cfg.model, self.device):
             for i in range(0, len(batch), micro):
-                loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)
-                loss.backward()
+                with self.precision.autocast():
+                    loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)
+                self.stepper.backward(loss)
                 total += loss.item()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        dist.sum_gradients(trainable)
         total = dist.all_sum(total)
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss {total}")
-        torch.nn.utils.clip_grad_norm_(trainable, self.cfg.sft.max_grad_norm)
-        self.opt.step()
-        self.sched.step()
+        self.stepper.step(trainable, total)
         self.step += 1
         return total
 

@@ -17,6 +17,9 @@ import torch
 from . import checkpoint
 from .. import dist
 from ..config import Config
+from ..model.common import resolve_dtype
+from ..model.precision import Precision
+from .optim import OptimizerStep, make_optimizer, make_scheduler
 from ..progress import StepProgress
 from ..tracking import MetricsWriter, truncate_after
 from .stopping import StopRequest, TrainingStopped
@@ -46,6 +49,23 @@ class Stage:
         self.tok: Any = None
         self.opt: Any = None
         self.sched: Any = None
+        self.stepper: Optional[OptimizerStep] = None  # set by `train_with`
+        self.precision: Optional[Precision] = None
+
+    def prepare(self, model: Any) -> torch.device:
+        """Take `model` as the stage's: its trainable weights in float32 under float16 mixed precision, then
+        sharded across ranks with run.parallel=fsdp; the device its weights live on."""
+        device = next(model.parameters()).device
+        self.precision = Precision(resolve_dtype(self.cfg.model.dtype, device), device)
+        self.precision.keep_trainable_fp32(model)
+        self.model = model
+        return place(model, self.cfg)
+
+    def train_with(self, lr: float, weight_decay: float, schedule: str, warmup: int, total: int, max_grad_norm: float) -> None:
+        """The optimizer (AdamW), its schedule and the step that drives both with the precision's loss scaling."""
+        self.opt = make_optimizer(self.model, lr, weight_decay)
+        self.sched = make_scheduler(self.opt, schedule, warmup, total)
+        self.stepper = OptimizerStep(self.opt, self.sched, max_grad_norm, self.precision.scaler())
 
     # ---- what a stage says about itself ------------------------------------------------------
 
@@ -86,6 +106,8 @@ class Stage:
             return False
         extra = checkpoint.load(ckpt, self.model, self.opt, self.sched)
         self.step = extra["step"]
+        if self.stepper:
+            self.stepper.load_state_dict(extra.get("optimizer_step", {}))
         self.restore(extra)
         self._truncate_logs(self.step)
         print(f"{self.name}: resumed from {ckpt} (step {self.step})")
@@ -99,8 +121,9 @@ class Stage:
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the current step; rank 0 writes."""
+        extra = {**self.extra(), "optimizer_step": self.stepper.state_dict() if self.stepper else {}}
         return checkpoint.save(self.dir / "checkpoints", self.step, self.model, self.tok, self.opt, self.sched,
-                               self.extra(), self.cfg.run.keep_last)
+                               extra, self.cfg.run.keep_last)
 
     def loop(self) -> None:
         """Steps until `steps` (or a stage's early end): a metrics row and progress after each, a checkpoint

@@ -8,7 +8,6 @@ loss statistics and phase times.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Optional
 
@@ -17,7 +16,9 @@ import torch
 from .. import dist
 from ..config import GRPOConfig
 from .batch import RolloutBatch
+from ..model.precision import Precision
 from .logprobs import PassLayout, token_logprobs
+from .optim import OptimizerStep
 from .loss import LossSettings, policy_loss
 from .sampler import add_gap, gap_sums, tis_weights
 from .sizing import Sizing
@@ -26,9 +27,9 @@ from .sizing import Sizing
 class PolicyUpdate:
     """num_iterations optimizer steps of the clipped policy loss over a rollout batch, micro-batch by micro-batch."""
 
-    def __init__(self, model: Any, opt: Any, sched: Any, cfg: GRPOConfig, loss: LossSettings, sizing: Sizing,
-                 engine: Any, temperature: float) -> None:
-        self.model, self.opt, self.sched, self.cfg = model, opt, sched, cfg
+    def __init__(self, model: Any, stepper: OptimizerStep, precision: Precision, cfg: GRPOConfig, loss: LossSettings,
+                 sizing: Sizing, engine: Any, temperature: float) -> None:
+        self.model, self.stepper, self.precision, self.cfg = model, stepper, precision, cfg
         self.loss_settings, self.sizing, self.engine = loss, sizing, engine
         self.temperature = temperature or 1.0
         self.device = next(model.parameters()).device
@@ -42,9 +43,10 @@ class PolicyUpdate:
         return time.perf_counter()
 
     def logps(self, micro: RolloutBatch) -> torch.Tensor:
-        """Completion log-probs of one micro-batch under the current weights. [n, C]"""
-        return token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width,
-                              self.temperature, self.sizing.chunk_tokens, self.layout)
+        """Completion log-probs of one micro-batch under the current weights (float16: under autocast). [n, C]"""
+        with self.precision.autocast():
+            return token_logprobs(self.model, micro.input_ids, micro.attention_mask, micro.prompt_width,
+                                  self.temperature, self.sizing.chunk_tokens, self.layout)
 
     def micro_size(self, batch: RolloutBatch) -> int:
         """Sequences per pass over `batch`, as the sizing decides; frees the engine's kept cache when it says to."""
@@ -109,7 +111,9 @@ class PolicyUpdate:
             for k, v in part.items():
                 stats[k] += v
             t0 = self.clock()
-            stats["grad_norm"] += self._step(trainable, stats["loss"])
+            norm, stepped = self.stepper.step(trainable, stats["loss"])
+            stats["grad_norm"] += norm
+            self.applied = self.applied or stepped
             times["optimizer_time"] += self.clock() - t0
         iters = self.cfg.num_iterations
         for k in ("loss", "clipped_tokens", "kl_sum", "tokens"):
@@ -117,18 +121,7 @@ class PolicyUpdate:
         tokens = max(stats["tokens"], 1.0)
         return {"loss": stats["loss"] / iters, "clip_fraction": stats["clipped_tokens"] / tokens,
                 "kl": stats["kl_sum"] / tokens, "grad_norm": stats["grad_norm"] / iters, "micro_batch_size": size,
-                **gap_metrics(gap), **times}
-
-    def _step(self, trainable: list, loss: float) -> float:
-        """Sum gradients over ranks, clip, step optimizer and scheduler; the gradient norm (raises on non-finite)."""
-        dist.sum_gradients(trainable)
-        norm = dist.full_value(torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm))
-        if not math.isfinite(norm) or not math.isfinite(loss):
-            raise FloatingPointError(f"loss {loss} / grad norm {norm}")
-        self.opt.step()
-        self.sched.step()
-        self.applied = True
-        return norm
+                **gap_metrics(gap), **times, **self.stepper.metrics()}
 
     def _accumulate_fitting(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> tuple:
         """`_accumulate`, retried with half the micro-batch when a planned size runs out of GPU memory.
@@ -138,7 +131,7 @@ class PolicyUpdate:
         Returns (size used, stats).
         """
         while True:
-            self.opt.zero_grad(set_to_none=True)
+            self.stepper.opt.zero_grad(set_to_none=True)
             try:
                 return size, self._accumulate(batch, size, total_tokens, total_seqs, times)
             except torch.cuda.OutOfMemoryError:
@@ -162,7 +155,7 @@ class PolicyUpdate:
             loss, st = policy_loss(logp, old, micro.advantages, micro.completion_mask, self.loss_settings,
                                    micro.ref_logp, total_tokens, total_seqs, weights)
             t1 = self.clock()
-            loss.backward()
+            self.stepper.backward(loss)
             stats["loss"] += loss.item()
             t2 = self.clock()
             times["logprob_time"] += t1 - t0
