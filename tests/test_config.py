@@ -35,11 +35,11 @@ def test_reference_recipe_mirrors_notebook():
 ])
 def test_size_recipes_keep_the_method_and_change_what_their_comments_say(recipe, model, rank, lr, group, prompts):
     """The other Qwen3 sizes: the reference recipe's data, rewards, sampling and schedule; their own model, rank
-    (alpha = 2 r), lr, group and prompts; bf16 on the default backend (the 14B's 4-bit base is an override)."""
+    (alpha = 2 r), lr, group and prompts; the dtype the card chooses (auto) on the default backend (the 14B's 4-bit base is an override)."""
     ref, cfg = load_config("qwen3-4b-grpo"), load_config(recipe)
     assert cfg.model.name == model and (cfg.lora.r, cfg.lora.alpha) == (rank, 2 * rank)
     assert (cfg.grpo.lr, cfg.grpo.num_generations, cfg.grpo.prompts_per_step) == (lr, group, prompts)
-    assert (cfg.model.dtype, cfg.model.backend, cfg.model.load_in_4bit) == ("bfloat16", "transformers", False)
+    assert (cfg.model.dtype, cfg.model.backend, cfg.model.load_in_4bit) == ("auto", "transformers", False)
     for section in ("data", "rewards", "rollout", "format", "eval", "run"):
         assert getattr(cfg, section) == getattr(ref, section), section
     assert (cfg.grpo.loss_type, cfg.grpo.scale_rewards, cfg.grpo.steps) == (ref.grpo.loss_type, ref.grpo.scale_rewards, ref.grpo.steps)

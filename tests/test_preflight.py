@@ -89,7 +89,7 @@ def test_a_budget_below_the_device_is_named_as_the_limit(monkeypatch):
     from mathgrpo.config import load_config
 
     monkeypatch.setattr(preflight.os, "sysconf", lambda key: 2**20 if key == "SC_PHYS_PAGES" else 2**14)  # 16 GiB
-    check = preflight.check_memory(load_config("qwen3-1.7b-grpo", ["grpo.max_memory_gb=4", "model.device=cpu"]))
+    check = preflight.check_memory(load_config("qwen3-1.7b-grpo", ["grpo.max_memory_gb=4", "model.device=cpu", "model.dtype=bfloat16"]))
     assert "grpo.max_memory_gb=4 (of the device's 16.0 GiB) gives 4.0 GiB" in check.problem
     assert "grpo.max_memory_gb=10 or more" in check.problem
 

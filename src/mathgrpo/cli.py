@@ -217,16 +217,6 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
 MODEL_COMMANDS = ("train", "sft", "grpo", "eval", "export", "solve")
 
 
-def quiet_transformers() -> None:
-    """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
-    bars and lines say what happens); the hub's download bars stay, a long download should show."""
-    from huggingface_hub.utils import enable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # also turns the hub's off ...
-    enable_progress_bars()  # ... which are worth keeping
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="mathgrpo", description="Make small open LLMs better at step-by-step math.")
@@ -255,6 +245,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.print_help()
         return 2
     if args.command in MODEL_COMMANDS:
+        from .model.common import quiet_transformers
+
         quiet_transformers()
     try:
         return _dispatch(args)

@@ -17,11 +17,13 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import Error
+
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "tiny-cpu"
 
 
-class ConfigError(ValueError):
+class ConfigError(Error, ValueError):
     """A setting is missing, unknown or out of range; the message names it and says what to do."""
 
 

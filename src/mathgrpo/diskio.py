@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .errors import Error
+
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-class WriteError(OSError):
+class WriteError(Error, OSError):
     """A file could not be written; str() is the one line to show."""
 
     def __init__(self, code: int, line: str) -> None:

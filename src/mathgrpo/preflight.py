@@ -154,7 +154,9 @@ def check_device(cfg: Config) -> Check:
     have = torch.cuda.is_available()
     if m.device.startswith("cuda") and not have:
         return Check("model.device", m.device, None, "no CUDA device is visible; use model.device=cpu or a GPU machine")
+    shape = model_shape(m.name)[0] if m.device == "auto" and not have else None
     gpu_only = [s for s, on in (
+        (f"model.name={m.name}: {shape.params / 1e9:.1f}B parameters" if shape else "", bool(shape and shape.params > 1e9)),
         (f"model.dtype={m.dtype}", m.dtype in GPU_DTYPES), (f"model.backend={m.backend}", m.backend == "unsloth"),
         ("model.load_in_4bit=true", m.load_in_4bit), (f"rollout.engine={cfg.rollout.engine}", cfg.rollout.engine == "native"),
     ) if on]
@@ -370,10 +372,36 @@ def _model_config(name: str) -> Optional[object]:
     return local_config(name)
 
 
+def device_choices(cfg: Config) -> str:
+    """What the device decides for this run, with why: the card, the dtype and how it trains, the rollout engine."""
+    import torch
+
+    from .model.card import card_of, choose_dtype, choose_engine
+    from .model.common import resolve_device
+    from .model.precision import Precision
+
+    try:
+        device = resolve_device(cfg.model.device)
+    except Exception:  # a CUDA device asked for and none visible: check_device says so
+        device = torch.device("cpu")
+    card = card_of(device)
+    dtype, dtype_why = choose_dtype(cfg.model.dtype, card)
+    sharded = cfg.run.parallel == "fsdp" and os.environ.get("WORLD_SIZE", "1") != "1"
+    engine, engine_why = choose_engine(cfg.rollout.engine, card, sharded)
+    if engine == "native" and device.type == "cuda" and not card.kernels:
+        engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
+    name = str(dtype).replace("torch.", "")
+    return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {Precision(dtype, device).describe()}\n"
+            f"rollouts: {engine} ({engine_why})")
+
+
 def dry_run(cfg: Config, stages: tuple, echo: Callable = print) -> int:
-    """Print the resolved settings, what would be loaded from where, and the memory plan; 0 when all is there."""
+    """Print the resolved settings, the device's choices, what would be loaded from where, and the memory plan; 0
+    when all is there."""
     echo("# resolved settings")
     echo(config_yaml(cfg).rstrip())
+    echo("# device")
+    echo(device_choices(cfg))
     echo("# inputs")
     checks = training_checks(cfg, stages)
     for c in checks:

@@ -23,9 +23,10 @@ from typing import Any, Optional
 from .train.checkpoint import latest
 from .config import Config, config_yaml, write_atomic
 from .diskio import writing
+from .errors import Error
 
 
-class RunError(ValueError):
+class RunError(Error, ValueError):
     """A run folder cannot be made, or --model / --resume names no usable run, model or folder; says what to pass."""
 
 

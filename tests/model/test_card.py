@@ -26,7 +26,7 @@ def test_an_explicit_dtype_is_kept_whatever_the_card():
 def test_auto_engine_is_native_only_where_its_kernels_run():
     engine, why = choose_engine("auto", T4)
     assert engine == "hf" and "need sm_80+" in why and "sm_75" in why
-    assert choose_engine("auto", H100) == ("native", "auto: native on sm_90")
+    assert choose_engine("auto", H100) == ("native", "auto: sm_90 runs its kernels")
     engine, why = choose_engine("auto", L4)
     assert engine == "native" and "tested on sm_90 only, not on sm_89" in why
     assert choose_engine("auto", CPU)[0] == "hf"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..errors import Error
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -48,7 +50,7 @@ class LoadReport:
         return text
 
 
-class DataError(ValueError):
+class DataError(Error, ValueError):
     """A source cannot be read, or a bad row was found with strict=True; the message says where."""
 
 

@@ -33,6 +33,7 @@ from ..diskio import writing
 from .fingerprint import weights_fingerprint
 from ..data.formats import Format, get_format, prompts_for, render_prompt, resolved_template
 from ..runs import ModelRef, read_json, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
+from ..errors import Error
 
 RESULTS_DIR = "results"
 # How sampled completions are seeded: one stream per (benchmark, problem, sample), so a resumed run
@@ -41,7 +42,7 @@ SAMPLE_SEEDS = "per-problem-sample"
 DEFAULT_EVAL_BATCH = 64  # sequences per engine call when rollout.batch_size is 0
 
 
-class EvalError(RuntimeError):
+class EvalError(Error, RuntimeError):
     """An evaluation cannot start or finish; the message names the file or flag and what to do."""
 
 
@@ -386,8 +387,9 @@ def apply_model_prompt(cfg: Config, model: ModelRef) -> Optional[dict]:
     return known
 
 
-def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = None, output: Optional[str] = None) -> int:
-    """`mathgrpo eval`: evaluate `model_ref` (default model.name) on `bench` (default eval.bench)."""
+def run(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = None, output: Optional[str] = None) -> tuple:
+    """Evaluate `model_ref` (default model.name) on `bench` (default eval.bench) into a results folder with its
+    report; (metrics, results folder, report path), or (None, folder, None) on a rank other than the first."""
     if bench:
         cfg.eval.bench = bench
     if model_ref is None:
@@ -412,18 +414,25 @@ def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = No
         raise EvalInterrupted(f"interrupted; {kept} samples kept in {out / 'samples.jsonl'}; run the same command "
                               "again to go on from there") from None
     if not world.main:
-        return 0
+        return None, out, None
     metrics["elapsed_s"] = round(time.monotonic() - t0, 2)
     metrics["benchmarks"] = {**read_json(out / "metrics.json").get("benchmarks", {}), **metrics["benchmarks"]}
     write_json(out / "metrics.json", metrics)  # benchmarks of earlier runs into this folder are kept
     from .report import write_report
 
-    report = write_report(out)
+    return metrics, out, write_report(out)
+
+
+def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = None, output: Optional[str] = None) -> int:
+    """`mathgrpo eval`: `run`, then the results table, published figures and where the files are."""
+    metrics, out, report = run(cfg, model_ref, bench, output)
+    if metrics is None:
+        return 0
     print_table(metrics)
     if cfg.eval.references:
         from .references import print_references
 
         print_references({k: m.get("spec", k) for k, m in metrics["benchmarks"].items()}, metrics["settings"],
-                         (("", model.path),))
+                         (("", metrics["model_path"]),))
     print(f"results: {out}\nreport:  {report}")
     return 0

@@ -114,8 +114,8 @@ def print_table(result: dict) -> None:
     console.print(table)
 
 
-def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> int:
-    """Compare A and B, write compare.json/.md/.html into `output` (default B), print the table."""
+def compare_folders(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> tuple:
+    """Compare A and B and write compare.json/.md/.html into `output` (default B); (the comparison, the HTML page)."""
     from .report import write_compare_report
 
     result = compare(a_dir, b_dir, references)
@@ -125,7 +125,12 @@ def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None, reference
                            "eval; pass a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", result)
-    page = write_compare_report(out, result)
+    return result, write_compare_report(out, result)
+
+
+def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> int:
+    """`mathgrpo eval --compare A B`: `compare_folders`, then the table, published figures and the report's path."""
+    result, page = compare_folders(a_dir, b_dir, output, references)
     print_table(result)
     if references:
         from .references import print_references

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import Error
+
 DATA = Path(__file__).with_name("references.json")
 
 # Benchmarks a reference may name, as our benchmark keys name them (bench_key of the bundled sets).
@@ -27,7 +29,7 @@ FIELDS = {"model": str, "benchmark": str, "value": (int, float), "shots": (int, 
           "metric": str, "decoding": (str, type(None)), "source": str}
 
 
-class ReferenceDataError(ValueError):
+class ReferenceDataError(Error, ValueError):
     """The reference data file is malformed; the message names the file, the entry and the field."""
 
 

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Optional
 
+from ..errors import Error
+
 # The one-off start (import math-verify and sympy) may take this long; it is not part of a check.
 STARTUP_TIMEOUT_S = 120.0
 # How long past a check's deadline the caller waits for the worker's answer (the worker kills
@@ -22,7 +24,7 @@ STARTUP_TIMEOUT_S = 120.0
 GRACE_S = 1.0
 
 
-class GradingError(RuntimeError):
+class GradingError(Error, RuntimeError):
     """The math-verify path cannot run (the worker did not start or died during a check)."""
 
 

@@ -60,6 +60,8 @@ def card_of(device: torch.device) -> Card:
     """The Card of `device` (a CUDA device's properties are read from the driver)."""
     if device.type != "cuda":
         return Card("cpu", "cpu")
+    if not torch.cuda.is_available():  # a GPU planned for on a machine without one (preflight's estimates)
+        return Card("cuda", "a GPU not visible here")
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     return Card("cuda", props.name, (props.major, props.minor), props.total_memory / 2**30)
@@ -75,9 +77,11 @@ def choose_dtype(setting: str, card: Card) -> tuple:
         return DTYPES[setting], f"model.dtype={setting}"
     if card.kind != "cuda":
         return torch.float32, "auto: float32 on the CPU"
+    if card.capability is None:
+        return torch.bfloat16, "auto: bfloat16 on a GPU whose capability is not known here"
     if card.native_bf16:
         return torch.bfloat16, f"auto: {card.sm} has native bfloat16"
-    return torch.float16, f"auto: {card.sm} has no native bfloat16 (needs sm_80+); float16 with mixed precision"
+    return torch.float16, f"auto: {card.sm} has no native bfloat16, which needs sm_80"
 
 
 def choose_engine(setting: str, card: Card, sharded: bool = False) -> tuple:
@@ -86,10 +90,10 @@ def choose_engine(setting: str, card: Card, sharded: bool = False) -> tuple:
     if setting != "auto":
         return setting, f"rollout.engine={setting}"
     if card.kind != "cuda":
-        return "hf", "auto: hf on the CPU (the native engine is for GPUs)"
+        return "hf", "auto: the native engine is for GPUs"
     if sharded:
-        return "hf", "auto: hf, the weights are sharded (run.parallel=fsdp) and the native engine reads whole weights"
+        return "hf", "auto: the weights are sharded (run.parallel=fsdp) and the native engine reads whole weights"
     if not card.kernels:
-        return "hf", f"auto: hf, the native engine's kernels need sm_80+ and this card is {card.sm}"
-    untested = "" if card.tested else f" (its kernels were tested on sm_90 only, not on {card.sm})"
-    return "native", f"auto: native on {card.sm}{untested}"
+        return "hf", f"auto: the native engine's kernels need sm_80+ and this card is {card.sm}"
+    untested = "" if card.tested else f"; its kernels were tested on sm_90 only, not on {card.sm}"
+    return "native", f"auto: {card.sm} runs its kernels{untested}"

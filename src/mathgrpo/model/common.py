@@ -12,8 +12,10 @@ from typing import Any, Optional
 
 import torch
 
+from ..errors import Error
 
-class ModelError(RuntimeError):
+
+class ModelError(Error, RuntimeError):
     """A model or adapter cannot be loaded; the message says what was tried and what to do."""
 
 
@@ -30,9 +32,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype model.dtype=`name` means on `device`: `auto` is bf16 on a GPU with native bf16 (sm_80+), float16
     on an older GPU, float32 on the CPU (`card.choose_dtype`)."""
-    from .card import card_of, choose_dtype
+    from .card import DTYPES, card_of, choose_dtype
 
-    return choose_dtype(name, card_of(device))[0]
+    return DTYPES[name] if name != "auto" else choose_dtype(name, card_of(device))[0]
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -68,3 +70,13 @@ def local_config(name: str) -> Optional[Any]:
         return AutoConfig.from_pretrained(name, local_files_only=True)
     except Exception:  # not cached, an adapter folder without config.json, or no model at all
         return None
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
+    bars and lines say what happens); the hub's download bars stay, a long download should show."""
+    from huggingface_hub.utils import enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # also turns the hub's off ...
+    enable_progress_bars()  # ... which are worth keeping

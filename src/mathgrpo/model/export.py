@@ -84,8 +84,9 @@ def merge(model: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
     return model.to(dtype)
 
 
-def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> int:
-    """Write `adapter/` (+ `base/` for a local base) when the model has one and, with `merged`, `merged/` under `out`.
+def export(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> dict:
+    """Write `adapter/` (+ `base/` for a local base) when the model has one and, with `merged`, `merged/` under `out`;
+    returns what was written by kind (adapter, base, gguf, merged) with the merged dtype under `dtype`.
 
     dtype: of the merged weights; None keeps the base model's.
     gguf_quant: also write the merged model as `model-<quant>.gguf` (q8_0 or f16; see `gguf_export`).
@@ -94,26 +95,40 @@ def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str]
     out_dir = Path(out) if out else (Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(src).name}-export"))
     out_dir.mkdir(parents=True, exist_ok=True)
     model, tok = load_any(ref, ModelConfig(device="cpu", dtype="float32"))
+    written: dict = {}
     if is_adapter_dir(Path(src)):
         export_adapter(Path(src), out_dir)
-        base = "base/ (a copy of its local base model)" if (out_dir / "base").is_dir() else adapter_base(Path(src))
-        print(f"adapter: {out_dir / 'adapter'} (base: {base})")
+        written["adapter"] = out_dir / "adapter"
+        written["base"] = out_dir / "base" if (out_dir / "base").is_dir() else adapter_base(Path(src))
     plain = merge(model, torch.float32) if merged or gguf_quant else None
     if gguf_quant:  # from the float32 merge, before the merged folder's cast
         from .gguf_export import write_gguf
 
-        path = out_dir / f"model-{gguf_quant}.gguf"
-        write_gguf(plain, tok, path, gguf_quant)
-        print(f"GGUF ({gguf_quant}): {path}")
+        written["gguf"] = out_dir / f"model-{gguf_quant}.gguf"
+        write_gguf(plain, tok, written["gguf"], gguf_quant)
     if merged:
-        dtype = dtype or base_dtype(src)
-        publish_model(plain.to(DTYPES[dtype]), tok, out_dir / "merged")
-        print(f"merged model ({dtype}): {out_dir / 'merged'}")
+        written["dtype"] = dtype or base_dtype(src)
+        written["merged"] = out_dir / "merged"
+        publish_model(plain.to(DTYPES[written["dtype"]]), tok, written["merged"])
+    return written
+
+
+def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> int:
+    """`mathgrpo export`: `export`, then where each file went."""
+    written = export(ref, out, merged, dtype, gguf_quant)
+    if "adapter" in written:
+        base = "base/ (a copy of its local base model)" if isinstance(written["base"], Path) else written["base"]
+        print(f"adapter: {written['adapter']} (base: {base})")
+    if "gguf" in written:
+        print(f"GGUF ({gguf_quant}): {written['gguf']}")
+    if "merged" in written:
+        print(f"merged model ({written['dtype']}): {written['merged']}")
     return 0
 
 
-def solve_main(question: str, ref: str, fmt_preset: str = "reasoning", template: str = "auto", max_new_tokens: int = 1024, device: str = "auto") -> int:
-    """Answer one question greedily and print the reasoning and the final answer."""
+def solve(question: str, ref: str, fmt_preset: str = "reasoning", template: str = "auto", max_new_tokens: int = 1024,
+          device: str = "auto") -> tuple:
+    """Answer one question greedily: (the completion parsed in the format, the raw `Generation`)."""
     from ..data.formats import get_format, parse_completion, render_prompt
     from ..rollout import SamplingParams, make_engine
 
@@ -122,9 +137,14 @@ def solve_main(question: str, ref: str, fmt_preset: str = "reasoning", template:
     engine = make_engine("auto", model, tok, stop_token_ids(tok))
     prompt = render_prompt(question, fmt, tok, template)
     gen = engine.generate([prompt], 1, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))[0]
-    parsed = parse_completion(gen.text, fmt)
+    return parse_completion(gen.text, fmt), gen
+
+
+def solve_main(question: str, ref: str, fmt_preset: str = "reasoning", template: str = "auto", max_new_tokens: int = 1024, device: str = "auto") -> int:
+    """`mathgrpo solve`: `solve`, then the reasoning and the final answer."""
+    parsed, gen = solve(question, ref, fmt_preset, template, max_new_tokens, device)
     print(f"reasoning: {parsed.reasoning if parsed.reasoning is not None else '(none)'}")
     print(f"answer: {parsed.answer if parsed.answer is not None else '(none)'}")
     if not parsed.well_formed:
-        print(f"(completion not in the {fmt.name} format; raw: {gen.text!r})")
+        print(f"(completion not in the {fmt_preset} format; raw: {gen.text!r})")
     return 0

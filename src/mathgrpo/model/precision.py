@@ -58,7 +58,7 @@ class Precision:
         return torch.amp.GradScaler(self.device.type, enabled=self.mixed)
 
     def describe(self) -> str:
-        """One line for the dry run and the start of a run."""
+        """How a stage trains in this dtype, for the dry run and the start of a run."""
         if self.mixed:
-            return "float16 mixed precision (trainable weights and optimizer in float32, autocast, dynamic loss scaling)"
-        return f"{str(self.dtype).replace('torch.', '')} (no autocast, no loss scaling)"
+            return "mixed precision: trainable weights and AdamW state in float32, float16 autocast, dynamic loss scaling"
+        return "trained as it is: no autocast, no loss scaling"

@@ -14,7 +14,7 @@ from .. import dist
 from ..config import Config, load_config, save_config
 from ..data import DataError, load_configured
 from ..model.loading import set_threads
-from ..preflight import require, training_checks
+from ..preflight import device_choices, require, training_checks
 from ..runs import new_run_dir, read_json, write_json
 
 
@@ -125,6 +125,8 @@ def _run(cfg: Config, run_dir: Path, stages: tuple) -> dict:
 
     torch.manual_seed(cfg.run.seed)
     print(f"run: {run_dir}")
+    if dist.world().main:
+        print(device_choices(cfg))
     t0 = time.time()
     summary = read_json(run_dir / "summary.json")
     train, dev, test = load_problems(cfg)

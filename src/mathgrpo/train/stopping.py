@@ -12,9 +12,10 @@ from types import FrameType
 from typing import Optional
 
 from .. import dist
+from ..errors import Error
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(Error, RuntimeError):
     """Training stopped on purpose (NaN, out of memory) after saving what could be saved; the message says what to change."""
 
 
