@@ -29,7 +29,7 @@ T0 = time.perf_counter()
 MODEL_DIR = "/tmp/q4b-random"
 PROMPT, NEW, PROMPTS, G, R = 256, 1024, 8, 8, 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LAYOUT = None  # this phase's log-prob layout (mathgrpo.train.logprobs.PassLayout) set by main from --masked /
+LAYOUT = None  # this phase's log-prob layout (mathgrpo.training.logprobs.PassLayout) set by main from --masked /
 # --width-multiple; None: the default layout
 
 
@@ -109,7 +109,7 @@ def ours_run(backend: str, new: int, prompts_n: int, g: int, extra: list, ragged
     """A GRPORun on the saved model with the benchmark's settings (`ragged`: prompts of varying length)."""
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.train.grpo import GRPORun
+    from mathgrpo.training.grpo import GRPORun
 
     over = [f"model.name={MODEL_DIR}", f"model.backend={backend}", "model.dtype=bfloat16", f"model.max_seq_length={PROMPT + new}",
             f"lora.r={R}", f"lora.alpha={2 * R}", "lora.enabled=true", "sft.full_finetune=false", "format.template=bare",
@@ -198,7 +198,7 @@ def profiled_step(run, label: str, new: int, rows_n: int) -> dict:
 
 def completion_loss(model, ids, mask, prompt: int, temperature: float, layout=None):
     """Our chunked log-probs of the completion tokens ids[:, prompt:]: [N, C] (`layout`: the phase's by default)."""
-    from mathgrpo.train.logprobs import DEFAULT_LAYOUT, token_logprobs
+    from mathgrpo.training.logprobs import DEFAULT_LAYOUT, token_logprobs
 
     return token_logprobs(model, ids, mask, prompt, temperature, chunk_tokens=1024, layout=layout or LAYOUT or DEFAULT_LAYOUT)
 
@@ -207,7 +207,7 @@ def masked_loss(model, ids, mask, prompt: int, temperature: float):
     """`completion_loss` through the masked path: rows not rotated."""
     from dataclasses import replace
 
-    from mathgrpo.train.logprobs import DEFAULT_LAYOUT
+    from mathgrpo.training.logprobs import DEFAULT_LAYOUT
 
     return completion_loss(model, ids, mask, prompt, temperature, replace(LAYOUT or DEFAULT_LAYOUT, rotate=False))
 
@@ -256,7 +256,7 @@ def phase_fwdbwd(args) -> list:
 
     from mathgrpo.config import LoraConfig, ModelConfig
     from mathgrpo.model.fused_lora import fuse_lora
-    from mathgrpo.train.logprobs import plain_token_logprobs
+    from mathgrpo.training.logprobs import plain_token_logprobs
     from mathgrpo.model.loading import add_lora, apply_liger
 
     rows = []
@@ -403,7 +403,7 @@ def phase_unsloth_fwdbwd(args) -> list:
         labels = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < prompt, -100)
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-    from mathgrpo.train.logprobs import FrozenHeadLogProb, model_parts
+    from mathgrpo.training.logprobs import FrozenHeadLogProb, model_parts
 
     def head_logprobs(model, hidden, ids, prompt, temperature):
         """Our frozen-head log-probs of the completion tokens from the hidden states that predict them [N, C, H]."""
@@ -600,7 +600,7 @@ def main() -> None:
         return driver(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     global LAYOUT
-    from mathgrpo.train.logprobs import WIDTH_MULTIPLE, PassLayout
+    from mathgrpo.training.logprobs import WIDTH_MULTIPLE, PassLayout
 
     # --masked: the log-probs' masked path for every batch (no rotation); --width-multiple: another rounding (A/B runs)
     LAYOUT = PassLayout(rotate=not args.masked, width_multiple=args.width_multiple or None)

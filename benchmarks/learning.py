@@ -157,10 +157,10 @@ def trl_grpo(sft_dir: Path, eval_every: int) -> dict:
     from _rewards import correct_reward, format_reward
     from mathgrpo.config import load_config
     from mathgrpo.data.formats import get_format, render_prompt
-    from mathgrpo.evaluate.heldout import heldout_accuracy
+    from mathgrpo.evaluation.heldout import heldout_accuracy
     from mathgrpo.model.loading import stop_token_ids
     from mathgrpo.rollout.hf import HFEngine
-    from mathgrpo.train.pipeline import load_problems
+    from mathgrpo.training.pipeline import load_problems
 
     cfg = load_config("tiny-cpu")
     g = cfg.grpo
@@ -241,7 +241,7 @@ def phase_fullshape(args) -> dict:
     import grpo_step
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.train.grpo import GRPORun
+    from mathgrpo.training.grpo import GRPORun
 
     grpo_step.build_and_save()
     new = 1024

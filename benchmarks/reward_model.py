@@ -77,7 +77,7 @@ def make_run(tiny: bool, with_rm: bool, steps: int):
     """A GRPORun at the reference recipe's settings (or the tiny recipe's, smaller) and its problems."""
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.train.grpo import GRPORun
+    from mathgrpo.training.grpo import GRPORun
 
     common = ["run.progress=false", "run.sample_every=100000", f"grpo.steps={steps}"]
     built = build_classifier(tiny) if with_rm else {}

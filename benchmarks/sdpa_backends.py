@@ -59,7 +59,7 @@ def build(smoke: bool):
 
 def one_pass(model, vocab: int, width: int, device: str, layout) -> tuple:
     """Forward + backward of the log-prob loss on a left-padded batch laid out by `layout`: (seconds, all adapter grads finite)."""
-    from mathgrpo.train.logprobs import token_logprobs
+    from mathgrpo.training.logprobs import token_logprobs
 
     g = torch.Generator(device=device).manual_seed(width)
     ids = torch.randint(3, vocab, (BATCH, width), device=device, generator=g)
@@ -85,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
     model, vocab, device = build(args.smoke)
     widths = (64, 72) if args.smoke else WIDTHS
-    from mathgrpo.train.logprobs import PassLayout
+    from mathgrpo.training.logprobs import PassLayout
 
     rows = []
     for cudnn, guard, rotate in ((True, True, True), (True, False, False), (True, True, False), (False, True, False)):

@@ -72,7 +72,7 @@ def needs_4bit(size: str, cap: float, four_bit: str) -> bool:
         return False
     from mathgrpo.config import load_config
     from mathgrpo.preflight import GIB, memory_needed
-    from mathgrpo.train.memory import ModelShape
+    from mathgrpo.training.memory import ModelShape
 
     shape = ModelShape.from_config(SimpleNamespace(**shape_kwargs(size, False)))
     return memory_needed(load_config(f"qwen3-{size}-grpo"), shape, True, int(cap * GIB))[0] > cap * GIB
@@ -123,7 +123,7 @@ def make_run(size: str, args, overrides: list, four_bit: bool, one_pass: bool):
 
     from mathgrpo.config import load_config
     from mathgrpo.data.problem import Problem
-    from mathgrpo.train.grpo import GRPORun
+    from mathgrpo.training.grpo import GRPORun
 
     class OnePassRun(GRPORun):
         def learn(self, batch, total_seqs):

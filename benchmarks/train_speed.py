@@ -24,7 +24,7 @@ import torch
 from _subject import QWEN3_4B, kernel_profile
 
 SEQ, R = 1280, 32
-LAYOUT = None  # how `step` lays batches out (mathgrpo.train.logprobs.PassLayout); None: the default, set by main
+LAYOUT = None  # how `step` lays batches out (mathgrpo.training.logprobs.PassLayout); None: the default, set by main
 
 
 def build(liger: bool):
@@ -49,7 +49,7 @@ def build(liger: bool):
 
 def step(model, ids, mask, adv, chunk: int = 1024):
     """One forward + backward of the chunked log-prob loss (laid out as this benchmark's `LAYOUT` says)."""
-    from mathgrpo.train.logprobs import DEFAULT_LAYOUT, token_logprobs
+    from mathgrpo.training.logprobs import DEFAULT_LAYOUT, token_logprobs
 
     (token_logprobs(model, ids, mask, 256, 1.0, chunk, LAYOUT or DEFAULT_LAYOUT) * adv).mean().backward()
 
@@ -111,7 +111,7 @@ def profile(model, n: int, path: Path) -> dict:
 def main() -> None:
     from mathgrpo.model.fused_lora import fuse_lora
     from mathgrpo.model.offload import offload_checkpoints
-    from mathgrpo.train.logprobs import PassLayout
+    from mathgrpo.training.logprobs import PassLayout
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)

@@ -237,7 +237,7 @@ def train(recipe: Optional[str] = None, *, overrides: Optional[list] = None, res
 
     Ctrl-C (the notebook's stop button) saves a checkpoint first; `train(resume=run.path)` goes on from it.
     """
-    from .train.pipeline import main
+    from .training.pipeline import main
 
     _quiet()
     settings = _dotted(overrides, sections)
@@ -253,7 +253,7 @@ def evaluate(model: Optional[PathLike] = None, bench: Optional[str] = None, *, r
     """Benchmark `model` (a run folder, model or adapter folder, hub id; default the recipe's model.name) on
     `bench` (comma-separated; default eval.bench): per-sample records, metrics and a report in a results folder."""
     from .config import load_config
-    from .evaluate.benchmark import run, run_recipe
+    from .evaluation.benchmark import run, run_recipe
 
     _quiet()
     flags = {"eval.limit": limit, "eval.n": n, "eval.shots": shots}
@@ -268,7 +268,7 @@ def evaluate(model: Optional[PathLike] = None, bench: Optional[str] = None, *, r
 def compare(a: Union[Results, PathLike], b: Union[Results, PathLike], output: Optional[PathLike] = None,
             references: bool = True) -> Comparison:
     """B minus A on the problems both results share, with a paired bootstrap interval; report in `output` (default B)."""
-    from .evaluate.compare import compare_folders
+    from .evaluation.compare import compare_folders
 
     a_dir, b_dir = (str(x.path if isinstance(x, Results) else x) for x in (a, b))
     result, page = compare_folders(a_dir, b_dir, str(output) if output else None, references)

@@ -112,8 +112,8 @@ def _training_command(stages: tuple) -> Callable:
                             help="print the resolved settings, what would be loaded from where and the memory plan; start nothing")
 
         def run(args: argparse.Namespace) -> int:
-            from .train.stopping import TrainingStopped
-            from .train.pipeline import main as train_main, resumed_config
+            from .training.stopping import TrainingStopped
+            from .training.pipeline import main as train_main, resumed_config
 
             if args.dry_run:
                 from .preflight import dry_run
@@ -191,14 +191,14 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
     add_recipe_args(parser, default=None)  # None: Config defaults, or the run's config.yaml for a run folder
 
     def run(args: argparse.Namespace) -> int:
-        from .evaluate.benchmark import EvalError, main, run_recipe
-        from .evaluate.references import ReferenceDataError
+        from .evaluation.benchmark import EvalError, main, run_recipe
+        from .evaluation.references import ReferenceDataError
 
         flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
         overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         try:
             if args.compare:
-                from .evaluate.compare import compare_main
+                from .evaluation.compare import compare_main
 
                 show = load_config(args.recipe, overrides).eval.references  # eval.references=false hides them
                 return compare_main(args.compare[0], args.compare[1], args.output, references=show)

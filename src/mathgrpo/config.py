@@ -238,7 +238,7 @@ class GRPOConfig:
     max_memory_gb: Optional[float] = _f(
         None,
         "Memory budget in GiB that sizes grpo.micro_batch_size and rollout.batch_size when they are 0 "
-        "(default: 95% of the GPU's memory; on CPU, without it, whole batches). See mathgrpo/train/memory.py.",
+        "(default: 95% of the GPU's memory; on CPU, without it, whole batches). See mathgrpo/training/memory.py.",
     )
 
 

@@ -133,7 +133,7 @@ def shard(model: Any) -> None:
     """FSDP2: shard each decoder layer, and the decoder body, across the ranks (gradients summed, not averaged)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from .train.logprobs import model_parts
+    from .training.logprobs import model_parts
 
     body, _ = model_parts(model)
     for layer in body.layers:

@@ -208,7 +208,7 @@ def machine_memory(cfg: Config) -> Memory:
 def model_shape(name: str) -> tuple:
     """(ModelShape, where its sizes came from) of a model, from local files or the known Qwen3 sizes; (None, why) if neither."""
     from .model.known import known_config
-    from .train.memory import ModelShape
+    from .training.memory import ModelShape
 
     path = Path(name).expanduser()
     if path.is_dir() and (path / "adapter_config.json").is_file():
@@ -231,7 +231,7 @@ def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
     import torch
 
     from .model.common import resolve_dtype
-    from .train.memory import FIXED_OVERHEAD, plan_for_config
+    from .training.memory import FIXED_OVERHEAD, plan_for_config
 
     m = cfg.model
     device = torch.device("cuda" if gpu else "cpu")
@@ -345,7 +345,7 @@ def memory_line(cfg: Config) -> str:
     """The memory plan from the model's config.json alone (no weights loaded), or why there is none."""
     import torch
 
-    from .train.memory import device_budget, plan_for_config
+    from .training.memory import device_budget, plan_for_config
     from .model.common import resolve_device
 
     try:

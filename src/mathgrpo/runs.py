@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .train.checkpoint import latest
+from .training.checkpoint import latest
 from .config import Config, config_yaml, write_atomic
 from .diskio import writing
 from .errors import Error

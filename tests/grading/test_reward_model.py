@@ -204,7 +204,7 @@ def test_preflight_names_a_bad_reward_model_before_anything_starts(tmp_path, cap
 def test_memory_plan_counts_the_classifier(classifier, tmp_path, capsys):
     """The dry run's plan holds the classifier's weights and one scoring batch as resident bytes."""
     from mathgrpo.cli import main
-    from mathgrpo.train.memory import SCORE_HIDDEN, SCORE_INTERMEDIATE, reward_model_bytes
+    from mathgrpo.training.memory import SCORE_HIDDEN, SCORE_INTERMEDIATE, reward_model_bytes
 
     cfg = load_config("tiny-cpu", [f"rewards.model={classifier}", "grpo.max_memory_gb=2", "rewards.model_batch_size=4",
                                    "rewards.model_max_length=100"])

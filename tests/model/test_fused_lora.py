@@ -6,7 +6,7 @@ import torch
 
 from mathgrpo.config import LoraConfig
 from mathgrpo.model.fused_lora import LoraLinear, fuse_lora
-from mathgrpo.train.logprobs import token_logprobs
+from mathgrpo.training.logprobs import token_logprobs
 from mathgrpo.model.loading import add_lora
 from mathgrpo.model.tiny import build_tiny
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mathgrpo.model.precision import Precision
-from mathgrpo.train.optim import MAX_SKIPPED_IN_A_ROW, OptimizerStep, make_optimizer, make_scheduler
+from mathgrpo.training.optim import MAX_SKIPPED_IN_A_ROW, OptimizerStep, make_optimizer, make_scheduler
 
 CPU = torch.device("cpu")
 

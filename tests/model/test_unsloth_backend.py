@@ -1,7 +1,7 @@
 """The Unsloth backend for real (skipped without Unsloth; CI runs it in its own environment, .ci/unsloth).
 
 A tiny Qwen3 is loaded through FastLanguageModel on CPU, gets LoRA through get_peft_model, and is
-trained by our GRPO loop: warm-up and GRPO through `mathgrpo.train.pipeline`, then the adapter is read back
+trained by our GRPO loop: warm-up and GRPO through `mathgrpo.training.pipeline`, then the adapter is read back
 by plain PEFT and gives the same log-probs.
 """
 
@@ -17,9 +17,9 @@ import torch  # noqa: E402
 
 from mathgrpo.config import load_config  # noqa: E402
 from mathgrpo.data.arith import split  # noqa: E402
-from mathgrpo.train.batch import collate  # noqa: E402
-from mathgrpo.train.logprobs import token_logprobs  # noqa: E402
-from mathgrpo.train.grpo import GRPORun  # noqa: E402
+from mathgrpo.training.batch import collate  # noqa: E402
+from mathgrpo.training.logprobs import token_logprobs  # noqa: E402
+from mathgrpo.training.grpo import GRPORun  # noqa: E402
 from mathgrpo.model.unsloth_backend import version_conflicts  # noqa: E402
 
 TINY = ["model.backend=unsloth", "sft.full_finetune=false", "run.progress=false", "grpo.prompts_per_step=4",
@@ -75,7 +75,7 @@ def test_saved_adapter_reads_back_with_plain_peft(tmp_path):
 
 def test_train_cli_warmup_then_grpo(tmp_path):
     """`mathgrpo train` end to end with backend=unsloth: LoRA warm-up, GRPO from the warm-up's adapter, final adapter."""
-    from mathgrpo.train.pipeline import main as train_main
+    from mathgrpo.training.pipeline import main as train_main
 
     # model.device=cpu: the up-front checks refuse the unsloth backend on a machine without a GPU unless asked
     cfg = load_config("tiny-cpu", TINY + ["sft.steps=5", "grpo.steps=3", f"run.output_dir={tmp_path}", "run.name=u",
@@ -115,7 +115,7 @@ def test_left_padded_rows_in_training_mode_on_gpu():
     """In training mode a left-padded row's log-probs match the same row unpadded (bf16 noise aside), and the
     gradients are finite: on the masked path (rows not rotated, as for a mask with a hole) the mask reaches
     attention although our log-probs call the body directly."""
-    from mathgrpo.train.logprobs import PassLayout
+    from mathgrpo.training.logprobs import PassLayout
 
     masked = PassLayout(rotate=False)  # rotated rows pass no mask: nothing to drop
     model, tok = _sharp_tiny_unsloth(["model.dtype=bfloat16"])

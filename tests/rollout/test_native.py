@@ -432,8 +432,8 @@ def test_even_chunks_and_one_cache_at_a_time(tiny):
 
 def learner_gap(model, gens, temperature: float = 1.0) -> torch.Tensor:
     """|engine policy log-prob - the model's own log-prob| of every sampled token, over `gens`. [tokens]"""
-    from mathgrpo.train.batch import collate
-    from mathgrpo.train.logprobs import token_logprobs
+    from mathgrpo.training.batch import collate
+    from mathgrpo.training.logprobs import token_logprobs
 
     device = next(model.parameters()).device
     batch = collate(gens, torch.zeros(len(gens)), 0, False, device)

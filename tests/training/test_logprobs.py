@@ -7,7 +7,7 @@ path's rows run rotated without a mask, so pads attend differently and their val
 import torch
 
 from mathgrpo.config import LoraConfig
-from mathgrpo.train.logprobs import DEFAULT_LAYOUT, plain_token_logprobs, token_logprobs
+from mathgrpo.training.logprobs import DEFAULT_LAYOUT, plain_token_logprobs, token_logprobs
 from mathgrpo.model.loading import add_lora
 from mathgrpo.model.tiny import build_tiny
 
@@ -145,7 +145,7 @@ def test_other_masks_keep_the_masked_path_widened_at_64_mod_128():
 
 def test_right_aligned_rotates_padding_and_declines_other_masks():
     """Left padding gives each row's shift and the index that rotates it; a hole or an all-padding prompt gives None."""
-    from mathgrpo.train.logprobs import right_aligned
+    from mathgrpo.training.logprobs import right_aligned
 
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[0, :2] = 0
@@ -164,7 +164,7 @@ def test_right_aligned_rotates_padding_and_declines_other_masks():
 def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results():
     """On a GPU a rotated batch is right-padded to a multiple of WIDTH_MULTIPLE (here forced on the CPU at 16 by the layout):
     the body sees the rounded width, the log-probs and gradients are those of the plain path."""
-    import mathgrpo.train.logprobs as lp
+    import mathgrpo.training.logprobs as lp
 
     assert lp.width_multiple(torch.device("cpu")) == 1 and lp.width_multiple(torch.device("cuda")) == lp.WIDTH_MULTIPLE == 64
     assert [lp.pass_width(w, torch.device("cuda")) for w in (1277, 1280, 1281)] == [1280, 1280, 1344]
@@ -183,7 +183,7 @@ def test_rotated_width_rounds_up_on_a_gpu_with_the_same_results():
 
 def test_safe_attention_width_skips_64_mod_128():
     """Widths of 64 mod 128 (cuDNN's NaN widths, pytorch#196678) get 8 more columns; others stay."""
-    from mathgrpo.train.logprobs import safe_attention_width
+    from mathgrpo.training.logprobs import safe_attention_width
 
     assert [safe_attention_width(w) for w in (64, 704, 1344, 65, 128, 1280, 1300, 63)] == [72, 712, 1352, 65, 128, 1280, 1300, 63]
 
@@ -191,7 +191,7 @@ def test_safe_attention_width_skips_64_mod_128():
 def test_a_layout_chooses_the_masked_path_without_touching_the_module():
     """PassLayout(rotate=False) runs the masked path (the body sees a mask) with the same results as the rotated
     default; guard_widths=False leaves a 64 mod 128 width as it is."""
-    import mathgrpo.train.logprobs as lp
+    import mathgrpo.training.logprobs as lp
 
     model = _lora_model(7)
     torch.manual_seed(5)

@@ -7,10 +7,10 @@ import torch
 
 from mathgrpo.config import load_config
 from mathgrpo.data.arith import split
-from mathgrpo.train.advantages import group_advantages
-from mathgrpo.train.batch import collate
-from mathgrpo.train.logprobs import model_parts, token_logprobs
-from mathgrpo.train.grpo import GRPORun
+from mathgrpo.training.advantages import group_advantages
+from mathgrpo.training.batch import collate
+from mathgrpo.training.logprobs import model_parts, token_logprobs
+from mathgrpo.training.grpo import GRPORun
 from mathgrpo.model.loading import apply_liger
 
 

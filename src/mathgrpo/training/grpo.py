@@ -21,7 +21,7 @@ import torch
 from .. import dist
 from ..config import Config
 from ..data.formats import get_format, prompts_for
-from ..evaluate.heldout import heldout_accuracy
+from ..evaluation.heldout import heldout_accuracy
 from ..grading.judge import grade
 from ..grading.reward_model import load_reward_model
 from ..grading.rewards import RewardContext, build_rewards

@@ -10,7 +10,7 @@ import torch
 
 SCRIPT = """
 import torch
-from mathgrpo.train import head_kernel
+from mathgrpo.training import head_kernel
 torch.manual_seed(0)
 head_kernel.BLOCK = 256  # several steps per row, the last one partial
 for n, vocab, temp, dtype in [(5, 1000, 1.0, torch.float32), (3, 700, 0.7, torch.float32), (4, 100, 1.0, torch.float32),

@@ -19,7 +19,7 @@ import torch
 from .. import dist
 from ..config import Config
 from ..data.formats import Format, get_format, render_prompt
-from ..evaluate.heldout import heldout_accuracy
+from ..evaluation.heldout import heldout_accuracy
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..rollout import make_engine
 from .stage import Stage

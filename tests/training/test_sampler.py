@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from mathgrpo.train.sampler import WARN_FACTOR, GapWatch, gap_sums, tis_weights
+from mathgrpo.training.sampler import WARN_FACTOR, GapWatch, gap_sums, tis_weights
 
 
 def test_gap_sums_count_only_masked_tokens():

@@ -1,6 +1,6 @@
 """Weights fingerprints: new contents change them, unchanged files are not hashed again."""
 
-from mathgrpo.evaluate.fingerprint import weights_fingerprint
+from mathgrpo.evaluation.fingerprint import weights_fingerprint
 
 
 def test_contents_change_the_fingerprint_and_digests_are_remembered(tmp_path):

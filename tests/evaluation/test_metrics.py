@@ -4,7 +4,7 @@ from math import comb
 
 import pytest
 
-from mathgrpo.evaluate.metrics import (
+from mathgrpo.evaluation.metrics import (
     accuracy_by,
     group_by_problem,
     maj_at_k,
@@ -130,7 +130,7 @@ def test_accuracy_by_level():
 
 def test_wilson_bounds_hold_the_estimate_at_0_and_100_percent():
     """Every sample size up to 1,000: the interval contains 0% and 100% exactly (no 1e-17 overshoot)."""
-    from mathgrpo.evaluate.metrics import accuracy_with_ci
+    from mathgrpo.evaluation.metrics import accuracy_with_ci
 
     for n in range(1, 1001):
         for value in (0.0, 1.0):

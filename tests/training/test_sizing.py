@@ -9,9 +9,9 @@ import torch
 
 from mathgrpo.config import load_config
 from mathgrpo.model.tiny import build_tiny
-from mathgrpo.train.memory import GIB, plan_for_model, plan_memory
-from mathgrpo.train.sizing import MicroPlan, Sizing
-from mathgrpo.train.stopping import TrainingStopped
+from mathgrpo.training.memory import GIB, plan_for_model, plan_memory
+from mathgrpo.training.sizing import MicroPlan, Sizing
+from mathgrpo.training.stopping import TrainingStopped
 
 ROWS, WIDTH = 8, 32  # a tiny step's batch: 2 prompts x 4 completions, 32 tokens wide
 

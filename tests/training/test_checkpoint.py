@@ -4,10 +4,10 @@ import random
 
 import torch
 
-from mathgrpo.train import checkpoint
+from mathgrpo.training import checkpoint
 from mathgrpo.config import LoraConfig
 from mathgrpo.model.loading import add_lora
-from mathgrpo.train.optim import make_optimizer, make_scheduler
+from mathgrpo.training.optim import make_optimizer, make_scheduler
 from mathgrpo.model.tiny import build_tiny
 
 

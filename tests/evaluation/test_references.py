@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mathgrpo.evaluate.references import (
+from mathgrpo.evaluation.references import (
     BENCHMARKS, ReferenceDataError, benchmark_of, differences, load_references, matching, same_model,
 )
 

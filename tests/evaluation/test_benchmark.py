@@ -7,7 +7,7 @@ import pytest
 
 from mathgrpo.cli import main as cli
 from mathgrpo.config import LoraConfig, load_config, save_config
-from mathgrpo.evaluate.benchmark import resolve_model
+from mathgrpo.evaluation.benchmark import resolve_model
 from mathgrpo.model.loading import add_lora
 from mathgrpo.model.tiny import build_tiny
 

@@ -3,7 +3,7 @@
 import pytest
 from transformers import Qwen3Config
 
-from mathgrpo.train.memory import ModelShape
+from mathgrpo.training.memory import ModelShape
 
 
 @pytest.fixture

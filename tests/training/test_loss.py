@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mathgrpo.train.loss import LossSettings, policy_loss
+from mathgrpo.training.loss import LossSettings, policy_loss
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
 ADV = torch.tensor([1.0, -2.0])

@@ -11,8 +11,8 @@ import torch
 from mathgrpo.config import load_config
 from mathgrpo.data.arith import split
 from mathgrpo.tracking import read_jsonl
-from mathgrpo.train.sft import SFTRun
-from mathgrpo.train.stopping import TrainingStopped
+from mathgrpo.training.sft import SFTRun
+from mathgrpo.training.stopping import TrainingStopped
 
 
 def warm_up(tmp_path, *overrides, kind=SFTRun) -> SFTRun:

@@ -2,7 +2,7 @@
 
 import torch
 
-from mathgrpo.train.sft import Example, collate
+from mathgrpo.training.sft import Example, collate
 
 
 def test_collate_pads_right_with_labels_on_the_answer():
@@ -17,7 +17,7 @@ def test_collate_pads_right_with_labels_on_the_answer():
 
 def test_padded_rows_lose_what_they_would_alone():
     """The warm-up loss of a right-padded batch (run without a mask) is the sum of each example's own loss."""
-    from mathgrpo.train.sft import sft_loss
+    from mathgrpo.training.sft import sft_loss
     from mathgrpo.model.tiny import build_tiny
 
     model, _ = build_tiny(seed=2)
@@ -31,7 +31,7 @@ def test_padded_rows_lose_what_they_would_alone():
 
 def test_warm_up_says_why_it_ended():
     """An early stop on purpose is named as such; ending far below the target is a warning before GRPO."""
-    from mathgrpo.train.sft import ending_note
+    from mathgrpo.training.sft import ending_note
 
     assert ending_note(130, 400, {"accuracy": 0.36}, 0.3) == (
         "warm-up: stopped at step 130 of 400: 36% dev accuracy >= 30% target (sft.stop_at_accuracy)")

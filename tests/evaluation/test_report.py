@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mathgrpo.cli import main as cli
-from mathgrpo.evaluate.metrics import summarise
-from mathgrpo.evaluate.report import read_curves, write_report
+from mathgrpo.evaluation.metrics import summarise
+from mathgrpo.evaluation.report import read_curves, write_report
 
 SETTINGS = {"model": "m", "n": 1, "greedy": True, "temperature": None, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
             "max_new_tokens": 16, "shots": 0, "shots_source": None, "format": "reasoning", "system_prompt": None,
@@ -127,8 +127,8 @@ def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
 
 def test_report_of_groups_at_0_and_100_percent(tmp_path):
     """The sizes that made matplotlib reject negative error bars (11 at 0%, 6 at 100%) give a report."""
-    from mathgrpo.evaluate.metrics import accuracy_with_ci
-    from mathgrpo.evaluate.report import error_bars
+    from mathgrpo.evaluation.metrics import accuracy_with_ci
+    from mathgrpo.evaluation.report import error_bars
 
     for n in range(1, 1001):
         assert min(min(side) for side in error_bars([accuracy_with_ci([v] * n, True) for v in (0.0, 1.0)])) >= 0
@@ -142,7 +142,7 @@ def test_report_of_groups_at_0_and_100_percent(tmp_path):
 def test_report_polish_curves_warnings_and_html(tmp_path):
     """Key curves first (kl, grad norm, lr plotted; trivial ones folded or named), warnings for cut completions,
     <code> instead of backticks, labelled 0% bars, integer histogram ticks."""
-    from mathgrpo.evaluate.report import accuracy_figure, curve_blocks, length_figure, read_curves
+    from mathgrpo.evaluation.report import accuracy_figure, curve_blocks, length_figure, read_curves
 
     run = tmp_path / "run"
     (run / "grpo").mkdir(parents=True)

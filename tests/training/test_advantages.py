@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mathgrpo.train.advantages import group_advantages, informative_groups
+from mathgrpo.training.advantages import group_advantages, informative_groups
 
 
 def test_group_scaling_by_hand():

@@ -4,7 +4,7 @@ test_sizing.py)."""
 import pytest
 
 from mathgrpo.config import load_config
-from mathgrpo.train.memory import GIB, LOGIT_BYTES, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
+from mathgrpo.training.memory import GIB, LOGIT_BYTES, ModelShape, chunk_tokens_for, device_budget, plan_memory, plan_for_model
 from mathgrpo.model.tiny import build_tiny
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
