@@ -2,18 +2,23 @@
 
 Rewards and evaluation both call `grade`, so what training rewards is what the benchmark counts.
 
-`is_equivalent(pred, gold)` decides in the cheapest way that can; a cheap path only says "equal"
-for sure, never "not equal", except for two plain numbers:
+`is_equivalent(pred, gold)` decides in the cheapest way that can, and `decide` says which rule
+decided (`RULES`); a cheap path only says "equal" for sure, never "not equal", except for two plain
+numbers:
   1. string:  both sides cleaned (LaTeX spacing, `\\text{}`, units, currency, percent, thousands
-              separators, `x = `) and compared as strings, case and space insensitive -> equal;
+              separators, `x = `, `\\langle\\rangle`, e-notation as `\\times 10^{n}`) and compared as
+              strings, space insensitive, case insensitive unless case tells variables apart -> equal;
               also `1,22` against `1.22` (a decimal comma);
-  2. number:  both sides plain numbers, simple fractions or mixed numbers: integers and fractions
-              exactly, decimals within NUMBER_REL_TOL; `p%` also means p/100; two numerals with
-              a base subscript (`52_8`) by value -> equal or not;
+  2. number:  both sides plain numbers, simple fractions, mixed numbers or scientific notation
+              (`numbers.py`): integers and fractions exactly, decimals within NUMBER_REL_TOL; `p%`
+              also means p/100 (percent); a decimal that rounds the other number to the digits it
+              shows within `rel_tol` (tolerance); two numerals with a base subscript (`52_8`) by value;
   3. guards:  a bare answer with absurd exponents/factorials or deep nesting -> not equal, no sympy;
-  4. math-verify in a worker process under a hard time limit (`grading/worker.py`, `grading/client.py`) on the cleaned
-     forms; when a side is text (math delimiters `$`, `\\(`, `\\[` or a box) also on the raw
-     strings as plain math-verify reads them: equal if either says so. Answers longer than
+  4. the worker process under a hard time limit (`grading/worker.py`, `grading/client.py`): math-verify
+     on the cleaned forms, then the rules of `grading/rules.py` (identity, tolerance, vector,
+     equation-scaling, solution-set, inequality; our own readings of plain-text answers and of
+     answers whose case matters); when a side is text (math delimiters `$`, `\\(`, `\\[` or a box)
+     also the raw strings as plain math-verify reads them: equal if any says so. Answers longer than
      MAX_ANSWER_CHARS are read by plain math-verify only; longer than MAX_TEXT_CHARS, as strings only.
      A check past its limit, or one math-verify fails on, counts as wrong, and `stats` counts it;
      a worker that cannot run raises GradingError.
@@ -60,6 +65,7 @@ class GradingStats:
     percent: int = 0
     tolerance: int = 0
     math_verify: int = 0
+    exact: int = 0
     identity: int = 0
     equation_scaling: int = 0
     solution_set: int = 0
@@ -83,6 +89,7 @@ _STAT_OF_PATH = {
     "percent": "percent",
     "tolerance": "tolerance",
     "math-verify": "math_verify",
+    "exact": "exact",
     "identity": "identity",
     "equation-scaling": "equation_scaling",
     "solution-set": "solution_set",
@@ -286,6 +293,10 @@ def hostile_reason(text: str) -> Optional[str]:
 
 # --- the decision ------------------------------------------------------------------------------
 
+# What can decide a check: the cheap paths here, then the worker (math-verify and `rules.py`'s rules).
+RULES = ("empty", "string", "number", "percent", "tolerance", "too-long", "guard", "math-verify", "exact", "identity",
+         "vector", "equation-scaling", "solution-set", "inequality", "timeout", "error")
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -483,6 +494,9 @@ def grade_main(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S, rel_tol
     except GradingError as exc:
         print(f"error: {exc}")
         return 1
+    except ValueError as exc:  # a tolerance or time limit out of range
+        print(f"error: {exc}")
+        return 2
     ms = (time.monotonic() - t0) * 1000
     print(f"verdict: {'EQUIVALENT' if d.equal else 'NOT EQUIVALENT'}")
     print(f"pred:    {pred!r} -> {d.pred_form}")

@@ -98,7 +98,7 @@ def rounds_to(decimal: Fraction, place: Fraction, value: Fraction, rel_tol: floa
     """Whether `decimal`, showing its last digit at `place`, is `value` written to that many digits:
     |value - decimal| <= place/2 and <= rel_tol * |value| (the rule in this module's docstring)."""
     gap = abs(value - decimal)
-    return gap <= place / 2 and gap <= Fraction(rel_tol) * abs(value)
+    return gap <= place / 2 and gap <= Fraction(repr(rel_tol)) * abs(value)  # repr: 1e-4 is exactly 1/10000
 
 
 def approximates(a: Fraction, a_place: Optional[Fraction], b: Fraction, b_place: Optional[Fraction],

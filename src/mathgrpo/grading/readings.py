@@ -69,7 +69,13 @@ def canonical(expr, lower: bool = False):
         if isinstance(s, sp.Symbol):
             name = re.sub(r"[{}\\\s]", "", s.name)
             rename[s] = sp.Symbol(name.lower() if lower else name)
-    return expr.xreplace(rename) if rename else expr
+    if not rename:
+        return expr
+    renamed = expr.xreplace(rename)
+    if type(renamed) is not type(expr):  # Eq(x, {-3, 3}) (`x = \\pm 3`) evaluates to False when rebuilt
+        with sp.evaluate(False):
+            renamed = expr.xreplace(rename)
+    return renamed
 
 
 def exact(expr):

@@ -198,12 +198,14 @@ def _side(eq):
     return readings.exact(eq.lhs - eq.rhs)
 
 
-def _equation_scaling(a, b) -> bool:
-    """Two equations that are the same up to a non-zero constant factor."""
+def _equation_scaling(a, b, sides: _Sides) -> bool:
+    """Two equations between expressions that are the same up to a non-zero constant factor."""
     import sympy as sp
 
     if not (isinstance(a, sp.Equality) and isinstance(b, sp.Equality)):
         return False
+    if not all(isinstance(side, sp.Expr) for side in (*a.args, *b.args)):
+        return False  # `x = \\pm 2`: a set on one side, for the solution-set rule
     return bool(spotcheck.constant_ratio(_side(a), _side(b)))
 
 
@@ -314,20 +316,26 @@ def _inequality(a, b, sides: _Sides) -> bool:
 
 def first_rule(gold, pred, gold_text: str, pred_text: str, rel_tol: float, deadline: float) -> Optional[str]:
     """The name of the first rule under which `pred` equals `gold` (sympy readings of the texts),
-    or None when none does."""
+    or None when none does. A rule that sympy fails on (an operation it refuses) says nothing."""
     import sympy as sp
 
     sides = _Sides(gold, pred, gold_text, pred_text, rel_tol, deadline)
     relational = (sp.Equality, sp.Rel, sp.And, sp.Or)
-    if not isinstance(gold, relational) and not isinstance(pred, relational) and _same(gold, pred, sides):
-        return next((rule for rule in ("vector", "tolerance", "identity") if rule in sides.used), "exact")
-    if _equation_scaling(gold, pred):
-        return "equation-scaling"
-    if _solution_set(gold, pred, sides):
-        return "solution-set"
-    if _inequality(gold, pred, sides):
-        return "inequality"
+    if not isinstance(gold, relational) and not isinstance(pred, relational):
+        if _quietly(_same, gold, pred, sides):
+            return next((rule for rule in ("vector", "tolerance", "identity") if rule in sides.used), "exact")
+    for name, rule in (("equation-scaling", _equation_scaling), ("solution-set", _solution_set), ("inequality", _inequality)):
+        if _quietly(rule, gold, pred, sides):
+            return name
     return None
+
+
+def _quietly(rule, gold, pred, sides: _Sides) -> bool:
+    """rule(gold, pred, sides), False when sympy raises on the way (or its budget runs out)."""
+    try:
+        return bool(rule(gold, pred, sides))
+    except (_OutOfTime, TypeError, ValueError, AttributeError, ArithmeticError, NotImplementedError, RecursionError):
+        return False
 
 
 def needs_own(request: dict) -> bool:
