@@ -55,10 +55,9 @@ def _budget(seconds: float):
 
 
 class _Sides:
-    """The two readings under comparison and what the rules need to know about the texts."""
+    """What the rules need to know about the two texts under comparison, and which rules they used."""
 
-    def __init__(self, gold, pred, gold_text: str, pred_text: str, rel_tol: float, deadline: float) -> None:
-        self.gold, self.pred = gold, pred
+    def __init__(self, gold_text: str, pred_text: str, rel_tol: float, deadline: float) -> None:
         self.places = (decimal_literals(gold_text), decimal_literals(pred_text))
         self.rel_tol, self.deadline = rel_tol, deadline
         self.used: set = set()  # rules a structural comparison needed
@@ -319,7 +318,7 @@ def first_rule(gold, pred, gold_text: str, pred_text: str, rel_tol: float, deadl
     or None when none does. A rule that sympy fails on (an operation it refuses) says nothing."""
     import sympy as sp
 
-    sides = _Sides(gold, pred, gold_text, pred_text, rel_tol, deadline)
+    sides = _Sides(gold_text, pred_text, rel_tol, deadline)
     relational = (sp.Equality, sp.Rel, sp.And, sp.Or)
     if not isinstance(gold, relational) and not isinstance(pred, relational):
         if _quietly(_same, gold, pred, sides):
