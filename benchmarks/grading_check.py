@@ -4,10 +4,13 @@
 
 Prints: golds equivalent to themselves and to their own worked solution (X/1819), golds with their
 first integer bumped that are (rightly) not equivalent, the worst and total wall time of 1,000
-hostile predictions, and, per split of tests/data/grading_pairs.jsonl, the agreement with the
-labels of mathgrpo and of plain math-verify (verify(parse(gold), parse(pred)), default settings)
-side by side, overall and per source, with the time per pair (median, p99) of each. tests/grading/test_judge.py runs the same functions, so the numbers quoted from
-here are the ones the tests assert on.
+hostile predictions, and, per split of tests/data/grading_pairs.jsonl and of
+tests/data/grading_kinds.jsonl (issue 28's set: plain text, scientific notation, identities,
+equations, inequalities, approximations, physics, vectors), the agreement with the labels of
+mathgrpo and of plain math-verify (verify(parse(gold), parse(pred)), default settings) side by
+side, overall, per source and (for the kinds set) per kind, with the time per pair (median, p99) of
+each. tests/grading/test_judge.py and test_kinds.py run the same functions, so the numbers quoted
+from here are the ones the tests assert on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mathgrpo.data.formats import last_boxed
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mathgrpo" / "data" / "bundled"
 PAIRS = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_pairs.jsonl"
+KINDS = PAIRS.with_name("grading_kinds.jsonl")
 HOSTILE_GOLDS = ["3", "\\frac{1}{2}", "(1,2)", "x^2+1"]
 
 
@@ -191,9 +195,9 @@ def hostile_check(limit: float = 1.0, n: int = 1000, seed: int = 0, threads: int
 # --- labelled pairs: mathgrpo against plain math-verify -----------------------------------------
 
 
-def load_pairs(split: Optional[str] = None) -> list:
-    """The labelled pairs of tests/data/grading_pairs.jsonl (one split, or all)."""
-    rows = [json.loads(x) for x in PAIRS.read_text().splitlines() if x.strip()]
+def load_pairs(split: Optional[str] = None, path: Path = PAIRS) -> list:
+    """The labelled pairs of tests/data/grading_pairs.jsonl, or of `path` (one split, or all)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return [r for r in rows if split is None or r["split"] == split]
 
 
@@ -220,30 +224,34 @@ def _percentile(values: list, q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def agreement(pairs: list, with_math_verify: bool = True) -> dict:
-    """Agreement with the labels of mathgrpo and (optionally) plain math-verify: per source and
-    overall {"n", "mathgrpo", "math_verify"}, the time per pair of each, and mathgrpo's misses."""
-    judges = {"mathgrpo": lambda g, p: judge.is_equivalent(p, g)}
+def agreement(pairs: list, with_math_verify: bool = True, mathgrpo=None) -> dict:
+    """Agreement with the labels of mathgrpo (or of `mathgrpo(gold, pred)` when given) and
+    (optionally) plain math-verify: per source, per kind (rows that have one) and overall
+    {"n", "mathgrpo", "math_verify"}, the time per pair of each, and each judge's misses."""
+    judges = {"mathgrpo": mathgrpo or (lambda g, p: judge.is_equivalent(p, g))}
     if with_math_verify:
         judges["math_verify"] = plain_math_verify
-    out = {"by_source": {}, "seconds": {}, "misses": {}}
+    out = {"by_source": {}, "by_kind": {}, "seconds": {}, "misses": {}}
     for name, judge_fn in judges.items():
         verdicts, seconds = _judge_all(pairs, judge_fn)
         out["seconds"][name] = {"median": _percentile(seconds, 0.5), "p99": _percentile(seconds, 0.99)}
         out["misses"][name] = [r for r, v in zip(pairs, verdicts) if v != r["label"]]
-        for source in ["all"] + sorted({r["source"] for r in pairs}):
-            rows = [(r, v) for r, v in zip(pairs, verdicts) if source in ("all", r["source"])]
-            entry = out["by_source"].setdefault(source, {"n": len(rows)})
-            entry[name] = sum(v == r["label"] for r, v in rows)
+        for field, table in (("source", out["by_source"]), ("kind", out["by_kind"])):
+            groups = sorted({r[field] for r in pairs if field in r})
+            for group in (["all"] if field == "source" else []) + groups:
+                rows = [(r, v) for r, v in zip(pairs, verdicts) if group == "all" or r.get(field) == group]
+                table.setdefault(group, {"n": len(rows)})[name] = sum(v == r["label"] for r, v in rows)
     return out
 
 
 def print_agreement(split: str, result: dict) -> None:
-    """The side-by-side table for one split."""
-    print(f"labelled pairs, {split} split: agreement with the labels (mathgrpo | plain math-verify)")
-    for source, e in result["by_source"].items():
-        mv = f"{e['math_verify']}/{e['n']}" if "math_verify" in e else "-"
-        print(f"  {source:22s} {e['mathgrpo']:5d}/{e['n']:<5d} | {mv}")
+    """The side-by-side table for one split: per source, then per kind."""
+    print(f"labelled pairs, {split}: agreement with the labels (mathgrpo | plain math-verify)")
+    for table in ("by_source", "by_kind"):
+        for group, e in result[table].items():
+            mv = f"{e['math_verify']:5d}/{e['n']:<5d} ({e['math_verify'] / e['n']:6.1%})" if "math_verify" in e else "-"
+            label = group if table == "by_source" else f"kind: {group}"
+            print(f"  {label:24s} {e['mathgrpo']:5d}/{e['n']:<5d} ({e['mathgrpo'] / e['n']:6.1%}) | {mv}")
     for name, t in result["seconds"].items():
         print(f"  time per pair, {name}: median {t['median'] * 1000:.2f} ms, p99 {t['p99'] * 1000:.1f} ms")
 
@@ -274,11 +282,12 @@ def main() -> None:
         f"{h['guarded']} guarded, {h['too_long']} too long, {h['math_verify']} decided by math-verify, "
         f"{h['worker_errors']} worker errors, {len(h['exceptions'])} exceptions raised"
     )
-    for split in args.splits:
-        result = agreement(load_pairs(split))
-        print_agreement(split, result)
-        for r in result["misses"]["mathgrpo"] if args.show_misses else []:
-            print(f"  MISS ({r['source']}, label {r['label']}): pred {r['pred'][:120]!r} gold {r['gold'][:120]!r}")
+    for path in (PAIRS, KINDS):
+        for split in args.splits:
+            result = agreement(load_pairs(split, path))
+            print_agreement(f"{path.name}, {split} split", result)
+            for r in result["misses"]["mathgrpo"] if args.show_misses else []:
+                print(f"  MISS ({r['source']}, label {r['label']}): pred {r['pred'][:120]!r} gold {r['gold'][:120]!r}")
     print(f"grading stats: {judge.stats.as_dict()}")
 
 

@@ -52,11 +52,16 @@ def config_from(args: argparse.Namespace):
 def _grade(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--pred", required=True, help="the predicted final answer")
     parser.add_argument("--gold", required=True, help="the reference answer")
+    parser.add_argument(
+        "--rel-tol", type=float, default=None,
+        help="relative tolerance for an answer written as a decimal approximation (default 1e-4, what "
+        "training rewards and benchmarks use; 0 turns the approximation rule off)",
+    )
 
     def run(args: argparse.Namespace) -> int:
-        from .grading.judge import grade_main
+        from .grading.judge import APPROX_REL_TOL, grade_main
 
-        return grade_main(args.pred, args.gold)
+        return grade_main(args.pred, args.gold, rel_tol=APPROX_REL_TOL if args.rel_tol is None else args.rel_tol)
 
     return run
 

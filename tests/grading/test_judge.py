@@ -263,15 +263,15 @@ def test_extract_answer_per_format():
 
 
 def test_grade_reads_correctness_and_form():
-    """grade() gives the extracted answer, correctness against the gold and well-formedness."""
+    """grade() gives the extracted answer, correctness against the gold, well-formedness and the rule that decided."""
     problem = Problem(id="p1", question="What is half of 1?", answer="\\frac{1}{2}", source="test")
     fmt = get_format("unsloth")
     good = "<start_working_out>1/2<end_working_out><SOLUTION>0.5</SOLUTION>"
-    assert judge.grade(good, problem, fmt) == judge.Verdict(answer="0.5", correct=True, well_formed=True)
+    assert judge.grade(good, problem, fmt) == judge.Verdict(answer="0.5", correct=True, well_formed=True, rule="number")
     sloppy = "1/2 <SOLUTION>0.5</SOLUTION> and more"
-    assert judge.grade(sloppy, problem, fmt) == judge.Verdict(answer="0.5", correct=True, well_formed=False)
+    assert judge.grade(sloppy, problem, fmt) == judge.Verdict(answer="0.5", correct=True, well_formed=False, rule="number")
     wrong = "<start_working_out>x<end_working_out><SOLUTION>0.25</SOLUTION>"
-    assert judge.grade(wrong, problem, "unsloth") == judge.Verdict(answer="0.25", correct=False, well_formed=True)
+    assert judge.grade(wrong, problem, "unsloth") == judge.Verdict(answer="0.25", correct=False, well_formed=True, rule="math-verify")
     assert judge.grade("no answer", problem, fmt) == judge.Verdict(answer=None, correct=False, well_formed=False)
 
 

@@ -1,4 +1,6 @@
-"""Grading: the one judge (`judge`), its math-verify worker (`client`, `worker`) and the rewards built on it.
+"""Grading: the one judge (`judge`), its worker (`client`, `worker`) with the rules it applies after
+math-verify (`rules`; `readings`, `plaintext`, `spotcheck`, `numbers` beneath them) and the rewards
+built on it.
 
 `from mathgrpo.grading import grade, is_equivalent, stats` is the public way in; it stays stable
 whichever module inside holds them.

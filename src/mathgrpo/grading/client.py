@@ -116,17 +116,19 @@ class Client:
                 raise GradingError(f"the math-verify worker is gone ({type(exc).__name__})") from exc
         return rid, slot
 
-    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float, plain_only: bool = False) -> dict:
+    def verify(self, pred: str, gold: str, raw_pred: str, raw_gold: str, deadline: float, plain_only: bool = False,
+               rel_tol: float = 1e-4) -> dict:
         """The worker's reply for one check that must end by `deadline` (time.monotonic()).
 
-        {"status": "ok", "equal", "pred_form", "gold_form", "how"}, {"status": "timeout"} or
-        {"status": "error", "message"} (math-verify itself failed on this input). `plain_only`: read
-        only the raw strings, as plain math-verify does (for answers too long to clean). Raises
-        GradingError when the worker cannot be reached.
+        {"status": "ok", "equal", "rule", "pred_form", "gold_form", "how", "note"}, {"status": "timeout"}
+        or {"status": "error", "message"} (math-verify or a rule failed on this input). `plain_only`:
+        read only the raw strings, as plain math-verify does (for answers too long to clean).
+        `rel_tol`: the tolerance for decimal approximations. Raises GradingError when the worker
+        cannot be reached.
         """
         self.start()
         rid, slot = self._send({"pred": pred, "gold": gold, "raw_pred": raw_pred, "raw_gold": raw_gold,
-                                "deadline": deadline, "plain_only": plain_only})
+                                "deadline": deadline, "plain_only": plain_only, "rel_tol": rel_tol})
         if not slot[0].wait(max(0.0, deadline - time.monotonic()) + GRACE_S):
             with self.lock:
                 self.pending.pop(rid, None)

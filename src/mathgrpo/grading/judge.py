@@ -2,18 +2,23 @@
 
 Rewards and evaluation both call `grade`, so what training rewards is what the benchmark counts.
 
-`is_equivalent(pred, gold)` decides in the cheapest way that can; a cheap path only says "equal"
-for sure, never "not equal", except for two plain numbers:
+`is_equivalent(pred, gold)` decides in the cheapest way that can, and `decide` says which rule
+decided (`RULES`); a cheap path only says "equal" for sure, never "not equal", except for two plain
+numbers:
   1. string:  both sides cleaned (LaTeX spacing, `\\text{}`, units, currency, percent, thousands
-              separators, `x = `) and compared as strings, case and space insensitive -> equal;
+              separators, `x = `, `\\langle\\rangle`, e-notation as `\\times 10^{n}`) and compared as
+              strings, space insensitive, case insensitive unless case tells variables apart -> equal;
               also `1,22` against `1.22` (a decimal comma);
-  2. number:  both sides plain numbers, simple fractions or mixed numbers: integers and fractions
-              exactly, decimals within NUMBER_REL_TOL; `p%` also means p/100; two numerals with
-              a base subscript (`52_8`) by value -> equal or not;
+  2. number:  both sides plain numbers, simple fractions, mixed numbers or scientific notation
+              (`numbers.py`): integers and fractions exactly, decimals within NUMBER_REL_TOL; `p%`
+              also means p/100 (percent); a decimal that rounds the other number to the digits it
+              shows within `rel_tol` (tolerance); two numerals with a base subscript (`52_8`) by value;
   3. guards:  a bare answer with absurd exponents/factorials or deep nesting -> not equal, no sympy;
-  4. math-verify in a worker process under a hard time limit (`grading/worker.py`, `grading/client.py`) on the cleaned
-     forms; when a side is text (math delimiters `$`, `\\(`, `\\[` or a box) also on the raw
-     strings as plain math-verify reads them: equal if either says so. Answers longer than
+  4. the worker process under a hard time limit (`grading/worker.py`, `grading/client.py`): math-verify
+     on the cleaned forms, then the rules of `grading/rules.py` (identity, tolerance, vector,
+     equation-scaling, solution-set, inequality; our own readings of plain-text answers and of
+     answers whose case matters); when a side is text (math delimiters `$`, `\\(`, `\\[` or a box)
+     also the raw strings as plain math-verify reads them: equal if any says so. Answers longer than
      MAX_ANSWER_CHARS are read by plain math-verify only; longer than MAX_TEXT_CHARS, as strings only.
      A check past its limit, or one math-verify fails on, counts as wrong, and `stats` counts it;
      a worker that cannot run raises GradingError.
@@ -31,6 +36,8 @@ from functools import lru_cache
 from typing import Optional, Union
 
 from . import client, worker
+from .readings import case_matters
+from .numbers import APPROX_REL_TOL, MAX_EXPONENT, approximates, as_number, base_numeral, shown_place  # noqa: F401
 from .client import GradingError  # noqa: F401  (raised from here to the callers)
 from ..data.formats import Format, get_format, last_boxed, parse_completion
 
@@ -38,7 +45,6 @@ DEFAULT_TIMEOUT_S = 3.0
 MAX_ANSWER_CHARS = 1000  # longer answers are not cleaned: plain math-verify reads them as they are
 MAX_TEXT_CHARS = 20_000  # longer still: compared as strings only, no regex, no sympy
 MAX_BRACE_DEPTH = 10  # MATH-500 golds nest at most 2 deep
-MAX_EXPONENT = 1_000  # MATH-500 golds have exponents up to 8
 MAX_FACTORIAL = 1_000
 # Two plain numbers, one of them written with a decimal point, are equal when they differ by at
 # most this share of the larger magnitude (0.0833333333333333 = 1/12); integers and fractions
@@ -56,7 +62,15 @@ class GradingStats:
     checks: int = 0
     string: int = 0
     number: int = 0
+    percent: int = 0
+    tolerance: int = 0
     math_verify: int = 0
+    exact: int = 0
+    identity: int = 0
+    equation_scaling: int = 0
+    solution_set: int = 0
+    inequality: int = 0
+    vector: int = 0
     guarded: int = 0
     too_long: int = 0
     timeouts: int = 0
@@ -72,7 +86,15 @@ _stats_lock = threading.Lock()
 _STAT_OF_PATH = {
     "string": "string",
     "number": "number",
+    "percent": "percent",
+    "tolerance": "tolerance",
     "math-verify": "math_verify",
+    "exact": "exact",
+    "identity": "identity",
+    "equation-scaling": "equation_scaling",
+    "solution-set": "solution_set",
+    "inequality": "inequality",
+    "vector": "vector",
     "guard": "guarded",
     "too-long": "too_long",
     "timeout": "timeouts",
@@ -120,11 +142,14 @@ _SUBS = [
     (re.compile(r"π"), r"\\pi "),
     (re.compile(r"∞"), r"\\infty "),
     (re.compile(r"[×·]"), r"\\cdot "),
+    (re.compile(r"\\langle\s*|⟨"), "("),
+    (re.compile(r"\s*\\rangle|⟩"), ")"),
+    (re.compile(r"(?<![\w.])(\d+\.?\d*|\.\d+)[eE]([+-]?\d{1,4})(?![\w.])"), r"\1\\times 10^{\2}"),  # 1.5e-3
     (re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060\ufeff]"), ""),
 ]
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
 _MATH_DELIMS = re.compile(r"^\\[(\[](.*)\\[)\]]$", re.S)
-_NUMBER_HEAD = r"(-?\d[\d,]*(?:\.\d+)?|-?\.\d+)"
+_NUMBER_HEAD = r"((?:-?\d[\d,]*(?:\.\d+)?|-?\.\d+)(?:\s*\\(?:times|cdot)\s*10\^\{[+-]?\d+\})?)"
 # Words after a number that are units or nouns ("18 eggs", "5 cm^2"), but not math words.
 _UNIT_TAIL = re.compile(_NUMBER_HEAD + r"\s*((?:[a-zA-Z]{2,}|[mgsl])\.?(?:\s+[a-zA-Z]+\.?){0,3})(?:\s*\^\s*\{?[23]\}?)?$")
 _NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "over", "plus", "minus", "cdot", "i", "e", "x", "y"}
@@ -132,11 +157,7 @@ _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?=[^=]*$)")
 _THOUSANDS = re.compile(r"^-?(?!0[, ])\d{1,3}(?:([, ])\d{3})(?:\1\d{3})*(?:\.\d+)?(?=(?:\\%)?$)")
 _MIXED_NUMBER = re.compile(r"^(-?\d+)\s+(\d+)\s*/\s*(\d+)$")
 _DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")
-_BASE_NUMERAL = re.compile(r"^(\d[0-9a-z]{0,39})_\{?(\d{1,2})\}?$")  # starts with a digit: a_{11} is a variable
 _CHOICE = re.compile(r"^\(?([a-e])\)?$")
-_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)$")
-_SLASH_FRACTION = re.compile(r"^([+-]?\d+)/(\d+)$")
-_LATEX_FRACTION = re.compile(r"^([+-]?)(\d*)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))$")
 
 
 def _unwrap_boxed(text: str) -> str:
@@ -197,41 +218,12 @@ def clean(answer: str) -> str:
 
 
 def string_key(cleaned: str) -> str:
-    """The comparison key: no white space, lower case, a lone choice letter without its brackets."""
-    key = "".join(cleaned.split()).lower()
+    """The comparison key: no white space, lower case (unless case tells variables apart, see
+    `case_matters`), a lone choice letter without its brackets."""
+    key = "".join(cleaned.split())
+    key = key if case_matters(key) else key.lower()
     m = _CHOICE.match(key)
     return m.group(1) if m else key
-
-
-def as_number(key: str) -> Optional[Fraction]:
-    """The exact value of a plain number, simple fraction or mixed number (`-2.50`, `3/4`, `\\frac{3}{4}`,
-    `1\\frac{1}{2}`, read as math-verify reads it: 3/2), else None."""
-    if len(key) > 100:
-        return None
-    try:
-        if _PLAIN_NUMBER.match(key):
-            return Fraction(key)
-        m = _SLASH_FRACTION.match(key)
-        if m:
-            return Fraction(int(m.group(1)), int(m.group(2)))
-        m = _LATEX_FRACTION.match(key)
-        if m:
-            value = int(m.group(2) or 0) + Fraction(int(m.group(3) or m.group(4)), int(m.group(5) or m.group(6)))
-            return -value if m.group(1) == "-" else value
-    except ZeroDivisionError:
-        return None
-    return None
-
-
-def base_numeral(key: str) -> Optional[int]:
-    """The value of a numeral with its base as a subscript (`52_8`, `4210_{5}`, `1a_{16}`; bases 2-36), else None."""
-    m = _BASE_NUMERAL.match(key)
-    if not m or not 2 <= int(m.group(2)) <= 36:
-        return None
-    try:
-        return int(m.group(1), int(m.group(2)))
-    except ValueError:  # a digit the base does not have
-        return None
 
 
 def numeric_value(answer: str) -> Optional[Fraction]:
@@ -248,6 +240,7 @@ class _Prepared:
     number: Optional[Fraction]
     base: Optional[int]  # the value of a numeral written in a base, `52_8` -> 42
     exact: bool  # the number is written without a decimal point (integer, fraction)
+    place: Optional[Fraction]  # a decimal's last shown digit, 0.01 for `2.50` (None when exact)
     percent: bool
     long: bool
 
@@ -255,10 +248,12 @@ class _Prepared:
 def _prepare(answer: str) -> _Prepared:
     """Clean an answer and compute its key and numeric value (cheap, no sympy)."""
     if len(answer) > MAX_ANSWER_CHARS:
-        return _Prepared(answer, "".join(answer.split()).lower(), None, None, False, False, True)
+        return _Prepared(answer, "".join(answer.split()).lower(), None, None, False, None, False, True)
     math = _present(answer)
     key = string_key(clean(answer))
-    return _Prepared(math, key, as_number(key), base_numeral(key), "." not in key, "\\%" in math, False)
+    number = as_number(key)
+    place = shown_place(key) if number is not None else None
+    return _Prepared(math, key, number, base_numeral(key), "." not in key, place, "\\%" in math, False)
 
 
 _prepare_gold = lru_cache(maxsize=16384)(_prepare)
@@ -298,32 +293,44 @@ def hostile_reason(text: str) -> Optional[str]:
 
 # --- the decision ------------------------------------------------------------------------------
 
+# What can decide a check: the cheap paths here, then the worker (math-verify and `rules.py`'s rules).
+RULES = ("empty", "string", "number", "percent", "tolerance", "too-long", "guard", "math-verify", "exact", "identity",
+         "vector", "equation-scaling", "solution-set", "inequality", "timeout", "error")
+
 
 @dataclass(frozen=True)
 class Decision:
-    """Equal or not, which path decided, and what each side was read as."""
+    """Equal or not, which rule decided (`RULES`), and what each side was read as."""
 
     equal: bool
-    path: str  # string | number | guard | too-long | math-verify | timeout | error | empty
+    path: str  # the rule that decided: one of RULES
     pred_form: str
     gold_form: str
     note: str = ""
 
 
-def _check_args(pred, gold, timeout) -> None:
-    """TypeError for answers that are not strings or a time limit that is not a number; ValueError for a limit <= 0."""
+def _check_args(pred, gold, timeout, rel_tol) -> None:
+    """TypeError for answers that are not strings or a time limit or tolerance that is not a number;
+    ValueError for a limit <= 0 or a tolerance outside [0, 0.1]."""
     for name, value in (("pred", pred), ("gold", gold)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, got {type(value).__name__} ({value!r:.40})")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    for name, value in (("timeout", timeout), ("rel_tol", rel_tol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    if not 0 <= rel_tol <= 0.1:
+        raise ValueError(f"rel_tol must be between 0 and 0.1 (a relative tolerance), got {rel_tol}")
 
 
-def _values(side: _Prepared) -> tuple:
-    """The values a number may mean: itself, and for `p%` also p/100."""
-    return (side.number, side.number / 100) if side.percent else (side.number,)
+def _readings(side: _Prepared) -> list:
+    """(value, shown place, rule) for each value a number may mean: itself ("number"), and for
+    `p%` also p/100 ("percent")."""
+    readings = [(side.number, side.place, "number")]
+    if side.percent:
+        readings.append((side.number / 100, side.place / 100 if side.place else None, "percent"))
+    return readings
 
 
 def _close(a: Fraction, b: Fraction) -> bool:
@@ -331,18 +338,25 @@ def _close(a: Fraction, b: Fraction) -> bool:
     return abs(a - b) <= NUMBER_REL_TOL * max(abs(a), abs(b))
 
 
-def _compare_numbers(p: _Prepared, g: _Prepared) -> Optional[bool]:
-    """True/False for two plain numbers, or None when math-verify must decide.
+def _compare_numbers(p: _Prepared, g: _Prepared, rel_tol: float) -> Optional[tuple]:
+    """(equal, rule) for two plain numbers, or None when math-verify must decide.
 
     Integers and fractions compare exactly, both ways. With a decimal on either side, agreement
-    within NUMBER_REL_TOL is equal; a larger difference goes to math-verify (which rounds to 6 places).
+    within NUMBER_REL_TOL is equal ("number" or "percent"), and so is a decimal that rounds the other
+    number to the digits it shows ("tolerance", `numbers.rounds_to`); a larger difference goes to
+    math-verify (which rounds to 6 places).
     """
-    pairs = [(a, b) for a in _values(p) for b in _values(g)]
-    if any(a == b for a, b in pairs):
-        return True
+    pairs = [(a, b) for a in _readings(p) for b in _readings(g)]
+    for (a, _, rule_a), (b, _, rule_b) in pairs:
+        if a == b:
+            return True, "percent" if "percent" in (rule_a, rule_b) else "number"
     if p.exact and g.exact:
-        return False
-    return True if any(_close(a, b) for a, b in pairs) else None
+        return False, "number"
+    if any(_close(a, b) for (a, _, _), (b, _, _) in pairs):
+        return True, "number"
+    if any(approximates(a, pa, b, pb, rel_tol) for (a, pa, _), (b, pb, _) in pairs):
+        return True, "tolerance"
+    return None
 
 
 def _text_side(side: _Prepared, raw: str) -> bool:
@@ -356,17 +370,17 @@ def _decimal_comma(a: str, b: str) -> bool:
     return bool(_DECIMAL_COMMA.match(a)) and a.replace(",", ".") == b
 
 
-def _cheap(p: _Prepared, g: _Prepared, pred: str, gold: str) -> Optional[Decision]:
-    """The decision of a path that needs no sympy, or None when math-verify must decide (`pred`
+def _cheap(p: _Prepared, g: _Prepared, pred: str, gold: str, rel_tol: float) -> Optional[Decision]:
+    """The decision of a path that needs no sympy, or None when the worker must decide (`pred`
     and `gold` are the raw answers `p` and `g` were prepared from)."""
     if not p.key or not g.key:
         return Decision(False, "empty", p.key, g.key)
     if p.key == g.key or _decimal_comma(p.key, g.key) or _decimal_comma(g.key, p.key):
         return Decision(True, "string", p.key, g.key)
     if p.number is not None and g.number is not None:
-        equal = _compare_numbers(p, g)
-        if equal is not None:
-            return Decision(equal, "number", str(p.number), str(g.number))
+        decided = _compare_numbers(p, g, rel_tol)
+        if decided is not None:
+            return Decision(decided[0], decided[1], str(p.number), str(g.number))
     if max(len(p.math), len(g.math)) > MAX_TEXT_CHARS:
         return Decision(False, "too-long", p.key[:80], g.key[:80])
     if p.base is not None and g.base is not None:
@@ -377,46 +391,50 @@ def _cheap(p: _Prepared, g: _Prepared, pred: str, gold: str) -> Optional[Decisio
     return None
 
 
-def decide(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S) -> Decision:
-    """Compare `pred` with `gold` (cheap paths first, math-verify last) and say how it was decided.
+def decide(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S, rel_tol: float = APPROX_REL_TOL) -> Decision:
+    """Compare `pred` with `gold` (cheap paths first, the worker's rules last) and say which rule decided.
 
-    Raises TypeError for non-string answers and GradingError when math-verify cannot run.
+    `rel_tol`: the tolerance for an answer written as a decimal approximation (`numbers.rounds_to`).
+    Raises TypeError for non-string answers and GradingError when the worker cannot run.
     """
-    _check_args(pred, gold, timeout)
+    _check_args(pred, gold, timeout, rel_tol)
     try:
         p, g = _prepare(pred), _prepare_gold(gold)
-        cheap = _cheap(p, g, pred, gold)
+        cheap = _cheap(p, g, pred, gold, rel_tol)
     except Exception as exc:  # a bug in our normalisation: math-verify reads the raw strings instead
-        return _math_verify(pred.strip(), gold.strip(), pred, gold, timeout, f"normalisation failed: {exc!r:.80}")
+        return _ask_worker(pred.strip(), gold.strip(), pred, gold, timeout, rel_tol, f"normalisation failed: {exc!r:.80}")
     if cheap is not None:
         return cheap
     if p.long or g.long:
-        return _math_verify(pred, gold, pred, gold, timeout, "long: read by plain math-verify", plain_only=True)
-    return _math_verify(p.math, g.math, pred, gold, timeout)
+        return _ask_worker(pred, gold, pred, gold, timeout, rel_tol, "long: read by plain math-verify", plain_only=True)
+    return _ask_worker(p.math, g.math, pred, gold, timeout, rel_tol)
 
 
-def _math_verify(pred: str, gold: str, raw_pred: str, raw_gold: str, timeout: float, note: str = "",
-                 plain_only: bool = False) -> Decision:
-    """Ask the worker, within `timeout` of now; a timeout or math-verify failing on the input means not equal."""
+def _ask_worker(pred: str, gold: str, raw_pred: str, raw_gold: str, timeout: float, rel_tol: float, note: str = "",
+                plain_only: bool = False) -> Decision:
+    """Ask the worker (math-verify, then the rules of `grading/rules.py`), within `timeout` of now; a
+    timeout or a failure on the input means not equal, under the path "timeout" or "error"."""
     worker_client = client.get_client()
     worker_client.start()  # the one-off start of the worker is not part of the limit
-    reply = worker_client.verify(pred, gold, raw_pred, raw_gold, time.monotonic() + timeout, plain_only)
+    reply = worker_client.verify(pred, gold, raw_pred, raw_gold, time.monotonic() + timeout, plain_only, rel_tol)
     if reply["status"] == "ok":
         how = "" if reply["how"] == "cleaned" else "raw strings"
-        return Decision(reply["equal"], "math-verify", reply["pred_form"], reply["gold_form"], how or note)
+        note = "; ".join(x for x in (reply.get("note", ""), how or note) if x)
+        return Decision(reply["equal"], reply.get("rule", "math-verify"), reply["pred_form"], reply["gold_form"], note)
     if reply["status"] == "timeout":
         return Decision(False, "timeout", pred[:80], gold[:80], f"over {timeout:g} s")
     return Decision(False, "error", pred[:80], gold[:80], reply.get("message", ""))
 
 
-def is_equivalent(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+def is_equivalent(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S, rel_tol: float = APPROX_REL_TOL) -> bool:
     """True when the predicted answer means the same as the gold answer; never hangs.
 
     `timeout` bounds the whole call in seconds, from any thread; a check that overruns it counts as
-    wrong and as a timeout in `stats`. Raises TypeError when `pred` or `gold` is not a str, and
-    GradingError when the math-verify worker cannot run (never a silent False).
+    wrong and as a timeout in `stats`. `rel_tol` is the tolerance for answers written as decimal
+    approximations (default 1e-4, `numbers.rounds_to`). Raises TypeError when `pred` or `gold` is
+    not a str, and GradingError when the worker cannot run (never a silent False).
     """
-    decision = decide(pred, gold, timeout)
+    decision = decide(pred, gold, timeout, rel_tol)
     _count(decision.path)
     return decision.equal
 
@@ -454,23 +472,31 @@ class Verdict:
     answer: Optional[str]
     correct: bool
     well_formed: bool
+    rule: str = ""  # the rule that decided (`RULES`); "" when the completion gave no answer
 
 
-def grade(completion: str, problem, fmt: Union[Format, str], timeout: float = DEFAULT_TIMEOUT_S) -> Verdict:
+def grade(completion: str, problem, fmt: Union[Format, str], timeout: float = DEFAULT_TIMEOUT_S,
+          rel_tol: float = APPROX_REL_TOL) -> Verdict:
     """Grade one completion against `problem.answer`: the call rewards and evaluation share."""
     parsed = parse_completion(completion, _as_format(fmt))
-    correct = is_equivalent(parsed.answer, problem.answer, timeout) if parsed.answer else False
-    return Verdict(answer=parsed.answer, correct=correct, well_formed=parsed.well_formed)
+    if not parsed.answer:
+        return Verdict(answer=parsed.answer, correct=False, well_formed=parsed.well_formed)
+    decision = decide(parsed.answer, problem.answer, timeout, rel_tol)
+    _count(decision.path)
+    return Verdict(parsed.answer, decision.equal, parsed.well_formed, decision.path)
 
 
-def grade_main(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S) -> int:
-    """`mathgrpo grade --pred P --gold G`: print the verdict, each side's reading and the deciding path."""
+def grade_main(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S, rel_tol: float = APPROX_REL_TOL) -> int:
+    """`mathgrpo grade --pred P --gold G`: print the verdict, each side's reading and the rule that decided."""
     t0 = time.monotonic()
     try:
-        d = decide(pred, gold, timeout)
+        d = decide(pred, gold, timeout, rel_tol)
     except GradingError as exc:
         print(f"error: {exc}")
         return 1
+    except ValueError as exc:  # a tolerance or time limit out of range
+        print(f"error: {exc}")
+        return 2
     ms = (time.monotonic() - t0) * 1000
     print(f"verdict: {'EQUIVALENT' if d.equal else 'NOT EQUIVALENT'}")
     print(f"pred:    {pred!r} -> {d.pred_form}")
