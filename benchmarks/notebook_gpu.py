@@ -18,27 +18,34 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "colab_qwen3_4b.ipynb"
 QWEN3_4B = {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
             "rope_theta": 1e6, "max_position_embeddings": 40960}
 T4 = {"model": {"dtype": "float16"}, "rollout": {"engine": "hf"}, "grpo": {"max_memory_gb": 15},
-      "data": {"heldout_size": 16}, "run": {"eval_every": 2}}
+      "data": {"heldout_size": 8}, "run": {"eval_every": 2}}
 
 
-def random_model(tokenizer: Path) -> Path:
-    """A model folder: the Qwen3-4B shape with random bf16 weights, the real tokenizer (eos <|endoftext|> as the base's)."""
+TINY = {**QWEN3_4B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16}
+
+
+def random_model(tokenizer: Path, tiny: bool) -> Path:
+    """A model folder: the Qwen3-4B shape (`tiny`: a small one) with random bf16 weights and the real tokenizer
+    (eos <|endoftext|>, as the base model's)."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     folder = Path(tempfile.mkdtemp(prefix="qwen3-4b-random-"))
-    config = Qwen3Config(**QWEN3_4B, eos_token_id=151643, pad_token_id=151643, bos_token_id=None)
-    with torch.device("cuda"):
+    config = Qwen3Config(**(TINY if tiny else QWEN3_4B), eos_token_id=151643, pad_token_id=151643, bos_token_id=None)
+    with torch.device("cpu" if tiny else "cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     del model
-    torch.cuda.empty_cache()
+    if not tiny:
+        torch.cuda.empty_cache()
     for f in Path(tokenizer).glob("tokenizer*.json"):
         shutil.copy(f, folder / f.name)
     return folder
@@ -58,7 +65,7 @@ def parameters(model: Path, args) -> str:
         f"MAX_NEW_TOKENS = {args.max_new_tokens}",
         "BENCH = 'gsm8k,math500'",
         f"EVAL_LIMIT = {args.eval_limit}",
-        f"EXTRA = {T4!r}",
+        f"EXTRA = {({**T4, 'model': {**T4['model'], 'device': 'cpu'}} if args.tiny else T4)!r}",
     ])
 
 
@@ -72,6 +79,22 @@ def cell_seconds(cell) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
+def save(nb, out: Path, wall: float) -> list:
+    """The notebook as executed so far, and each executed code cell's time and errors."""
+    import nbformat
+
+    nbformat.write(nb, out / "colab_qwen3_4b_executed.ipynb")
+    rows = []
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        if "execution" not in cell.metadata:
+            continue
+        errors = [f"{o.ename}: {o.evalue}" for o in cell.get("outputs", []) if o.output_type == "error"]
+        rows.append({"cell": i, "first_line": cell.source.splitlines()[0][:70] if cell.source else "",
+                     "seconds": round(cell_seconds(cell), 1), "errors": errors})
+    (out / "notebook_gpu.json").write_text(json.dumps({"wall_s": round(wall, 1), "cells": rows}, indent=1))
+    return rows
+
+
 def main() -> None:
     import nbformat
     from nbclient import NotebookClient
@@ -81,34 +104,39 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cap-gib", type=float, default=15.0)
-    parser.add_argument("--sft-steps", type=int, default=4)
-    parser.add_argument("--grpo-steps", type=int, default=4)
+    parser.add_argument("--sft-steps", type=int, default=3)
+    parser.add_argument("--grpo-steps", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--eval-limit", type=int, default=8)
+    parser.add_argument("--tiny", action="store_true", help="a small model on the CPU: checks the runner and the notebook")
+    parser.add_argument("--deadline", type=float, default=1e9, help="seconds after the start: no cell starts later")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    model = random_model(args.tokenizer)
+    model = random_model(args.tokenizer, args.tiny)
     print(f"random model saved to {model} in {time.perf_counter() - t:.0f} s", flush=True)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     code[0].source = parameters(model, args)
     cap = (f"import torch\ntorch.cuda.set_per_process_memory_fraction({args.cap_gib} * 2**30 / "
            "torch.cuda.get_device_properties(0).total_memory)  # the emulated card's memory")
-    nb.cells.insert(0, new_code_cell(cap))
-    nb.cells.append(new_code_cell("print(f'peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')"))
+    nb.cells.insert(0, new_code_cell("import torch" if args.tiny else cap))
+    if not args.tiny:
+        nb.cells.append(new_code_cell("print(f'peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')"))
     client = NotebookClient(nb, timeout=1800, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": tempfile.mkdtemp(prefix="colab-run-")}})
     t = time.perf_counter()
-    client.execute()
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if time.perf_counter() - T0 > args.deadline:
+                print(f"deadline: cells from {index} on not run", flush=True)
+                break
+            client.execute_cell(cell, index)
+            rows = save(nb, args.out, time.perf_counter() - t)  # after every cell: a call cut short keeps what ran
+            if cell.cell_type == "code":
+                print(f"cell {index}: {rows[-1]['seconds']} s {rows[-1]['errors'] or ''}", flush=True)
     wall = time.perf_counter() - t
-    nbformat.write(nb, args.out / "colab_qwen3_4b_executed.ipynb")
-    rows = []
-    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
-        errors = [f"{o.ename}: {o.evalue}" for o in cell.get("outputs", []) if o.output_type == "error"]
-        rows.append({"cell": i, "first_line": cell.source.splitlines()[0][:70] if cell.source else "",
-                     "seconds": round(cell_seconds(cell), 1), "errors": errors})
-    (args.out / "notebook_gpu.json").write_text(json.dumps({"wall_s": round(wall, 1), "cells": rows}, indent=1))
+    rows = save(nb, args.out, wall)
     print(f"{'cell':>4} {'seconds':>8}  first line / error")
     for r in rows:
         print(f"{r['cell']:4d} {r['seconds']:8.1f}  {r['first_line']}" + (f"  ERROR {r['errors']}" if r["errors"] else ""))

@@ -33,7 +33,8 @@ def test_resume_continues_the_same_folder_with_more_steps(run, tmp_path):
 
 
 def test_evaluate_compare_and_the_reports_inline(run, tmp_path):
-    before = mathgrpo.evaluate(run.path / "sft" / "model", bench="procedural:arith@test", limit=10, output=tmp_path / "a")
+    before = mathgrpo.evaluate(run.path / "sft" / "model", bench="procedural:arith@test", limit=10, output=tmp_path / "a",
+                               model={"dtype": "float32"})  # a section beside the positional model
     after = run.evaluate(bench="procedural:arith@test", limit=10, output=tmp_path / "b")
     [row] = after.table
     assert row["benchmark"] == "procedural_arith@test" and row["problems"] == 10 and 0 <= row["accuracy"] <= 1
@@ -70,3 +71,5 @@ def test_bad_settings_raise_the_clis_line_without_library_frames():
         mathgrpo.train(grpo=5)
     with pytest.raises(mathgrpo.Error, match="no such folder"):
         mathgrpo.evaluate("./no/such/run", bench="gsm8k")
+    with pytest.raises(mathgrpo.Error, match="model='x': pass a section as a dict"):
+        mathgrpo.evaluate(model="x")

@@ -247,11 +247,13 @@ def train(recipe: Optional[str] = None, *, overrides: Optional[list] = None, res
 
 
 @_user_errors
-def evaluate(model: Optional[PathLike] = None, bench: Optional[str] = None, *, recipe: Optional[str] = None,
+def evaluate(model: Optional[PathLike] = None, /, bench: Optional[str] = None, *, recipe: Optional[str] = None,
              limit: Optional[int] = None, n: Optional[int] = None, shots: Optional[int] = None,
              output: Optional[PathLike] = None, overrides: Optional[list] = None, **sections: Any) -> Results:
     """Benchmark `model` (a run folder, model or adapter folder, hub id; default the recipe's model.name) on
-    `bench` (comma-separated; default eval.bench): per-sample records, metrics and a report in a results folder."""
+    `bench` (comma-separated; default eval.bench): per-sample records, metrics and a report in a results folder.
+
+    `model` is positional only, so that a `model={"dtype": ...}` section can be given as for `train`."""
     from .config import load_config
     from .evaluation.benchmark import run, run_recipe
 
