@@ -372,8 +372,9 @@ def _model_config(name: str) -> Optional[object]:
     return local_config(name)
 
 
-def device_choices(cfg: Config) -> str:
-    """What the device decides for this run, with why: the card, the dtype and how it trains, the rollout engine."""
+def device_choices(cfg: Config, brief: bool = False) -> str:
+    """What the device decides for this run, with why: the card, the dtype and how it trains, the rollout engine;
+    `brief`: on one line (the start of a run), else three (the dry run)."""
     import torch
 
     from .model.card import card_of, choose_dtype, choose_engine
@@ -391,7 +392,11 @@ def device_choices(cfg: Config) -> str:
     if engine == "native" and device.type == "cuda" and not card.kernels:
         engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
     name = str(dtype).replace("torch.", "")
-    return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {Precision(dtype, device).describe()}\n"
+    precision = Precision(dtype, device)
+    if brief:
+        mixed = " mixed precision" if precision.mixed else ""
+        return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why})"
+    return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {precision.describe()}\n"
             f"rollouts: {engine} ({engine_why})")
 
 

@@ -126,7 +126,7 @@ def _run(cfg: Config, run_dir: Path, stages: tuple) -> dict:
     torch.manual_seed(cfg.run.seed)
     print(f"run: {run_dir}")
     if dist.world().main:
-        print(device_choices(cfg))
+        print(device_choices(cfg, brief=True))
     t0 = time.time()
     summary = read_json(run_dir / "summary.json")
     train, dev, test = load_problems(cfg)
