@@ -38,6 +38,8 @@ def test_cpu_quick_start_runs_in_a_kernel(tmp_path):
     assert any("image/png" in o.get("data", {}) for c in code(nb) for o in c.get("outputs", []))  # the curves
     assert any(o.get("data", {}).get("text/html", "").startswith("<iframe") for c in code(nb) for o in c.get("outputs", []))
     assert (tmp_path / "results" / "quickstart-grpo" / "report.html").is_file()
+    widgets = [o for c in code(nb) for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets and "ipywidgets" not in text  # the progress bars are live widgets, no "install ipywidgets" warning
 
 
 @pytest.mark.parametrize("name", ["quickstart_cpu.ipynb", "colab_qwen3_4b.ipynb"])
