@@ -117,3 +117,17 @@ def test_14b_recipe_on_a_machine_that_cannot_hold_it_fails_fast_with_no_folder(t
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         assert bool(memory) == (ram < 50 * preflight.GIB), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_seed_cards_hold_the_reference_recipe_by_estimate():
+    """A T4 (15 GiB, float16: the dtype auto gives it) and an L4 (22.5 GiB, bfloat16) hold the qwen3-4b recipe's
+    smallest step by the shape estimate; the 8B recipe does not fit the T4, and the message says what would."""
+    from mathgrpo.config import load_config
+    from mathgrpo.preflight import GIB, Memory, check_memory
+
+    t4 = Memory(int(0.95 * 15 * GIB), "95% of a T4", gpu=True)
+    l4 = Memory(int(0.95 * 22.5 * GIB), "95% of an L4", gpu=True)
+    assert check_memory(load_config("qwen3-4b-grpo", ["model.dtype=float16"]), t4).problem is None
+    assert check_memory(load_config("qwen3-4b-grpo", ["model.dtype=bfloat16"]), l4).problem is None
+    too_big = check_memory(load_config("qwen3-8b-grpo", ["model.dtype=float16"]), t4).problem
+    assert "weights 15.3 GiB in float16" in too_big and "--recipe qwen3-4b-grpo" in too_big
