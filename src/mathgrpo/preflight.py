@@ -100,7 +100,7 @@ def check_model(name: str, setting: str = "model.name") -> Check:
 def check_reward_model(name: str) -> Check:
     """rewards.model: a local folder or a hub id (found as model.name is) of a sequence classifier with at most two
     labels, as far as its config.json is at hand."""
-    from .grading.reward_model import config_problem, folder_problem
+    from .model.reward_model import config_problem, folder_problem
     from .model.common import local_config
 
     path = Path(name).expanduser()

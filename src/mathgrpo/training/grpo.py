@@ -23,10 +23,10 @@ from ..config import Config
 from ..data.formats import get_format, prompts_for
 from ..evaluation.heldout import heldout_accuracy
 from ..grading.judge import grade
-from ..grading.reward_model import load_reward_model
 from ..grading.rewards import RewardContext, build_rewards
 from ..model.common import is_adapter_dir
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids, training_attention
+from ..model.reward_model import load_reward_model
 from ..rollout import SamplingParams, make_engine, sequence_seed
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate

@@ -241,7 +241,7 @@ def reward_model_bytes(cfg: Any, device: Any) -> int:
         return 0
     import torch
 
-    from ..grading.reward_model import classifier_dtype
+    from ..model.reward_model import classifier_dtype
     from ..model.common import local_config
 
     config = local_config(cfg.rewards.model)
