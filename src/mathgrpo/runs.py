@@ -24,6 +24,7 @@ from .training.checkpoint import latest
 from .config import Config, config_yaml, write_atomic
 from .diskio import writing
 from .errors import Error
+from .progress import notice
 
 
 class RunError(Error, ValueError):
@@ -145,6 +146,6 @@ def run_recipe(model_ref: Optional[str], changed_by: str = "--recipe or key=valu
     path = Path(model_ref).resolve()
     for folder in [path, *path.parents][:6]:
         if is_run_dir(folder):
-            print(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
+            notice(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
             return str(folder / "config.yaml")
     return None

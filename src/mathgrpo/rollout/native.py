@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..model.loading import unwrap
+from ..progress import notice
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
@@ -388,7 +389,7 @@ class NativeEngine(RolloutEngine):
                 except Exception as err:  # noqa: BLE001 - any compiler failure: keep going without it
                     if self._qkv is project_qkv:
                         raise
-                    print(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
+                    notice(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
                     self._qkv, self._finish = project_qkv, finish_layer
                     self._step(w, slab, params, attn_len)
         torch.cuda.current_stream().wait_stream(stream)

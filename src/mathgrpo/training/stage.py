@@ -20,7 +20,7 @@ from ..config import Config
 from ..model.common import resolve_dtype
 from ..model.precision import Precision
 from .optim import OptimizerStep, make_optimizer, make_scheduler
-from ..progress import StepProgress
+from ..progress import StepProgress, notice
 from ..tracking import MetricsWriter, truncate_after
 from .stopping import StopRequest, TrainingStopped
 
@@ -110,7 +110,7 @@ class Stage:
             self.stepper.load_state_dict(extra.get("optimizer_step", {}))
         self.restore(extra)
         self._truncate_logs(self.step)
-        print(f"{self.name}: resumed from {ckpt} (step {self.step})")
+        notice(f"{self.name}: resumed from {ckpt} (step {self.step})")
         return True
 
     def _truncate_logs(self, step: int) -> None:
@@ -148,7 +148,7 @@ class Stage:
                         self.save_checkpoint()
                     if stop.agreed():
                         path = self.save_checkpoint()
-                        print(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}", flush=True)
+                        notice(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}")
                         raise KeyboardInterrupt
         finally:
             if progress:

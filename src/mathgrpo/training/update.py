@@ -17,6 +17,7 @@ from .. import dist
 from ..config import GRPOConfig
 from .batch import RolloutBatch
 from ..model.precision import Precision
+from ..progress import notice
 from .logprobs import PassLayout, token_logprobs
 from .optim import OptimizerStep
 from .loss import LossSettings, policy_loss
@@ -54,7 +55,7 @@ class PolicyUpdate:
         if micro.release_engine_cache:
             self.engine.release()
         if micro.note:
-            print(micro.note)
+            notice(micro.note)
         return micro.size
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
@@ -140,7 +141,7 @@ class PolicyUpdate:
                 if not smaller:
                     raise
                 torch.cuda.empty_cache()
-                print(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
+                notice(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
                       f"retrying the step with {smaller} (kept for later steps)")
                 size = smaller
 
