@@ -229,3 +229,9 @@ def test_float16_grpo_keeps_adapters_in_float32_and_logs_the_loss_scale(tmp_path
     assert rows[-1]["sampler_gap_mean"] < 0.05  # hf engine, float16 model: rounding only
     moved = [n for n, p in run.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved and all(s["exp_avg"].dtype == torch.float32 for s in run.opt.state.values())
+
+
+def test_the_engine_is_built_with_the_rollout_batch_the_sizing_gives_it(tmp_path):
+    """The trainer asks the sizing first and builds the engine with its rollout batch; nothing is set on it later."""
+    run = make_run(tmp_path, "rollout.engine=native", "rollout.batch_size=3", "lora.enabled=true", "sft.full_finetune=false")
+    assert run.engine.batch_size == run.sizing.rollout_batch_size(run.engine.shares_prompt_cache) == 3

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .. import dist
-from ..config import Config
+from ..config import Config, RolloutConfig
 from ..data.formats import get_format, prompts_for
 from ..evaluation.heldout import heldout_accuracy
 from ..grading.judge import grade
@@ -27,7 +27,7 @@ from ..grading.rewards import RewardContext, build_rewards
 from ..model.common import is_adapter_dir
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids, training_attention
 from ..model.reward_model import load_reward_model
-from ..rollout import SamplingParams, make_engine, sequence_seed
+from ..rollout import RolloutEngine, SamplingParams, choose_engine, make_engine, sequence_seed
 from .advantages import group_advantages, informative_groups
 from .batch import RolloutBatch, collate
 from .loss import LossSettings
@@ -49,6 +49,15 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)
     return make_trainable(model, cfg, cfg.lora.enabled), tok
+
+
+def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
+    """The rollout engine, built with the batch size and the snapshot placement that the memory plan gives the
+    engine `rollout.engine` chooses."""
+    choice = choose_engine(r.engine, model, r.lora)
+    batch = sizing.rollout_batch_size(choice.shares_prompt_cache)
+    snapshots = sizing.snapshots_on_device(choice.snapshot_bytes, choice.shares_prompt_cache, batch)
+    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots)
 
 
 class DataOrder:
@@ -101,15 +110,12 @@ class GRPORun(Stage):
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
                                      load_reward_model(cfg.rewards, cfg.grpo.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
-        shares = self.engine.shares_prompt_cache
-        self.engine.batch_size = self.sizing.rollout_batch_size(shares)
-        self.engine.snapshots_on_device = self.sizing.snapshots_on_device(self.engine.snapshot_bytes(), shares,
-                                                                          self.engine.batch_size)
         g, r = cfg.grpo, cfg.rollout
+        self.engine = sized_engine(self.model, self.tok, r, self.sizing)
         self.train_with(g.lr, g.weight_decay, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations, g.max_grad_norm)
         loss = LossSettings(g.loss_type, g.epsilon_low, g.epsilon_high, g.importance_sampling_level, g.beta, r.max_new_tokens)
-        self.update = PolicyUpdate(self.model, self.stepper, self.precision, g, loss, self.sizing, self.engine, r.temperature)
+        self.update = PolicyUpdate(self.model, self.stepper, self.precision, g, loss, self.sizing, r.temperature,
+                                   held_bytes=self.engine.held_bytes, release=self.engine.release)
         self.order = DataOrder(len(train), cfg.run.seed)
         self.params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p)
         self.gap_watch = GapWatch(self.precision.dtype)
