@@ -40,7 +40,7 @@ def test_grpo_steps_through_unsloth_model(tmp_path):
     m = run.train_step()  # the whole step; an untrained model's rewards are all 0, so nothing moves yet
     assert torch.isfinite(torch.tensor(m["loss"])) and m["backward_time"] > 0
     for _ in range(2):  # the same loop on rollouts with spread-out advantages: the adapters must move
-        _, gens, _, _, _ = run.rollout()
+        gens = run.rollout().generations
         batch = collate(gens, torch.linspace(-1, 1, len(gens)), run.tok.pad_token_id, False, run.device)
         assert run.learn(batch, len(batch))["grad_norm"] > 0
     after = dict(run.model.named_parameters())

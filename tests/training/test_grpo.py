@@ -23,10 +23,10 @@ def make_run(tmp_path, *overrides):
 
 
 def rollout_batch(run):
-    _, gens, _, total, _ = run.rollout()
-    adv = group_advantages(total, run.cfg.grpo.num_generations, "group")
-    adv = adv + torch.linspace(-1, 1, len(gens))  # non-zero advantages so the loss has gradients
-    return collate(gens, adv, run.tok.pad_token_id, False, run.device)
+    rollouts = run.rollout()
+    adv = group_advantages(rollouts.rewards, run.cfg.grpo.num_generations, "group")
+    adv = adv + torch.linspace(-1, 1, len(rollouts))  # non-zero advantages so the loss has gradients
+    return collate(rollouts.generations, adv, run.tok.pad_token_id, False, run.device)
 
 
 def count_body_forwards(run, batch):
@@ -198,10 +198,10 @@ def test_training_accuracy_comes_from_the_verdicts_for_every_reward_preset(tmp_p
     from mathgrpo.grading import judge
 
     run = make_run(tmp_path, "rewards.preset=unsloth")
-    problems, gens, verdicts, total, parts = run.rollout()
-    assert "correct" not in parts and len(verdicts) == len(gens)
-    expected = [judge.grade(g.text, problems[g.prompt_index], run.fmt).correct for g in gens]
-    assert [v.correct for v in verdicts] == expected
+    rollouts = run.rollout()
+    assert "correct" not in rollouts.parts and len(rollouts.verdicts) == len(rollouts.generations) == 8
+    expected = [judge.grade(g.text, rollouts.problems[g.prompt_index], run.fmt).correct for g in rollouts.generations]
+    assert [v.correct for v in rollouts.verdicts] == expected
     m = run.train_step()
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["format_rate"] <= 1
 
