@@ -13,7 +13,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _sink: Optional[Callable[[str], None]] = None  # where notices go; None: printed on the first rank
@@ -83,9 +82,3 @@ def task_progress(enabled: bool) -> Any:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), disable=not enabled,
     )
-
-
-def table_console() -> Console:
-    """A console for result tables: the terminal's, or 120 columns wide in logs and pipes (no squeezed columns)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=120)
