@@ -16,6 +16,7 @@ the warm-up's first and warm step and GRPO's first and warm step, each with its 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import shutil
@@ -75,6 +76,29 @@ def timed(fn) -> dict:
     return {"seconds": round(time.perf_counter() - t, 2), "peak_gib": round(peak_gib(), 2), **(out or {})}
 
 
+def probe_hf(grpo, tokens: int) -> dict:
+    """transformers generate's time per decode step for the step's 16 sequences, with the cache grown a token at a
+    time (dynamic, generate's default) and allocated once at full length (static): which one the GRPO steps use."""
+    from mathgrpo.data.formats import prompts_for
+
+    cfg = grpo.cfg
+    problems = grpo.train_problems[: cfg.grpo.prompts_per_step]
+    prompts = prompts_for(problems, grpo.fmt, grpo.tok, cfg.format.template)
+    params = dataclasses.replace(grpo.params, max_new_tokens=tokens)
+    G = cfg.grpo.num_generations
+    result: dict = {}
+    for variant in ("dynamic", "static"):
+        grpo.engine.static_cache = variant == "static"
+        try:
+            row = timed(lambda: {"n": len(grpo.engine.generate(prompts, G, params, list(range(len(prompts) * G))))})
+            row["s_per_token"] = round(row["seconds"] / tokens, 4)
+        except Exception as err:  # a variant that fails is a result too
+            row = {"error": f"{type(err).__name__}: {err}"[:500], "s_per_token": float("inf")}
+        result[variant] = row
+    result["best"] = min(("dynamic", "static"), key=lambda v: result[v]["s_per_token"])
+    return result
+
+
 def one_card(card: str, folder: Path, args) -> dict:
     """The warm-up's and GRPO's first and warm steps under the card's cap, dtype and engine."""
     import torch
@@ -105,6 +129,15 @@ def one_card(card: str, folder: Path, args) -> dict:
     reset()
     grpo = GRPORun(cfg, run_dir, problems, problems[:1])
     grpo.engine.stop_ids = []  # random weights: completions forced to their full length
+    if grpo.engine.name == "hf":
+        out["probe"] = probe_hf(grpo, args.probe_tokens)
+        grpo.engine.static_cache = out["probe"]["best"] == "static"
+        per_token = out["probe"][out["probe"]["best"]]["s_per_token"]
+        fits = int(args.max_rollout_s / per_token)
+        if fits < grpo.params.max_new_tokens:  # a measurement that ends beats one cut off by the call's limit
+            grpo.params = dataclasses.replace(grpo.params, max_new_tokens=max(64, fits // 64 * 64))
+        out["grpo_new_tokens"] = grpo.params.max_new_tokens
+        print(f"{card} hf probe: {out['probe']}; GRPO steps at {grpo.params.max_new_tokens} new tokens", flush=True)
     for label in ("first", "warm"):
         out["grpo"][label] = timed(lambda: {k: grpo.train_step().get(k) for k in (
             "rollout_time", "logprob_time", "backward_time", "micro_batch_size", "completion_length", "loss_scale")})
@@ -121,6 +154,9 @@ def main() -> None:
     parser.add_argument("--cards", nargs="+", default=list(CARDS), choices=list(CARDS))
     parser.add_argument("--tiny", action="store_true", help="a tiny shape on the CPU: checks the script")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--probe-tokens", type=int, default=64, help="new tokens of the hf engine's probe")
+    parser.add_argument("--max-rollout-s", type=float, default=150.0,
+                        help="GRPO's new tokens are cut to what the probe says fits in this many seconds a rollout")
     args = parser.parse_args()
     folder = model_folder(args.tokenizer, args.tiny)
     results: dict = {}

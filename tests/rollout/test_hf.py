@@ -43,3 +43,17 @@ def test_global_seed_repeats_runs():
     first = [g.token_ids for g in engine.generate(["07+28="], 4, params)]
     torch.manual_seed(11)
     assert [g.token_ids for g in engine.generate(["07+28="], 4, params)] == first
+
+
+def test_a_static_cache_samples_what_the_growing_cache_samples():
+    """static_cache allocates the key/value cache once at full length (a card near its memory cap reallocates a
+    growing one every step); the completions and their log-probs are the dynamic cache's."""
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, min_p=0.1)
+    seeds = [sequence_seed(4, i) for i in range(6)]
+    dynamic = _engine()[0].generate(["07+28=", "5-3="], 3, params, seeds)
+    engine = _engine()[0]
+    engine.static_cache = True
+    static = engine.generate(["07+28=", "5-3="], 3, params, seeds)
+    assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
+    for s, d in zip(static, dynamic):
+        assert torch.allclose(torch.tensor(s.logprobs), torch.tensor(d.logprobs), atol=1e-5)

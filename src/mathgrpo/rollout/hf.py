@@ -17,8 +17,10 @@ class HFEngine(RolloutEngine):
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, stop_ids, batch_size: int = 0) -> None:
+    def __init__(self, model, tokenizer, stop_ids, batch_size: int = 0, static_cache: bool = False) -> None:
         super().__init__(model, tokenizer, stop_ids, batch_size)
+        # A key/value cache allocated once at its full length instead of grown a token at a time (no compile).
+        self.static_cache = static_cache
 
     def _generation_kwargs(self, params: SamplingParams) -> dict:
         """Arguments for `generate` that reproduce `params` (None switches a filter off)."""
@@ -33,6 +35,7 @@ class HFEngine(RolloutEngine):
             "top_p": None,
             "top_k": None,
             "min_p": None,
+            **({"cache_implementation": "static", "disable_compile": True} if self.static_cache else {}),
         }
 
     @torch.no_grad()
