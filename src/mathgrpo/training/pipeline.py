@@ -103,7 +103,7 @@ def main(cfg: Config, recipe: Optional[str] = None, resume: Optional[str] = None
     dist.init()
     cfg, run_dir = _start(cfg, recipe, resume, overrides, stages)
     try:
-        return _run(cfg, run_dir, stages)
+        return _run(cfg, run_dir, stages, resumed=bool(resume))
     except BaseException:
         if not resume and dist.world().main:
             discard_if_unused(run_dir)
@@ -118,8 +118,8 @@ def discard_if_unused(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def _run(cfg: Config, run_dir: Path, stages: tuple) -> dict:
-    """The stages in `run_dir`, then the summary."""
+def _run(cfg: Config, run_dir: Path, stages: tuple, resumed: bool = False) -> dict:
+    """The stages in `run_dir`, then the summary; `resumed`: this command continues an earlier one's run."""
     set_threads(cfg.run.threads)
     import torch
 
@@ -141,14 +141,16 @@ def _run(cfg: Config, run_dir: Path, stages: tuple) -> dict:
     summary["ranks"] = dist.world().size
     if dist.world().main:
         write_json(run_dir / "summary.json", summary)
-        _print_summary(summary)
+        _print_summary(summary, time.time() - t0, resumed, cfg.eval.bench)
     return summary
 
 
-def _print_summary(summary: dict) -> None:
-    """The few numbers a person wants at the end of a run."""
+def _print_summary(summary: dict, seconds: float, resumed: bool, bench: str) -> None:
+    """The few numbers a person wants at the end of a run: accuracy, this command's own wall time (summary.json
+    keeps the total over every command of the run) and the evaluation to run next, on the recipe's eval.bench."""
     before, after = summary.get("accuracy_before_grpo"), summary.get("accuracy_after_grpo")
     if before is not None and after is not None:
         print(f"held-out accuracy: {before:.1%} before GRPO -> {after:.1%} after ({(after - before) * 100:+.1f} points, {summary.get('steps')} steps)")
-    print(f"summary: {Path(summary['run_dir']) / 'summary.json'} ({summary['wall_seconds']:.0f} s)")
-    print(f"next: mathgrpo eval --model {summary['run_dir']}")
+    took = f"resumed: {seconds:.0f} s this time, {summary['wall_seconds']:.0f} s over the run" if resumed else f"{seconds:.0f} s"
+    print(f"summary: {Path(summary['run_dir']) / 'summary.json'} ({took})")
+    print(f"next: mathgrpo eval --model {summary['run_dir']} --bench {bench}")
