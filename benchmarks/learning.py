@@ -164,7 +164,7 @@ def trl_grpo(sft_dir: Path, eval_every: int) -> dict:
 
     cfg = load_config("tiny-cpu")
     g = cfg.grpo
-    train, _, test = load_problems(cfg)
+    train, _, test = load_problems(cfg.data)
     model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.bfloat16).cuda()
     tok = AutoTokenizer.from_pretrained(sft_dir)
     tok.padding_side = "left"

@@ -135,12 +135,13 @@ def test_config_command_prints_every_setting_with_value_and_help(capsys):
     assert out[out.index("lora.r = 32") + 1].strip() == "LoRA rank."
 
 
-def test_allowed_values_come_from_the_registries():
-    """Format presets, reward presets and engines are checked against the registries; vllm is not offered."""
-    from mathgrpo.config import registry_choices
-    from mathgrpo.data.formats import PRESETS
-    from mathgrpo.rollout import ENGINES
+def test_allowed_values_are_the_names_the_registries_define():
+    """format.preset and rewards.preset allow exactly the presets of data/formats.py and grading/rewards.py (config.py
+    lists the names, so that it checks a setting without importing the stage that reads it); vllm is no engine."""
+    from mathgrpo.config import CHOICES
+    from mathgrpo.data.formats import PRESETS as FORMATS
+    from mathgrpo.grading.rewards import PRESETS as REWARDS
 
-    assert registry_choices()["format.preset"] == tuple(PRESETS) and "vllm" not in ENGINES
+    assert CHOICES["format.preset"] == tuple(FORMATS) and CHOICES["rewards.preset"] == tuple(REWARDS)
     with pytest.raises(ConfigError, match="rollout.engine='vllm' is not one of auto, hf, native"):
         load_config("tiny-cpu", ["rollout.engine=vllm"])

@@ -13,6 +13,8 @@ Settings are given as on the command line: a recipe (name or YAML path), then ea
 argument (`grpo={"steps": 50}`) and/or `overrides=["grpo.steps=50"]`. What the command would print as one
 line after `mathgrpo <command>:` is raised here as a `mathgrpo.Error` (ConfigError, DataError, ModelError,
 PreflightError, TrainingStopped, ...) with that message, and nothing of the library's insides in the traceback.
+The command line (`cli.py`, `commands/`) runs these same calls and prints what they return; while they run,
+the library's lines (`progress.notice`) and progress bars show in a terminal and in a notebook alike.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Answer:
     answer: Optional[str]
     well_formed: bool
     text: str
+    format: str = "reasoning"  # the format preset the completion was read in
 
 
 @dataclass
@@ -208,26 +211,39 @@ class Run:
         """Continue this run from its last checkpoint, settings changed by `overrides` / sections (more steps)."""
         return train(resume=self.path, overrides=overrides, **sections)
 
+    @property
+    def headline(self) -> Optional[str]:
+        """Held-out accuracy before and after GRPO in one line (None before GRPO has finished)."""
+        s = self.summary
+        before, after = s.get("accuracy_before_grpo"), s.get("accuracy_after_grpo")
+        if before is None or after is None:
+            return None
+        return (f"held-out accuracy: {before:.1%} before GRPO -> {after:.1%} after "
+                f"({(after - before) * 100:+.1f} points, {s.get('steps')} steps)")
+
     def _repr_html_(self) -> str:
         s = self.summary
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(s[k]))}</td></tr>"
                        for k in ("accuracy_before_grpo", "accuracy_after_grpo", "steps", "wall_seconds") if k in s)
-        return f"<b>run</b> <code>{html.escape(str(self.path))}</code><table>{rows}</table>"
+        line = f"<p>{html.escape(self.headline)}</p>" if self.headline else ""
+        return f"<b>run</b> <code>{html.escape(str(self.path))}</code>{line}<table>{rows}</table>"
 
 
 # ---- the calls ----------------------------------------------------------------------------------------
 
 
 @_user_errors
-def check(recipe: Optional[str] = None, *, overrides: Optional[list] = None, stages: tuple = ("sft", "grpo"),
-          **sections: Any) -> Plan:
-    """The dry run of `train` with these settings: what the device chooses (dtype, engine), whether every model
-    and data source is there, and the memory plan; starts nothing."""
+def check(recipe: Optional[str] = None, *, overrides: Optional[list] = None, resume: Optional[PathLike] = None,
+          stages: tuple = ("sft", "grpo"), **sections: Any) -> Plan:
+    """The dry run of `train` with these settings (or those of the run folder `resume`, with `overrides` on top):
+    what the device chooses (dtype, engine), whether every model and data source is there, and the memory plan;
+    starts nothing."""
     from .preflight import dry_run
+    from .runs import resumed_config
 
-    lines: list = []
-    code = dry_run(_config(recipe, _dotted(overrides, sections)), stages, echo=lines.append)
-    return Plan(lines, code == 0)
+    settings = _dotted(overrides, sections)
+    cfg = resumed_config(str(resume), settings) if resume else _config(recipe, settings)
+    return Plan(*dry_run(cfg, stages))
 
 
 @_user_errors
@@ -237,13 +253,50 @@ def train(recipe: Optional[str] = None, *, overrides: Optional[list] = None, res
 
     Ctrl-C (the notebook's stop button) saves a checkpoint first; `train(resume=run.path)` goes on from it.
     """
-    from .training.pipeline import main
+    from . import dist
+    from .preflight import device_choices
+    from .progress import notice
+    from .runs import discard_if_unused
+    from .training.pipeline import run_stages
 
     _quiet()
     settings = _dotted(overrides, sections)
     cfg = None if resume else _config(recipe, settings)
-    summary = main(cfg, recipe=recipe, resume=str(resume) if resume else None, stages=stages, overrides=settings)
-    return Run(Path(summary["run_dir"]))
+    dist.init()
+    cfg, run_dir = _start(cfg, recipe, str(resume) if resume else None, settings, stages)
+    try:
+        notice(f"run: {run_dir}")
+        notice(device_choices(cfg, brief=True))
+        run_stages(cfg, run_dir, stages)
+    except BaseException:
+        if not resume and dist.world().main:
+            discard_if_unused(run_dir)
+        raise
+    return Run(run_dir)
+
+
+def _start(cfg: Any, recipe: Optional[str], resume: Optional[str], overrides: list, stages: tuple) -> tuple:
+    """(config, run folder): a new folder holding the config, or the saved config (plus overrides, e.g. more steps)
+    of the run `resume`. The model, data sources and device are checked first (preflight), so a run that cannot
+    start writes nothing."""
+    from . import dist
+    from .config import save_config
+    from .preflight import require, training_checks
+    from .runs import new_run_dir, resumed_config
+
+    if resume:
+        run_dir = Path(resume)
+        cfg = resumed_config(resume, overrides)
+        require(training_checks(cfg, stages))
+        dist.barrier()  # every rank has read the file before rank 0 rewrites it
+        if overrides and dist.world().main:
+            save_config(cfg, run_dir / "config.yaml")
+        return cfg, run_dir
+    require(training_checks(cfg, stages))
+    if dist.world().main:
+        run_dir = new_run_dir(cfg, recipe)  # holds config.yaml already
+    run_dir = Path(dist.gather(str(run_dir) if dist.world().main else None)[0])
+    return cfg, run_dir
 
 
 @_user_errors
@@ -281,34 +334,35 @@ def compare(a: Union[Results, PathLike], b: Union[Results, PathLike], output: Op
 def solve(question: str, model: PathLike, *, format: Optional[str] = None, template: Optional[str] = None,
           max_new_tokens: Optional[int] = None) -> Answer:
     """Answer one question greedily with `model` (a run folder takes the run's format, template and length)."""
-    from .config import load_config
-    from .model.export import solve as solve_one
-    from .runs import run_recipe
+    from .evaluation.solve import solve as solve_one, solve_settings
 
     _quiet()
-    recipe = run_recipe(str(model), changed_by="format=, template= and max_new_tokens=")
-    saved = load_config(recipe) if recipe else None
-    fmt = format or (saved.format.preset if saved else "reasoning")
-    tmpl = template or (saved.format.template if saved else "auto")
-    limit = max_new_tokens or (saved.rollout.max_new_tokens if saved else 1024)
+    fmt, tmpl, limit = solve_settings(str(model), format, template, max_new_tokens,
+                                      changed_by="format=, template= and max_new_tokens=")
     parsed, gen = solve_one(question, str(model), fmt, tmpl, limit)
-    return Answer(question, parsed.reasoning, parsed.answer, parsed.well_formed, gen.text)
+    return Answer(question, parsed.reasoning, parsed.answer, parsed.well_formed, gen.text, fmt)
 
 
 @_user_errors
 def export(model: PathLike, out: Optional[PathLike] = None, merged: bool = True, gguf: Optional[str] = None,
            dtype: Optional[str] = None) -> dict:
     """Write the adapter (when there is one), with `merged` a merged safetensors model, with `gguf` (q8_0 or f16)
-    a GGUF file; returns the paths by kind."""
+    a GGUF file; returns the paths by kind. `model`: a run folder (its latest model), an adapter or model folder;
+    `out`: default `<run>/export` for a run, else `<model folder>-export`."""
+    from .model.common import adapter_base, is_adapter_dir
     from .model.export import export as export_model
+    from .runs import export_dir, in_run_folder, resolve_model
 
     _quiet()
-    return export_model(str(model), str(out) if out else None, merged, dtype, gguf)
+    src = resolve_model(str(model)).path
+    copy_base = is_adapter_dir(Path(src)) and in_run_folder(Path(adapter_base(Path(src))))  # the run may not last
+    return export_model(src, Path(out) if out else export_dir(str(model), src), merged, dtype, gguf, copy_base)
 
 
 @_user_errors
-def grade(pred: str, gold: str) -> Any:
-    """The grader's decision on one answer pair: `.equal`, how each side was read and the path that decided."""
-    from .grading.judge import decide
+def grade(pred: str, gold: str, rel_tol: Optional[float] = None) -> Any:
+    """The grader's decision on one answer pair: `.equal`, how each side was read and the path that decided.
+    rel_tol: for an answer written as a decimal approximation (default 1e-4, as rewards and benchmarks; 0: off)."""
+    from .grading.judge import APPROX_REL_TOL, DEFAULT_TIMEOUT_S, decide
 
-    return decide(pred, gold)
+    return decide(pred, gold, DEFAULT_TIMEOUT_S, APPROX_REL_TOL if rel_tol is None else rel_tol)

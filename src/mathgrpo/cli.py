@@ -1,4 +1,5 @@
-"""The `mathgrpo` command: each subcommand parses its flags, builds a Config, and calls one `main`.
+"""The `mathgrpo` command: each subcommand parses its flags and calls its function in `commands/`, which runs the
+Python API and prints what it returns; errors a user can fix become one line and an exit code here.
 
 Flags that are not the subcommand's own are `key.sub=value` overrides of the recipe, so
 `mathgrpo train grpo.steps=50 run.name=try1` works for every setting in `config.py`.
@@ -38,16 +39,6 @@ def add_recipe_args(parser: argparse.ArgumentParser, default: Optional[str] = DE
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override any setting, e.g. grpo.lr=1e-5")
 
 
-def config_from(args: argparse.Namespace):
-    """The Config named by --recipe with the positional overrides applied (Unsloth imported first if it is the backend)."""
-    cfg = load_config(args.recipe, args.overrides)
-    if cfg.model.backend == "unsloth":
-        from .model.unsloth_backend import import_unsloth
-
-        import_unsloth()  # before anything imports transformers, so all of its patches apply
-    return cfg
-
-
 @command("grade", "check whether a predicted answer equals a gold answer, with the parsed forms")
 def _grade(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--pred", required=True, help="the predicted final answer")
@@ -59,9 +50,9 @@ def _grade(parser: argparse.ArgumentParser) -> Callable:
     )
 
     def run(args: argparse.Namespace) -> int:
-        from .grading.judge import APPROX_REL_TOL, grade_main
+        from .commands.grade import grade
 
-        return grade_main(args.pred, args.gold, rel_tol=APPROX_REL_TOL if args.rel_tol is None else args.rel_tol)
+        return grade(args.pred, args.gold, args.rel_tol)
 
     return run
 
@@ -94,10 +85,10 @@ def _data(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--strict", action="store_true", help="fail on the first bad row")
 
     def run(args: argparse.Namespace) -> int:
+        from .commands.data import show
         from .data import default_split
-        from .data.show import show_main
 
-        return show_main(
+        return show(
             args.source, n=args.n, fmt_preset=args.format, split=args.split or default_split(args.source),
             question_field=args.question_field, answer_field=args.answer_field,
             solution_field=args.solution_field, size=args.size, seed=args.seed, strict=args.strict,
@@ -117,22 +108,9 @@ def _training_command(stages: tuple) -> Callable:
                             help="print the resolved settings, what would be loaded from where and the memory plan; start nothing")
 
         def run(args: argparse.Namespace) -> int:
-            from .training.stopping import TrainingStopped
-            from .training.pipeline import main as train_main, resumed_config
+            from .commands.train import dry_run, train
 
-            if args.dry_run:
-                from .preflight import dry_run
-
-                return dry_run(resumed_config(args.resume, args.overrides) if args.resume else config_from(args), stages)
-            try:
-                cfg = None if args.resume else config_from(args)
-                train_main(cfg, recipe=args.recipe, resume=args.resume, stages=stages, overrides=args.overrides)
-            except TrainingStopped as err:
-                print(f"mathgrpo: {err}", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                return 130
-            return 0
+            return (dry_run if args.dry_run else train)(args.recipe, args.overrides, args.resume, stages)
 
         return run
 
@@ -155,9 +133,9 @@ def _export(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
 
     def run(args: argparse.Namespace) -> int:
-        from .model.export import export_main
+        from .commands.export import export
 
-        return export_main(args.model, args.out, args.merged, args.dtype, args.quant if args.gguf else None)
+        return export(args.model, args.out, args.merged, args.dtype, args.quant if args.gguf else None)
 
     return run
 
@@ -171,15 +149,9 @@ def _solve(parser: argparse.ArgumentParser) -> Callable:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's rollout.max_new_tokens, else 1024")
 
     def run(args: argparse.Namespace) -> int:
-        from .model.export import solve_main
-        from .runs import run_recipe
+        from .commands.export import solve
 
-        recipe = run_recipe(args.model, changed_by="--format, --template and --max-new-tokens")
-        saved = load_config(recipe) if recipe else None
-        fmt = args.format or (saved.format.preset if saved else "reasoning")
-        template = args.template or (saved.format.template if saved else "auto")
-        limit = args.max_new_tokens or (saved.rollout.max_new_tokens if saved else 1024)
-        return solve_main(args.question, args.model, fmt, template, limit)
+        return solve(args.question, args.model, args.format, args.template, args.max_new_tokens)
 
     return run
 
@@ -196,19 +168,16 @@ def _eval(parser: argparse.ArgumentParser) -> Callable:
     add_recipe_args(parser, default=None)  # None: Config defaults, or the run's config.yaml for a run folder
 
     def run(args: argparse.Namespace) -> int:
-        from .evaluation.benchmark import EvalError, main, run_recipe
+        from .commands.evaluate import compare, evaluate
+        from .evaluation.benchmark import EvalError
         from .evaluation.references import ReferenceDataError
 
-        flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
-        overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
         try:
             if args.compare:
-                from .evaluation.compare import compare_main
-
-                show = load_config(args.recipe, overrides).eval.references  # eval.references=false hides them
-                return compare_main(args.compare[0], args.compare[1], args.output, references=show)
-            recipe = args.recipe or run_recipe(args.model)
-            return main(load_config(recipe, overrides), args.model, args.bench, output=args.output)
+                flags = {"eval.limit": args.limit, "eval.n": args.n, "eval.shots": args.shots}
+                overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+                return compare(args.compare[0], args.compare[1], args.output, args.recipe, overrides)
+            return evaluate(args.model, args.bench, args.recipe, args.overrides, args.output, args.limit, args.n, args.shots)
         except (EvalError, ReferenceDataError) as err:
             print(f"mathgrpo eval: {err}", file=sys.stderr)
             return 2

@@ -312,6 +312,12 @@ CHOICES = {
     "rollout.lora": ("merge", "lowrank"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
     "rewards.model_normalize": ("none", "group", "batch"),
+    # Names the stages define: the formats of data/formats.py (PRESETS), the reward presets of grading/rewards.py
+    # (PRESETS), the engines of rollout/__init__.py (make_engine). Each registry holds exactly these names
+    # (tests/test_config.py), so a setting is checked here without importing the stage that reads it.
+    "format.preset": ("reasoning", "think", "unsloth", "boxed"),
+    "rewards.preset": ("default", "unsloth"),
+    "rollout.engine": ("auto", "hf", "native"),
 }
 
 POSITIVE = (
@@ -360,18 +366,9 @@ def check_numbers(cfg: Config) -> None:
         raise ConfigError(f"data.limit={cfg.data.limit} must be at least 1 (or null for every problem)")
 
 
-def registry_choices() -> dict:
-    """Allowed values that come from the registries themselves: format presets, reward presets, engines."""
-    from .data.formats import PRESETS as FORMATS
-    from .grading.rewards import PRESETS as REWARDS
-    from .rollout.engines import ENGINES
-
-    return {"format.preset": tuple(FORMATS), "rewards.preset": tuple(REWARDS), "rollout.engine": ENGINES}
-
-
 def validate(cfg: Config) -> Config:
     """Check values against their allowed ranges and each other; raise ConfigError naming the key."""
-    for key, allowed in {**CHOICES, **registry_choices()}.items():
+    for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
     check_numbers(cfg)

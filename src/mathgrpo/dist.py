@@ -129,17 +129,15 @@ def sum_gradients(params: list) -> None:
         offset += g.numel()
 
 
-def shard(model: Any) -> None:
-    """FSDP2: shard each decoder layer, and the decoder body, across the ranks (gradients summed, not averaged)."""
+def shard(body: Any) -> None:
+    """FSDP2: shard each decoder layer of a model's decoder `body` (its `.layers`), and the body, across the ranks
+    (gradients summed, not averaged)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from .training.logprobs import model_parts
-
-    body, _ = model_parts(model)
     for layer in body.layers:
         fully_shard(layer)
     fully_shard(body)
-    for module in model.modules():
+    for module in body.modules():
         if isinstance(module, FSDPModule):
             # the loss is already normalised by the whole step's counts: sum, as the ddp path does
             module.set_gradient_divide_factor(1.0)

@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .config import Config, ConfigError, config_yaml
 
@@ -100,7 +100,7 @@ def check_model(name: str, setting: str = "model.name") -> Check:
 def check_reward_model(name: str) -> Check:
     """rewards.model: a local folder or a hub id (found as model.name is) of a sequence classifier with at most two
     labels, as far as its config.json is at hand."""
-    from .grading.reward_model import config_problem, folder_problem
+    from .model.reward_model import config_problem, folder_problem
     from .model.common import local_config
 
     path = Path(name).expanduser()
@@ -400,16 +400,10 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
             f"rollouts: {engine} ({engine_why})")
 
 
-def dry_run(cfg: Config, stages: tuple, echo: Callable = print) -> int:
-    """Print the resolved settings, the device's choices, what would be loaded from where, and the memory plan; 0
-    when all is there."""
-    echo("# resolved settings")
-    echo(config_yaml(cfg).rstrip())
-    echo("# device")
-    echo(device_choices(cfg))
-    echo("# inputs")
+def dry_run(cfg: Config, stages: tuple) -> tuple:
+    """(lines, every input there): the resolved settings, the device's choices, what would be loaded from where, and
+    the memory plan."""
     checks = training_checks(cfg, stages)
-    for c in checks:
-        echo(f"{c.setting}={c.value}: " + (c.found if not c.problem else f"MISSING: {c.problem}"))
-    echo(memory_line(cfg))
-    return 2 if any(c.problem for c in checks) else 0
+    lines = ["# resolved settings", config_yaml(cfg).rstrip(), "# device", device_choices(cfg), "# inputs"]
+    lines += [f"{c.setting}={c.value}: " + (c.found if not c.problem else f"MISSING: {c.problem}") for c in checks]
+    return lines + [memory_line(cfg)], not any(c.problem for c in checks)

@@ -1,13 +1,50 @@
-"""Progress bars with ETA for long work (rich); silent when disabled or not on a terminal."""
+"""How the library tells a person what is happening: one-line notices and progress bars, in a terminal and in
+Jupyter alike.
+
+Library code never prints. A line worth reading (a fallback taken, a run resumed, a warning) goes through
+`notice`; long work draws a bar with `StepProgress` (steps of a stage) or `task_progress` (samples of a
+benchmark). By default a notice is printed by the first process only, so a run under torchrun says each thing
+once; `reporting_to` sends the notices of a block elsewhere (the API's dry run collects them as its lines).
+Result tables and hints are not notices: the command layer prints those.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_sink: Optional[Callable[[str], None]] = None  # where notices go; None: printed on the first rank
+
+
+def notice(text: str) -> None:
+    """Tell the person running the tool `text` (one line, or a few)."""
+    if _sink is not None:
+        _sink(text)
+    elif _first_rank():
+        print(text, flush=True)
+
+
+@contextmanager
+def reporting_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Inside the block, notices go to `sink` (on every rank) instead of the terminal."""
+    global _sink
+    previous, _sink = _sink, sink
+    try:
+        yield
+    finally:
+        _sink = previous
+
+
+def _first_rank() -> bool:
+    from .dist import world  # here, not at the top: a command that never joins a process group needs no torch
+
+    return world().main
 
 
 class StepProgress:
-    """A bar over `total` steps starting at `done`, with a free-text status line."""
+    """A bar over `total` steps starting at `done`, with a free-text status line; silent when not `enabled`."""
 
     def __init__(self, label: str, total: int, done: int = 0, enabled: bool = True) -> None:
         self._progress = None
@@ -38,7 +75,10 @@ class StepProgress:
             self._progress = None
 
 
-def table_console() -> Console:
-    """A console for result tables: the terminal's, or 120 columns wide in logs and pipes (no squeezed columns)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=120)
+def task_progress(enabled: bool) -> Any:
+    """Bars for several tasks counted in items (a benchmark's samples: done / total, elapsed, remaining); a context
+    manager whose `add_task(name, total=)` and `advance(task, n)` move them; silent when not `enabled`."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), disable=not enabled,
+    )

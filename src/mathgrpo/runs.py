@@ -4,10 +4,12 @@ runs/<name>/
   config.yaml            the resolved config
   sft/model/             the warmed-up model (full model, or a PEFT adapter)
   sft/checkpoints/       warm-up checkpoints
-  grpo/checkpoints/      GRPO checkpoints: ckpt-000050/model/ is the adapter at step 50
+  grpo/checkpoints/      GRPO checkpoints: ckpt-000050/model/ is the adapter at step 50; a checkpoint folder
+                         without meta.json is unfinished and never read
   grpo/metrics.jsonl     per-step metrics (sft/metrics.jsonl likewise)
   grpo/samples.jsonl     a few completions every run.sample_every steps
   summary.json           accuracy before and after GRPO, steps, wall time
+  export/                what `mathgrpo export RUN` writes by default
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .training.checkpoint import latest
-from .config import Config, config_yaml, write_atomic
+from .config import Config, config_yaml, load_config, write_atomic
 from .diskio import writing
 from .errors import Error
+from .progress import notice
+
+
+CHECKPOINT_PREFIX = "ckpt-"
 
 
 class RunError(Error, ValueError):
@@ -50,6 +55,21 @@ def new_run_dir(cfg: Config, recipe: Optional[str]) -> Path:
     raise RunError(f"{root}: 999 run folders named {stem}-*; pass run.name")
 
 
+def resumed_config(resume: str, overrides: Optional[list]) -> Config:
+    """The saved config of the run folder `resume` with `overrides` (e.g. more steps) on top."""
+    if not (Path(resume) / "config.yaml").exists():
+        raise FileNotFoundError(f"--resume {resume}: no config.yaml there; is it a run folder made by mathgrpo train?")
+    return load_config(str(Path(resume) / "config.yaml"), overrides)
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a new run folder that still holds only its config.yaml (the run failed before any stage
+    wrote anything), so that the same command can be run again as it was."""
+    if [p.name for p in run_dir.iterdir()] == ["config.yaml"]:
+        (run_dir / "config.yaml").unlink()
+        run_dir.rmdir()
+
+
 def _claim(path: Path, config_text: str) -> bool:
     """Create `path` (or take it while empty) with `config.yaml` in one atomic step; False if it is in use.
 
@@ -71,6 +91,21 @@ def _claim(path: Path, config_text: str) -> bool:
         tmp.unlink()
 
 
+def finished_checkpoints(folder: Path) -> list:
+    """The finished checkpoints under a stage's `checkpoints/` folder, oldest first."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "meta.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest finished checkpoint under `folder`, or None."""
+    found = finished_checkpoints(folder)
+    return found[-1] if found else None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename): never a half-written file after a crash."""
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -84,6 +119,17 @@ def read_json(path: Path) -> dict:
 def is_run_dir(path: Path) -> bool:
     """True for a folder laid out by `mathgrpo train`."""
     return (Path(path) / "config.yaml").exists() and ((Path(path) / "sft").exists() or (Path(path) / "grpo").exists())
+
+
+def in_run_folder(path: Path) -> bool:
+    """Whether `path` is a model a training run wrote into its own folder (`<run>/sft/model`)."""
+    path = Path(path)
+    return path.is_dir() and path.name == "model" and path.parent.name == "sft" and is_run_dir(path.parent.parent)
+
+
+def export_dir(ref: str, model_path: str) -> Path:
+    """Where `mathgrpo export` writes by default: `<run>/export` for a run folder, else `<model folder name>-export`."""
+    return Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(model_path).name}-export")
 
 
 @dataclass(frozen=True)
@@ -112,7 +158,7 @@ def resolve_model(ref: str) -> ModelRef:
     for run_dir, stage in ((path, path / "grpo"), (path.parent, path)):
         ckpts = stage / "checkpoints"
         if ckpts.is_dir():
-            ckpt = latest(ckpts)
+            ckpt = latest_checkpoint(ckpts)
             if ckpt is None:
                 break  # no checkpoint yet: fall back to the warm-up model below
             model = ckpt / "model" if (ckpt / "model").is_dir() else ckpt
@@ -145,6 +191,6 @@ def run_recipe(model_ref: Optional[str], changed_by: str = "--recipe or key=valu
     path = Path(model_ref).resolve()
     for folder in [path, *path.parents][:6]:
         if is_run_dir(folder):
-            print(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
+            notice(f"settings: {folder / 'config.yaml'} (the run's own; {changed_by} change them)")
             return str(folder / "config.yaml")
     return None

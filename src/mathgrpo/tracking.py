@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .diskio import writing
+from .progress import notice
 
 
 def read_jsonl(path: Path) -> list:
@@ -56,7 +57,7 @@ class MetricsWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            print("metrics: tensorboard is not installed (pip install 'mathgrpo[tensorboard]'); logging to JSONL only")
+            notice("metrics: tensorboard is not installed (pip install 'mathgrpo[tensorboard]'); logging to JSONL only")
             return None
         return SummaryWriter(str(self.folder / "tb"))
 
@@ -64,7 +65,7 @@ class MetricsWriter:
         try:
             import wandb
         except ImportError:
-            print("metrics: wandb is not installed (pip install 'mathgrpo[wandb]'); logging to JSONL only")
+            notice("metrics: wandb is not installed (pip install 'mathgrpo[wandb]'); logging to JSONL only")
             return None
         return wandb.init(project="mathgrpo", name=run_name or None, reinit=True)
 

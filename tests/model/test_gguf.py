@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from mathgrpo.cli import main
-from mathgrpo.model.export import export_main
+from mathgrpo.model.export import export
 from mathgrpo.model.gguf_export import GGUFExportError, write_gguf
 from mathgrpo.model.tiny import build_tokenizer
 from test_loading import _adapter, _saved_base
@@ -50,7 +50,7 @@ def test_tiny_export_reads_back_as_the_merged_model(tmp_path, quant):
     base_dir = _saved_base(tmp_path)
     _adapter(tmp_path, base_dir)
     start = time.perf_counter()
-    assert export_main(str(tmp_path / "adapter"), str(tmp_path / "out"), merged=True, dtype="float32", gguf_quant=quant) == 0
+    export(str(tmp_path / "adapter"), tmp_path / "out", merged=True, dtype="float32", gguf_quant=quant)
     print(f"tiny export with GGUF ({quant}): {time.perf_counter() - start:.2f} s")
     merged = load_file(tmp_path / "out" / "merged" / "model.safetensors")
     tensors, meta = _read(tmp_path / "out" / f"model-{quant}.gguf")
@@ -72,7 +72,7 @@ def test_tiny_export_reads_back_as_the_merged_model(tmp_path, quant):
 def test_character_tokenizer_in_the_gpt2_alphabet(tmp_path):
     """Every id has a token; characters in GPT-2's byte alphabet, markers user-defined, special ids set."""
     base_dir = _saved_base(tmp_path)
-    assert export_main(str(base_dir), str(tmp_path / "out"), merged=False, gguf_quant="f16") == 0
+    export(str(base_dir), tmp_path / "out", merged=False, gguf_quant="f16")
     _, meta = _read(tmp_path / "out" / "model-f16.gguf")
     tok = build_tokenizer()
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]

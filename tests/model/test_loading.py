@@ -5,9 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mathgrpo.config import LoraConfig, ModelConfig
-from mathgrpo.model.export import export_main, load_any
+from mathgrpo.model.export import export
 from mathgrpo.model.common import ModelError
-from mathgrpo.model.loading import add_lora, count_parameters, load_base, save_trainable, stop_token_ids
+from mathgrpo.model.loading import add_lora, count_parameters, load_any, load_base, save_trainable, stop_token_ids
 from mathgrpo.model.tiny import build_tiny
 
 
@@ -62,7 +62,7 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, dtype, tol):
     """Plain transformers loads the merged export; its logits equal the PEFT model's."""
     base_dir = _saved_base(tmp_path)
     peft_model, adapter_dir = _adapter(tmp_path, base_dir)
-    assert export_main(str(adapter_dir), str(tmp_path / "out"), merged=True, dtype=dtype) == 0
+    export(str(adapter_dir), tmp_path / "out", merged=True, dtype=dtype)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.float32)
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
     ids = torch.randint(3, 100, (2, 10))

@@ -40,7 +40,7 @@ def test_grpo_steps_through_unsloth_model(tmp_path):
     m = run.train_step()  # the whole step; an untrained model's rewards are all 0, so nothing moves yet
     assert torch.isfinite(torch.tensor(m["loss"])) and m["backward_time"] > 0
     for _ in range(2):  # the same loop on rollouts with spread-out advantages: the adapters must move
-        _, gens, _, _, _ = run.rollout()
+        gens = run.rollout().generations
         batch = collate(gens, torch.linspace(-1, 1, len(gens)), run.tok.pad_token_id, False, run.device)
         assert run.learn(batch, len(batch))["grad_norm"] > 0
     after = dict(run.model.named_parameters())
@@ -75,13 +75,12 @@ def test_saved_adapter_reads_back_with_plain_peft(tmp_path):
 
 def test_train_cli_warmup_then_grpo(tmp_path):
     """`mathgrpo train` end to end with backend=unsloth: LoRA warm-up, GRPO from the warm-up's adapter, final adapter."""
-    from mathgrpo.training.pipeline import main as train_main
+    import mathgrpo
 
     # model.device=cpu: the up-front checks refuse the unsloth backend on a machine without a GPU unless asked
-    cfg = load_config("tiny-cpu", TINY + ["sft.steps=5", "grpo.steps=3", f"run.output_dir={tmp_path}", "run.name=u",
-                                          "model.device=cpu"])
-    summary = train_main(cfg)
-    assert summary is not None
+    run = mathgrpo.train("tiny-cpu", overrides=TINY + ["sft.steps=5", "grpo.steps=3", f"run.output_dir={tmp_path}",
+                                                       "run.name=u", "model.device=cpu"])
+    assert run.summary["steps"] == 3
     assert list((tmp_path / "u").rglob("adapter_config.json"))
     rows = [json.loads(line) for line in (tmp_path / "u" / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 3

@@ -241,8 +241,7 @@ def test_lora_merge_with_snapshots_beside_the_weights_restores_exactly():
 def test_engine_keeps_snapshots_on_the_device_only_on_a_gpu():
     """The engine's switch does nothing on the CPU; release() leaves host snapshots alone."""
     model, tok = build_tiny(0)
-    engine = NativeEngine(randomised_lora(model), tok, [])
-    engine.snapshots_on_device = True
+    engine = NativeEngine(randomised_lora(model), tok, [], snapshots_on_device=True)
     assert not engine.snapshots_on_device and engine.snapshot_bytes() > 0
     engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=2, temperature=1.0))
     kept = dict(engine._merger._snapshots)
@@ -257,8 +256,7 @@ def test_engine_snapshots_on_the_gpu_restore_exactly_and_count_as_held():
     model, tok = build_tiny(0)
     peft_model = randomised_lora(model.to(torch.bfloat16)).cuda()
     base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
-    engine = NativeEngine(peft_model, tok, [], seed=0)
-    engine.snapshots_on_device = True
+    engine = NativeEngine(peft_model, tok, [], seed=0, snapshots_on_device=True)
     for step in range(5):
         engine.generate(PROMPTS[:1], 2, SamplingParams(max_new_tokens=2, temperature=1.0))
         assert engine.held_bytes() >= engine.snapshot_bytes() > 0

@@ -34,3 +34,18 @@ def test_informative_groups():
     """Groups whose rewards are all equal carry no signal."""
     keep = informative_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5]), 2)
     assert keep.tolist() == [False, True, False]
+
+
+def test_step_advantages_keep_every_completion_or_only_groups_with_a_signal():
+    """Without dynamic sampling every completion trains; with it a group whose rewards are all equal is dropped,
+    and `kept` counts what is left (one process: its own count)."""
+    from mathgrpo.config import GRPOConfig
+    from mathgrpo.training.advantages import step_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 2.0, 2.0])
+    plain = step_advantages(rewards, GRPOConfig(num_generations=2))
+    assert plain.keep.tolist() == [True] * 4 and plain.kept == 4
+    assert torch.equal(plain.values, group_advantages(rewards, 2, "group"))
+    dynamic = step_advantages(rewards, GRPOConfig(num_generations=2, dynamic_sampling=True, scale_rewards="none"))
+    assert dynamic.keep.tolist() == [True, True, False, False] and dynamic.kept == 2
+    assert torch.equal(dynamic.values, torch.tensor([0.5, -0.5, 0.0, 0.0]))

@@ -4,6 +4,7 @@ import random
 
 import torch
 
+from mathgrpo.runs import finished_checkpoints, latest_checkpoint
 from mathgrpo.training import checkpoint
 from mathgrpo.config import LoraConfig
 from mathgrpo.model.loading import add_lora
@@ -38,7 +39,7 @@ def test_round_trip_is_exact(tmp_path):
 
     model2, tok2, opt2, sched2 = _setup()
     torch.manual_seed(123)  # scramble: load must restore RNGs
-    extra = checkpoint.load(checkpoint.latest(tmp_path), model2, opt2, sched2)
+    extra = checkpoint.load(latest_checkpoint(tmp_path), model2, opt2, sched2)
     assert extra == {"step": 1, "pos": 7}
     _train_one(model2, opt2, sched2)
     got = [p.detach() for p in model2.parameters() if p.requires_grad]
@@ -52,9 +53,9 @@ def test_prune_keeps_last_and_ignores_unfinished(tmp_path):
     model, tok, opt, sched = _setup()
     for step in (1, 2, 3):
         checkpoint.save(tmp_path, step, model, tok, opt, sched, {}, keep_last=2)
-    assert [p.name for p in checkpoint.complete(tmp_path)] == ["ckpt-000002", "ckpt-000003"]
+    assert [p.name for p in finished_checkpoints(tmp_path)] == ["ckpt-000002", "ckpt-000003"]
     (tmp_path / "ckpt-000009").mkdir()  # as a crash mid-write would leave it without the rename
-    assert checkpoint.latest(tmp_path).name == "ckpt-000003"
+    assert latest_checkpoint(tmp_path).name == "ckpt-000003"
     assert (tmp_path / "ckpt-000003" / "model" / "adapter_config.json").exists()
 
 

@@ -23,10 +23,10 @@ def make_run(tmp_path, *overrides):
 
 
 def rollout_batch(run):
-    _, gens, _, total, _ = run.rollout()
-    adv = group_advantages(total, run.cfg.grpo.num_generations, "group")
-    adv = adv + torch.linspace(-1, 1, len(gens))  # non-zero advantages so the loss has gradients
-    return collate(gens, adv, run.tok.pad_token_id, False, run.device)
+    rollouts = run.rollout()
+    adv = group_advantages(rollouts.rewards, run.cfg.grpo.num_generations, "group")
+    adv = adv + torch.linspace(-1, 1, len(rollouts))  # non-zero advantages so the loss has gradients
+    return collate(rollouts.generations, adv, run.tok.pad_token_id, False, run.device)
 
 
 def count_body_forwards(run, batch):
@@ -198,10 +198,10 @@ def test_training_accuracy_comes_from_the_verdicts_for_every_reward_preset(tmp_p
     from mathgrpo.grading import judge
 
     run = make_run(tmp_path, "rewards.preset=unsloth")
-    problems, gens, verdicts, total, parts = run.rollout()
-    assert "correct" not in parts and len(verdicts) == len(gens)
-    expected = [judge.grade(g.text, problems[g.prompt_index], run.fmt).correct for g in gens]
-    assert [v.correct for v in verdicts] == expected
+    rollouts = run.rollout()
+    assert "correct" not in rollouts.parts and len(rollouts.verdicts) == len(rollouts.generations) == 8
+    expected = [judge.grade(g.text, rollouts.problems[g.prompt_index], run.fmt).correct for g in rollouts.generations]
+    assert [v.correct for v in rollouts.verdicts] == expected
     m = run.train_step()
     assert 0 <= m["accuracy"] <= 1 and 0 <= m["format_rate"] <= 1
 
@@ -229,3 +229,9 @@ def test_float16_grpo_keeps_adapters_in_float32_and_logs_the_loss_scale(tmp_path
     assert rows[-1]["sampler_gap_mean"] < 0.05  # hf engine, float16 model: rounding only
     moved = [n for n, p in run.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved and all(s["exp_avg"].dtype == torch.float32 for s in run.opt.state.values())
+
+
+def test_the_engine_is_built_with_the_rollout_batch_the_sizing_gives_it(tmp_path):
+    """The trainer asks the sizing first and builds the engine with its rollout batch; nothing is set on it later."""
+    run = make_run(tmp_path, "rollout.engine=native", "rollout.batch_size=3", "lora.enabled=true", "sft.full_finetune=false")
+    assert run.engine.batch_size == run.sizing.rollout_batch_size(run.engine.shares_prompt_cache) == 3

@@ -86,20 +86,6 @@ def test_export_and_solve_from_run(finished_run, tmp_path, capsys):
     assert "reasoning:" in out and "answer:" in out
 
 
-def test_summary_line_gives_this_commands_time_and_the_recipes_benchmark(capsys):
-    """A resumed command prints its own wall time beside the run's total (summary.json's); a new run just its own."""
-    from mathgrpo.training.pipeline import _print_summary
-
-    summary = {"run_dir": "runs/r", "wall_seconds": 250.4, "accuracy_before_grpo": 0.25, "accuracy_after_grpo": 0.5,
-               "steps": 300}
-    _print_summary(summary, 50.2, True, "procedural:arith@test")
-    out = capsys.readouterr().out.splitlines()
-    assert out[1:] == ["summary: runs/r/summary.json (resumed: 50 s this time, 250 s over the run)",
-                       "next: mathgrpo eval --model runs/r --bench procedural:arith@test"]
-    _print_summary({**summary, "wall_seconds": 50.2}, 50.2, False, "gsm8k,math500")
-    assert "summary: runs/r/summary.json (50 s)" in capsys.readouterr().out
-
-
 def test_bad_setting_exit_code(capsys):
     """A bad override stops before any work with exit code 2 and the key named."""
     assert main(["train", "grpo.loss_type=ppo"]) == 2

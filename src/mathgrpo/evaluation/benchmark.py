@@ -1,6 +1,6 @@
 """Benchmarks: generate answers to a benchmark's problems, grade them with the reward's grader, report.
 
-`main(cfg, model_ref)` runs every benchmark of `eval.bench` (gsm8k, math500, or any data source)
+`run(cfg, model_ref)` runs every benchmark of `eval.bench` (gsm8k, math500, or any data source)
 and writes a results folder:
   eval_config.json   the settings that produced the samples (a rerun must match them to resume)
   prompt.json        per benchmark: the prompt template, the few-shot examples, one full prompt
@@ -34,6 +34,7 @@ from .fingerprint import weights_fingerprint
 from ..data.formats import Format, get_format, prompts_for, render_prompt, resolved_template
 from ..runs import ModelRef, read_json, resolve_model, run_recipe, write_json  # noqa: F401 - resolve_model and run_recipe are part of this module's API
 from ..errors import Error
+from ..progress import notice, task_progress
 
 RESULTS_DIR = "results"
 # How sampled completions are seeded: one stream per (benchmark, problem, sample), so a resumed run
@@ -296,16 +297,6 @@ def fitted_prompts(benches: dict, cfg: Config, fmt: Format, tok: Any, shots: lis
     return fitted
 
 
-def make_progress(enabled: bool) -> Any:
-    """A rich progress bar (samples done / total, elapsed, remaining)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), disable=not enabled,
-    )
-
-
 # --- the command -------------------------------------------------------------------------------------
 
 
@@ -334,7 +325,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
     benches = {spec: load_benchmark(spec, cfg) for spec in bench_specs(cfg.eval.bench)}
     for spec, report in benches.items():
-        print(report.summary())
+        notice(report.summary())
         if not report.problems:
             raise EvalError(f"benchmark {spec} has no problems (eval.limit={cfg.eval.limit}); check --bench and --limit")
     shots = load_shots(cfg, fmt)
@@ -348,7 +339,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     prompts_info, per_bench = {}, {}
     main_rank = dist.world().main
     with (open(samples_path, "a", encoding="utf-8") if main_rank else contextlib.nullcontext()) as log, \
-            make_progress(cfg.run.progress and main_rank) as progress:
+            task_progress(cfg.run.progress and main_rank) as progress:
         for spec, report in benches.items():
             key = bench_key(spec)
             prompts, longest = fitted[key]
@@ -357,7 +348,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n
             if main_rank:
-                print(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
+                notice(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
                       f"generating {len(todo) * cfg.eval.n}")
             t0 = time.monotonic()
             made = generate_missing(engine, key, todo, cfg, fmt, log, progress) if todo else 0
@@ -380,22 +371,6 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     return metrics
 
 
-def print_table(metrics: dict) -> None:
-    """The short results table in the terminal."""
-    from rich.table import Table
-
-    from ..progress import table_console
-
-    table = Table(title=f"{metrics['model']}")
-    table.add_column("benchmark", no_wrap=True, min_width=max(len(k) for k in metrics["benchmarks"]))
-    for col in ("problems", "accuracy", "95% CI", "format", "mean len"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for key, m in metrics["benchmarks"].items():
-        table.add_row(key, str(m["problems"]), f"{m['accuracy']:.1%}", f"{m['ci'][0]:.1%}-{m['ci'][1]:.1%}",
-                      f"{m['format_adherence']:.1%}", f"{m['length']['mean']:.0f}")
-    table_console().print(table)
-
-
 def apply_model_prompt(cfg: Config, model: ModelRef) -> Optional[dict]:
     """Prompt the model the way its card asks when its chat template is a known one (`formats.model_prompt`).
 
@@ -412,7 +387,7 @@ def apply_model_prompt(cfg: Config, model: ModelRef) -> Optional[dict]:
     if known is None:
         return None
     cfg.format.preset, cfg.format.instruction = known["preset"], known["instruction"]
-    print(f"prompt: {model.path} has {known['name']}; format.preset={known['preset']}, "
+    notice(f"prompt: {model.path} has {known['name']}; format.preset={known['preset']}, "
           f"format.instruction={known['instruction']} as its card asks (eval.model_prompt=false keeps format.*)")
     return known
 
@@ -426,14 +401,14 @@ def run(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = Non
         if cfg.model.name == "tiny":
             raise EvalError("no --model: pass a run folder, model or adapter folder, or hub id (--model tiny "
                             "evaluates the untrained built-in model)")
-        print(f"no --model: evaluating model.name={cfg.model.name} of the recipe")
+        notice(f"no --model: evaluating model.name={cfg.model.name} of the recipe")
     model = resolve_model(model_ref or cfg.model.name)
     apply_model_prompt(cfg, model)
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
     world = dist.init()
     settings = prepare_output(out, cfg, model) if world.main else {}
     if world.main:
-        print(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
+        notice(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
               + (f" on {world.size} ranks" if world.active else ""))
     dist.barrier()
     t0 = time.monotonic()
@@ -451,18 +426,3 @@ def run(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = Non
     from .report import write_report
 
     return metrics, out, write_report(out)
-
-
-def main(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = None, output: Optional[str] = None) -> int:
-    """`mathgrpo eval`: `run`, then the results table, published figures and where the files are."""
-    metrics, out, report = run(cfg, model_ref, bench, output)
-    if metrics is None:
-        return 0
-    print_table(metrics)
-    if cfg.eval.references:
-        from .references import print_references
-
-        print_references({k: m.get("spec", k) for k, m in metrics["benchmarks"].items()}, metrics["settings"],
-                         (("", metrics["model_path"]),))
-    print(f"results: {out}\nreport:  {report}")
-    return 0

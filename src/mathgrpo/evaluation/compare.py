@@ -93,27 +93,6 @@ def compare(a_dir: str, b_dir: str, references: bool = True) -> dict:
     }
 
 
-def print_table(result: dict) -> None:
-    """The short comparison table in the terminal, warnings first."""
-    from rich.table import Table
-
-    from ..progress import table_console
-
-    console = table_console()
-    for bench in result["benchmarks"].values():
-        if bench["warning"]:
-            console.print(f"[yellow]warning:[/yellow] {bench['warning']}")
-    table = Table(title=f"B {result['b']['model']} vs A {result['a']['model']}")
-    width = max(len(k) for k in result["benchmarks"])
-    table.add_column("benchmark", no_wrap=True, min_width=width)
-    for col in ("shared", "A", "B", "B - A", "95% CI (pts)", "fixed", "broken"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for key, c in result["benchmarks"].items():
-        table.add_row(key, str(c["shared"]), f"{c['accuracy_a']:.1%}", f"{c['accuracy_b']:.1%}", f"{100 * c['diff']:+.1f}",
-                      f"{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}", str(len(c["fixed"])), str(len(c["broken"])))
-    console.print(table)
-
-
 def compare_folders(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> tuple:
     """Compare A and B and write compare.json/.md/.html into `output` (default B); (the comparison, the HTML page)."""
     from .report import write_compare_report
@@ -126,16 +105,3 @@ def compare_folders(a_dir: str, b_dir: str, output: Optional[str] = None, refere
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", result)
     return result, write_compare_report(out, result)
-
-
-def compare_main(a_dir: str, b_dir: str, output: Optional[str] = None, references: bool = True) -> int:
-    """`mathgrpo eval --compare A B`: `compare_folders`, then the table, published figures and the report's path."""
-    result, page = compare_folders(a_dir, b_dir, output, references)
-    print_table(result)
-    if references:
-        from .references import print_references
-
-        print_references(result["specs"], result["b"]["settings"],
-                         (("A", result["a"]["model_path"]), ("B", result["b"]["model_path"])))
-    print(f"report: {page}")
-    return 0

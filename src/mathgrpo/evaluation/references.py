@@ -166,23 +166,3 @@ def other_benchmark_note(spec: str) -> str:
         return ""
     return ("Figures published for the full MATH test set (5,000 problems) are not shown beside MATH-500: "
             "another problem set; docs/evaluation.md lists them.")
-
-
-
-def print_references(specs: dict, settings: dict, model_paths: tuple) -> None:
-    """Published figures for the benchmarks `specs` ({key: spec}) as a terminal table titled as not measured here."""
-    from rich.table import Table
-
-    from ..progress import table_console
-
-    found = {key: rows for key, spec in specs.items() if (rows := matching(spec, settings, model_paths))}
-    if not found:
-        return
-    table = Table(title="Published figures (not measured here)")
-    for col in ("benchmark", "model", "published", "setting"):
-        table.add_column(col, justify="right" if col == "published" else "left")
-    for key, rows in found.items():
-        for r in rows:
-            table.add_row(key, f"{r['model']} ({r['whose']})" if r["whose"] else r["model"], f"{r['value']:g}%",
-                          r["setting"])
-    table_console().print(table)

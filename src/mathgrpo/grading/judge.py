@@ -484,22 +484,3 @@ def grade(completion: str, problem, fmt: Union[Format, str], timeout: float = DE
     decision = decide(parsed.answer, problem.answer, timeout, rel_tol)
     _count(decision.path)
     return Verdict(parsed.answer, decision.equal, parsed.well_formed, decision.path)
-
-
-def grade_main(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT_S, rel_tol: float = APPROX_REL_TOL) -> int:
-    """`mathgrpo grade --pred P --gold G`: print the verdict, each side's reading and the rule that decided."""
-    t0 = time.monotonic()
-    try:
-        d = decide(pred, gold, timeout, rel_tol)
-    except GradingError as exc:
-        print(f"error: {exc}")
-        return 1
-    except ValueError as exc:  # a tolerance or time limit out of range
-        print(f"error: {exc}")
-        return 2
-    ms = (time.monotonic() - t0) * 1000
-    print(f"verdict: {'EQUIVALENT' if d.equal else 'NOT EQUIVALENT'}")
-    print(f"pred:    {pred!r} -> {d.pred_form}")
-    print(f"gold:    {gold!r} -> {d.gold_form}")
-    print(f"decided: {d.path}{f' ({d.note})' if d.note else ''} in {ms:.1f} ms")
-    return 0

@@ -25,7 +25,7 @@ from ..data.formats import Format, parse_completion
 
 RewardFn = Callable[..., float]
 REGISTRY: dict = {}
-MODEL_PART = "reward_model"  # the learned reward's part (rewards.model; grading/reward_model.py), not in REGISTRY
+MODEL_PART = "reward_model"  # the learned reward's part (rewards.model; model/reward_model.py), not in REGISTRY
 
 PRESETS = {
     "default": {"correct": 1.0, "format_exact": 0.1},

@@ -1,16 +1,19 @@
-"""`mathgrpo export` and `mathgrpo solve`: a trained run as files others can load, and one question answered.
+"""A trained model as files others can load: its adapter, a merged model, a GGUF file.
 
-Export writes the PEFT adapter and, with `--merged`, a merged safetensors model that plain
-transformers loads without PEFT, in the base model's own dtype unless `--dtype` says otherwise;
-with `--gguf`, the merged model also as one GGUF file (`gguf_export`).
-An adapter's base stays as it is named when that is a hub id or a model folder of the user's; a
-base that lives inside the run folder (a full-weight warm-up, as in the tiny recipe, trained in
-what is often a temporary place) is copied beside the adapter as `base/`, and the adapter names it
-`../base`, a path relative to the adapter folder, so the export works wherever it is moved.
+Export writes the PEFT adapter and, with `merged`, a merged safetensors model that plain transformers
+loads without PEFT, in the base model's own dtype unless `dtype` says otherwise; with `gguf_quant`,
+the merged model also as one GGUF file (`gguf_export`). It is given a model or adapter folder (or hub
+id) and the folder to write; which of a run's models that is, and where it goes by default, is the
+caller's business (`runs.resolve_model`, `runs.export_dir`).
+An adapter's base stays as it is named when that is a hub id or a model folder of the user's; a base
+that lives inside a run folder (a full-weight warm-up, as in the tiny recipe, trained in what is often
+a temporary place) is copied beside the adapter as `base/` when asked (`copy_base`), and the adapter
+names it `../base`, a path relative to the adapter folder, so the export works wherever it is moved.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -20,18 +23,7 @@ import torch
 from ..config import ModelConfig
 from ..diskio import writing
 from .common import adapter_base, is_adapter_dir
-from .loading import load_base, load_with_adapter, publish_model, stop_token_ids
-from ..runs import is_run_dir, resolve_model
-
-
-def load_any(ref: str, cfg: Optional[ModelConfig] = None) -> tuple:
-    """(model, tokenizer) for a hub id, model folder, adapter folder or run folder."""
-    cfg = cfg or ModelConfig()
-    path = resolve_model(ref).path
-    if Path(path).exists() and is_adapter_dir(Path(path)):
-        return load_with_adapter(Path(path), cfg)
-    return load_base(ModelConfig(**{**cfg.__dict__, "name": path}))
-
+from .loading import load_any, publish_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -50,24 +42,16 @@ def base_dtype(name: str) -> str:
     return dtype if dtype in DTYPES else "float32"
 
 
-def in_run_folder(path: Path) -> bool:
-    """Whether `path` is a model a training run wrote into its own folder (`<run>/sft/model`)."""
-    return path.is_dir() and path.name == "model" and path.parent.name == "sft" and is_run_dir(path.parent.parent)
-
-
-def export_adapter(src: Path, out_dir: Path) -> None:
-    """Copy the adapter to `out_dir/adapter`, its base named so that it loads anywhere (see the module doc)."""
-    import json
-
-    base = adapter_base(src)
+def export_adapter(src: Path, out_dir: Path, copy_base: bool = False) -> None:
+    """Copy the adapter to `out_dir/adapter`; with `copy_base`, its base model to `out_dir/base`, named `../base`."""
     tmp = out_dir / ".adapter-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with writing(out_dir / "adapter", tmp):
         shutil.copytree(src, tmp)
-        if in_run_folder(Path(base)):
+        if copy_base:
             shutil.rmtree(out_dir / ".base-tmp", ignore_errors=True)
             with writing(out_dir / "base", out_dir / ".base-tmp"):
-                shutil.copytree(base, out_dir / ".base-tmp")
+                shutil.copytree(adapter_base(src), out_dir / ".base-tmp")
                 shutil.rmtree(out_dir / "base", ignore_errors=True)
                 (out_dir / ".base-tmp").rename(out_dir / "base")
             config = json.loads((tmp / "adapter_config.json").read_text())
@@ -84,20 +68,20 @@ def merge(model: Any, dtype: torch.dtype = torch.bfloat16) -> Any:
     return model.to(dtype)
 
 
-def export(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> dict:
-    """Write `adapter/` (+ `base/` for a local base) when the model has one and, with `merged`, `merged/` under `out`;
-    returns what was written by kind (adapter, base, gguf, merged) with the merged dtype under `dtype`.
+def export(src: str, out_dir: Path, merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None,
+           copy_base: bool = False) -> dict:
+    """Write `adapter/` (+ `base/` with `copy_base`) when the model `src` has one and, with `merged`, `merged/` under
+    `out_dir`; returns what was written by kind (adapter, base, gguf, merged) with the merged dtype under `dtype`.
 
     dtype: of the merged weights; None keeps the base model's.
     gguf_quant: also write the merged model as `model-<quant>.gguf` (q8_0 or f16; see `gguf_export`).
     """
-    src = resolve_model(ref).path
-    out_dir = Path(out) if out else (Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(src).name}-export"))
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, tok = load_any(ref, ModelConfig(device="cpu", dtype="float32"))
+    model, tok = load_any(src, ModelConfig(device="cpu", dtype="float32"))
     written: dict = {}
     if is_adapter_dir(Path(src)):
-        export_adapter(Path(src), out_dir)
+        export_adapter(Path(src), out_dir, copy_base)
         written["adapter"] = out_dir / "adapter"
         written["base"] = out_dir / "base" if (out_dir / "base").is_dir() else adapter_base(Path(src))
     plain = merge(model, torch.float32) if merged or gguf_quant else None
@@ -111,40 +95,3 @@ def export(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = No
         written["merged"] = out_dir / "merged"
         publish_model(plain.to(DTYPES[written["dtype"]]), tok, written["merged"])
     return written
-
-
-def export_main(ref: str, out: Optional[str], merged: bool, dtype: Optional[str] = None, gguf_quant: Optional[str] = None) -> int:
-    """`mathgrpo export`: `export`, then where each file went."""
-    written = export(ref, out, merged, dtype, gguf_quant)
-    if "adapter" in written:
-        base = "base/ (a copy of its local base model)" if isinstance(written["base"], Path) else written["base"]
-        print(f"adapter: {written['adapter']} (base: {base})")
-    if "gguf" in written:
-        print(f"GGUF ({gguf_quant}): {written['gguf']}")
-    if "merged" in written:
-        print(f"merged model ({written['dtype']}): {written['merged']}")
-    return 0
-
-
-def solve(question: str, ref: str, fmt_preset: str = "reasoning", template: str = "auto", max_new_tokens: int = 1024,
-          device: str = "auto") -> tuple:
-    """Answer one question greedily: (the completion parsed in the format, the raw `Generation`)."""
-    from ..data.formats import get_format, parse_completion, render_prompt
-    from ..rollout import SamplingParams, make_engine
-
-    model, tok = load_any(ref, ModelConfig(device=device))
-    fmt = get_format(fmt_preset)
-    engine = make_engine("auto", model, tok, stop_token_ids(tok))
-    prompt = render_prompt(question, fmt, tok, template)
-    gen = engine.generate([prompt], 1, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))[0]
-    return parse_completion(gen.text, fmt), gen
-
-
-def solve_main(question: str, ref: str, fmt_preset: str = "reasoning", template: str = "auto", max_new_tokens: int = 1024, device: str = "auto") -> int:
-    """`mathgrpo solve`: `solve`, then the reasoning and the final answer."""
-    parsed, gen = solve(question, ref, fmt_preset, template, max_new_tokens, device)
-    print(f"reasoning: {parsed.reasoning if parsed.reasoning is not None else '(none)'}")
-    print(f"answer: {parsed.answer if parsed.answer is not None else '(none)'}")
-    if not parsed.well_formed:
-        print(f"(completion not in the {fmt_preset} format; raw: {gen.text!r})")
-    return 0

@@ -140,6 +140,15 @@ def load_with_adapter(adapter_dir: Path, cfg: ModelConfig, trainable: bool = Fal
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable), tok
 
 
+def load_any(path: str, cfg: Optional[ModelConfig] = None) -> tuple:
+    """(model, tokenizer) for a hub id, model folder or adapter folder (a run folder is resolved to one first:
+    `runs.resolve_model`)."""
+    cfg = cfg or ModelConfig()
+    if Path(path).exists() and is_adapter_dir(Path(path)):
+        return load_with_adapter(Path(path), cfg)
+    return load_base(ModelConfig(**{**cfg.__dict__, "name": path}))
+
+
 def add_lora(model: Any, lora: LoraConfig) -> Any:
     """Wrap `model` with fresh LoRA adapters (PEFT); only the adapters are trainable."""
     from peft import LoraConfig as PeftLoraConfig

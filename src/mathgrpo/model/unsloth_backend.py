@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..config import LoraConfig, ModelConfig
+from ..progress import notice
 from .common import ModelError, prepare_tokenizer
 
 INSTALL = "pip install 'mathgrpo[unsloth]'"
@@ -88,7 +89,7 @@ def import_unsloth() -> Any:
     os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
     late = [m for m in ("transformers", "peft") if m in sys.modules and "unsloth" not in sys.modules]
     if late:
-        print(f"unsloth: {', '.join(late)} imported before Unsloth, so some of its patches are missing; "
+        notice(f"unsloth: {', '.join(late)} imported before Unsloth, so some of its patches are missing; "
               "import mathgrpo.model.unsloth_backend first in scripts")
     try:
         from unsloth import FastLanguageModel

@@ -1,43 +1,75 @@
-"""Rollout engines behind one interface: `hf` (transformers generate) and `native` (static cache, graphs)."""
+"""Rollout engines behind one interface: `hf` (transformers generate) and `native` (static cache, graphs).
+
+An engine is configured when it is built: `choose_engine` says which one a model gets and what a memory plan
+must know of it (whether it caches a prompt once per group, the bytes of the weight copies it could keep), so
+that a trainer sizes its batch and snapshots first and hands them to `make_engine`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
+from ..config import CHOICES
+from ..progress import notice
 from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
-from .engines import ENGINES
 
-__all__ = ["ENGINES", "Generation", "RolloutEngine", "SamplingParams", "make_engine", "sequence_seed"]
+__all__ = ["EngineChoice", "Generation", "RolloutEngine", "SamplingParams", "choose_engine", "make_engine",
+           "sequence_seed"]
 
 
-def make_engine(name: str, model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0, lora: str = "merge") -> RolloutEngine:
-    """The engine `name` (auto: native on a GPU whose capability runs its kernels and a model it supports, else
-    hf; `model.card.choose_engine`); `lora`: how the native engine applies LoRA adapters (merge or lowrank)."""
-    from .hf import HFEngine
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a model gets, and what a memory plan must know of it before it is built."""
 
+    name: str  # hf or native
+    lora: str = "merge"  # how the native engine applies LoRA adapters: merge or lowrank
+    shares_prompt_cache: bool = False  # a prompt's keys and values are cached once for its n samples
+    snapshot_bytes: int = 0  # device bytes of the base-weight copies it keeps when they stay on the GPU
+
+
+def choose_engine(name: str, model: Any, lora: str = "merge") -> EngineChoice:
+    """The engine rollout.engine=`name` gives `model` (auto: native on a GPU whose capability runs its kernels, else
+    hf; `model.card.choose_engine`); a native engine that cannot run here falls back to hf with a notice saying why.
+    `lora`: how the native engine applies LoRA adapters (merge or lowrank)."""
     from .. import dist
-    from ..model.card import card_of, choose_engine
+    from ..model.card import card_of, choose_engine as card_choice
 
+    if name not in CHOICES["rollout.engine"]:
+        raise ValueError(f"unknown rollout.engine {name!r}; use one of {', '.join(CHOICES['rollout.engine'])}")
     device = next(model.parameters()).device
     card = card_of(device)
     if name == "auto":
-        name, why = choose_engine(name, card, dist.is_sharded(model))
+        name, why = card_choice(name, card, dist.is_sharded(model))
         if device.type == "cuda" and name == "hf":
-            print(f"rollout: {why}")
+            notice(f"rollout: {why}")
     if name == "native" and device.type == "cuda" and not card.kernels:
-        print(f"rollout: the native engine's kernels need sm_80+ and this card is {card.sm}; using hf")
+        notice(f"rollout: the native engine's kernels need sm_80+ and this card is {card.sm}; using hf")
         name = "hf"
     if name == "native" and dist.is_sharded(model):
-        print("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
+        notice("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
         name = "hf"
-    if name == "native":
-        from .native import NativeEngine, supports
-
-        reason = supports(model)
-        if reason:
-            print(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
-            return HFEngine(model, tokenizer, stop_ids, batch_size)
-        return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=lora)
     if name == "hf":
-        return HFEngine(model, tokenizer, stop_ids, batch_size)
-    raise ValueError(f"unknown rollout.engine {name!r}; use one of {', '.join(ENGINES)}")
+        return EngineChoice("hf")
+    from .native import resolve_attention, snapshot_bytes, supports
+
+    reason = supports(model)
+    if reason:
+        notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
+        return EngineChoice("hf")
+    return EngineChoice("native", lora, resolve_attention("auto", device) == "triton", snapshot_bytes(model, lora))
+
+
+def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
+                lora: str = "merge", snapshots_on_device: bool = False) -> RolloutEngine:
+    """The engine a rollout.engine value names (chosen by `choose_engine` with `lora`), or the one an `EngineChoice`
+    made, built for its whole life: `batch_size` sequences per generate call (0: all), and whether the native
+    engine keeps its copies of the LoRA-merged base weights on the GPU (`snapshots_on_device`)."""
+    choice = engine if isinstance(engine, EngineChoice) else choose_engine(engine, model, lora)
+    if choice.name == "native":
+        from .native import NativeEngine
+
+        return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=choice.lora, snapshots_on_device=snapshots_on_device)
+    from .hf import HFEngine
+
+    return HFEngine(model, tokenizer, stop_ids, batch_size)

@@ -57,24 +57,10 @@ class RolloutEngine(ABC):
         self.model = model
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
-        self.batch_size = batch_size  # sequences generated at once (0: all); the trainer sets it from its memory plan
+        self.batch_size = batch_size  # sequences generated at once (0: all; a trainer sizes it from its memory plan)
 
     def held_bytes(self) -> int:
         """Device memory this engine keeps between calls (a reused KV cache); none by default."""
-        return 0
-
-    @property
-    def snapshots_on_device(self) -> bool:
-        """Whether copies of the base weights (taken to merge LoRA adapters) stay on the GPU; an engine
-        that keeps no such copies ignores the setting."""
-        return False
-
-    @snapshots_on_device.setter
-    def snapshots_on_device(self, value: bool) -> None:
-        pass
-
-    def snapshot_bytes(self) -> int:
-        """Device bytes `snapshots_on_device` would keep (0: this engine keeps no snapshots)."""
         return 0
 
     def release(self) -> None:

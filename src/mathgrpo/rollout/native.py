@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..model.loading import unwrap
+from ..progress import notice
 from . import decode_attention
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
@@ -62,6 +63,22 @@ def supports(model: Any) -> Optional[str]:
         if isinstance(dora, dict) and any(dora.values()):
             return "DoRA adapters"
     return None
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    """The decode attention `attention` means on `device`: auto is the Triton kernel on a GPU that has it, SDPA on
+    another GPU, plain math on the CPU."""
+    cuda = device.type == "cuda"
+    if attention == "auto":
+        attention = "triton" if cuda and decode_attention.available() else ("sdpa" if cuda else "math")
+    if attention not in ("triton", "sdpa", "math"):
+        raise ValueError(f"attention={attention!r}; use auto, triton, sdpa or math")
+    return attention
+
+
+def snapshot_bytes(model: Any, lora: str) -> int:
+    """Device bytes the engine's copies of the LoRA-merged base weights take when kept on the GPU (0 without merging)."""
+    return merged_weight_bytes(model) if lora == "merge" else 0
 
 
 def compiled(fn: Any) -> Any:
@@ -160,6 +177,7 @@ class NativeEngine(RolloutEngine):
         stop_ids: list,
         batch_size: int = 0,
         lora: str = "merge",
+        snapshots_on_device: bool = False,
         attention: str = "auto",
         use_graphs: Optional[bool] = None,
         use_compile: Optional[bool] = None,
@@ -175,11 +193,7 @@ class NativeEngine(RolloutEngine):
         self.lora = lora
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
-        if attention == "auto":
-            attention = "triton" if cuda and decode_attention.available() else ("sdpa" if cuda else "math")
-        if attention not in ("triton", "sdpa", "math"):
-            raise ValueError(f"attention={attention!r}; use auto, triton, sdpa or math")
-        self.attention = attention
+        self.attention = attention = resolve_attention(attention, self.device)
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
@@ -189,7 +203,7 @@ class NativeEngine(RolloutEngine):
         if seed is not None:
             self.generator.manual_seed(seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-        self._merger = LoraMerge()
+        self._merger = LoraMerge(on_device=snapshots_on_device and cuda)  # memory for speed: see weights.py
         self._cache: Optional[_Slab] = None  # the one KV cache kept between calls
         self._fingerprint = None
         self._weights: Optional[ModelWeights] = None  # what the captured graphs read; kept alive with them
@@ -236,16 +250,12 @@ class NativeEngine(RolloutEngine):
 
     @property
     def snapshots_on_device(self) -> bool:
-        """Keep the LoRA merge's exact copies of the base weights on the GPU (memory for speed; see weights.py)."""
+        """Whether the LoRA merge's exact copies of the base weights stay on the GPU (memory for speed; see weights.py)."""
         return self._merger.on_device
 
-    @snapshots_on_device.setter
-    def snapshots_on_device(self, value: bool) -> None:
-        self._merger.on_device = value and self.device.type == "cuda"
-
     def snapshot_bytes(self) -> int:
-        """Device bytes snapshots_on_device would keep for the model's active adapters (0 without LoRA merging)."""
-        return merged_weight_bytes(self.model) if self.lora == "merge" else 0
+        """Device bytes the snapshots take when kept there, for the model's active adapters (0 without LoRA merging)."""
+        return snapshot_bytes(self.model, self.lora)
 
     def release(self) -> None:
         """Free what held_bytes counts: the cache with its graphs, and device snapshots; the next call
@@ -388,7 +398,7 @@ class NativeEngine(RolloutEngine):
                 except Exception as err:  # noqa: BLE001 - any compiler failure: keep going without it
                     if self._qkv is project_qkv:
                         raise
-                    print(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
+                    notice(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
                     self._qkv, self._finish = project_qkv, finish_layer
                     self._step(w, slab, params, attn_len)
         torch.cuda.current_stream().wait_stream(stream)

@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+
+from .. import dist
+from ..config import GRPOConfig
+
+
+@dataclass
+class Advantages:
+    """A step's advantages, and which completions it trains on."""
+
+    values: torch.Tensor  # [n*G]
+    keep: torch.Tensor  # [n*G] bool: in a group whose rewards differ (grpo.dynamic_sampling), else all True
+    kept: int  # completions kept, over all ranks
+
+
+def step_advantages(rewards: torch.Tensor, g: GRPOConfig) -> Advantages:
+    """The advantages of this rank's rewards [n*G] as grpo.scale_rewards says (`batch`: the std of every rank's
+    rewards), and with grpo.dynamic_sampling only the groups that carry a signal kept."""
+    G, scale = g.num_generations, g.scale_rewards
+    values = group_advantages(rewards, G, scale, batch_std=global_std(rewards) if scale == "batch" else None)
+    keep = torch.ones(rewards.numel(), dtype=torch.bool)
+    if g.dynamic_sampling:
+        keep = informative_groups(rewards, G).repeat_interleave(G)
+    return Advantages(values, keep, int(dist.all_sum(float(keep.sum()))))
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
@@ -32,3 +59,13 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """[B] True where a group's rewards are not all equal (DAPO's dynamic sampling keeps only these)."""
     grouped = rewards.view(-1, group_size)
     return (grouped.max(dim=1).values - grouped.min(dim=1).values) > 1e-6
+
+
+def global_std(rewards: torch.Tensor) -> Optional[float]:
+    """The unbiased std of the step's rewards over all ranks (None for one process: computed locally)."""
+    if not dist.world().active:
+        return None
+    n = dist.all_sum(float(rewards.numel()))
+    total = dist.all_sum(float(rewards.double().sum()))
+    squares = dist.all_sum(float(rewards.double().pow(2).sum()))
+    return math.sqrt(max(squares - total * total / n, 0.0) / max(n - 1, 1.0))

@@ -3,7 +3,7 @@
 A checkpoint folder `ckpt-000050/` holds `model/` (the PEFT adapter, or the whole model without
 LoRA, with its tokenizer), `state.pt` (optimizer, scheduler, RNG states, data position, exact
 trainable tensors) and `meta.json` (step and when). A folder without `meta.json` is unfinished and
-is never resumed from.
+is never resumed from (`runs.finished_checkpoints` lists the others: the run folder's layout).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 from .. import dist
 from ..diskio import writing
 from ..model.loading import load_trainable_state, save_trainable, trainable_state
-
-PREFIX = "ckpt-"
+from ..runs import CHECKPOINT_PREFIX as PREFIX, finished_checkpoints
 
 
 def rng_state() -> dict:
@@ -98,24 +97,9 @@ def _write(folder: Path, final: Path, step: int, model: Any, tokenizer: Any, ful
         os.replace(tmp, final)
 
 
-def complete(folder: Path) -> list:
-    """Finished checkpoints under `folder`, oldest first."""
-    folder = Path(folder)
-    if not folder.exists():
-        return []
-    found = [p for p in folder.glob(f"{PREFIX}*") if (p / "meta.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
-
-
-def latest(folder: Path) -> Optional[Path]:
-    """The newest finished checkpoint, or None."""
-    found = complete(folder)
-    return found[-1] if found else None
-
-
 def prune(folder: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` checkpoints and any leftover temporary folders."""
-    for old in complete(folder)[:-keep_last]:
+    for old in finished_checkpoints(folder)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in Path(folder).glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,17 +1,18 @@
 """The GRPO stage: rollouts, rewards, group advantages, the clipped policy loss, LoRA updates.
 
-One step: draw `prompts_per_step` problems, sample `num_generations` completions each with the
-rollout engine, score them with the reward functions, turn rewards into advantages within each
-group, and take `num_iterations` optimizer steps on the clipped loss. Departures from the GRPO
-paper are switches in `GRPOConfig` (loss normalisation, clip-higher, GSPO ratios, no KL by default).
-The learning half of a step is `update.PolicyUpdate`; resume, checkpoints, the loop and clean stops
-(Ctrl-C, out-of-memory, NaN, each after saving) are the shared `stage.Stage` lifecycle.
+One step (`GRPORun.train_step`, read top to bottom): draw `prompts_per_step` problems, sample
+`num_generations` completions each with the rollout engine, grade each once and reward it from that
+verdict (`rollout`: a `rollouts.Rollouts`), turn rewards into advantages within each group
+(`advantages.step_advantages`), pad the kept completions into a batch and take `num_iterations`
+optimizer steps on the clipped loss (`update.PolicyUpdate`), then log the step's metrics. Departures
+from the GRPO paper are switches in `GRPOConfig` (loss normalisation, clip-higher, GSPO ratios, no KL
+by default). Resume, checkpoints, the loop and clean stops (Ctrl-C, out-of-memory, NaN, each after
+saving) are the shared `stage.Stage` lifecycle.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 from typing import Optional
@@ -19,22 +20,25 @@ from typing import Optional
 import torch
 
 from .. import dist
-from ..config import Config
+from ..config import Config, RolloutConfig
 from ..data.formats import get_format, prompts_for
 from ..evaluation.heldout import heldout_accuracy
 from ..grading.judge import grade
-from ..grading.reward_model import load_reward_model
 from ..grading.rewards import RewardContext, build_rewards
 from ..model.common import is_adapter_dir
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids, training_attention
-from ..rollout import SamplingParams, make_engine, sequence_seed
-from .advantages import group_advantages, informative_groups
+from ..model.reward_model import load_reward_model
+from ..progress import notice
+from ..rollout import RolloutEngine, SamplingParams, choose_engine, make_engine, sequence_seed
+from .advantages import Advantages, step_advantages
 from .batch import RolloutBatch, collate
 from .loss import LossSettings
+from .rollouts import Rollouts, rollout_metrics
 from .sampler import GapWatch
 from .sizing import Sizing
 from .stage import Stage
 from .update import PolicyUpdate
+
 
 def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     """The model GRPO trains: the warm-up's adapter (kept training), or a model with fresh LoRA."""
@@ -49,6 +53,15 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)
     return make_trainable(model, cfg, cfg.lora.enabled), tok
+
+
+def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
+    """The rollout engine, built with the batch size and the snapshot placement that the memory plan gives the
+    engine `rollout.engine` chooses."""
+    choice = choose_engine(r.engine, model, r.lora)
+    batch = sizing.rollout_batch_size(choice.shares_prompt_cache)
+    snapshots = sizing.snapshots_on_device(choice.snapshot_bytes, choice.shares_prompt_cache, batch)
+    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots)
 
 
 class DataOrder:
@@ -92,6 +105,7 @@ class GRPORun(Stage):
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
         super().__init__(cfg, run_dir)
+        g, r = cfg.grpo, cfg.rollout
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         model, self.tok = prepare_policy(cfg, start_from)
         self.device = self.prepare(model)
@@ -99,17 +113,13 @@ class GRPORun(Stage):
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
-                                     load_reward_model(cfg.rewards, cfg.grpo.num_generations, self.device))
+                                     load_reward_model(cfg.rewards, g.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tok, stop_token_ids(self.tok), lora=cfg.rollout.lora)
-        shares = self.engine.shares_prompt_cache
-        self.engine.batch_size = self.sizing.rollout_batch_size(shares)
-        self.engine.snapshots_on_device = self.sizing.snapshots_on_device(self.engine.snapshot_bytes(), shares,
-                                                                          self.engine.batch_size)
-        g, r = cfg.grpo, cfg.rollout
+        self.engine = sized_engine(self.model, self.tok, r, self.sizing)
         self.train_with(g.lr, g.weight_decay, g.lr_scheduler, g.warmup_steps, g.steps * g.num_iterations, g.max_grad_norm)
         loss = LossSettings(g.loss_type, g.epsilon_low, g.epsilon_high, g.importance_sampling_level, g.beta, r.max_new_tokens)
-        self.update = PolicyUpdate(self.model, self.stepper, self.precision, g, loss, self.sizing, self.engine, r.temperature)
+        self.update = PolicyUpdate(self.model, self.stepper, self.precision, g, loss, self.sizing, r.temperature,
+                                   held_bytes=self.engine.held_bytes, release=self.engine.release)
         self.order = DataOrder(len(train), cfg.run.seed)
         self.params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p)
         self.gap_watch = GapWatch(self.precision.dtype)
@@ -172,9 +182,28 @@ class GRPORun(Stage):
 
     # ---- one step --------------------------------------------------------------------------
 
-    def rollout(self) -> tuple:
-        """(problems, generations, verdicts, total rewards [n*G], reward parts) for this rank's share of the next
-        prompts. Each completion is graded once; rewards and metrics read that verdict.
+    def train_step(self) -> dict:
+        """One GRPO step, read top to bottom; returns its metrics (the same on every rank)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._start_order, self.update.applied = self.order.state(), False
+        t0 = self.update.clock()
+        rollouts = self.rollout()  # Rollouts: completions, their verdicts and rewards [n*G]
+        rollout_time = self.update.clock() - t0
+        adv = step_advantages(rollouts.rewards, self.cfg.grpo)  # Advantages: values and kept completions [n*G]
+        metrics = rollout_metrics(rollouts, adv.keep)  # rewards, accuracy, lengths over all ranks
+        if adv.kept:
+            batch = self.batch(rollouts, adv)  # RolloutBatch of this rank's kept completions, or None
+            metrics.update(self.learn(batch, adv.kept))  # log-probs -> sampler gap -> loss -> optimizer step
+        self.step += 1
+        metrics.update(self.step_times(rollouts, t0, rollout_time))
+        self._log_samples(rollouts)
+        self._check_gap(metrics)
+        return metrics
+
+    def rollout(self) -> Rollouts:
+        """This rank's share of the next prompts with G completions each, every completion graded once and
+        rewarded from that verdict (the metrics read the same verdicts).
 
         Every rank draws the same global list of problems and takes its contiguous share; each
         sequence is sampled with a seed from (run seed, step, global prompt index, sample index),
@@ -185,91 +214,47 @@ class GRPORun(Stage):
         offset, problems = dist.share([self.train_problems[i] for i in self.order.take(self.cfg.grpo.prompts_per_step)])
         prompts = prompts_for(problems, self.fmt, self.tok, self.cfg.format.template)
         seeds = [sequence_seed(self.cfg.run.seed, self.step, offset + i, j) for i in range(len(problems)) for j in range(G)]
-        gens = self.engine.generate(prompts, G, self.params, seeds)
+        gens = self.engine.generate(prompts, G, self.params, seeds)  # [n*G]
         per_gen = [problems[g.prompt_index] for g in gens]
-        verdicts = [grade(g.text, p, self.fmt) for g, p in zip(gens, per_gen)]
-        ctxs = [
-            RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished,
-                          self.cfg.rewards.overlong_buffer, v)
-            for g, v in zip(gens, verdicts)
-        ]
+        verdicts = [grade(g.text, p, self.fmt) for g, p in zip(gens, per_gen)]  # [n*G]
+        ctxs = [RewardContext(self.fmt, self.params.max_new_tokens, len(g.token_ids), not g.finished,
+                              self.cfg.rewards.overlong_buffer, v) for g, v in zip(gens, verdicts)]
         total, parts = self.rewards([g.text for g in gens], per_gen, ctxs)
-        return problems, gens, verdicts, torch.tensor(total, dtype=torch.float32), parts
+        return Rollouts(problems, gens, verdicts, torch.tensor(total, dtype=torch.float32), parts)
+
+    def batch(self, rollouts: Rollouts, adv: Advantages) -> Optional[RolloutBatch]:
+        """This rank's kept completions padded into one batch with their advantages; None when it kept none."""
+        kept = [g for g, k in zip(rollouts.generations, adv.keep.tolist()) if k]
+        if not kept:
+            return None
+        return collate(kept, adv.values[adv.keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device)
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
         """The training half of a step (`PolicyUpdate.learn`), with the SDPA backends chosen for training."""
         with training_attention(self.cfg.model, self.device):
             return self.update.learn(batch, total_seqs)
 
-    def train_step(self) -> dict:
-        """One GRPO step; returns its metrics (the same on every rank)."""
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._start_order, self.update.applied = self.order.state(), False
-        t0 = self.update.clock()
-        problems, gens, verdicts, total, parts = self.rollout()
-        t_roll = self.update.clock() - t0
-        G = self.cfg.grpo.num_generations
-        scale = self.cfg.grpo.scale_rewards
-        adv = group_advantages(total, G, scale, batch_std=self._global_std(total) if scale == "batch" else None)
-        keep = torch.ones(len(gens), dtype=torch.bool)
-        if self.cfg.grpo.dynamic_sampling:
-            keep = informative_groups(total, G).repeat_interleave(G)
-        total_seqs = int(dist.all_sum(float(keep.sum())))
-        metrics = self._rollout_metrics(gens, verdicts, total, parts, keep)
-        if total_seqs:
-            kept = [g for g, k in zip(gens, keep.tolist()) if k]
-            batch = collate(kept, adv[keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device) if kept else None
-            metrics.update(self.learn(batch, total_seqs))
-        self.step += 1
-        n_tokens = dist.all_sum(float(sum(len(g.token_ids) for g in gens)))
+    def step_times(self, rollouts: Rollouts, t0: float, rollout_time: float) -> dict:
+        """The learning rate, the step's wall times and token rate (all ranks), and on a GPU its peak memory."""
+        n_tokens = dist.all_sum(float(rollouts.tokens()))
         dt = self.update.clock() - t0
-        metrics.update({"lr": self.sched.get_last_lr()[0], "step_time": dt, "rollout_time": t_roll, "tokens_per_s": n_tokens / dt})
+        m = {"lr": self.sched.get_last_lr()[0], "step_time": dt, "rollout_time": rollout_time, "tokens_per_s": n_tokens / dt}
         if self.device.type == "cuda":
-            metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        self._log_samples(problems, gens, total)
-        warning = self.gap_watch.check(self.step, metrics.get("sampler_gap_mean"), metrics.get("sampler_gap_max"))
-        if warning and dist.world().main:
-            print(warning, flush=True)
-        return metrics
-
-    def _global_std(self, rewards: torch.Tensor) -> Optional[float]:
-        """The unbiased std of the step's rewards over all ranks (None for one process: computed locally)."""
-        if not dist.world().active:
-            return None
-        n = dist.all_sum(float(rewards.numel()))
-        total = dist.all_sum(float(rewards.double().sum()))
-        squares = dist.all_sum(float(rewards.double().pow(2).sum()))
-        return math.sqrt(max(squares - total * total / n, 0.0) / max(n - 1, 1.0))
-
-    def _rollout_metrics(self, gens: list, verdicts: list, total: torch.Tensor, parts: dict, keep: torch.Tensor) -> dict:
-        """Reward parts, accuracy and format rate (from the verdicts, whatever the reward preset), lengths and
-        truncation of the step's rollouts, over all ranks."""
-        names = list(parts)
-        local = [
-            (float(total[i]), [parts[n][i] for n in names], len(g.token_ids), not g.finished,
-             verdicts[i].well_formed, bool(keep[i]), verdicts[i].correct)
-            for i, g in enumerate(gens)
-        ]
-        rows = dist.gather_concat(local)
-        n = len(rows)
-        totals = torch.tensor([r[0] for r in rows])
-        m = {"reward": float(totals.mean()), "reward_std": float(totals.std()) if n > 1 else 0.0}
-        for j, name in enumerate(names):
-            m[f"rewards/{name}"] = sum(r[1][j] for r in rows) / n
-        m["accuracy"] = sum(r[6] for r in rows) / n
-        m["completion_length"] = sum(r[2] for r in rows) / n
-        m["truncated_fraction"] = sum(r[3] for r in rows) / n
-        m["format_rate"] = sum(r[4] for r in rows) / n
-        m["kept_fraction"] = sum(r[5] for r in rows) / n
+            m["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return m
 
-    def _log_samples(self, problems: list, gens: list, total: torch.Tensor) -> None:
+    def _check_gap(self, metrics: dict) -> None:
+        """Say once when the engine's log-probs stop matching the learner's (`sampler.GapWatch`)."""
+        warning = self.gap_watch.check(self.step, metrics.get("sampler_gap_mean"), metrics.get("sampler_gap_max"))
+        if warning:
+            notice(warning)
+
+    def _log_samples(self, rollouts: Rollouts) -> None:
         """Every run.sample_every steps, append the first group's completions to samples.jsonl."""
         if self.step % self.cfg.run.sample_every or not dist.world().main:
             return
-        G = self.cfg.grpo.num_generations
-        rows = [{"step": self.step, "question": problems[0].question, "gold": problems[0].answer,
-                 "completion": g.text, "reward": float(r)} for g, r in zip(gens[:G], total[:G].tolist())]
+        G, first = self.cfg.grpo.num_generations, rollouts.problems[0]
+        rows = [{"step": self.step, "question": first.question, "gold": first.answer, "completion": g.text,
+                 "reward": float(r)} for g, r in zip(rollouts.generations[:G], rollouts.rewards[:G].tolist())]
         with open(self.dir / "samples.jsonl", "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)

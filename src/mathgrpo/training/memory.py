@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..config import PROJECTIONS
+from ..progress import notice
 
 GIB = 1024**3
 # Values a Qwen3-style layer keeps for backward per token, counted in hidden- and intermediate-
@@ -241,7 +242,7 @@ def reward_model_bytes(cfg: Any, device: Any) -> int:
         return 0
     import torch
 
-    from ..grading.reward_model import classifier_dtype
+    from ..model.reward_model import classifier_dtype
     from ..model.common import local_config
 
     config = local_config(cfg.rewards.model)
@@ -298,5 +299,5 @@ def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> 
     if budget is None:
         return None
     plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload)
-    print(plan.summary(cfg.model.max_seq_length))
+    notice(plan.summary(cfg.model.max_seq_length))
     return plan

@@ -21,6 +21,7 @@ from ..config import Config
 from ..data.formats import Format, get_format, render_prompt
 from ..evaluation.heldout import heldout_accuracy
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
+from ..progress import notice
 from ..rollout import make_engine
 from .stage import Stage
 
@@ -199,6 +200,6 @@ class SFTRun(Stage):
             publish_model(self.model, self.tok, self.dir / "model", full)
             note = ending_note(self.step, self.cfg.sft.steps, self.last_dev, self.cfg.sft.stop_at_accuracy)
             if note:
-                print(note, flush=True)
+                notice(note)
         dist.barrier()
         return {"sft_steps": self.step, "sft_seconds": time.time() - start, "sft_dev": self.last_dev}

@@ -18,6 +18,7 @@ import torch
 from .. import dist
 from ..config import Config
 from ..model.offload import offload_checkpoints
+from ..progress import notice
 from .logprobs import pass_width
 from .memory import MemoryPlan, plan_for_model
 from .stopping import TrainingStopped
@@ -54,7 +55,7 @@ class Sizing:
         sizing = cls(cfg, plan_for_model(model, cfg, device, offloaded), offloaded=offloaded, **facts)
         if not sizing.offload_wanted() or offload_checkpoints(model) == 0:
             return sizing
-        print(OFFLOAD_NOTE)
+        notice(OFFLOAD_NOTE)
         return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
 
     @property

@@ -19,16 +19,19 @@ from .. import dist
 from ..config import Config
 from ..model.common import resolve_dtype
 from ..model.precision import Precision
+from .logprobs import model_parts
 from .optim import OptimizerStep, make_optimizer, make_scheduler
-from ..progress import StepProgress
+from ..progress import StepProgress, notice
+from ..runs import latest_checkpoint
 from ..tracking import MetricsWriter, truncate_after
 from .stopping import StopRequest, TrainingStopped
 
 
-def place(model: Any, cfg: Config) -> torch.device:
-    """Shard `model` across ranks when run.parallel=fsdp under torchrun; the device its weights live on."""
-    if dist.world().active and cfg.run.parallel == "fsdp":
-        dist.shard(model)
+def place(model: Any, parallel: str) -> torch.device:
+    """Shard `model`'s decoder across ranks when run.parallel=`parallel` is fsdp under torchrun; the device its
+    weights live on."""
+    if dist.world().active and parallel == "fsdp":
+        dist.shard(model_parts(model)[0])
     return next(model.parameters()).device
 
 
@@ -59,7 +62,7 @@ class Stage:
         self.precision = Precision(resolve_dtype(self.cfg.model.dtype, device), device)
         self.precision.keep_trainable_fp32(model)
         self.model = model
-        return place(model, self.cfg)
+        return place(model, self.cfg.run.parallel)
 
     def train_with(self, lr: float, weight_decay: float, schedule: str, warmup: int, total: int, max_grad_norm: float) -> None:
         """The optimizer (AdamW), its schedule and the step that drives both with the precision's loss scaling."""
@@ -100,7 +103,7 @@ class Stage:
 
     def resume(self) -> bool:
         """Continue from the stage's newest checkpoint; False when there is none."""
-        ckpt = checkpoint.latest(self.dir / "checkpoints")
+        ckpt = latest_checkpoint(self.dir / "checkpoints")
         if ckpt is None:
             self._truncate_logs(-1)  # rows of a run killed before its first checkpoint
             return False
@@ -110,7 +113,7 @@ class Stage:
             self.stepper.load_state_dict(extra.get("optimizer_step", {}))
         self.restore(extra)
         self._truncate_logs(self.step)
-        print(f"{self.name}: resumed from {ckpt} (step {self.step})")
+        notice(f"{self.name}: resumed from {ckpt} (step {self.step})")
         return True
 
     def _truncate_logs(self, step: int) -> None:
@@ -149,7 +152,7 @@ class Stage:
                     if stop.agreed():
                         path = self.save_checkpoint()
                         progress.close()  # the bar's last frame first: closed later, it would follow the message
-                        print(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}", flush=True)
+                        notice(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}")
                         raise KeyboardInterrupt
         finally:
             if progress:

@@ -13,6 +13,7 @@ from typing import Optional
 
 from .. import dist
 from ..errors import Error
+from ..progress import notice
 
 
 class TrainingStopped(Error, RuntimeError):
@@ -31,7 +32,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\n{self.label}: stopping after this step and saving (Ctrl-C again to stop at once, unsaved)", flush=True)
+        notice(f"\n{self.label}: stopping after this step and saving (Ctrl-C again to stop at once, unsaved)")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

@@ -3,13 +3,14 @@ micro-batches, gradients summed over ranks, the optimizer step; the sampler gap 
 
 `PolicyUpdate` holds what this needs (model, optimizer, scheduler, sizing, pass layout) and nothing
 of rollouts or rewards: the trainer hands it a collated `RolloutBatch` and gets back the step's
-loss statistics and phase times.
+loss statistics and phase times. Of the rollout engine it knows two calls: the bytes it keeps between
+rollouts, and freeing them when the sizing says they would shrink the micro-batch.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -17,6 +18,7 @@ from .. import dist
 from ..config import GRPOConfig
 from .batch import RolloutBatch
 from ..model.precision import Precision
+from ..progress import notice
 from .logprobs import PassLayout, token_logprobs
 from .optim import OptimizerStep
 from .loss import LossSettings, policy_loss
@@ -28,9 +30,11 @@ class PolicyUpdate:
     """num_iterations optimizer steps of the clipped policy loss over a rollout batch, micro-batch by micro-batch."""
 
     def __init__(self, model: Any, stepper: OptimizerStep, precision: Precision, cfg: GRPOConfig, loss: LossSettings,
-                 sizing: Sizing, engine: Any, temperature: float) -> None:
+                 sizing: Sizing, temperature: float, held_bytes: Callable[[], int] = lambda: 0,
+                 release: Callable[[], None] = lambda: None) -> None:
         self.model, self.stepper, self.precision, self.cfg = model, stepper, precision, cfg
-        self.loss_settings, self.sizing, self.engine = loss, sizing, engine
+        self.loss_settings, self.sizing = loss, sizing
+        self.held_bytes, self.release = held_bytes, release  # the rollout engine's kept memory, and freeing it
         self.temperature = temperature or 1.0
         self.device = next(model.parameters()).device
         self.layout = PassLayout()  # how log-prob passes lay batches out (benchmarks set another)
@@ -50,11 +54,11 @@ class PolicyUpdate:
 
     def micro_size(self, batch: RolloutBatch) -> int:
         """Sequences per pass over `batch`, as the sizing decides; frees the engine's kept cache when it says to."""
-        micro = self.sizing.micro(len(batch), batch.input_ids.shape[1], self.engine.held_bytes(), self.layout.width_multiple)
+        micro = self.sizing.micro(len(batch), batch.input_ids.shape[1], self.held_bytes(), self.layout.width_multiple)
         if micro.release_engine_cache:
-            self.engine.release()
+            self.release()
         if micro.note:
-            print(micro.note)
+            notice(micro.note)
         return micro.size
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
@@ -140,7 +144,7 @@ class PolicyUpdate:
                 if not smaller:
                     raise
                 torch.cuda.empty_cache()
-                print(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
+                notice(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
                       f"retrying the step with {smaller} (kept for later steps)")
                 size = smaller
 

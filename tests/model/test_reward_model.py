@@ -13,7 +13,7 @@ import torch
 from mathgrpo.config import ConfigError, load_config
 from mathgrpo.data import Problem
 from mathgrpo.data.formats import get_format
-from mathgrpo.grading.reward_model import RewardModel, RewardModelError, load_reward_model, render
+from mathgrpo.model.reward_model import RewardModel, RewardModelError, load_reward_model, render
 from mathgrpo.grading.rewards import RewardContext, build_rewards
 from mathgrpo.model.tiny import build_tiny, build_tiny_classifier
 

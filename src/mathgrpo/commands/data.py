@@ -9,9 +9,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .formats import get_format
-from . import DataError, LoadReport, load_source
-from .solutions import sft_text
+from ..data import DataError, LoadReport, load_source
+from ..data.formats import get_format
+from ..data.solutions import sft_text
 
 MAX_BAD_ROWS_SHOWN = 10
 
@@ -47,8 +47,8 @@ def _bad_rows(report: LoadReport) -> Table:
     return table
 
 
-def show_main(spec: str, n: int = 3, fmt_preset: str = "reasoning", console: Optional[Console] = None,
-              **load_kwargs) -> int:
+def show(spec: str, n: int = 3, fmt_preset: str = "reasoning", console: Optional[Console] = None,
+         **load_kwargs) -> int:
     """Print the first `n` problems of `spec` and the load report; exit code 0, or 2 on a DataError."""
     console = console or Console()
     try:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mathgrpo.data.show import show_main
+from mathgrpo.commands.data import show
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +15,7 @@ def wide_terminal(monkeypatch):
 
 def test_show_prints_examples_warm_up_and_counts(capsys):
     """show prints n problems with their warm-up text, and the counts."""
-    assert show_main("gsm8k", n=2, split="test") == 0
+    assert show("gsm8k", n=2, split="test") == 0
     out = capsys.readouterr().out
     assert "gsm8k-test-0" in out and "gsm8k-test-1" in out and "gsm8k-test-2" not in out
     assert "Janet\u2019s ducks lay 16 eggs per day." in out
@@ -26,10 +26,10 @@ def test_show_prints_examples_warm_up_and_counts(capsys):
 
 def test_show_in_another_format_and_without_solutions(capsys):
     """show renders another preset and says when a problem has no worked solution."""
-    assert show_main("procedural:chain_sum", n=1, fmt_preset="think", size=5) == 0
+    assert show("procedural:chain_sum", n=1, fmt_preset="think", size=5) == 0
     out = capsys.readouterr().out
     assert "chain_sum-train-s0-0" in out and "(no worked solution)" in out
-    assert show_main("math500", n=1, fmt_preset="think", split="test") == 0
+    assert show("math500", n=1, fmt_preset="think", split="test") == 0
     assert "</think><answer>\\left( 3, \\frac{\\pi}{2} \\right)</answer>" in capsys.readouterr().out
 
 
@@ -37,7 +37,7 @@ def test_show_lists_bad_rows(tmp_path, capsys):
     """show lists bad rows with where and why."""
     path = tmp_path / "set.jsonl"
     path.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "x?"}) + "\n")
-    assert show_main(str(path)) == 0
+    assert show(str(path)) == 0
     out = capsys.readouterr().out
     assert "bad rows skipped" in out and f"{path}:2" in out and "no answer" in out
 
@@ -49,7 +49,7 @@ def test_show_lists_bad_rows(tmp_path, capsys):
 ])
 def test_show_errors_exit_2_with_the_message(spec, kwargs, message, capsys):
     """Errors exit with 2 and the message on stderr, nothing on stdout."""
-    assert show_main(spec, **kwargs) == 2
+    assert show(spec, **kwargs) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
 

@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..model.common import ModelError, local_config, resolve_dtype
-from .rewards import MODEL_PART
+from ..grading.rewards import MODEL_PART
+from .common import ModelError, local_config, resolve_dtype
 
 EPS = 1e-4
 
