@@ -1,6 +1,7 @@
 """Local files: each format, column names, GSM8K-style answers, bad rows with their line numbers."""
 
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -147,3 +148,22 @@ def test_missing_file_and_unknown_extension(tmp_path):
     (tmp_path / "set.txt").write_text("1+1? 2")
     with pytest.raises(DataError, match=r"unsupported file type '.txt'; supported: .jsonl, .json, .parquet, .csv"):
         load_source(str(tmp_path / "set.txt"))
+
+
+@pytest.mark.parametrize("name,content,what", [
+    ("empty.jsonl", b"", "is empty (0 bytes)"),
+    ("blank.jsonl", b"\n  \n", "holds no rows"),
+    ("empty.json", b"[]", "holds no rows"),
+    ("header.csv", b"question,answer\n", "holds no rows"),
+    ("empty.parquet", None, "holds no rows"),
+])
+def test_a_file_without_rows_is_called_empty_with_its_path(tmp_path, name, content, what):
+    """No rows is said as such (not as a missing question column), naming the file."""
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"question": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: the file {re.escape(what)}.*one problem a row") as err:
+        load_source(str(path))
+    assert "column" not in str(err.value)

@@ -3,7 +3,8 @@
 import pytest
 
 from mathgrpo.data import Problem
-from mathgrpo.data.solutions import GoldError, clean_solution, sft_text, split_gsm8k, strip_calculator, unwrap_boxed
+from mathgrpo.data.solutions import (GoldError, clean_solution, sft_text, split_gsm8k, strip_calculator, strip_drawings,
+                                     unwrap_boxed)
 from mathgrpo.data.formats import PRESETS, parse_completion
 
 
@@ -33,6 +34,29 @@ def test_clean_solution_drops_think_tags_and_empty_text():
     assert clean_solution("<think>\nWe add.\n</think>\nSo \\boxed{5}.") == "We add.\n\nSo 5."
     assert clean_solution(" <think></think> ") is None
     assert clean_solution(None) is None
+
+
+def test_asymptote_figures_are_dropped_whole():
+    """`[asy]...[/asy]` drawing code goes (several figures, across lines); the words around it stay."""
+    text = "We draw it.\n\n[asy]\ndraw((0,0)--(1,1));\n[/asy]\n\nSo the area is 2. See [asy]dot((0,0));[/asy] here.[asy]x[/asy]"
+    assert strip_drawings(text) == "We draw it.\n\nSo the area is 2. See here. "
+    assert strip_drawings("no figure [asy] unclosed") == "no figure [asy] unclosed"
+
+
+def test_math500_warm_up_targets_hold_no_drawing_code():
+    """Every bundled MATH-500 solution that draws a figure gives a warm-up target without the drawing code."""
+    import json
+    from pathlib import Path
+
+    from mathgrpo.data import load_source
+    from mathgrpo.data import bundled
+
+    raw = Path(bundled.__file__).parent / "bundled" / "math500_test.jsonl"
+    drawn = {r["problem"] for r in map(json.loads, raw.read_text().splitlines()) if "[asy]" in r["solution"]}
+    problems = [p for p in load_source("math500", split="test").problems if p.question in drawn]
+    assert len(problems) == len(drawn) > 50
+    targets = [sft_text(p, PRESETS["reasoning"]) for p in problems]
+    assert all(t and "[asy]" not in t and "[/asy]" not in t and "draw(" not in t for t in targets)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -161,6 +161,37 @@ def test_eval_of_a_run_folder_with_an_adapter_plots_training_curves(tiny_dir, tm
     assert "## Training curves" in md and "plots/training.png" in md
 
 
+def test_prompts_that_cannot_fit_stop_before_generating(tiny_dir, tmp_path, capsys):
+    """GSM8K under the tiny recipe's 64 tokens: one line naming the benchmark, the token counts and what to change,
+    no sample written; the same folder then takes the recipe's own held-out task and a changed budget."""
+    out = tmp_path / "res"
+    base = ["eval", "--model", str(tiny_dir), "--recipe", "tiny-cpu", "--limit", "3", "--output", str(out),
+            "run.progress=false", "run.threads=1"]
+    assert cli(base + ["--bench", "gsm8k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mathgrpo eval: gsm8k: the longest prompt is ")
+    longest = int(err.split("the longest prompt is ")[1].split()[0])
+    assert longest > 64 and f"rollout.max_new_tokens=24 is {longest + 24}, more than model.max_seq_length=64" in err
+    assert f"model.max_seq_length={longest + 24} (if the model allows)" in err and "another --bench" in err
+    assert "nothing generated" in err and not (out / "samples.jsonl").exists()
+    assert load_config("tiny-cpu").eval.bench == "procedural:arith@test"
+    assert cli(base + ["rollout.max_new_tokens=20"]) == 0  # the recipe's eval.bench; a folder without samples is reused
+    assert json.loads((out / "metrics.json").read_text())["benchmarks"]["procedural_arith@test"]["problems"] == 3
+
+
+def test_a_model_with_fewer_positions_than_max_seq_length_stops_with_its_own_limit(tmp_path, capsys):
+    """A model that declares 512 positions: its limit is named, not model.max_seq_length (2048), and transformers'
+    "exceeded the model's predefined maximum length" reminder never comes."""
+    model, tok = build_tiny(0)
+    model.config.max_position_embeddings = 512
+    _save(model, tok, tmp_path / "short")
+    rc = cli(["eval", "--model", str(tmp_path / "short"), "--bench", "gsm8k", "--output", str(tmp_path / "res"), *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "more than the model's max_position_embeddings=512 (below model.max_seq_length=2048)" in err
+    assert "rollout.max_new_tokens=" in err and "model.max_seq_length=" not in err.split("Try ")[1]
+    assert "predefined maximum length" not in err
+
+
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     rc = cli(["eval", "--model", str(tmp_path / "nope"), "--bench", "gsm8k", "--limit", "1",
               "--output", str(tmp_path / "res"), *FAST])

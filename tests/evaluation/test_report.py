@@ -2,12 +2,14 @@
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from mathgrpo.cli import main as cli
 from mathgrpo.evaluation.metrics import summarise
+from mathgrpo.evaluation.pages import slug
 from mathgrpo.evaluation.report import read_curves, write_report
 
 SETTINGS = {"model": "m", "n": 1, "greedy": True, "temperature": None, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
@@ -125,6 +127,50 @@ def test_report_is_self_contained_with_math_groups_and_curves(tmp_path):
     assert "&lt;" not in md and "question m0?" in html
 
 
+def test_report_has_every_section_the_samples_and_the_settings(tmp_path):
+    """Contents links, every sample in the browser with a link to samples.jsonl, the settings and seeds as a
+    table, the full configuration and the training run's config folded."""
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s, "lr": 1e-3}) + "\n"
+                                                        for s in range(1, 5)))
+    (run / "config.yaml").write_text("run:\n  seed: 3\n")
+    recs = [record("gsm8k", f"q{i}", i % 3 == 0, "7" if i % 3 == 0 else "3") for i in range(30)]
+    out = results_folder(tmp_path / "R", "m", recs, run_dir=run)
+    (out / "eval_config.json").write_text(json.dumps({"config": {"eval": {"limit": 30, "seed": 0}, "run": {"seed": 0}}}))
+    html = write_report(out).read_text()
+    md = (out / "report.md").read_text()
+    titles = re.findall(r'<h2 id="[^"]+">([^<]+)</h2>', html)
+    assert titles == ["Results", "Published figures (not measured here)", "Samples", "Completion length (tokens)",
+                      "Training curves", "Settings", "Grading"]
+    assert all(f'href="#{slug(t)}"' in html.split("</nav>")[0] for t in titles)
+    browser = html.split('<table id="samples-table"', 1)[1].split("</table>", 1)[0]
+    assert browser.count('data-verdict="correct"') == 10 and browser.count('data-verdict="wrong"') == 20
+    assert '<a href="samples.jsonl">' in html and "[samples.jsonl](samples.jsonl)" in md
+    settings = _section(md, "Settings")
+    for row in ("| eval.seed (subsets, sampling) | 0 |", "| eval.limit | 30 |", "| rollout.max_new_tokens | 16 |",
+                "| format.template | auto |"):
+        assert row in settings, row
+    assert "<summary>Full configuration (eval_config.json)</summary>" in settings and "limit: 30" in settings
+    assert f"Training run configuration ({run / 'config.yaml'})" in settings and "seed: 3" in settings
+    assert "| training run's run.seed | 3 |" in settings
+    assert "| grpo/lr | 0.001 | 4 |" in _section(md, "Training curves")
+
+
+def test_compare_pages_long_lists_of_fixed_problems(tmp_path):
+    """60 fixed problems: every one in compare.html's paged table, the first 50 in compare.md."""
+    ids = [f"p{i:02d}" for i in range(60)]
+    a = results_folder(tmp_path / "A", "base", [record("gsm8k", i, False, "3") for i in ids])
+    b = results_folder(tmp_path / "B", "tuned", [record("gsm8k", i, True, "7") for i in ids])
+    assert cli(["eval", "--compare", str(a), str(b)]) == 0
+    html = (b / "compare.html").read_text()
+    fixed = html.split("<summary>gsm8k: fixed (60)</summary>", 1)[1].split("</details>", 1)[0]
+    assert 'data-page="25"' in fixed and fixed.count("<tr>") == 61  # the header and every problem
+    assert "<summary>gsm8k: broken (0)</summary>\n<p>none</p>" in html
+    md = (b / "compare.md").read_text()
+    assert "| p49 |" in md and "| p50 |" not in md and "... and 10 more in compare.json" in md
+
+
 def test_report_of_groups_at_0_and_100_percent(tmp_path):
     """The sizes that made matplotlib reject negative error bars (11 at 0%, 6 at 100%) give a report."""
     from mathgrpo.evaluation.metrics import accuracy_with_ci
@@ -140,9 +186,9 @@ def test_report_of_groups_at_0_and_100_percent(tmp_path):
 
 
 def test_report_polish_curves_warnings_and_html(tmp_path):
-    """Key curves first (kl, grad norm, lr plotted; trivial ones folded or named), warnings for cut completions,
-    <code> instead of backticks, labelled 0% bars, integer histogram ticks."""
-    from mathgrpo.evaluation.report import accuracy_figure, curve_blocks, length_figure, read_curves
+    """Key curves first; constant ones (kl 0, a fixed lr) a table of values, not panels; other changing ones folded;
+    warnings for cut completions, <code> instead of backticks, labelled 0% bars, integer histogram ticks."""
+    from mathgrpo.evaluation.report import accuracy_figure, curve_blocks, length_figure, read_curves, split_curves
 
     run = tmp_path / "run"
     (run / "grpo").mkdir(parents=True)
@@ -151,9 +197,15 @@ def test_report_polish_curves_warnings_and_html(tmp_path):
     (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     curves = read_curves(run)
     assert list(curves)[:6] == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/kl", "grpo/grad_norm", "grpo/lr"]
+    key, rest, constant = split_curves(curves)
+    assert list(key) == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/grad_norm"]
+    assert list(rest) == ["grpo/reference_time"]
+    assert constant == {"grpo/kl": 0.0, "grpo/lr": 1e-3, "grpo/kept_fraction": 1.0}
     blocks = curve_blocks(str(run), curves)
+    constants = [b for b in blocks if b[0] == "table"][0]
+    assert constants[2] == [["grpo/kl", "0", 60], ["grpo/lr", "0.001", 60], ["grpo/kept_fraction", "1", 60]]
     folded = [b for b in blocks if b[0] == "fold"][0]
-    assert "Constant throughout: grpo/kept_fraction = 1" in str(folded) and any(b[0] == "img" for b in folded[2])
+    assert folded[1] == "Other logged quantities (1)" and [b[0] for b in folded[2]] == ["img"]
     recs = [record("gsm8k", f"q{i}", False, "3") for i in range(4)]
     for r in recs:
         r["finished"] = False

@@ -98,6 +98,7 @@ def test_two_torchrun_ranks(tmp_path):
     assert (tmp_path / "top.log").read_text() == "top level ran\n" * 2
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("slow,trivial", [(1, 32), (20, 1)])
 def test_threads_with_pathological_checks(slow, trivial):
     """32 threads grade hard pairs while one grades a sum sympy would work on for minutes (and the
@@ -161,6 +162,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.exclusive
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find the worker's children")
 def test_worker_and_its_checks_die_with_a_killed_caller(tmp_path):
     """SIGKILL the caller while a check runs: the worker and the check's process are gone within

@@ -62,7 +62,7 @@ def test_tiny_export_reads_back_as_the_merged_model(tmp_path, quant):
         _check_values(values, want[name].numpy(), kind, quant)
     assert meta["general.architecture"] == "qwen3"
     assert meta["general.file_type"] == (gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
-    expect = {"context_length": 512, "embedding_length": 128, "block_count": 2, "feed_forward_length": 512,
+    expect = {"context_length": 4096, "embedding_length": 128, "block_count": 2, "feed_forward_length": 512,
               "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 32,
               "rope.dimension_count": 32, "rope.freq_base": 10000.0, "attention.layer_norm_rms_epsilon": pytest.approx(1e-6)}
     for key, value in expect.items():

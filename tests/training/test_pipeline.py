@@ -132,6 +132,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(finished_run, tmp_p
     resumed = _run_cli(["train", "--resume", str(tmp_path / "int")], cwd=tmp_path)
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
+    assert "s this time, " in out and " s over the run)" in out  # this command's time, not the run's total
     clean = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_time") and k != "tokens_per_s"} for r in rows]  # noqa: E731
     assert clean(read_jsonl(metrics)) == clean(read_jsonl(finished_run / "grpo" / "metrics.jsonl"))
 
@@ -146,5 +147,5 @@ def test_train_output_warns_and_names_the_next_command(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert out.index("warning: the warm-up ended at") < out.index("grpo ")
-    assert f"next: mathgrpo eval --model {tmp_path / 'r'}" in out
+    assert f"next: mathgrpo eval --model {tmp_path / 'r'} --bench procedural:arith@test\n" in out
     assert "Loading weights" not in out and "Writing model shards" not in out

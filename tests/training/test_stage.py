@@ -73,6 +73,16 @@ def test_ctrl_c_saves_the_step_reached_and_resume_continues_from_it(tmp_path, ca
     assert again.step == 4 and [r["step"] for r in read_jsonl(again.dir / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_the_bar_is_stopped_before_the_ctrl_c_message(tmp_path, capsys):
+    """The progress bar's last frame comes before the interrupted message, never after it."""
+    stage = warm_up(tmp_path, "run.progress=true", kind=Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage.loop()
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert any(x.startswith("warm-up ") for x in lines)  # the bar was drawn
+    assert lines[-1].startswith("sft: interrupted; saved") and lines[-2].startswith("warm-up ")
+
+
 def test_a_non_finite_loss_stops_with_the_stages_advice(tmp_path):
     stage = warm_up(tmp_path, "sft.lr=1e30", "sft.steps=6")
     with pytest.raises(TrainingStopped, match=r"sft step \d: non-finite loss .* Lower sft\.lr; then --resume"):

@@ -137,5 +137,8 @@ def load(spec: str, *, question_field: Optional[str] = None, answer_field: Optio
     """Problems from a local file (see the module docstring)."""
     path = check_path(spec)
     rows = read_rows(path)
+    if not rows:
+        what = "is empty (0 bytes)" if path.stat().st_size == 0 else "holds no rows (blank lines, an empty list or a header alone)"
+        raise DataError(f"{path}: the file {what}; it needs one problem a row, with a question and an answer")
     cols = guess_columns(rows, str(path), question_field, answer_field, solution_field)
     return build_report(spec, rows, cols, id_prefix=path.stem, strict=strict)

@@ -2,9 +2,10 @@
 
 Sources write their solutions with markup of their own: GSM8K puts calculator annotations
 (`<<16-3-4=9>>`) in the text and the answer after `####`; MATH wraps the final answer in `\\boxed{}`
-inside the last sentence; OpenMathReasoning wraps its thinking in `<think>` tags. `clean_solution`
-removes that markup and keeps the words, so the reasoning reads naturally inside any reasoning
-format; the gold answer is written once, by the format, after the reasoning.
+inside the last sentence and draws figures in Asymptote code (`[asy]...[/asy]`); OpenMathReasoning
+wraps its thinking in `<think>` tags. `clean_solution` removes that markup (drawing code whole: it is
+not reasoning) and keeps the words, so the reasoning reads naturally inside any reasoning format; the
+gold answer is written once, by the format, after the reasoning.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .problem import Problem
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")
 _THINK_TAG = re.compile(r"</?think>")
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ASY = re.compile(r"(\s*)\[asy\].*?\[/asy\](\s*)", re.DOTALL)
 
 
 class GoldError(ValueError):
@@ -45,6 +47,11 @@ def strip_calculator(text: str) -> str:
     return _CALCULATOR.sub("", text)
 
 
+def strip_drawings(text: str) -> str:
+    """Text without Asymptote figures (`[asy]...[/asy]`); a figure between paragraphs leaves one paragraph break."""
+    return _ASY.sub(lambda m: "\n\n" if "\n" in m.group(1) + m.group(2) else " ", text)
+
+
 def unwrap_boxed(text: str) -> str:
     """Text with every `\\boxed{X}` / `\\fbox{X}` replaced by `X` (braces balanced)."""
     out, i = [], 0
@@ -64,7 +71,7 @@ def clean_solution(text: Optional[str]) -> Optional[str]:
     """A source's solution as plain reasoning (markup above removed), or None if nothing is left."""
     if text is None:
         return None
-    text = unwrap_boxed(_THINK_TAG.sub("", strip_calculator(text))).strip()
+    text = unwrap_boxed(strip_drawings(_THINK_TAG.sub("", strip_calculator(text)))).strip()
     return text or None
 
 

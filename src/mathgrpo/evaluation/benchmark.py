@@ -153,7 +153,8 @@ def prepare_output(out: Path, cfg: Config, model: ModelRef) -> dict:
     known = saved.get("file_digests", {})
     fingerprint = settings_fingerprint(cfg, model, weights_fingerprint(model.path, cfg.run.seed, known))
     old = saved.get("fingerprint")
-    if old is not None:
+    samples = out / "samples.jsonl"
+    if old is not None and samples.exists() and samples.stat().st_size:  # a run stopped before any sample holds none to keep
         diff = {k: (old.get(k), fingerprint.get(k)) for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)}
         if diff:
             what = "of other weights (the model changed since they were made)" if "weights" in diff else \
@@ -258,13 +259,42 @@ def generate_missing(engine: Any, bench: str, todo: list, cfg: Config, fmt: Form
     return made
 
 
-def check_lengths(prompts: list, tokenizer: Any, cfg: Config, bench: str) -> int:
-    """Warn when prompt + max_new_tokens exceeds model.max_seq_length (few-shot prompts grow long); the longest prompt."""
+def token_limit(cfg: Config, net: Any) -> tuple:
+    """(tokens a prompt and its completion may take, the setting that says so): model.max_seq_length, or the
+    model's own max_position_embeddings where that is smaller (transformers warns past it, then goes on)."""
+    positions = getattr(getattr(net, "config", None), "max_position_embeddings", None)
+    if positions and positions < cfg.model.max_seq_length:
+        return positions, f"the model's max_position_embeddings={positions} (below model.max_seq_length={cfg.model.max_seq_length})"
+    return cfg.model.max_seq_length, f"model.max_seq_length={cfg.model.max_seq_length}"
+
+
+def check_fit(prompts: list, tokenizer: Any, cfg: Config, bench: str, limit: tuple) -> int:
+    """The longest prompt in tokens; EvalError, before anything is generated, when it and the completion budget
+    (rollout.max_new_tokens) do not fit `limit` (`token_limit`): the line names what to change."""
     longest = max((len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
-    if longest + cfg.rollout.max_new_tokens > cfg.model.max_seq_length:
-        notice(f"warning: {bench}: longest prompt is {longest} tokens; + rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
-              f"exceeds model.max_seq_length={cfg.model.max_seq_length} (fewer eval.shots, or raise it if the model allows)")
-    return longest
+    budget = cfg.rollout.max_new_tokens
+    tokens, setting = limit
+    if longest + budget <= tokens:
+        return longest
+    fixes = [f"model.max_seq_length={longest + budget} (if the model allows)"] if setting.startswith("model.") else []
+    if cfg.eval.shots:
+        fixes.append(f"fewer eval.shots (now {cfg.eval.shots})")
+    if longest < tokens:
+        fixes.append(f"rollout.max_new_tokens={tokens - longest}")
+    fixes.append("another --bench (a run's own held-out task is its data.source@test)")
+    raise EvalError(f"{bench}: the longest prompt is {longest} tokens, + rollout.max_new_tokens={budget} is {longest + budget}, "
+                    f"more than {setting}; nothing generated. Try {', or '.join(fixes)}")
+
+
+def fitted_prompts(benches: dict, cfg: Config, fmt: Format, tok: Any, shots: list, limit: tuple) -> dict:
+    """{bench key: (prompts, longest in tokens)} of every benchmark, each checked to fit (`check_fit`) before any
+    benchmark generates."""
+    fitted = {}
+    for spec, report in benches.items():
+        key = bench_key(spec)
+        prompts = prompts_for(report.problems, fmt, tok, cfg.format.template, shots)
+        fitted[key] = (prompts, check_fit(prompts, tok, cfg, key, limit))
+    return fitted
 
 
 # --- the command -------------------------------------------------------------------------------------
@@ -301,6 +331,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     shots = load_shots(cfg, fmt)
     model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "name": model.path})
     net, tok = load_base(model_cfg, seed=cfg.run.seed)
+    fitted = fitted_prompts(benches, cfg, fmt, tok, shots, token_limit(cfg, net))
     engine = make_engine(cfg.rollout.engine, net, tok, stop_token_ids(tok), cfg.rollout.batch_size)
     samples_path = out / "samples.jsonl"
     done = read_samples(samples_path)
@@ -311,9 +342,8 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
             task_progress(cfg.run.progress and main_rank) as progress:
         for spec, report in benches.items():
             key = bench_key(spec)
-            prompts = prompts_for(report.problems, fmt, tok, cfg.format.template, shots)
+            prompts, longest = fitted[key]
             prompts_info[key] = prompt_record(spec, report.problems, prompts, fmt, tok, cfg, shots)
-            longest = check_lengths(prompts, tok, cfg, key)
             todo = [(p, q) for p, q in zip(report.problems, prompts)
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n

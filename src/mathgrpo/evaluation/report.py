@@ -1,21 +1,16 @@
 """Reports of a results folder: `report.md` (plots as PNG files beside it) and a self-contained `report.html`.
 
-A report is a list of blocks (heading, paragraph, table, image, code, folded group) rendered twice,
-once as Markdown and once as HTML with the plots embedded as base64 PNG, so the two never disagree.
-Plots: accuracy per benchmark with 95% intervals (values on the bars), MATH accuracy by level and
-subject, completion length histograms, and the training curves of the run folder the model came
-from (warm-up and GRPO): the key ones first, smoothed and labelled, every other logged number folded.
-Warnings come right after the settings: prompts longer than model.max_seq_length allows, most
-completions cut at max_new_tokens.
+The content of the reports, as blocks that `pages` renders twice (Markdown and one HTML file).
+Sections: results (accuracy per benchmark with 95% intervals, MATH accuracy by level and subject),
+published figures, the samples (a link to samples.jsonl; in the HTML every sample, filterable), completion
+lengths, the training curves of the run folder the model came from (changing ones plotted two to a row,
+constant ones in a table), the prompt, the settings and seeds, the grading. Warnings come right after the
+settings line: prompts longer than model.max_seq_length allows, most completions cut at max_new_tokens.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,115 +22,14 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..tracking import read_jsonl  # noqa: E402
+from .pages import code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
 
 MAX_CURVES = 16  # training-curve panels per figure; the rest are listed by name
+SMOOTH_FROM = 30  # points a curve needs before a moving mean is drawn over it
+CURVE_COLUMNS = 2  # panels a row: each about 600 pixels wide, readable at a normal window width
 EXAMPLES_PER_BENCH = 2
 EXAMPLE_CHARS = 600
-
-
-# --- blocks and their two renderings ---------------------------------------------------------------
-
-
-def h(level: int, text: str) -> tuple:
-    return ("h", level, text)
-
-
-def p(text: str) -> tuple:
-    return ("p", text)
-
-
-def table(headers: list, rows: list) -> tuple:
-    return ("table", headers, rows)
-
-
-def code(text: str) -> tuple:
-    return ("code", text)
-
-
-def fold(summary: str, blocks: list) -> tuple:
-    """Blocks shown folded (HTML <details>), opened on a click."""
-    return ("fold", summary, blocks)
-
-
-def image(name: str, fig: Any) -> tuple:
-    """An image block: the figure as PNG bytes (closed afterwards)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return ("img", name, buf.getvalue())
-
-
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(blocks: list, plot_dir: Path) -> str:
-    """Markdown text; image blocks are written to `plot_dir` and linked relative to the report."""
-    lines = []
-    for b in blocks:
-        if b[0] == "h":
-            lines += ["#" * b[1] + " " + b[2], ""]
-        elif b[0] == "p":
-            lines += [b[1], ""]
-        elif b[0] == "table":
-            lines.append("| " + " | ".join(_md_cell(c) for c in b[1]) + " |")
-            lines.append("|" + "|".join(" --- " for _ in b[1]) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b[2]]
-            lines.append("")
-        elif b[0] == "code":
-            fence = "````" if "```" in b[1] else "```"
-            lines += [fence, b[1], fence, ""]
-        elif b[0] == "img":
-            plot_dir.mkdir(parents=True, exist_ok=True)
-            (plot_dir / f"{b[1]}.png").write_bytes(b[2])
-            lines += [f"![{b[1]}]({plot_dir.name}/{b[1]}.png)", ""]
-        elif b[0] == "fold":
-            lines += [f"<details><summary>{html.escape(b[1])}</summary>", "", to_markdown(b[2], plot_dir), "</details>", ""]
-    return "\n".join(lines)
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}td{white-space:nowrap}td:last-child{white-space:normal}
-code{background:#f3f3f3;padding:0 3px}summary{cursor:pointer;font-weight:600;margin:1em 0}pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}
-img{max-width:100%}"""
-
-
-def _inline_code(text: str) -> str:
-    """`x` (Markdown inline code) as <code>x</code> in already escaped HTML text."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-
-
-def to_html(blocks: list, title: str) -> str:
-    """One self-contained HTML page (no external files: images inline as base64 PNG)."""
-    body = []
-    for b in blocks:
-        if b[0] == "h":
-            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            body.append(f"<p>{_inline_code(html.escape(b[1]))}</p>")
-        elif b[0] == "table":
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b[2])
-            body.append(f"<table><tr>{head}</tr>{rows}</table>")
-        elif b[0] == "code":
-            body.append(f"<pre>{html.escape(b[1])}</pre>")
-        elif b[0] == "img":
-            data = base64.b64encode(b[2]).decode("ascii")
-            body.append(f'<img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">')
-        elif b[0] == "fold":
-            inner = to_html(b[2], "").split("<body>\n", 1)[1].rsplit("\n</body>", 1)[0]
-            body.append(f"<details><summary>{html.escape(b[1])}</summary>\n{inner}\n</details>")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def write_pages(out: Path, stem: str, blocks: list, title: str) -> Path:
-    """Write `<stem>.md` (+ plots/) and `<stem>.html` into `out`; return the HTML path."""
-    (out / f"{stem}.md").write_text(to_markdown(blocks, out / "plots"), encoding="utf-8")
-    path = out / f"{stem}.html"
-    path.write_text(to_html(blocks, title), encoding="utf-8")
-    return path
+SAMPLES_SHOWN = 5000  # samples the HTML browses; samples.jsonl holds them all
 
 
 # --- plots -------------------------------------------------------------------------------------------
@@ -228,64 +122,73 @@ def read_curves(run_dir: Path) -> dict:
     return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
 
 
+def is_constant(ys: list) -> bool:
+    """True when a logged series holds one value throughout (to rounding): a table row, not a panel."""
+    return max(ys) - min(ys) <= 1e-12 * max(1.0, abs(max(ys)), abs(min(ys)))
+
+
 def split_curves(series: dict) -> tuple:
-    """(key curves, other changing curves, {name: value} of the constant others)."""
-    key = {n: s for n, s in series.items() if n.split("/", 1)[1] in KEY_CURVES}
-    rest = {n: s for n, s in series.items() if n not in key}
-    constant = {n: s[1][0] for n, s in rest.items() if len(set(s[1])) == 1}
-    return key, {n: s for n, s in rest.items() if n not in constant}, constant
+    """(key curves, other curves, {name: value} of the constant ones): the first two change over the run."""
+    constant = {n: s[1][0] for n, s in series.items() if is_constant(s[1])}
+    changing = {n: s for n, s in series.items() if n not in constant}
+    key = {n: s for n, s in changing.items() if n.split("/", 1)[1] in KEY_CURVES}
+    return key, {n: s for n, s in changing.items() if n not in key}, constant
 
 
 def smooth(ys: list) -> tuple:
-    """(window, moving average) of a noisy series: a window of about a twentieth of its length, at least 2."""
+    """(window, moving average) of a noisy series: a window of about a twentieth of its length, at least 2; a
+    series of fewer than SMOOTH_FROM points (held-out accuracy now and then, a short run) is left as logged."""
     window = max(2, len(ys) // 20)
-    if len(ys) < 2 * window:
+    if len(ys) < SMOOTH_FROM:
         return 1, np.asarray(ys, dtype=float)
     kernel = np.ones(window) / window
     return window, np.convolve(np.asarray(ys, dtype=float), kernel, mode="valid")
 
 
 def curves_figure(series: dict) -> Any:
-    """Small multiples: one panel per numeric key, value against step (faint: as logged; line: moving mean)."""
+    """Small multiples, CURVE_COLUMNS a row: value against step (faint: as logged; line: moving mean)."""
     names = list(series)[:MAX_CURVES]
-    cols = min(4, len(names))
+    cols = min(CURVE_COLUMNS, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names):
         xs, ys = series[name]
         window, mean = smooth(ys)
         if window > 1:
-            ax.plot(xs, ys, lw=0.8, alpha=0.3, color="#4c72b0")
-            ax.plot(xs[window - 1:], mean, lw=1.4, color="#4c72b0")
+            ax.plot(xs, ys, lw=0.9, alpha=0.3, color="#4c72b0")
+            ax.plot(xs[window - 1:], mean, lw=1.8, color="#4c72b0")
         else:
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, lw=1.2, color="#4c72b0")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel(name.split("/", 1)[1], fontsize=8)
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.6, color="#4c72b0")
+        ax.set_title(name, fontsize=12)
+        ax.set_xlabel("step", fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(set(xs)) == 1:
             ax.set_xlim(xs[0] - 1, xs[0] + 1)  # one step: whole-number ticks around it
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.25)
+    fig.tight_layout(h_pad=1.6, w_pad=2.0)
     return fig
 
 
 def curve_blocks(run_dir: str, curves: dict) -> list:
-    """The training curves: key ones plotted, the other changing ones folded, constant ones named."""
+    """The training curves: the key ones plotted, the other changing ones folded, the constant ones a table."""
     key, rest, constant = split_curves(curves)
-    blocks = [h(2, f"Training curves ({run_dir})"),
-              p("Faint lines are the values as logged; solid lines their moving mean where a run is long enough.")]
+    blocks = [h(2, "Training curves"),
+              p(f"From `{run_dir}`. Faint lines are the values as logged, solid lines their moving mean; a curve of "
+                f"fewer than {SMOOTH_FROM} points (held-out accuracy, a short run) is drawn as logged, with dots.")]
     if key:
         blocks.append(image("training", curves_figure(key)))
-    folded = [image("training-other", curves_figure(rest))] if rest else []
-    if len(rest) > MAX_CURVES:
-        folded.append(p("Not plotted: " + ", ".join(list(rest)[MAX_CURVES:])))
     if constant:
-        folded.append(p("Constant throughout: " + ", ".join(f"{n} = {v:g}" for n, v in constant.items())))
-    if folded:
-        blocks.append(fold(f"Other logged quantities ({len(rest) + len(constant)})", folded))
+        blocks += [p("The same value at every logged step:"),
+                   table(["quantity", "value", "steps logged"],
+                         [[n, f"{v:g}", len(curves[n][0])] for n, v in constant.items()])]
+    if rest:
+        folded = [image("training-other", curves_figure(rest))]
+        if len(rest) > MAX_CURVES:
+            folded.append(p("Not plotted: " + ", ".join(list(rest)[MAX_CURVES:])))
+        blocks.append(fold(f"Other logged quantities ({len(rest)})", folded))
     return blocks
 
 
@@ -421,7 +324,58 @@ def length_warnings(metrics: dict) -> list:
     return out
 
 
-def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> list:
+def samples_blocks(records: dict) -> list:
+    """Every sample (browsable and filterable in the HTML, a link to samples.jsonl), then a right and a wrong
+    one per benchmark in full."""
+    flat = [r for recs in records.values() for r in recs]
+    examples = [b for key, recs in records.items() for b in example_blocks(key, recs)]
+    blocks = [h(2, "Samples"), samples(flat, "samples.jsonl", SAMPLES_SHOWN)]
+    if examples:
+        blocks.append(fold("A right and a wrong sample per benchmark, in full", examples))
+    return blocks
+
+
+# Where each setting a sample depends on (metrics.json's "settings") is set; the others are named as they are.
+SETTING_KEYS = {"model": "--model", "weights": "weights (fingerprint)", "sample_seeds": "sampled completions seeded",
+                "n": "eval.n", "temperature": "rollout.temperature", "top_p": "rollout.top_p",
+                "top_k": "rollout.top_k", "min_p": "rollout.min_p", "max_new_tokens": "rollout.max_new_tokens",
+                "shots": "eval.shots", "shots_source": "eval.shots_source", "format": "format.preset",
+                "system_prompt": "format.system_prompt", "template": "format.template",
+                "instruction": "format.instruction", "seed": "eval.seed (subsets, sampling)"}
+
+
+def settings_blocks(metrics: dict, eval_config: dict, run_dir: Optional[Path]) -> list:
+    """The settings and seeds the samples depend on (and the training run's seeds), as a table; the whole
+    configuration and the training run's configuration folded."""
+    import yaml
+
+    config = eval_config.get("config", {})
+    rows = [[SETTING_KEYS.get(k, k), ("greedy" if k == "temperature" else "none") if v is None else v]
+            for k, v in metrics["settings"].items() if k != "greedy"]
+    rows += [["eval.limit", config.get("eval", {}).get("limit") or "none: every problem"],
+             ["run.seed (built-in model, weights fingerprint)", config.get("run", {}).get("seed", "")],
+             ["engine", metrics.get("engine", "")]]
+    folded = [fold("Full configuration (eval_config.json)", [code(yaml.safe_dump(config, sort_keys=False))])] if config else []
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+        trained = yaml.safe_load(text) or {}
+        rows += [[f"training run's {key}.seed", trained.get(key, {}).get("seed", "")] for key in ("run", "data")]
+        folded.append(fold(f"Training run configuration ({run_dir / 'config.yaml'})", [code(text)]))
+    return [h(2, "Settings"), p("What the samples depend on (a rerun with other values starts a new results folder), "
+                                "and the seeds:"), table(["setting", "value"], rows, text=True)] + folded
+
+
+def prompt_blocks(prompts: dict) -> list:
+    """Per benchmark: zero- or few-shot, the format, and one full prompt (nothing without prompt.json)."""
+    blocks = [h(2, "Prompt")] if prompts else []
+    for key, info in prompts.items():
+        shots = f"{len(info['shots'])} worked examples from {info['shots_source']}" if info["shots"] else "zero-shot"
+        blocks += [p(f"{key}: {shots}; format {info['format']}, {info['template']} template. "
+                     f"Full prompt of {info['example_id']}:"), code(info["example_prompt"] or "")]
+    return blocks
+
+
+def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict, eval_config: Optional[dict] = None) -> list:
     """Every block of the evaluation report, in reading order."""
     benches = metrics["benchmarks"]
     blocks = [h(1, f"Evaluation: {metrics['model']}"), p(_settings_line(metrics))]
@@ -432,17 +386,12 @@ def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> 
     if metrics.get("references", True):
         blocks += reference_blocks({k: m.get("spec", k) for k, m in benches.items()}, metrics["settings"],
                                    (("", metrics.get("model_path", "")),))
+    blocks += samples_blocks(records)
     blocks += [h(2, "Completion length (tokens)"), image("lengths", length_figure(benches))]
     if curves:
         blocks += curve_blocks(metrics["run_dir"], curves)
-    blocks.append(h(2, "Prompt"))
-    for key, info in prompts.items():
-        shots = f"{len(info['shots'])} worked examples from {info['shots_source']}" if info["shots"] else "zero-shot"
-        blocks += [p(f"{key}: {shots}; format {info['format']}, {info['template']} template. "
-                     f"Full prompt of {info['example_id']}:"), code(info["example_prompt"] or "")]
-    blocks.append(h(2, "Examples"))
-    for key, recs in records.items():
-        blocks += example_blocks(key, recs)
+    blocks += prompt_blocks(prompts)
+    blocks += settings_blocks(metrics, eval_config or {}, Path(metrics["run_dir"]) if metrics.get("run_dir") else None)
     g = metrics.get("grading", {})
     blocks += [h(2, "Grading"), p(f"{g.get('checks', 0)} answer checks: {g.get('string', 0)} by string, "
                                   f"{g.get('number', 0)} by number, {g.get('math_verify', 0)} by math-verify, "
@@ -450,21 +399,21 @@ def report_blocks(metrics: dict, records: dict, prompts: dict, curves: dict) -> 
     return blocks
 
 
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
 def write_report(out: Path, records: Optional[dict] = None) -> Path:
     """Write report.md (+ plots/) and report.html for the results folder `out`; return the HTML path."""
     out = Path(out)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    prompts_path = out / "prompt.json"
-    prompts = json.loads(prompts_path.read_text(encoding="utf-8")) if prompts_path.exists() else {}
     records = records if records is not None else read_records(out, metrics)
     curves = read_curves(Path(metrics["run_dir"])) if metrics.get("run_dir") and Path(metrics["run_dir"]).is_dir() else {}
-    return write_pages(out, "report", report_blocks(metrics, records, prompts, curves), f"Evaluation: {metrics['model']}")
+    blocks = report_blocks(metrics, records, _read(out / "prompt.json"), curves, _read(out / "eval_config.json"))
+    return write_pages(out, "report", blocks, f"Evaluation: {metrics['model']}")
 
 
 # --- the comparison report -----------------------------------------------------------------------------
-
-MAX_LISTED = 50  # fixed/broken problems listed per benchmark; the count is always complete
-
 
 def diff_figure(benches: dict) -> Any:
     """B - A accuracy per benchmark with the paired bootstrap 95% interval."""
@@ -481,7 +430,12 @@ def diff_figure(benches: dict) -> Any:
 
 
 def _problem_rows(items: list) -> list:
-    return [[r["id"], r["gold"], r["answer_a"], r["answer_b"], _clip(r["question"], 120)] for r in items[:MAX_LISTED]]
+    return [[r["id"], r["gold"], r["answer_a"], r["answer_b"], _clip(r["question"], 120)] for r in items]
+
+
+def _per_problem(settings: dict) -> str:
+    n = settings["n"]
+    return f"{n} sample{'s' if n != 1 else ''} a problem, {settings['shots']}-shot"
 
 
 def compare_blocks(result: dict) -> list:
@@ -489,8 +443,7 @@ def compare_blocks(result: dict) -> list:
     a, b = result["a"], result["b"]
     benches = result["benchmarks"]
     blocks = [h(1, f"Comparison: {b['model']} (B) vs {a['model']} (A)"),
-              p(f"A: {a['folder']} ({a['settings']['n']} samples/problem, {a['settings']['shots']}-shot). "
-                f"B: {b['folder']} ({b['settings']['n']} samples/problem, {b['settings']['shots']}-shot). "
+              p(f"A: {a['folder']} ({_per_problem(a['settings'])}). B: {b['folder']} ({_per_problem(b['settings'])}). "
                 f"Solved means {result['solved_means']}; the interval is a paired bootstrap over the shared problems.")]
     blocks += [p(f"Warning: {c['warning']}") for c in benches.values() if c["warning"]]
     if result["skipped_benchmarks"]:
@@ -505,13 +458,12 @@ def compare_blocks(result: dict) -> list:
         blocks += reference_blocks(result.get("specs", {k: k for k in benches}), b["settings"],
                                    (("A", a.get("model_path", "")), ("B", b.get("model_path", ""))), against="B")
     for key, c in benches.items():
+        blocks.append(h(2, f"{key}: problems fixed and broken"))
         for kind in ("fixed", "broken"):
             items = c[kind]
-            blocks.append(h(3, f"{key}: {kind} ({len(items)})"))
-            if items:
-                blocks.append(table(["id", "gold", "A answer", "B answer", "question"], _problem_rows(items)))
-            if len(items) > MAX_LISTED:
-                blocks.append(p(f"... and {len(items) - MAX_LISTED} more in compare.json"))
+            inner = [paged(["id", "gold", "A answer", "B answer", "question"], _problem_rows(items), "in compare.json")
+                     if items else p("none")]
+            blocks.append(fold(f"{key}: {kind} ({len(items)})", inner, open_=bool(items)))
     return blocks
 
 

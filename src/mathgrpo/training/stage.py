@@ -151,6 +151,7 @@ class Stage:
                         self.save_checkpoint()
                     if stop.agreed():
                         path = self.save_checkpoint()
+                        progress.close()  # the bar's last frame first: closed later, it would follow the message
                         notice(f"{self.name}: interrupted; saved {path}. Continue with --resume {self.dir.parent}")
                         raise KeyboardInterrupt
         finally:

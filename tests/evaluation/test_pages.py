@@ -1,0 +1,59 @@
+"""Report pages: the same blocks as Markdown and as one offline HTML file; paged tables, the samples browser."""
+
+import re
+
+from mathgrpo.evaluation.pages import PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
+
+
+def sample(i, verdict, bench="gsm8k", finished=True):
+    return {"bench": bench, "id": f"q{i}", "sample": 0, "question": f"question {i} <b>?</b>", "gold": "7",
+            "completion": f"[REASONING]work {i}[ANSWER]{7 if verdict == 'correct' else 3}",
+            "answer": None if verdict == "no answer" else ("7" if verdict == "correct" else "3"),
+            "correct": verdict == "correct", "verdict": verdict, "well_formed": True, "length": 9, "finished": finished}
+
+
+def body_rows(page: str, table_id: str = "") -> list:
+    """The <tr> elements of the body of the first table (or the one with `table_id`)."""
+    start = page.index(f'<table id="{table_id}"') if table_id else page.index("<table")
+    tbody = page[start:].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return re.findall(r"<tr[^>]*>", tbody)
+
+
+def test_long_tables_page_in_html_and_are_cut_in_markdown(tmp_path):
+    rows = [[f"p{i}", i] for i in range(60)]
+    blocks = [h(1, "T"), paged(["id", "n"], rows, "in compare.json")]
+    page = to_html(blocks, "T")
+    assert f'data-page="{PAGE_ROWS}"' in page and len(body_rows(page)) == 60  # all rows there, paged by the script
+    md = to_markdown(blocks, tmp_path / "plots")
+    assert "| p49 | 49 |" in md and "| p50 |" not in md and "... and 10 more in compare.json" in md
+    short = to_html([paged(["id"], [["a"]], "x"), table(["id"], [["b"]])], "S")
+    assert "data-page" not in short.split("<script>")[0]
+
+
+def test_samples_browser_filters_by_benchmark_verdict_end_and_text():
+    records = [sample(0, "correct"), sample(1, "wrong"), sample(2, "no answer", finished=False),
+               sample(3, "wrong", bench="math500")]
+    page = to_html([h(1, "E"), h(2, "Samples"), samples(records, "samples.jsonl", 1000)], "E")
+    assert '<a href="samples.jsonl">samples.jsonl</a>' in page
+    bar = page.split('<div class="filters" data-for="samples-table">', 1)[1].split("</div>", 1)[0]
+    assert re.findall(r'data-key="(\w+)"', bar) == ["bench", "verdict", "ended"]
+    assert '<option value="no answer">' in bar and '<option value="math500">' in bar and 'type="search"' in bar
+    rows = body_rows(page, "samples-table")
+    assert len(rows) == 4 and 'data-verdict="no answer"' in rows[2] and 'data-ended="cut"' in rows[2]
+    assert 'data-bench="math500"' in rows[3]
+    assert "question 0 &lt;b&gt;?&lt;/b&gt;" in page and "<b>?</b>" not in page  # text is escaped
+    one_bench = to_html([samples(records[:3], "samples.jsonl", 2)], "E")
+    assert 'data-key="bench"' not in one_bench and len(body_rows(one_bench, "samples-table")) == 2
+    assert "3 samples" in one_bench and "the first 2 are browsable here" in one_bench
+
+
+def test_html_is_one_offline_file_with_contents_and_folds(tmp_path):
+    blocks = [h(1, "E"), p("`m` ran"), h(2, "Results"), h(2, "Samples"), h(2, "Settings"),
+              fold("Full configuration", [p("x")]), fold("open one", [p("y")], open_=True)]
+    page = to_html(blocks, "E")
+    assert '<nav class="toc"><a href="#results">Results</a><a href="#samples">Samples</a>' in page
+    assert '<h2 id="settings">Settings</h2>' in page and "<code>m</code>" in page
+    assert "<details><summary>Full configuration</summary>" in page and "<details open><summary>open one" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and page.count("<script>") == 1
+    md = to_markdown(blocks + [samples([sample(0, "wrong")], "samples.jsonl", 10)], tmp_path / "plots")
+    assert "1 sample (1 not correct), one JSON line each: [samples.jsonl](samples.jsonl)" in md
