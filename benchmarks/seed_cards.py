@@ -76,6 +76,26 @@ def timed(fn) -> dict:
     return {"seconds": round(time.perf_counter() - t, 2), "peak_gib": round(peak_gib(), 2), **(out or {})}
 
 
+def pick(metrics: dict, keys: tuple) -> dict:
+    """The named metrics of one step (a dict comprehension over `train_step().get(k)` ran a step per key)."""
+    return {k: metrics.get(k) for k in keys}
+
+
+def profiled(fn, path: Path):
+    """fn() under cProfile; the 40 functions of most cumulative time go to `path` (CUDA work shows up in the
+    calls that wait for it)."""
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    out = profile.runcall(fn)
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
+    path.write_text(text.getvalue())
+    return out
+
+
 def probe_hf(grpo, tokens: int) -> dict:
     """transformers generate's time per decode step for the step's 16 sequences, with the cache grown a token at a
     time (dynamic, generate's default) and allocated once at full length (static): which one the GRPO steps use."""
@@ -139,8 +159,10 @@ def one_card(card: str, folder: Path, args) -> dict:
         out["grpo_new_tokens"] = grpo.params.max_new_tokens
         print(f"{card} hf probe: {out['probe']}; GRPO steps at {grpo.params.max_new_tokens} new tokens", flush=True)
     for label in ("first", "warm"):
-        out["grpo"][label] = timed(lambda: {k: grpo.train_step().get(k) for k in (
-            "rollout_time", "logprob_time", "backward_time", "micro_batch_size", "completion_length", "loss_scale")})
+        step = lambda: pick(grpo.train_step(), (  # noqa: E731  one step, its metrics read once
+            "rollout_time", "logprob_time", "backward_time", "micro_batch_size", "completion_length", "loss_scale"))
+        out["grpo"][label] = timed(lambda: profiled(step, args.json.with_name(f"profile-{card}-{label}.txt"))
+                                   if args.profile else step())
         print(f"{card} grpo {label}: {out['grpo'][label]}", flush=True)
     out["engine"], out["dtype"] = grpo.engine.name, str(grpo.precision.dtype)
     del grpo
@@ -154,6 +176,7 @@ def main() -> None:
     parser.add_argument("--cards", nargs="+", default=list(CARDS), choices=list(CARDS))
     parser.add_argument("--tiny", action="store_true", help="a tiny shape on the CPU: checks the script")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--profile", action="store_true", help="GRPO steps under cProfile (profile-*.txt beside --json)")
     parser.add_argument("--probe-tokens", type=int, default=64, help="new tokens of the hf engine's probe")
     parser.add_argument("--max-rollout-s", type=float, default=150.0,
                         help="GRPO's new tokens are cut to what the probe says fits in this many seconds a rollout")
