@@ -166,6 +166,11 @@ class RolloutConfig:
         "after; fastest; in bf16 the merged weights round differently from the learner's separate adapter terms) or "
         "lowrank (the adapter's low-rank terms applied beside each projection, as the learner does).",
     )
+    hf_cache: str = _f(
+        "dynamic",
+        "hf engine's key/value cache: dynamic (transformers' default, grown a token at a time) or static (allocated "
+        "once at its full length per generate call, no compile: fewer reallocations near a card's memory limit).",
+    )
     device_snapshots: Optional[bool] = _f(
         None,
         "Native engine with LoRA: keep the exact copies of the base weights it restores after each merged "
@@ -310,6 +315,7 @@ CHOICES = {
     "grpo.importance_sampling_level": ("token", "sequence"),
     "grpo.sampler_correction": ("none", "tis"),
     "rollout.lora": ("merge", "lowrank"),
+    "rollout.hf_cache": ("dynamic", "static"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
     "rewards.model_normalize": ("none", "group", "batch"),
     # Names the stages define: the formats of data/formats.py (PRESETS), the reward presets of grading/rewards.py

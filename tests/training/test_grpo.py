@@ -212,6 +212,20 @@ def test_rollout_lora_setting_reaches_the_native_engine(tmp_path):
     assert run.train_step()["sampler_gap_max"] < 1e-4
 
 
+def test_rollout_hf_cache_setting_reaches_the_hf_engine(tmp_path):
+    run = make_run(tmp_path, "rollout.engine=hf", "rollout.hf_cache=static")
+    assert run.engine.name == "hf" and run.engine.static_cache
+    m = run.train_step()
+    assert m["sampler_gap_max"] < 1e-4 and m["completion_length"] > 0
+
+
+def test_rollout_hf_cache_refuses_other_values():
+    from mathgrpo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="rollout.hf_cache"):
+        load_config("tiny-cpu", ["rollout.hf_cache=paged"])
+
+
 def test_float16_grpo_keeps_adapters_in_float32_and_logs_the_loss_scale(tmp_path):
     """model.dtype=float16: frozen weights float16, LoRA adapters and AdamW's state float32, the learner's pass under
     autocast, finite steps with the loss scale logged and the sampler gap at float16's noise."""

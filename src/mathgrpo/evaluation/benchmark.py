@@ -332,7 +332,8 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     model_cfg = type(cfg.model)(**{**cfg.model.__dict__, "name": model.path})
     net, tok = load_base(model_cfg, seed=cfg.run.seed)
     fitted = fitted_prompts(benches, cfg, fmt, tok, shots, token_limit(cfg, net))
-    engine = make_engine(cfg.rollout.engine, net, tok, stop_token_ids(tok), cfg.rollout.batch_size)
+    engine = make_engine(cfg.rollout.engine, net, tok, stop_token_ids(tok), cfg.rollout.batch_size,
+                         hf_cache=cfg.rollout.hf_cache)
     samples_path = out / "samples.jsonl"
     done = read_samples(samples_path)
     judge.reset_stats()

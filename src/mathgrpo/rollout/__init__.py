@@ -61,10 +61,11 @@ def choose_engine(name: str, model: Any, lora: str = "merge") -> EngineChoice:
 
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
-                lora: str = "merge", snapshots_on_device: bool = False) -> RolloutEngine:
+                lora: str = "merge", snapshots_on_device: bool = False, hf_cache: str = "dynamic") -> RolloutEngine:
     """The engine a rollout.engine value names (chosen by `choose_engine` with `lora`), or the one an `EngineChoice`
     made, built for its whole life: `batch_size` sequences per generate call (0: all), and whether the native
-    engine keeps its copies of the LoRA-merged base weights on the GPU (`snapshots_on_device`)."""
+    engine keeps its copies of the LoRA-merged base weights on the GPU (`snapshots_on_device`), and the hf engine's
+    key/value cache (`hf_cache`: dynamic or static)."""
     choice = engine if isinstance(engine, EngineChoice) else choose_engine(engine, model, lora)
     if choice.name == "native":
         from .native import NativeEngine
@@ -72,4 +73,4 @@ def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, st
         return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=choice.lora, snapshots_on_device=snapshots_on_device)
     from .hf import HFEngine
 
-    return HFEngine(model, tokenizer, stop_ids, batch_size)
+    return HFEngine(model, tokenizer, stop_ids, batch_size, static_cache=hf_cache == "static")

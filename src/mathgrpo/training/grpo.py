@@ -61,7 +61,7 @@ def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
     choice = choose_engine(r.engine, model, r.lora)
     batch = sizing.rollout_batch_size(choice.shares_prompt_cache)
     snapshots = sizing.snapshots_on_device(choice.snapshot_bytes, choice.shares_prompt_cache, batch)
-    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots)
+    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots, hf_cache=r.hf_cache)
 
 
 class DataOrder:
