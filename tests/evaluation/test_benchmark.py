@@ -263,7 +263,7 @@ def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
     import time
 
     out = tmp_path / "res"
-    argv = [sys.executable, "-m", "mathgrpo", "eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "40",
+    argv = [sys.executable, "-m", "mathgrpo", "eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "120",
             "--output", str(out), "rollout.batch_size=4", "rollout.max_new_tokens=32", "run.progress=false", "run.threads=1"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -276,10 +276,10 @@ def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "run the same command again" in stderr, stderr
     done = len(lines(out / "samples.jsonl"))
-    assert 4 <= done < 40
+    assert 4 <= done < 120  # 120: a starved test process still signals long before the end
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"gsm8k: {done} of 40 samples already in" in rerun.stdout
+    assert f"gsm8k: {done} of 120 samples already in" in rerun.stdout
 
 
 def test_eval_without_model_refuses_the_untrained_tiny_model(tmp_path, capsys):

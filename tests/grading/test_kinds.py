@@ -56,6 +56,7 @@ def test_rows_are_labelled_sourced_and_split_by_the_gold():
 
 
 @pytest.mark.parametrize("split", ["test", "tune"])
+@pytest.mark.exclusive  # a check that hits its time limit on a starved machine counts as a disagreement
 def test_agreement_overall_and_per_source(checked, split):
     """At least 95% agreement overall, and never below plain math-verify, overall or on any source."""
     gc, results = checked
@@ -69,6 +70,7 @@ def test_agreement_overall_and_per_source(checked, split):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("split", ["test", "tune"])
+@pytest.mark.exclusive  # a check that hits its time limit on a starved machine counts as a disagreement
 def test_each_kind_at_least_plain_math_verify(checked, split, kind):
     """Per kind of answer, mathgrpo agrees with the labels at least as often as plain math-verify."""
     entry = checked[1][split]["by_kind"].get(kind)
