@@ -266,7 +266,15 @@ def test_ctrl_c_during_eval_exits_130_with_a_resume_hint(tiny_dir, tmp_path):
     argv = [sys.executable, "-m", "mathgrpo", "eval", "--model", str(tiny_dir), "--bench", "gsm8k", "--limit", "120",
             "--output", str(out), "rollout.batch_size=4", "rollout.max_new_tokens=32", "run.progress=false", "run.threads=1"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def interruptible():
+        """A child inherits an ignored or blocked SIGINT from the test process (the full suite under xdist left it
+        so: the eval ran to its end, exit 0), and Python then raises no KeyboardInterrupt: a terminal's Ctrl-C."""
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     deadline = time.time() + 120
     while not ((out / "samples.jsonl").exists() and (out / "samples.jsonl").read_text().count("\n") >= 4):
         assert proc.poll() is None and time.time() < deadline
