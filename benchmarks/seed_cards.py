@@ -76,9 +76,13 @@ def timed(fn) -> dict:
     return {"seconds": round(time.perf_counter() - t, 2), "peak_gib": round(peak_gib(), 2), **(out or {})}
 
 
-def pick(metrics: dict, keys: tuple) -> dict:
-    """The named metrics of one step (a dict comprehension over `train_step().get(k)` ran a step per key)."""
-    return {k: metrics.get(k) for k in keys}
+GRPO_KEYS = ("rollout_time", "logprob_time", "backward_time", "micro_batch_size", "completion_length", "loss_scale")
+
+
+def grpo_step(grpo) -> dict:
+    """One GRPO step: the metrics of GRPO_KEYS (read from the one step's metrics)."""
+    metrics = grpo.train_step()
+    return {k: metrics.get(k) for k in GRPO_KEYS}
 
 
 def profiled(fn, path: Path):
@@ -159,10 +163,9 @@ def one_card(card: str, folder: Path, args) -> dict:
         out["grpo_new_tokens"] = grpo.params.max_new_tokens
         print(f"{card} hf probe: {out['probe']}; GRPO steps at {grpo.params.max_new_tokens} new tokens", flush=True)
     for label in ("first", "warm"):
-        step = lambda: pick(grpo.train_step(), (  # noqa: E731  one step, its metrics read once
-            "rollout_time", "logprob_time", "backward_time", "micro_batch_size", "completion_length", "loss_scale"))
-        out["grpo"][label] = timed(lambda: profiled(step, args.json.with_name(f"profile-{card}-{label}.txt"))
-                                   if args.profile else step())
+        profile = args.json.with_name(f"profile-{card}-{label}.txt")
+        step = (lambda: profiled(lambda: grpo_step(grpo), profile)) if args.profile else (lambda: grpo_step(grpo))
+        out["grpo"][label] = timed(step)
         print(f"{card} grpo {label}: {out['grpo'][label]}", flush=True)
     out["engine"], out["dtype"] = grpo.engine.name, str(grpo.precision.dtype)
     del grpo

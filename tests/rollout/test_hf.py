@@ -51,8 +51,8 @@ def test_a_static_cache_samples_what_the_growing_cache_samples():
     params = SamplingParams(max_new_tokens=8, temperature=1.0, min_p=0.1)
     seeds = [sequence_seed(4, i) for i in range(6)]
     dynamic = _engine()[0].generate(["07+28=", "5-3="], 3, params, seeds)
-    engine = _engine()[0]
-    engine.static_cache = True
+    engine = make_engine("hf", *build_tiny(seed=5), [1], hf_cache="static")
+    assert engine._generation_kwargs(params)["cache_implementation"] == "static"  # the setting reaches generate
     static = engine.generate(["07+28=", "5-3="], 3, params, seeds)
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
     for s, d in zip(static, dynamic):

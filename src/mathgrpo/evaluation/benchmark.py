@@ -348,9 +348,8 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
             todo = [(p, q) for p, q in zip(report.problems, prompts)
                     if any((key, p.id, s) not in done for s in range(cfg.eval.n))]
             reused = (len(report.problems) - len(todo)) * cfg.eval.n
-            if main_rank:
-                notice(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
-                      f"generating {len(todo) * cfg.eval.n}")
+            notice(f"{key}: {reused} of {len(report.problems) * cfg.eval.n} samples already in {samples_path}; "
+                   f"generating {len(todo) * cfg.eval.n}")
             t0 = time.monotonic()
             made = generate_missing(engine, key, todo, cfg, fmt, log, progress) if todo else 0
             per_bench[key] = {"spec": spec, "bad_rows": len(report.bad_rows), "generated": made, "longest_prompt": longest,
@@ -389,7 +388,7 @@ def apply_model_prompt(cfg: Config, model: ModelRef) -> Optional[dict]:
         return None
     cfg.format.preset, cfg.format.instruction = known["preset"], known["instruction"]
     notice(f"prompt: {model.path} has {known['name']}; format.preset={known['preset']}, "
-          f"format.instruction={known['instruction']} as its card asks (eval.model_prompt=false keeps format.*)")
+           f"format.instruction={known['instruction']} as its card asks (eval.model_prompt=false keeps format.*)")
     return known
 
 
@@ -408,9 +407,8 @@ def run(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = Non
     out = Path(output or cfg.eval.output_dir or default_output_dir(cfg, model))
     world = dist.init()
     settings = prepare_output(out, cfg, model) if world.main else {}
-    if world.main:
-        notice(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
-              + (f" on {world.size} ranks" if world.active else ""))
+    notice(f"model: {model.path}" + (f" (run {model.run_dir})" if model.run_dir else "")
+           + (f" on {world.size} ranks" if world.active else ""))
     dist.barrier()
     t0 = time.monotonic()
     try:

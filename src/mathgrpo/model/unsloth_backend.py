@@ -90,7 +90,7 @@ def import_unsloth() -> Any:
     late = [m for m in ("transformers", "peft") if m in sys.modules and "unsloth" not in sys.modules]
     if late:
         notice(f"unsloth: {', '.join(late)} imported before Unsloth, so some of its patches are missing; "
-              "import mathgrpo.model.unsloth_backend first in scripts")
+               "import mathgrpo.model.unsloth_backend first in scripts")
     try:
         from unsloth import FastLanguageModel
     except Exception as err:  # Unsloth raises ImportError, RuntimeError or NotImplementedError on a bad setup

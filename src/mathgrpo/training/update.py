@@ -145,7 +145,7 @@ class PolicyUpdate:
                     raise
                 torch.cuda.empty_cache()
                 notice(f"grpo: out of GPU memory at {size} sequences of {width} tokens per micro-batch; "
-                      f"retrying the step with {smaller} (kept for later steps)")
+                       f"retrying the step with {smaller} (kept for later steps)")
                 size = smaller
 
     def _accumulate(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> dict:
