@@ -1,7 +1,7 @@
-"""The reporting module: notices are printed by the first rank only, or go where `reporting_to` sends them."""
+"""The reporting module: notices are printed by the first rank only; bars are silent when disabled."""
 
 from mathgrpo import dist, progress
-from mathgrpo.progress import notice, reporting_to
+from mathgrpo.progress import notice
 
 
 def test_a_notice_is_printed_on_the_first_rank_only(capsys, monkeypatch):
@@ -10,17 +10,6 @@ def test_a_notice_is_printed_on_the_first_rank_only(capsys, monkeypatch):
     monkeypatch.setattr(dist, "_WORLD", dist.World(rank=1, size=2))
     notice("rollout: using hf")
     assert capsys.readouterr().out == ""
-
-
-def test_reporting_to_collects_the_notices_of_a_block_then_prints_again(capsys):
-    lines: list = []
-    with reporting_to(lines.append):
-        notice("a")
-        with reporting_to(lambda text: None):
-            notice("dropped")
-        notice("b")
-    notice("c")
-    assert lines == ["a", "b"] and capsys.readouterr().out == "c\n" and progress._sink is None
 
 
 def test_bars_are_silent_when_disabled(capsys):

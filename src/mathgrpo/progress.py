@@ -4,37 +4,19 @@ Jupyter alike.
 Library code never prints. A line worth reading (a fallback taken, a run resumed, a warning) goes through
 `notice`; long work draws a bar with `StepProgress` (steps of a stage) or `task_progress` (samples of a
 benchmark). By default a notice is printed by the first process only, so a run under torchrun says each thing
-once; `reporting_to` sends the notices of a block elsewhere (the API's dry run collects them as its lines).
-Result tables and hints are not notices: the command layer prints those.
+once. Result tables and hints are not notices: the command layer prints those.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-_sink: Optional[Callable[[str], None]] = None  # where notices go; None: printed on the first rank
-
-
 def notice(text: str) -> None:
-    """Tell the person running the tool `text` (one line, or a few)."""
-    if _sink is not None:
-        _sink(text)
-    elif _first_rank():
+    """Tell the person running the tool `text` (one line, or a few), from the first rank only."""
+    if _first_rank():
         print(text, flush=True)
-
-
-@contextmanager
-def reporting_to(sink: Callable[[str], None]) -> Iterator[None]:
-    """Inside the block, notices go to `sink` (on every rank) instead of the terminal."""
-    global _sink
-    previous, _sink = _sink, sink
-    try:
-        yield
-    finally:
-        _sink = previous
 
 
 def _first_rank() -> bool:
