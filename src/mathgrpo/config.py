@@ -173,10 +173,18 @@ class RolloutConfig:
     )
     device_snapshots: Optional[bool] = _f(
         None,
-        "Native engine with LoRA: keep the exact copies of the base weights it restores after each merged "
-        "rollout on the GPU (restoring is a device copy) instead of in pinned host memory (a transfer of every "
-        "merged projection). null = on when the memory plan still fits the rollout batch in one generate call "
-        "beside them; true/false = always/never.",
+        "Native engine with LoRA: keep a copy of the projections on the GPU: the engine's own merged copies, "
+        "q|k|v and gate|up packed (the model's weights are then left alone), instead of merging in place and "
+        "restoring from pinned host memory (a transfer of every merged projection). null = on when the memory "
+        "plan still fits the rollout batch in one generate call beside them; true/false = always/never.",
+    )
+    precision: str = _f(
+        "auto",
+        "Native engine: the precision of the projection weights a rollout reads. auto or bf16: the model's dtype. "
+        "fp8: copies in float8 (e4m3) with a scale per output channel, remade from the merged weights every "
+        "rollout, activations quantized per token (half the bytes a decode step reads; GPUs of compute capability "
+        "8.9+, e.g. L4, H100; refused with the reason elsewhere; needs rollout.lora=merge). The sampler then "
+        "differs more from the learner; grpo.sampler_correction=tis corrects for it.",
     )
 
 
@@ -316,6 +324,7 @@ CHOICES = {
     "grpo.sampler_correction": ("none", "tis"),
     "rollout.lora": ("merge", "lowrank"),
     "rollout.hf_cache": ("dynamic", "static"),
+    "rollout.precision": ("auto", "bf16", "fp8"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
     "rewards.model_normalize": ("none", "group", "batch"),
     # Names the stages define: the formats of data/formats.py (PRESETS), the reward presets of grading/rewards.py

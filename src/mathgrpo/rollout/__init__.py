@@ -25,13 +25,16 @@ class EngineChoice:
     name: str  # hf or native
     lora: str = "merge"  # how the native engine applies LoRA adapters: merge or lowrank
     shares_prompt_cache: bool = False  # a prompt's keys and values are cached once for its n samples
-    snapshot_bytes: int = 0  # device bytes of the base-weight copies it keeps when they stay on the GPU
+    snapshot_bytes: int = 0  # device bytes of the weight copies it keeps when the memory plan grants them
+    precision: str = "auto"  # rollout.precision of the native engine: auto / bf16 (the model's dtype) or fp8
+    copy_bytes: int = 0  # device bytes of the weight copies it makes whatever the plan (FP8 projections)
 
 
-def choose_engine(name: str, model: Any, lora: str = "merge") -> EngineChoice:
+def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "auto") -> EngineChoice:
     """The engine rollout.engine=`name` gives `model` (auto: native on a GPU whose capability runs its kernels, else
     hf; `model.card.choose_engine`); a native engine that cannot run here falls back to hf with a notice saying why.
-    `lora`: how the native engine applies LoRA adapters (merge or lowrank)."""
+    `lora`: how the native engine applies LoRA adapters (merge or lowrank); `precision`: auto / bf16 (the model's
+    dtype) or fp8 (native engine on a GPU of compute capability 8.9+; elsewhere ValueError with the reason)."""
     from .. import dist
     from ..model.card import card_of, choose_engine as card_choice
 
@@ -50,27 +53,35 @@ def choose_engine(name: str, model: Any, lora: str = "merge") -> EngineChoice:
         notice("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
         name = "hf"
     if name == "hf":
+        if precision == "fp8":
+            why = "this model is sharded" if dist.is_sharded(model) else f"rollout.engine is hf here (a {device.type} run)"
+            raise ValueError(f"rollout.precision=fp8 needs the native engine on a GPU; {why}")
         return EngineChoice("hf")
-    from .native import resolve_attention, snapshot_bytes, supports
+    from .native import resolve_attention, snapshot_bytes, supports, weight_copy_bytes
 
     reason = supports(model)
+    if reason and precision == "fp8":
+        raise ValueError(f"rollout.precision=fp8 needs the native engine, which cannot run this model: {reason}")
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")
-    return EngineChoice("native", lora, resolve_attention("auto", device) == "triton", snapshot_bytes(model, lora))
+    return EngineChoice("native", lora, resolve_attention("auto", device) == "triton", snapshot_bytes(model, lora, precision),
+                        precision, weight_copy_bytes(model, precision))
 
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
-                lora: str = "merge", snapshots_on_device: bool = False, hf_cache: str = "dynamic") -> RolloutEngine:
-    """The engine a rollout.engine value names (chosen by `choose_engine` with `lora`), or the one an `EngineChoice`
-    made, built for its whole life: `batch_size` sequences per generate call (0: all), and whether the native
-    engine keeps its copies of the LoRA-merged base weights on the GPU (`snapshots_on_device`), and the hf engine's
-    key/value cache (`hf_cache`: dynamic or static)."""
-    choice = engine if isinstance(engine, EngineChoice) else choose_engine(engine, model, lora)
+                lora: str = "merge", snapshots_on_device: bool = False, hf_cache: str = "dynamic",
+                precision: str = "auto") -> RolloutEngine:
+    """The engine a rollout.engine value names (chosen by `choose_engine` with `lora` and `precision`), or the one
+    an `EngineChoice` made, built for its whole life: `batch_size` sequences per generate call (0: all), whether the
+    native engine keeps its copies of the LoRA-merged weights on the GPU (`snapshots_on_device`), and the hf
+    engine's key/value cache (`hf_cache`: dynamic or static)."""
+    choice = engine if isinstance(engine, EngineChoice) else choose_engine(engine, model, lora, precision)
     if choice.name == "native":
         from .native import NativeEngine
 
-        return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=choice.lora, snapshots_on_device=snapshots_on_device)
+        return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=choice.lora, snapshots_on_device=snapshots_on_device,
+                            precision=choice.precision)
     from .hf import HFEngine
 
     return HFEngine(model, tokenizer, stop_ids, batch_size, static_cache=hf_cache == "static")

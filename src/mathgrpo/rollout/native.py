@@ -1,7 +1,9 @@
 """The `native` engine: static KV cache, one prefill per prompt, a captured decode step, sampling on device.
 
 How one request runs (per chunk of prompts):
-1. LoRA is merged into the base weights (exact restore afterwards) or applied as low-rank terms.
+1. LoRA is merged into the base weights (exact restore afterwards), or into the engine's own packed copies
+   of the projections (q|k|v and gate|up as one matrix each; in FP8 with `precision="fp8"`), or applied as
+   low-rank terms.
 2. The decode step's CUDA graphs for this batch bucket exist or are captured (GPU only).
 3. The distinct prompts are prefilled once, left-padded to a common width P; each prompt's keys and
    values are copied into the cache rows of its n samples, and its last logits give each sample's
@@ -22,11 +24,14 @@ import torch
 
 from ..model.loading import unwrap
 from ..progress import notice
-from . import decode_attention
+from . import decode_attention, fp8
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
+from .packed import Packer, packed_bytes
 from .sampling import filters_active, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
+
+PRECISIONS = ("auto", "bf16", "fp8")  # rollout.precision; auto and bf16: the model's own dtype
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
@@ -76,9 +81,18 @@ def resolve_attention(attention: str, device: torch.device) -> str:
     return attention
 
 
-def snapshot_bytes(model: Any, lora: str) -> int:
-    """Device bytes the engine's copies of the LoRA-merged base weights take when kept on the GPU (0 without merging)."""
-    return merged_weight_bytes(model) if lora == "merge" else 0
+def snapshot_bytes(model: Any, lora: str, precision: str = "auto", pack: Optional[bool] = None) -> int:
+    """Device bytes the engine's copies of the LoRA-merged weights take when the memory plan grants them
+    (snapshots_on_device): the packed projections (`pack` None or True), or exact snapshots of the adapted base
+    weights (`pack` False). 0 without LoRA merging, and with FP8 rollouts, whose copies are `weight_copy_bytes`."""
+    if lora != "merge" or precision == "fp8" or not merged_weight_bytes(model):
+        return 0
+    return merged_weight_bytes(model) if pack is False else packed_bytes(model, fp8_weights=False)
+
+
+def weight_copy_bytes(model: Any, precision: str) -> int:
+    """Device bytes of the weight copies every rollout needs whatever the memory plan: the FP8 projections."""
+    return packed_bytes(model, fp8_weights=True) if precision == "fp8" else 0
 
 
 def compiled(fn: Any) -> Any:
@@ -183,7 +197,14 @@ class NativeEngine(RolloutEngine):
         use_compile: Optional[bool] = None,
         seed: Optional[int] = None,
         check_every: int = 16,
+        precision: str = "auto",
+        pack: Optional[bool] = None,
+        fp8_gemm: Optional[str] = None,
     ) -> None:
+        """precision: auto / bf16 (the model's dtype) or fp8 (packed FP8 copies of the projections, multiplied as
+        `fp8_gemm` says: rowwise by default; emulate runs anywhere, for tests). pack: read packed copies in the
+        model's dtype (True), the model's tensors in place (False), or (None) packed copies exactly when the
+        caller grants device memory for base-weight copies (`snapshots_on_device`): then they take its place."""
         super().__init__(model, tokenizer, stop_ids, batch_size)
         reason = supports(model)
         if reason:
@@ -192,6 +213,9 @@ class NativeEngine(RolloutEngine):
             raise ValueError(f"lora={lora!r}; use merge or lowrank")
         self.lora = lora
         self.device = next(model.parameters()).device
+        self.precision = self._check_precision(precision, fp8_gemm or "rowwise", lora)
+        self.pack = pack
+        self._packer = Packer(fp8_gemm or "rowwise" if self.precision == "fp8" else None)
         cuda = self.device.type == "cuda"
         self.attention = attention = resolve_attention(attention, self.device)
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample
@@ -212,6 +236,19 @@ class NativeEngine(RolloutEngine):
         if self.use_compile:
             self._qkv, self._finish = compiled(project_qkv), compiled(finish_layer)
         self.last_stats: dict = {}
+
+    def _check_precision(self, precision: str, gemm: str, lora: str) -> str:
+        """`precision` when this engine can run it here, else ValueError with the reason in one line."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"rollout.precision={precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision != "fp8":
+            return precision
+        if lora != "merge":
+            raise ValueError("rollout.precision=fp8 quantizes the LoRA-merged weights; use it with rollout.lora=merge")
+        reason = fp8.unsupported_reason(self.device) if gemm != "emulate" else None
+        if reason:
+            raise ValueError(reason)
+        return precision
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -244,24 +281,41 @@ class NativeEngine(RolloutEngine):
         return out
 
     def held_bytes(self) -> int:
-        """Bytes kept on the device for the next call: the KV cache (graphs are captured over it) and the
-        base-weight snapshots of the LoRA merge when they live there."""
-        return (self._cache.nbytes() if self._cache is not None else 0) + self._merger.device_bytes()
+        """Bytes kept on the device for the next call: the KV cache (graphs are captured over it), the
+        base-weight snapshots of the LoRA merge when they live there, and the packed copies."""
+        cache = self._cache.nbytes() if self._cache is not None else 0
+        return cache + self._merger.device_bytes() + self._packer.nbytes()
 
     @property
     def snapshots_on_device(self) -> bool:
-        """Whether the LoRA merge's exact copies of the base weights stay on the GPU (memory for speed; see weights.py)."""
+        """Whether the engine keeps a device copy of the weights besides the model's (memory for speed): the LoRA
+        merge's exact snapshots of the base weights, or in their place (`pack` None) the packed merged projections."""
         return self._merger.on_device
 
+    @property
+    def packs(self) -> bool:
+        """Whether rollouts read the engine's packed copies of the projections rather than the model's tensors."""
+        if self.precision == "fp8":
+            return True
+        if self.pack is not None:
+            return self.pack
+        return self.lora == "merge" and self._merger.on_device
+
     def snapshot_bytes(self) -> int:
-        """Device bytes the snapshots take when kept there, for the model's active adapters (0 without LoRA merging)."""
-        return snapshot_bytes(self.model, self.lora)
+        """Device bytes the copies snapshots_on_device keeps take, for the model's active adapters (module-level
+        `snapshot_bytes`)."""
+        return snapshot_bytes(self.model, self.lora, self.precision, self.pack)
+
+    def weight_copy_bytes(self) -> int:
+        """Device bytes of the weight copies every rollout needs whatever the memory plan: the FP8 projections."""
+        return weight_copy_bytes(self.model, self.precision)
 
     def release(self) -> None:
-        """Free what held_bytes counts: the cache with its graphs, and device snapshots; the next call
-        allocates and captures again (~0.1 s once compiled) and retakes the snapshots (a device copy)."""
+        """Free what held_bytes counts: the cache with its graphs, device snapshots and packed copies; the next
+        call allocates and captures again (~0.1 s once compiled) and retakes the copies (a device pass)."""
         if self._merger.on_device:
             self._merger.drop()
+        self._packer.drop()
         self._release_cache()
 
     def _release_cache(self) -> None:
@@ -279,7 +333,9 @@ class NativeEngine(RolloutEngine):
     @contextmanager
     def _policy(self):
         """The weights to decode with, LoRA included; graphs are dropped when their storage moved."""
-        if self.lora == "merge":
+        if self.packs:
+            yield self._checked(self._packer.pack(self.model, collect(self.model, lowrank=False, previous=self._weights)))
+        elif self.lora == "merge":
             with self._merger.merged(self.model):
                 yield self._checked(collect(self.model, lowrank=False, previous=self._weights))
         else:

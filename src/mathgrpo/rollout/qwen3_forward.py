@@ -13,11 +13,15 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import fp8
 from .weights import LayerWeights, ModelWeights, Proj
 
 
 def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
-    """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them."""
+    """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them; FP8 weights
+    (a `scale` beside them) go through fp8.linear."""
+    if proj.scale is not None:
+        return fp8.linear(x, proj.weight, proj.scale, proj.bias, proj.gemm)
     y = F.linear(x, proj.weight, proj.bias)
     for a, b, scale in proj.lora:
         # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does
@@ -51,9 +55,14 @@ def project_qkv(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, cos: torc
     """Residual stream x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D], rotary applied."""
     bsz, t, _ = x.shape
     h = rms_norm(x, layer.ln1, w.eps)
-    q = linear(h, layer.q).view(bsz, t, w.n_heads, w.head_dim)
-    k = linear(h, layer.k).view(bsz, t, w.n_kv_heads, w.head_dim)
-    v = linear(h, layer.v).view(bsz, t, w.n_kv_heads, w.head_dim)
+    if layer.qkv is not None:  # packed: one GEMM, then the q, k and v columns
+        kv_width = w.n_kv_heads * w.head_dim
+        q, k, v = linear(h, layer.qkv).split([w.n_heads * w.head_dim, kv_width, kv_width], dim=-1)
+    else:
+        q, k, v = linear(h, layer.q), linear(h, layer.k), linear(h, layer.v)
+    q = q.view(bsz, t, w.n_heads, w.head_dim)
+    k = k.view(bsz, t, w.n_kv_heads, w.head_dim)
+    v = v.view(bsz, t, w.n_kv_heads, w.head_dim)
     if layer.q_norm is not None:
         q = rms_norm(q, layer.q_norm, w.eps)
         k = rms_norm(k, layer.k_norm, w.eps)
@@ -65,7 +74,11 @@ def finish_layer(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, attn: to
     """Output projection, residual, post-attention norm, SwiGLU MLP, residual. attn: [B, T, H*D]."""
     x = x + linear(attn, layer.o)
     h = rms_norm(x, layer.ln2, w.eps)
-    return x + linear(F.silu(linear(h, layer.gate)) * linear(h, layer.up), layer.down)
+    if layer.gate_up is not None:  # packed: one GEMM, gate columns then up columns
+        gate, up = linear(h, layer.gate_up).chunk(2, dim=-1)
+    else:
+        gate, up = linear(h, layer.gate), linear(h, layer.up)
+    return x + linear(F.silu(gate) * up, layer.down)
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, fused: bool) -> torch.Tensor:

@@ -10,6 +10,9 @@ own parameter tensors. LoRA is handled in one of two ways, chosen per engine:
   caller has the room (`on_device`): the copy back is then a device copy instead of a transfer of
   every projection's weights over the host link (Qwen3-4B on an H100: 0.11 s less rollout a step).
 - `lowrank`: the forward adds x@A^T@B^T*scale next to each base projection; weights untouched.
+
+A third way, `packed.py`, writes the merged weights into the engine's own copies instead (q|k|v and
+gate|up as one matrix each, in the model's dtype or in FP8) and leaves the model's weights alone.
 """
 
 from __future__ import annotations
@@ -27,26 +30,35 @@ from ..model.loading import unwrap
 class Proj:
     """One linear map y = x W^T + b (+ low-rank LoRA terms when the engine applies them itself)."""
 
-    weight: torch.Tensor  # [out, in] a detached view of the model's parameter
+    weight: torch.Tensor  # [out, in] a detached view of the model's parameter, or the engine's packed copy
     bias: Optional[torch.Tensor] = None  # [out]
     lora: list = field(default_factory=list)  # [(A [r, in], B [out, r], scale)] in lowrank mode
+    scale: Optional[torch.Tensor] = None  # [1, out] float32 when `weight` is FP8: W ~= weight * scale^T
+    gemm: str = ""  # how an FP8 projection multiplies (fp8.GEMMS)
 
 
 @dataclass
 class LayerWeights:
-    """One decoder layer's tensors."""
+    """One decoder layer's tensors. Packed layers (packed.py) carry `qkv` and `gate_up` and no q, k, v, gate, up."""
 
     ln1: torch.Tensor  # [hidden] input RMSNorm weight
-    q: Proj
-    k: Proj
-    v: Proj
+    q: Optional[Proj]
+    k: Optional[Proj]
+    v: Optional[Proj]
     o: Proj
     ln2: torch.Tensor  # [hidden] post-attention RMSNorm weight
-    gate: Proj
-    up: Proj
+    gate: Optional[Proj]
+    up: Optional[Proj]
     down: Proj
     q_norm: Optional[torch.Tensor] = None  # [head_dim] Qwen3 only
     k_norm: Optional[torch.Tensor] = None
+    qkv: Optional[Proj] = None  # [q + k + v outputs, hidden]: q, k and v in one matrix
+    gate_up: Optional[Proj] = None  # [2 x intermediate, hidden]: gate then up
+
+    def projections(self) -> list:
+        """The projections a forward pass reads (packed or not)."""
+        every = (self.q, self.k, self.v, self.qkv, self.o, self.gate, self.up, self.gate_up, self.down)
+        return [p for p in every if p is not None]
 
 
 @dataclass
@@ -70,7 +82,7 @@ class ModelWeights:
         out = [self.embed, self.norm, self.inv_freq]
         for layer in self.layers:
             out += [t for t in (layer.ln1, layer.ln2, layer.q_norm, layer.k_norm) if t is not None]
-            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+            for proj in layer.projections():
                 out += _proj_tensors(proj)
         return out + _proj_tensors(self.lm_head)
 
@@ -80,8 +92,8 @@ class ModelWeights:
 
 
 def _proj_tensors(proj: Proj) -> list:
-    """The weight, bias and low-rank factors of one projection."""
-    out = [proj.weight] + ([proj.bias] if proj.bias is not None else [])
+    """The weight, bias, FP8 scale and low-rank factors of one projection."""
+    out = [proj.weight] + [t for t in (proj.bias, proj.scale) if t is not None]
     return out + [t for a, b, _ in proj.lora for t in (a, b)]
 
 
@@ -98,6 +110,19 @@ def active_lora_terms(module: Any) -> list:
         if name in module.lora_A:
             terms.append((module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), float(module.scaling[name])))
     return terms
+
+
+def merged_weight(module: Any) -> torch.Tensor:
+    """The weight a (PEFT LoRA or plain) linear module applies: base + sum(B @ A * scale) in float32 when an
+    adapter is active, else the base weight itself (detached)."""
+    weight = (module.base_layer if _is_lora(module) else module).weight.detach()
+    terms = active_lora_terms(module)
+    if not terms:
+        return weight
+    merged = weight.to(torch.float32, copy=True)  # a copy also of a float32 weight: the model's stays as it is
+    for a, b, scale in terms:
+        merged.addmm_(b.float(), a.float(), alpha=scale)
+    return merged
 
 
 def _proj(module: Any, lowrank: bool) -> Proj:
@@ -232,10 +257,7 @@ class LoraMerge:
                     weight = module.base_layer.weight
                     snap = self._snapshot(weight)
                     touched.append((weight, snap))
-                    merged = weight.float()
-                    for a, b, scale in terms:
-                        merged.addmm_(b.float(), a.float(), alpha=scale)
-                    weight.copy_(merged.to(weight.dtype))
+                    weight.copy_(merged_weight(module).to(weight.dtype))
             yield
         finally:
             with torch.no_grad():

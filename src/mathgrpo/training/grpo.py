@@ -58,8 +58,8 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
 def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
     """The rollout engine, built with the batch size and the snapshot placement that the memory plan gives the
     engine `rollout.engine` chooses."""
-    choice = choose_engine(r.engine, model, r.lora)
-    batch = sizing.rollout_batch_size(choice.shares_prompt_cache)
+    choice = choose_engine(r.engine, model, r.lora, r.precision)
+    batch = sizing.rollout_batch_size(choice.shares_prompt_cache, choice.copy_bytes)
     snapshots = sizing.snapshots_on_device(choice.snapshot_bytes, choice.shares_prompt_cache, batch)
     return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots, hf_cache=r.hf_cache)
 

@@ -90,12 +90,13 @@ class Sizing:
         new = min(self.cfg.rollout.max_new_tokens, self.cfg.model.max_seq_length)
         return self.plan.rollout_batch(self.cfg.model.max_seq_length, new, group, held=held)
 
-    def rollout_batch_size(self, shares_prompt: bool) -> int:
+    def rollout_batch_size(self, shares_prompt: bool, held: int = 0) -> int:
         """rollout.batch_size, or (0) the most sequences of max_seq_length tokens the memory plan lets one
-        generate call of an engine hold (`shares_prompt`: it caches a prompt once per group), at most a step's."""
+        generate call of an engine hold (`shares_prompt`: it caches a prompt once per group) beside the `held`
+        bytes of weight copies it makes for every call (FP8 rollouts), at most a step's."""
         if self.cfg.rollout.batch_size or self.plan is None:
             return self.cfg.rollout.batch_size
-        fits = self.rollout_fits(shares_prompt)
+        fits = self.rollout_fits(shares_prompt, held)
         if fits < 1:
             raise TrainingStopped(f"{self.plan.summary(self.cfg.model.max_seq_length)}: not one rollout fits. Raise "
                                   "grpo.max_memory_gb, lower model.max_seq_length, or use model.load_in_4bit with model.backend=unsloth")

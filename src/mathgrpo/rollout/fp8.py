@@ -1,0 +1,81 @@
+"""FP8 rollouts: float8_e4m3fn weights with one scale per output channel, activations quantized per token.
+
+A decode step is bound by reading the weights; in FP8 the projections take half the bytes. The GEMM runs
+through `torch._scaled_mm` (tensor cores take FP8 from compute capability 8.9: L4, L40, H100, H200) with the
+row scales of the activations and the column scales of the weights, so y[m, n] = sx[m] sw[n] sum_k xq[m, k]
+wq[n, k]. Three ways to run it (`GEMMS`):
+
+- `rowwise`: one `_scaled_mm` with both scale vectors applied in its epilogue (CUTLASS, bf16 out);
+- `unit`: `_scaled_mm` with unit scales (cuBLASLt, float32 out), the scales applied after (fused by
+  torch.compile into the next elementwise kernel): the same numbers when the row-wise kernel is slow or missing;
+- `emulate`: dequantize and multiply in float32 (any device): the arithmetic the two above approximate,
+  for CPU tests of the whole engine.
+
+The output head and the embedding stay in the model's dtype: the head decides the sampled token and its
+log-prob directly, and its single large GEMM reads as many bytes as four layers, not a fortieth of the step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+TINY = 1e-12  # floor of a scale: an all-zero row quantizes to zeros, not NaN
+GEMMS = ("rowwise", "unit", "emulate")
+MIN_CAPABILITY = (8, 9)
+
+
+def unsupported_reason(device: torch.device) -> Optional[str]:
+    """None where FP8 GEMMs can run on `device`, else one line saying why not."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"rollout.precision=fp8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100); this run is on the {device.type}"
+    if not hasattr(torch, "_scaled_mm"):
+        return f"rollout.precision=fp8 needs torch._scaled_mm, which torch {torch.__version__} lacks"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        return f"rollout.precision=fp8 needs compute capability 8.9 or newer (L4, L40, H100); the {name} is sm_{major}{minor}"
+    return None
+
+
+def quantize_rows(weight: torch.Tensor, out: torch.Tensor, scale: torch.Tensor) -> None:
+    """Write `weight` [N, K] (any float dtype) into `out` [N, K] float8_e4m3fn with one scale per row into
+    `scale` [N] float32: weight ~= out * scale[:, None]. In place, so captured graphs keep their addresses."""
+    w = weight.float()
+    row = (w.abs().amax(dim=1) / E4M3_MAX).clamp_min(TINY)
+    scale.copy_(row)
+    out.copy_((w / row[:, None]).clamp_(-E4M3_MAX, E4M3_MAX))
+
+
+def quantize_tokens(x: torch.Tensor) -> tuple:
+    """x [M, K] -> (float8_e4m3fn [M, K], float32 scales [M, 1]) with x ~= q * scale, one scale per row (token)."""
+    xf = x.float()
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp_min(TINY)
+    return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 values FP8 `q` [N, K] with row scales `scale` ([N] or [N, 1]) stands for."""
+    return q.float() * scale.reshape(-1, 1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], gemm: str) -> torch.Tensor:
+    """x [..., K] @ (weight [N, K] FP8 * scale [1, N])^T + bias, in x's dtype; `gemm` one of GEMMS."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    xq, xs = quantize_tokens(x.reshape(-1, k))
+    if gemm == "rowwise":
+        y = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale, out_dtype=x.dtype).float()
+    elif gemm == "unit":
+        one = torch.ones((), device=x.device, dtype=torch.float32)
+        y = torch._scaled_mm(xq, weight.t(), scale_a=one, scale_b=one, out_dtype=torch.float32) * xs * scale
+    elif gemm == "emulate":
+        y = (xq.float() * xs) @ dequantize(weight, scale).t()
+    else:
+        raise ValueError(f"fp8 gemm={gemm!r}; use one of {', '.join(GEMMS)}")
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*lead, weight.shape[0])
