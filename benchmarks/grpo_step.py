@@ -137,6 +137,12 @@ def phase_ours(args) -> list:
     return rows
 
 
+def phase_ours_fp8(args) -> list:
+    """`phase_ours` with FP8 rollouts (rollout.precision=fp8)."""
+    args.extra = [*args.extra, "rollout.precision=fp8"]
+    return phase_ours(args)
+
+
 def step_row(path: str, label: str, new: int, rows_n: int, m: dict, run=None) -> dict:
     """One table row from a step's metrics."""
     keys = ("step_time", "rollout_time", "reference_time", "logprob_time", "backward_time", "optimizer_time",
@@ -477,7 +483,7 @@ def profile_fwdbwd(model, path: str, name: str, loss=completion_loss, batch: int
     return row
 
 
-PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "capped": phase_capped, "capped_warm": phase_capped,
+PHASES = {"build": lambda a: [build_and_save()], "ours": phase_ours, "ours_fp8": phase_ours_fp8, "capped": phase_capped, "capped_warm": phase_capped,
           "fwdbwd": phase_fwdbwd,
           "trl_peft": phase_trl_peft, "unsloth": phase_unsloth, "unsloth_fwdbwd": phase_unsloth_fwdbwd}
 
@@ -523,6 +529,7 @@ def driver(args) -> None:
     plan = [  # (name, flags, seconds it needs, file)
         ("build", [], 60, step),
         ("ours", [], 90, step),
+        ("ours_fp8", [], 90, step),
         ("capped_warm", ["--cap", "13", "--new", "256", "--warm", "--profile"], 60, step),
         ("capped_warm", ["--cap", "19", "--new", "1024", "--warm"], 70, step),
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
@@ -571,6 +578,12 @@ def print_table(rows: list, card: str) -> None:
         elif "by_category_ms" in r:
             cats = ", ".join(f"{k} {v:.0f}" for k, v in r["by_category_ms"].items())
             print(f"  profile {r['path']} {r['batch']} x {r['seq']}: kernels {r['kernel_ms']:.0f} ms ({cats})")
+    for new in (256, 1024):
+        trl = [r["step_time"] for r in rows if r.get("path") == "TRL + PEFT" and r.get("new_tokens") == new and r.get("step_time")]
+        for r in rows:
+            if trl and r.get("run") == "timed" and r.get("new_tokens") == new and r.get("step_time"):
+                print(f"  TRL + PEFT / {r['path']} {' '.join(r.get('overrides', []))} at {new} new tokens: "
+                      f"{trl[-1] / r['step_time']:.1f}x ({trl[-1]:.2f} s / {r['step_time']:.2f} s)")
 
 
 def main() -> None:
