@@ -138,8 +138,8 @@ def phase_ours(args) -> list:
 
 
 def phase_ours_fp8(args) -> list:
-    """`phase_ours` with FP8 rollouts (rollout.precision=fp8)."""
-    args.extra = [*args.extra, "rollout.precision=fp8"]
+    """`phase_ours` with FP8 rollouts (rollout.precision=fp8, or --precision fp8-kv)."""
+    args.extra = [*args.extra, f"rollout.precision={args.precision}"]
     return phase_ours(args)
 
 
@@ -529,7 +529,8 @@ def driver(args) -> None:
     plan = [  # (name, flags, seconds it needs, file)
         ("build", [], 60, step),
         ("ours", [], 90, step),
-        ("ours_fp8", [], 90, step),
+        ("ours_fp8", ["--precision", "fp8"], 90, step),
+        ("ours_fp8", ["--precision", "fp8-kv"], 90, step),
         ("capped_warm", ["--cap", "13", "--new", "256", "--warm", "--profile"], 60, step),
         ("capped_warm", ["--cap", "19", "--new", "1024", "--warm"], 70, step),
         ("capped", ["--cap", "24", "--new", "1792", "--prompts", "8", "--g", "8"], 70, step),
@@ -598,6 +599,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=PROMPTS)
     p.add_argument("--g", type=int, default=G)
     p.add_argument("--budget", type=float, default=1e9)
+    p.add_argument("--precision", default="fp8", help="ours_fp8 phase: rollout.precision (fp8 or fp8-kv)")
     p.add_argument("--steps", type=int, default=2, help="TRL steps per peer row (the last one is reported)")
     p.add_argument("--no-liger", action="store_true")
     p.add_argument("--warm", action="store_true", help="capped phases: time a second step too")

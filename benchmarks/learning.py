@@ -41,6 +41,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     "hf-fp16": ["rollout.engine=hf", "model.dtype=float16"],
     "native-fp16": ["rollout.engine=native", "model.fused_lora=true", "model.dtype=float16"],
     "fp8": ["rollout.engine=native", "rollout.precision=fp8"],
+    "fp8-kv": ["rollout.engine=native", "rollout.precision=fp8-kv"],
 }
 
 
@@ -66,7 +67,7 @@ def summarise(name: str, variant: str, seed: int, overrides: list, wall: float, 
     return {
         "variant": variant, "engine": "hf" if "rollout.engine=hf" in overrides else "native", "seed": seed,
         "dtype": next((o.split("=")[1] for o in overrides if o.startswith("model.dtype=")), "auto"),
-        "precision": "fp8" if "rollout.precision=fp8" in overrides else "model dtype",
+        "precision": next((o.split("=")[1] for o in overrides if o.startswith("rollout.precision=")), "model dtype"),
         "fused_lora": "model.fused_lora=false" not in overrides, "overrides": overrides,
         "accuracy_before": summary.get("accuracy_before_grpo"), "accuracy_after": summary.get("accuracy_after_grpo"),
         "collapse_step": collapse, "max_truncated_fraction": max((r["truncated_fraction"] for r in steps), default=None),

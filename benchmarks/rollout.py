@@ -183,7 +183,8 @@ def engine_paths(device: str, fp8_gemm: str) -> dict:
         return {"math": {}, "math-packed": {"pack": True}, "math-fp8": {"precision": "fp8", "fp8_gemm": "emulate"}}
     return {"triton": {"attention": "triton", "use_compile": True}, "sdpa": {"attention": "sdpa", "use_compile": False},
             "triton-packed": {"attention": "triton", "use_compile": True, "pack": True},
-            "triton-fp8": {"attention": "triton", "use_compile": True, "precision": "fp8", "fp8_gemm": fp8_gemm}}
+            "triton-fp8": {"attention": "triton", "use_compile": True, "precision": "fp8", "fp8_gemm": fp8_gemm},
+            "triton-fp8-kv": {"attention": "triton", "use_compile": True, "precision": "fp8-kv", "fp8_gemm": fp8_gemm}}
 
 
 def correctness(device: str, dtype: torch.dtype, fp8_gemm: str) -> dict:
@@ -423,13 +424,28 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
     cls.BLOCK_N, cls.NUM_WARPS, cls.NUM_STAGES, cls.TARGET_PROGRAMS = (best["block_n"], best["num_warps"], best["num_stages"],
                                                                       best["target_programs"])
     if good:
+        chosen = {k: best[k] for k in ("block_n", "num_warps", "num_stages", "target_programs")}
         t, err = timed(cls(rows, kv, groups, dim, length, device, torch.bfloat16), False)
-        results.append({**{k: best[k] for k in ("block_n", "num_warps", "num_stages", "target_programs")}, "shared_prompt": False,
-                        "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
+        results.append({**chosen, "shared_prompt": False, "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
+        results.append({**chosen, "kv_fp8": True, **fp8_cache_timing(cls(rows, kv, groups, dim, length, device, torch.bfloat16),
+                                                                   q, prompt, k_new, v_new, pad, slot, ref, unique / 2)})
     for r in sorted(results, key=lambda r: r.get("us", 1e9))[:8] + results[-1:]:
         print("attn", r, flush=True)
     print(f"attn chosen {best} ({len(good)} of {len(results)} settings ran)", flush=True)
     return results
+
+
+def fp8_cache_timing(attn, q, prompt, k_new, v_new, pad, slot, ref, nbytes: float) -> dict:
+    """The kernel over float8 copies of the same caches (a scale per position and head): microseconds inside a
+    CUDA graph, GB/s of `nbytes` (the unique bytes at one byte a value), relative error against the bf16 reference."""
+    from mathgrpo.rollout import fp8
+
+    (pk, pks), (pv, pvs), (k, ks), (v, vs) = (fp8.quantize_tokens(t) for t in (prompt[0], prompt[1], k_new, v_new))
+    scales = tuple(s[..., 0].contiguous() for s in (ks, vs, pks, pvs))
+    call = lambda: attn(q, k, v, pad, slot, (pk, pv, prompt[2], prompt[3]), None, scales)  # noqa: E731
+    err = (call().float() - ref).norm().item() / ref.norm().item()
+    t = graph_time(lambda i: call(), reps=12, replays=5)
+    return {"us": t * 1e6, "GBps": nbytes / t / 1e9, "rel_err": err}
 
 
 def profile_kernels(engine, prompts, n, new, device) -> dict:
@@ -477,9 +493,12 @@ def sampler_gap(model, gens: list, device: str, chunk: int = 2) -> dict:
 PATHS = {  # row label -> NativeEngine keyword arguments (fp8_gemm filled in from the gemm phase)
     "bf16": {"pack": False},
     "fp8": {"precision": "fp8"},
+    "fp8-kv": {"precision": "fp8-kv"},
     "bf16-packed": {"pack": True},
 }
 SHAPES = {"64x(256+1024)": (8, 8), "16x(256+1024)": (4, 4)}  # label -> (prompts, samples per prompt)
+ORDER = [("64x(256+1024)", "bf16"), ("64x(256+1024)", "fp8"), ("64x(256+1024)", "fp8-kv"), ("16x(256+1024)", "bf16"),
+         ("16x(256+1024)", "fp8"), ("16x(256+1024)", "fp8-kv"), ("64x(256+1024)", "bf16-packed"), ("16x(256+1024)", "bf16-packed")]
 NEEDS = {"correctness": 60, "gemm": 40, "attention": 60, "rows": 40, "hf": 90, "variants": 40, "lora": 60}  # seconds
 
 
@@ -573,25 +592,24 @@ def main() -> None:
     report["weight_bytes"] = {p: weight_bytes(model, p) for p in ("bf16", "fp8")}
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, model.config.vocab_size, (prompt_len,), generator=gen).tolist() for _ in range(8)]
-    if "rows" in args.phases:
-        for shape in args.shapes:
+    if "rows" in args.phases:  # one row per (shape, path), most important first
+        for shape, path in [(shape, path) for shape, path in ORDER if shape in args.shapes and path in args.paths]:
             n_prompts, n = SHAPES[shape]
-            for path in args.paths:
-                kw = dict(PATHS[path], **({"fp8_gemm": state["fp8_gemm"]} if path == "fp8" else {}))
+            kw = dict(PATHS[path], **({"fp8_gemm": state["fp8_gemm"]} if path.startswith("fp8") else {}))
 
-                def run_row(path=path, kw=kw, n_prompts=n_prompts, n=n, shape=shape):
-                    row = native_row(model, prompts[:n_prompts], n, new, device, bandwidth, f"native-{path}", **kw)
-                    row["shape"] = shape
-                    if n_prompts * n <= 16:  # the sampler gap of the small rows, against transformers' forward
-                        row["sampler_gap"] = sampler_gap(model, row["_out"], device)
-                    if shape == args.shapes[0] and device == "cuda" and left() > 60:
-                        row["profile_64_new"] = profile_kernels(row["_engine"], prompts[:n_prompts], n, 64, device)
-                    engine = row["_engine"]
-                    add(row)
-                    engine.release()
+            def run_row(path=path, kw=kw, n_prompts=n_prompts, n=n, shape=shape):
+                row = native_row(model, prompts[:n_prompts], n, new, device, bandwidth, f"native-{path}", **kw)
+                row["shape"] = shape
+                if n_prompts * n <= 16:  # the sampler gap of the small rows, against transformers' forward
+                    row["sampler_gap"] = sampler_gap(model, row["_out"], device)
+                if shape == "64x(256+1024)" and device == "cuda" and left() > 90:
+                    row["profile_64_new"] = profile_kernels(row["_engine"], prompts[:n_prompts], n, 64, device)
+                engine = row["_engine"]
+                add(row)
+                engine.release()
 
-                phase(f"rows {shape} {path}", run_row, NEEDS["rows"])
-                peak_reset(device)
+            phase(f"rows {shape} {path}", run_row, NEEDS["rows"])
+            peak_reset(device)
     if "hf" in args.phases:
         for cache in ("dynamic", "static"):
             phase(f"hf-{cache}", lambda cache=cache: add(hf_row(model, prompts, 8, hf_new, device, bandwidth, cache)), NEEDS["hf"])
@@ -643,7 +661,7 @@ def print_table(report: dict) -> None:
     by = {(r["engine"], r.get("shape")): r["tok_s"] for r in report["rows"]}
     for shape in SHAPES:
         base = by.get(("native-bf16", shape))
-        for path in ("fp8", "bf16-packed"):
+        for path in ("fp8", "fp8-kv", "bf16-packed"):
             if base and (f"native-{path}", shape) in by:
                 print(f"  {path} / bf16 at {shape}: {by[(f'native-{path}', shape)] / base:.2f}x")
     for note in report["notes"]:

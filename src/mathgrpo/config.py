@@ -183,7 +183,8 @@ class RolloutConfig:
         "Native engine: the precision of the projection weights a rollout reads. auto or bf16: the model's dtype. "
         "fp8: copies in float8 (e4m3) with a scale per output channel, remade from the merged weights every "
         "rollout, activations quantized per token (half the bytes a decode step reads; GPUs of compute capability "
-        "8.9+, e.g. L4, H100; refused with the reason elsewhere; needs rollout.lora=merge). The sampler then "
+        "8.9+, e.g. L4, H100; refused with the reason elsewhere; needs rollout.lora=merge). fp8-kv: that and the "
+        "KV cache in float8 with a scale per position and head (half the cache's bytes too). The sampler then "
         "differs more from the learner; grpo.sampler_correction=tis corrects for it.",
     )
 
@@ -324,7 +325,7 @@ CHOICES = {
     "grpo.sampler_correction": ("none", "tis"),
     "rollout.lora": ("merge", "lowrank"),
     "rollout.hf_cache": ("dynamic", "static"),
-    "rollout.precision": ("auto", "bf16", "fp8"),
+    "rollout.precision": ("auto", "bf16", "fp8", "fp8-kv"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
     "rewards.model_normalize": ("none", "group", "batch"),
     # Names the stages define: the formats of data/formats.py (PRESETS), the reward presets of grading/rewards.py

@@ -3,6 +3,11 @@ packed and FP8 paths end to end (FP8 GEMMs emulated by dequantizing), and the re
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -162,3 +167,93 @@ def test_fp8_engine_end_to_end_stays_near_the_model():
     ref_tokens = [g.token_ids for g in NativeEngine(model, tok, [tok.eos_token_id]).generate(PROMPTS, 1, greedy)]
     same = sum(a == b for x, y in zip(fp8_tokens, ref_tokens) for a, b in zip(x, y))
     assert same >= 0.5 * sum(map(len, ref_tokens)), (fp8_tokens, ref_tokens)
+
+
+TRITON = subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode == 0
+
+
+def interpreted(script: str) -> None:
+    """Run `script` with Triton's CPU interpreter (the kernel as the GPU runs it, one program at a time).
+
+    Triton 3.6's interpreter needs numpy < 2.4 (numpy 2.4 refuses int() of a one-element array, which the
+    interpreter does for loop bounds: "only 0-dimensional arrays can be converted to Python scalars")."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.skipif(not TRITON, reason="triton not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter tests are for machines without a GPU")
+def test_split_k_kernel_writes_the_new_position_and_reads_float8_caches_interpreted():
+    """The kernel takes the new position's key and value, writes them into the row caches (float8 with their
+    scales under an FP8 cache) and attends them from registers: the result equals the reference attention over
+    the (dequantized) caches with that position filled, although the cache held garbage there before."""
+    interpreted("""
+import torch
+from mathgrpo.rollout import fp8
+from mathgrpo.rollout.decode_attention import SplitKDecode
+from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
+torch.manual_seed(0)
+batch, kv, groups, dim, width, new = 4, 2, 2, 16, 6, 58
+for slot, kv8 in ((20, False), (20, True), (6, True), (40, False)):
+    attn = SplitKDecode(batch, kv, groups, dim, width + new, "cpu", torch.float32)
+    full_k, full_v = torch.randn(batch, kv, width + new, dim), torch.randn(batch, kv, width + new, dim)
+    for lead in (0, 2):
+        full_k[lead + 1, :, :width], full_v[lead + 1, :, :width] = full_k[lead, :, :width], full_v[lead, :, :width]
+    scales = None
+    if kv8:  # what the cache holds is the quantized value: the reference attends the same numbers
+        (kq, ks), (vq, vs) = fp8.quantize_tokens(full_k), fp8.quantize_tokens(full_v)
+        full_k, full_v = kq.float() * ks, vq.float() * vs
+    src, rows = torch.tensor([2, 2, 0, 0]), [2, 0]
+    pk, pv = torch.full((3, kv, width + 2, dim), 3e2), torch.full((3, kv, width + 2, dim), -3e2)
+    pk[rows, :, :width], pv[rows, :, :width] = full_k[[0, 2], :, :width], full_v[[0, 2], :, :width]
+    k, v = full_k[:, :, width:].clone(), full_v[:, :, width:].clone()
+    k[:, :, slot - width:], v[:, :, slot - width:] = 3e2, -3e2  # garbage from the new position on
+    k_new, v_new = full_k[:, :, slot:slot + 1].clone(), full_v[:, :, slot:slot + 1].clone()
+    if kv8:
+        pks, pvs = torch.full((3, kv, width + 2), 1e2), torch.full((3, kv, width + 2), 1e2)
+        pks[rows, :, :width], pvs[rows, :, :width] = ks[[0, 2], :, :width, 0], vs[[0, 2], :, :width, 0]
+        cks, cvs = ks[:, :, width:, 0].clone(), vs[:, :, width:, 0].clone()
+        cks[:, :, slot - width:] = cvs[:, :, slot - width:] = 1e2
+        pk, pv, k, v = (t.to(fp8.E4M3) for t in (pk / pks[..., None], pv / pvs[..., None], k / cks[..., None], v / cvs[..., None]))
+        scales = (cks, cvs, pks, pvs)
+    q = torch.randn(batch, kv * groups, 1, dim)
+    pad = torch.tensor([1, 1, 0, 0])
+    out = attn(q, k, v, pad, torch.tensor([slot]), (pk, pv, src, torch.tensor([width])), (k_new, v_new), scales)
+    valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
+    ref = grouped_attention(q, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
+    assert (out - ref).abs().max() < 1e-4, (slot, kv8, (out - ref).abs().max())
+    written_k = k[:, :, slot - width].float() * (scales[0][:, :, slot - width, None] if kv8 else 1)
+    assert torch.allclose(written_k, k_new[:, :, 0], atol=1e-6), (slot, kv8)
+print("ok")
+""")
+
+
+@pytest.mark.skipif(not TRITON, reason="triton not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter tests are for machines without a GPU")
+def test_engine_with_a_float8_kv_cache_stays_near_the_model_interpreted():
+    """The engine with its KV cache in FP8 (Triton attention, interpreted) and with FP8 weights as well
+    (rollout.precision=fp8-kv, GEMMs emulated): sampled tokens' log-probs near the float32 model's."""
+    interpreted("""
+import torch
+import sys
+sys.path.insert(0, "TESTS")
+from test_native import PROMPTS, learner_gap, sharpen
+from mathgrpo.model.tiny import build_tiny
+from mathgrpo.rollout.base import SamplingParams
+from mathgrpo.rollout.native import NativeEngine
+model, tok = build_tiny(0)
+sharpen(model, std=0.05)
+params = SamplingParams(max_new_tokens=10, temperature=1.0)
+gaps = {}
+for label, kw in (("math", {"attention": "math"}), ("kv8", {"attention": "triton", "kv_cache": "fp8"}),
+                  ("fp8-kv", {"attention": "triton", "precision": "fp8-kv", "fp8_gemm": "emulate"})):
+    engine = NativeEngine(model, tok, [], seed=3, **kw)
+    gaps[label] = learner_gap(model, engine.generate(PROMPTS[:2], 2, params)).mean().item()
+    if label != "math":
+        assert engine._cache.k.dtype == torch.float8_e4m3fn and engine._cache.ks is not None
+print(gaps)
+assert gaps["math"] < 1e-4 < gaps["kv8"] < 0.1 and gaps["kv8"] < gaps["fp8-kv"] < 0.2, gaps
+print("ok")
+""".replace("TESTS", str(Path(__file__).resolve().parent)))

@@ -26,7 +26,7 @@ class EngineChoice:
     lora: str = "merge"  # how the native engine applies LoRA adapters: merge or lowrank
     shares_prompt_cache: bool = False  # a prompt's keys and values are cached once for its n samples
     snapshot_bytes: int = 0  # device bytes of the weight copies it keeps when the memory plan grants them
-    precision: str = "auto"  # rollout.precision of the native engine: auto / bf16 (the model's dtype) or fp8
+    precision: str = "auto"  # rollout.precision of the native engine: auto / bf16 (the model's dtype), fp8 or fp8-kv
     copy_bytes: int = 0  # device bytes of the weight copies it makes whatever the plan (FP8 projections)
 
 
@@ -34,7 +34,7 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     """The engine rollout.engine=`name` gives `model` (auto: native on a GPU whose capability runs its kernels, else
     hf; `model.card.choose_engine`); a native engine that cannot run here falls back to hf with a notice saying why.
     `lora`: how the native engine applies LoRA adapters (merge or lowrank); `precision`: auto / bf16 (the model's
-    dtype) or fp8 (native engine on a GPU of compute capability 8.9+; elsewhere ValueError with the reason)."""
+    dtype), fp8 or fp8-kv (native engine on a GPU of compute capability 8.9+; elsewhere ValueError with the reason)."""
     from .. import dist
     from ..model.card import card_of, choose_engine as card_choice
 
@@ -53,15 +53,15 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
         notice("rollout: the native engine reads whole weights and this model is sharded (run.parallel=fsdp); using hf")
         name = "hf"
     if name == "hf":
-        if precision == "fp8":
+        if precision.startswith("fp8"):
             why = "this model is sharded" if dist.is_sharded(model) else f"rollout.engine is hf here (a {device.type} run)"
-            raise ValueError(f"rollout.precision=fp8 needs the native engine on a GPU; {why}")
+            raise ValueError(f"rollout.precision={precision} needs the native engine on a GPU; {why}")
         return EngineChoice("hf")
     from .native import resolve_attention, snapshot_bytes, supports, weight_copy_bytes
 
     reason = supports(model)
-    if reason and precision == "fp8":
-        raise ValueError(f"rollout.precision=fp8 needs the native engine, which cannot run this model: {reason}")
+    if reason and precision.startswith("fp8"):
+        raise ValueError(f"rollout.precision={precision} needs the native engine, which cannot run this model: {reason}")
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")

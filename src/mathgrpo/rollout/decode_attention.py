@@ -5,7 +5,9 @@ the group in one tile, so grouped heads cost no repeated keys. Each row's filled
 [pad_b, slot] (read from device tensors, so one captured graph serves every length) are cut into
 equal splits. The prompt part may live in a cache of its own with one row per prompt (the G samples
 of a prompt then share its keys in memory and in the reads) and the completion part in the rows'
-cache. A second kernel merges the splits (log-sum-exp weights).
+cache. The program whose split holds the new position also writes that position's key and value into
+the cache (no separate copy kernel per layer). The caches may hold float8 keys and values with one scale
+per position and head (`scales`). A second kernel merges the splits (log-sum-exp weights).
 Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
 """
 
@@ -30,40 +32,62 @@ def available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _attend_range(q, k_base, v_base, stride_ks, stride_vs, lo, hi, m, l, acc, scale_log2,
-                      D: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Fold positions [lo, hi) of one cache row into the running (max, sum, accumulator)."""
+    def _attend_range(q, k_base, v_base, stride_ks, stride_vs, ks_base, vs_base, lo, hi, m, l, acc, scale_log2,
+                      D: tl.constexpr, BLOCK_N: tl.constexpr, KV_FP8: tl.constexpr):
+        """Fold positions [lo, hi) of one cache row into the running (max, sum, accumulator). KV_FP8: the row
+        holds float8 keys and values with one float32 scale per position at ks_base / vs_base."""
         offs_d = tl.arange(0, D)
         for n0 in range(lo, hi, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             valid = offs_n < hi
             k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale_log2
+            if KV_FP8:
+                s = s * tl.load(ks_base + offs_n, mask=valid, other=0.0)[None, :]
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, 1))
             alpha = tl.exp2(m - m_new)
             p = tl.exp2(s - m_new[:, None])
             l = l * alpha + tl.sum(p, 1)
             v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            if KV_FP8:
+                p = p * tl.load(vs_base + offs_n, mask=valid, other=0.0)[None, :]
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
             m = m_new
         return m, l, acc
 
     @triton.jit
+    def _store_new(x, ptr, scale_ptr, KV_FP8: tl.constexpr):
+        """Write the float32 vector x [D] to the cache at ptr (float8 with its scale at scale_ptr under KV_FP8);
+        returns the values later steps will read back, as float32."""
+        if KV_FP8:
+            scale = tl.maximum(tl.max(tl.abs(x), 0) / 448.0, 1e-12)
+            stored = tl.minimum(tl.maximum(x / scale, -448.0), 448.0).to(ptr.dtype.element_ty)
+            tl.store(ptr, stored)
+            tl.store(scale_ptr, scale)
+            return stored.to(tl.float32) * scale
+        stored = x.to(ptr.dtype.element_ty)
+        tl.store(ptr, stored)
+        return stored.to(tl.float32)
+
+    @triton.jit
     def _partial_kernel(
-        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L,
+        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L, KNEW, VNEW, KS, VS, PKS, PVS,
         stride_qb, stride_qh, stride_pkb, stride_pkh, stride_pks, stride_pvb, stride_pvh, stride_pvs,
         stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+        stride_knb, stride_knh, stride_vnb, stride_vnh, stride_ksb, stride_ksh, stride_pksb, stride_pksh,
         scale_log2,
         KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-        BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr,
+        BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, HAS_NEW: tl.constexpr, KV_FP8: tl.constexpr,
     ):
         """Unnormalised attention of one (sequence, kv head) over one split of its filled positions.
 
         The filled positions [pad_b, slot] are cut into NSPLIT equal splits (balanced whatever the
         fill). Positions below WIDTH (the prompt) are read from row SRC[b] of the prompt cache PK/PV,
         so the G samples of a prompt read the same addresses (served from L2); position p >= WIDTH
-        is slot p - WIDTH of row b of the completion cache K/V.
+        is slot p - WIDTH of row b of the completion cache K/V. HAS_NEW: the key and value of position
+        slot come in KNEW / VNEW; the split that holds slot writes them into K / V (no separate copy
+        kernel) and attends them from registers, the others never read that slot.
         """
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -76,7 +100,10 @@ if triton is not None:
         per_split = tl.cdiv(tl.cdiv(end - pad, NSPLIT), BLOCK_N) * BLOCK_N
         lo = pad + split * per_split
         hi = tl.minimum(lo + per_split, end)
-        mid = tl.maximum(lo, tl.minimum(width, hi))
+        read_hi = hi
+        if HAS_NEW:
+            read_hi = tl.minimum(hi, end - 1)  # the new position comes from registers
+        mid = tl.maximum(lo, tl.minimum(width, read_hi))
         offs_g = tl.arange(0, GP)
         offs_d = tl.arange(0, D)
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
@@ -84,12 +111,33 @@ if triton is not None:
         l = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, D], tl.float32)
         m, l, acc = _attend_range(q, PK + src * stride_pkb + h * stride_pkh, PV + src * stride_pvb + h * stride_pvh,
-                                  stride_pks, stride_pvs, lo, mid, m, l, acc, scale_log2, D, BLOCK_N)
+                                  stride_pks, stride_pvs, PKS + src * stride_pksb + h * stride_pksh,
+                                  PVS + src * stride_pksb + h * stride_pksh, lo, mid, m, l, acc, scale_log2, D, BLOCK_N, KV_FP8)
         row_b = b.to(tl.int64)
         shift = width.to(tl.int64)  # completion slot = position - width
+        scales = row_b * stride_ksb + h * stride_ksh - shift
         m, l, acc = _attend_range(q, K + row_b * stride_kb + h * stride_kh - shift * stride_ks,
                                   V + row_b * stride_vb + h * stride_vh - shift * stride_vs,
-                                  stride_ks, stride_vs, mid, hi, m, l, acc, scale_log2, D, BLOCK_N)
+                                  stride_ks, stride_vs, KS + scales, VS + scales, mid, read_hi, m, l, acc, scale_log2,
+                                  D, BLOCK_N, KV_FP8)
+        if HAS_NEW:
+            last = end - 1
+            if (lo <= last) & (last < hi):
+                slot_off = (last - width).to(tl.int64)
+                k_new = tl.load(KNEW + row_b * stride_knb + h * stride_knh + offs_d).to(tl.float32)
+                v_new = tl.load(VNEW + row_b * stride_vnb + h * stride_vnh + offs_d).to(tl.float32)
+                own_scale = row_b * stride_ksb + h * stride_ksh + slot_off
+                k_new = _store_new(k_new, K + row_b * stride_kb + h * stride_kh + slot_off * stride_ks + offs_d,
+                                   KS + own_scale, KV_FP8)
+                v_new = _store_new(v_new, V + row_b * stride_vb + h * stride_vh + slot_off * stride_vs + offs_d,
+                                   VS + own_scale, KV_FP8)
+                s_new = tl.sum(q.to(tl.float32) * k_new[None, :], 1) * scale_log2
+                m_new = tl.maximum(m, s_new)
+                alpha = tl.exp2(m - m_new)
+                p_new = tl.exp2(s_new - m_new)
+                l = l * alpha + p_new
+                acc = acc * alpha[:, None] + p_new[:, None] * v_new[None, :]
+                m = m_new
         row = (pid * NSPLIT + split) * GP + offs_g
         tl.store(M + row, m)
         tl.store(L + row, l)
@@ -143,6 +191,7 @@ class SplitKDecode:
         self.out = torch.empty(batch, kv_heads * groups * head_dim, device=device, dtype=dtype)
         self.own_rows = torch.arange(batch, device=device)
         self.no_prefix = torch.zeros(1, dtype=torch.long, device=device)
+        self.no_scales = torch.zeros(1, 1, 1, dtype=torch.float32, device=device)  # stands in for the FP8 scales
 
     def __call__(
         self,
@@ -152,27 +201,38 @@ class SplitKDecode:
         pad: torch.Tensor,
         slot: torch.Tensor,
         prompt: Optional[tuple] = None,
+        new: Optional[tuple] = None,
+        scales: Optional[tuple] = None,
     ) -> torch.Tensor:
         """q [B, H, 1, D]; caches [B, KV, S, D]; positions [pad_b, slot] attended. Returns [B, 1, H*D].
 
         prompt: (k [P, KV, W, D], v, src [B], width [1]) with src and width device tensors: positions
         below width are read from row src[b] of these prompt caches, and position p >= width from
         slot p - width of the row's own cache. By default every position is the row's own slot p.
+        new: (k, v) [B, KV, 1, D] of position slot, which the kernel writes into the row caches itself
+        (None: the caches hold it already).
+        scales: float8 caches' per-position scales (k [B, KV, S], v, prompt k [P, KV, W], prompt v), float32.
         """
         bsz = q.shape[0]
         pk, pv, src, width = prompt if prompt is not None else (k_cache, v_cache, self.own_rows[:bsz], self.no_prefix)
         qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim).contiguous()
-        assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv))
+        k_new, v_new = (t.contiguous() if t.stride(-1) != 1 else t for t in new) if new is not None else (qg, qg)
+        ks, vs, pks, pvs = scales if scales is not None else (self.no_scales,) * 4
+        assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv, ks, vs, pks, pvs))
+        assert ks.stride(0) == vs.stride(0) and ks.stride(1) == vs.stride(1) and pks.stride()[:2] == pvs.stride()[:2]
         scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
         grid = (bsz * self.kv_heads, self.nsplit)
         _partial_kernel[grid](
-            qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l,
+            qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l, k_new, v_new, ks, vs, pks, pvs,
             qg.stride(0), qg.stride(1), pk.stride(0), pk.stride(1), pk.stride(2), pv.stride(0), pv.stride(1), pv.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), ks.stride(0), ks.stride(1),
+            pks.stride(0), pks.stride(1),
             scale_log2,
             KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
-            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
+            BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, HAS_NEW=new is not None, KV_FP8=scales is not None,
+            num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
         )
         out = self.out[:bsz]
         _combine_kernel[(bsz * self.kv_heads,)](

@@ -52,7 +52,8 @@ def quantize_rows(weight: torch.Tensor, out: torch.Tensor, scale: torch.Tensor) 
 
 
 def quantize_tokens(x: torch.Tensor) -> tuple:
-    """x [M, K] -> (float8_e4m3fn [M, K], float32 scales [M, 1]) with x ~= q * scale, one scale per row (token)."""
+    """x [..., K] -> (float8_e4m3fn [..., K], float32 scales [..., 1]) with x ~= q * scale, one scale per vector
+    along the last axis (a token's activations; a cached key of one head)."""
     xf = x.float()
     scale = (xf.abs().amax(dim=-1, keepdim=True) / E4M3_MAX).clamp_min(TINY)
     return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale

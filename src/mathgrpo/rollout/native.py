@@ -31,7 +31,7 @@ from .packed import Packer, packed_bytes
 from .sampling import filters_active, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
-PRECISIONS = ("auto", "bf16", "fp8")  # rollout.precision; auto and bf16: the model's own dtype
+PRECISIONS = ("auto", "bf16", "fp8", "fp8-kv")  # rollout.precision; auto and bf16: the model's own dtype
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
@@ -85,14 +85,14 @@ def snapshot_bytes(model: Any, lora: str, precision: str = "auto", pack: Optiona
     """Device bytes the engine's copies of the LoRA-merged weights take when the memory plan grants them
     (snapshots_on_device): the packed projections (`pack` None or True), or exact snapshots of the adapted base
     weights (`pack` False). 0 without LoRA merging, and with FP8 rollouts, whose copies are `weight_copy_bytes`."""
-    if lora != "merge" or precision == "fp8" or not merged_weight_bytes(model):
+    if lora != "merge" or precision.startswith("fp8") or not merged_weight_bytes(model):
         return 0
     return merged_weight_bytes(model) if pack is False else packed_bytes(model, fp8_weights=False)
 
 
 def weight_copy_bytes(model: Any, precision: str) -> int:
     """Device bytes of the weight copies every rollout needs whatever the memory plan: the FP8 projections."""
-    return packed_bytes(model, fp8_weights=True) if precision == "fp8" else 0
+    return packed_bytes(model, fp8_weights=True) if precision.startswith("fp8") else 0
 
 
 def compiled(fn: Any) -> Any:
@@ -125,8 +125,9 @@ class _Slab:
     """
 
     def __init__(self, w: ModelWeights, batch: int, groups: int, width: int, new: int, stops: list,
-                 triton_attention: bool) -> None:
+                 triton_attention: bool, kv_fp8: bool = False) -> None:
         device, dtype = w.embed.device, w.embed.dtype
+        cache_dtype = fp8.E4M3 if kv_fp8 else dtype  # kv_fp8 (Triton layout only): one float32 scale a position
         kv = (len(w.layers), batch, w.n_kv_heads)
         # lengths in steps of 128, so that nearby requests reuse the cache
         prompt_len, new_len = (_up128(width), _up128(new)) if triton_attention else (width, _up128(width + new) - width)
@@ -136,11 +137,15 @@ class _Slab:
         self.pk = self.pv = None
         if triton_attention:
             prompt_shape = (len(w.layers), groups, w.n_kv_heads, prompt_len, w.head_dim)
-            self.pk = torch.zeros(prompt_shape, device=device, dtype=dtype)
-            self.pv = torch.zeros(prompt_shape, device=device, dtype=dtype)
+            self.pk = torch.zeros(prompt_shape, device=device, dtype=cache_dtype)
+            self.pv = torch.zeros(prompt_shape, device=device, dtype=cache_dtype)
         row_len = new_len if triton_attention else self.length
-        self.k = torch.zeros(kv + (row_len, w.head_dim), device=device, dtype=dtype)
-        self.v = torch.zeros(kv + (row_len, w.head_dim), device=device, dtype=dtype)
+        self.k = torch.zeros(kv + (row_len, w.head_dim), device=device, dtype=cache_dtype)
+        self.v = torch.zeros(kv + (row_len, w.head_dim), device=device, dtype=cache_dtype)
+        self.ks = self.vs = self.pks = self.pvs = None  # [layers, rows, kv, slots] scales of float8 caches
+        if kv_fp8:
+            self.ks, self.vs = (torch.zeros(kv + (row_len,), device=device) for _ in range(2))
+            self.pks, self.pvs = (torch.zeros(prompt_shape[:-1], device=device) for _ in range(2))
         self.tok = torch.zeros(batch, dtype=torch.long, device=device)  # [B] token fed to the next step
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)  # [B] leading pad slots per row
         self.slot = torch.zeros(1, dtype=torch.long, device=device)  # position the next step writes
@@ -158,6 +163,12 @@ class _Slab:
             groups_per_kv = w.n_heads // w.n_kv_heads
             self.splitk = decode_attention.SplitKDecode(batch, w.n_kv_heads, groups_per_kv, w.head_dim, self.length, device, dtype)
         self.graphs: dict = {}
+
+    def scales(self, layer: int) -> Optional[tuple]:
+        """The float8 caches' scales of one layer as the attention kernel takes them (None: caches in the model's dtype)."""
+        if self.ks is None:
+            return None
+        return self.ks[layer], self.vs[layer], self.pks[layer], self.pvs[layer]
 
     def rewind(self) -> None:
         """State for a step at position 0 with no prompt (warm-up and capture scribble from there; a
@@ -200,11 +211,13 @@ class NativeEngine(RolloutEngine):
         precision: str = "auto",
         pack: Optional[bool] = None,
         fp8_gemm: Optional[str] = None,
+        kv_cache: Optional[str] = None,
     ) -> None:
-        """precision: auto / bf16 (the model's dtype) or fp8 (packed FP8 copies of the projections, multiplied as
-        `fp8_gemm` says: rowwise by default; emulate runs anywhere, for tests). pack: read packed copies in the
-        model's dtype (True), the model's tensors in place (False), or (None) packed copies exactly when the
-        caller grants device memory for base-weight copies (`snapshots_on_device`): then they take its place."""
+        """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections, multiplied as
+        `fp8_gemm` says: rowwise by default; emulate runs anywhere, for tests) or fp8-kv (that and the KV cache in
+        FP8). pack: read packed copies in the model's dtype (True), the model's tensors in place (False), or (None)
+        packed copies exactly when the caller grants device memory for base-weight copies (`snapshots_on_device`):
+        then they take its place. kv_cache: fp8 keeps the KV cache in FP8 whatever the weights (Triton attention)."""
         super().__init__(model, tokenizer, stop_ids, batch_size)
         reason = supports(model)
         if reason:
@@ -215,10 +228,16 @@ class NativeEngine(RolloutEngine):
         self.device = next(model.parameters()).device
         self.precision = self._check_precision(precision, fp8_gemm or "rowwise", lora)
         self.pack = pack
-        self._packer = Packer(fp8_gemm or "rowwise" if self.precision == "fp8" else None)
+        self.fp8_weights = self.precision in ("fp8", "fp8-kv")
+        self._packer = Packer(fp8_gemm or "rowwise" if self.fp8_weights else None)
         cuda = self.device.type == "cuda"
         self.attention = attention = resolve_attention(attention, self.device)
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample
+        self.kv_fp8 = kv_cache == "fp8" or self.precision == "fp8-kv"
+        if self.kv_fp8 and attention != "triton":
+            raise ValueError(f"an FP8 KV cache is read by the Triton attention kernel only (attention={attention} here)")
+        if self.kv_fp8 and fp8.unsupported_reason(self.device) and self.device.type == "cuda":
+            raise ValueError(fp8.unsupported_reason(self.device))
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
         self.check_every = check_every
@@ -241,10 +260,10 @@ class NativeEngine(RolloutEngine):
         """`precision` when this engine can run it here, else ValueError with the reason in one line."""
         if precision not in PRECISIONS:
             raise ValueError(f"rollout.precision={precision!r}; use one of {', '.join(PRECISIONS)}")
-        if precision != "fp8":
+        if not precision.startswith("fp8"):
             return precision
         if lora != "merge":
-            raise ValueError("rollout.precision=fp8 quantizes the LoRA-merged weights; use it with rollout.lora=merge")
+            raise ValueError(f"rollout.precision={precision} quantizes the LoRA-merged weights; use it with rollout.lora=merge")
         reason = fp8.unsupported_reason(self.device) if gemm != "emulate" else None
         if reason:
             raise ValueError(reason)
@@ -295,7 +314,7 @@ class NativeEngine(RolloutEngine):
     @property
     def packs(self) -> bool:
         """Whether rollouts read the engine's packed copies of the projections rather than the model's tensors."""
-        if self.precision == "fp8":
+        if self.fp8_weights:
             return True
         if self.pack is not None:
             return self.pack
@@ -368,7 +387,7 @@ class NativeEngine(RolloutEngine):
         # One cache at a time: a cache held for another batch size would sit beside this one in
         # memory the budget did not plan for (seen: a 16-row cache next to a 48-row one at 24 GiB).
         self._release_cache()
-        self._cache = _Slab(w, batch, groups, width, new, self.stop_ids, self.attention == "triton")
+        self._cache = _Slab(w, batch, groups, width, new, self.stop_ids, self.attention == "triton", self.kv_fp8)
         return self._cache
 
     def _attn_len(self, slab: _Slab, slot: int) -> int:
@@ -388,14 +407,13 @@ class NativeEngine(RolloutEngine):
             valid = (ar[None] >= slab.pad[:, None]) & (ar[None] <= slab.slot)
             mask = additive_mask(valid[:, None, None], w.embed.dtype)  # [B, 1, 1, L]
 
-        write = slab.slot if slab.pk is None else slab.slot - slab.width  # the row cache's slot for this position
-
         def attend(i, q, k, v):
             kc, vc = slab.k[i], slab.v[i]
-            kc.index_copy_(2, write, k)
-            vc.index_copy_(2, write, v)
-            if slab.splitk is not None:
-                return slab.splitk(q, kc, vc, slab.pad, slab.slot, (slab.pk[i], slab.pv[i], slab.src, slab.width))
+            if slab.splitk is not None:  # the kernel writes the new k, v into the cache itself
+                return slab.splitk(q, kc, vc, slab.pad, slab.slot, (slab.pk[i], slab.pv[i], slab.src, slab.width), (k, v),
+                                   slab.scales(i))
+            kc.index_copy_(2, slab.slot, k)
+            vc.index_copy_(2, slab.slot, v)
             return grouped_attention(q, kc[:, :, :attn_len], vc[:, :, :attn_len], mask, self.attention == "sdpa")
 
         logits = decode_layers(w, slab.tok, positions, attend, self._qkv, self._finish)
@@ -469,6 +487,10 @@ class NativeEngine(RolloutEngine):
         rows = len(prompt_ids) * n
 
         def store(i, k, v):
+            if slab.pks is not None:  # float8 cache: one scale per position and head
+                (k, k_scale), (v, v_scale) = fp8.quantize_tokens(k), fp8.quantize_tokens(v)
+                slab.pks[i, : len(prompt_ids), :, :width] = k_scale[..., 0]
+                slab.pvs[i, : len(prompt_ids), :, :width] = v_scale[..., 0]
             if slab.pk is not None:
                 slab.pk[i, : len(prompt_ids), :, :width] = k
                 slab.pv[i, : len(prompt_ids), :, :width] = v
