@@ -63,12 +63,12 @@ if triton is not None:
         if KV_FP8:
             scale = tl.maximum(tl.max(tl.abs(x), 0) / 448.0, 1e-12)
             stored = tl.minimum(tl.maximum(x / scale, -448.0), 448.0).to(ptr.dtype.element_ty)
-            tl.store(ptr, stored)
             tl.store(scale_ptr, scale)
-            return stored.to(tl.float32) * scale
-        stored = x.to(ptr.dtype.element_ty)
+        else:
+            scale = 1.0
+            stored = x.to(ptr.dtype.element_ty)
         tl.store(ptr, stored)
-        return stored.to(tl.float32)
+        return stored.to(tl.float32) * scale
 
     @triton.jit
     def _partial_kernel(
