@@ -106,6 +106,9 @@ def test_rollout_batch_from_the_setting_or_the_plan(qwen3_4b):
     assert Sizing(cfg, plan).rollout_batch_size(True) == 64 > Sizing(cfg, plan).rollout_batch_size(False)
     with pytest.raises(TrainingStopped, match="not one rollout fits"):
         Sizing(cfg, plan_memory(qwen3_4b, 8 * GIB)).rollout_batch_size(True)
+    # weight copies the engine makes for every call (FP8 rollouts) come out of the rollout's share, GiB for GiB
+    assert Sizing(cfg, plan).rollout_batch_size(True, 2 * GIB) == 24 < Sizing(cfg, plan).rollout_batch_size(True, GIB) == 48
+    assert Sizing(cfg, plan_memory(qwen3_4b, 14 * GIB)).rollout_batch_size(True, 2 * GIB) == 48
 
 
 def test_offload_is_wanted_only_when_a_step_does_not_fit(qwen3_4b):
