@@ -104,6 +104,18 @@ def test_fp8_is_refused_with_a_reason_where_it_cannot_run(monkeypatch):
     assert fp8.unsupported_reason(torch.device("cuda")) is None
 
 
+def test_fp8_gemm_ways_per_projection():
+    from mathgrpo.rollout.packed import fp8_ways
+
+    assert fp8_ways(None) is None
+    assert fp8_ways("unit") == {"qkv": "unit", "o": "unit", "gate_up": "unit", "down": "unit"}
+    assert fp8_ways({"down": "unit"}) == {"qkv": fp8.DEFAULT_WAY, "o": fp8.DEFAULT_WAY, "gate_up": fp8.DEFAULT_WAY, "down": "unit"}
+    with pytest.raises(ValueError, match="names"):
+        fp8_ways({"mlp": "unit"})
+    with pytest.raises(ValueError, match="gemm"):
+        fp8_ways("fast")
+
+
 def test_config_takes_precision_and_refuses_other_values():
     assert load_config("tiny-cpu", []).rollout.precision == "auto"
     assert load_config("tiny-cpu", ["rollout.precision=fp8"]).rollout.precision == "fp8"

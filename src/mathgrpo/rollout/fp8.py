@@ -25,6 +25,7 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 TINY = 1e-12  # floor of a scale: an all-zero row quantizes to zeros, not NaN
 GEMMS = ("rowwise", "unit", "emulate")
+DEFAULT_WAY = "rowwise"  # benchmarks/rollout.py's gemm phase times the ways per projection on the card
 MIN_CAPABILITY = (8, 9)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -27,7 +27,7 @@ from ..progress import notice
 from . import decode_attention, fp8
 from .base import Generation, RolloutEngine, SamplingParams
 from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
-from .packed import Packer, packed_bytes
+from .packed import Packer, fp8_ways, packed_bytes
 from .sampling import filters_active, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
@@ -210,11 +210,12 @@ class NativeEngine(RolloutEngine):
         check_every: int = 16,
         precision: str = "auto",
         pack: Optional[bool] = None,
-        fp8_gemm: Optional[str] = None,
+        fp8_gemm: Union[None, str, dict] = None,
         kv_cache: Optional[str] = None,
     ) -> None:
         """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections, multiplied as
-        `fp8_gemm` says: rowwise by default; emulate runs anywhere, for tests) or fp8-kv (that and the KV cache in
+        `fp8_gemm` says: a way of fp8.GEMMS for all, or {packed name: way}; fp8.DEFAULT_WAY by default; emulate runs
+        anywhere, for tests) or fp8-kv (that and the KV cache in
         FP8). pack: read packed copies in the model's dtype (True), the model's tensors in place (False), or (None)
         packed copies exactly when the caller grants device memory for base-weight copies (`snapshots_on_device`):
         then they take its place. kv_cache: fp8 keeps the KV cache in FP8 whatever the weights (Triton attention)."""
@@ -226,10 +227,11 @@ class NativeEngine(RolloutEngine):
             raise ValueError(f"lora={lora!r}; use merge or lowrank")
         self.lora = lora
         self.device = next(model.parameters()).device
-        self.precision = self._check_precision(precision, fp8_gemm or "rowwise", lora)
+        ways = fp8_ways(fp8_gemm or fp8.DEFAULT_WAY)
+        self.precision = self._check_precision(precision, set(ways.values()) == {"emulate"}, lora)
         self.pack = pack
         self.fp8_weights = self.precision in ("fp8", "fp8-kv")
-        self._packer = Packer(fp8_gemm or "rowwise" if self.fp8_weights else None)
+        self._packer = Packer(ways if self.fp8_weights else None)
         cuda = self.device.type == "cuda"
         self.attention = attention = resolve_attention(attention, self.device)
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample
@@ -256,7 +258,7 @@ class NativeEngine(RolloutEngine):
             self._qkv, self._finish = compiled(project_qkv), compiled(finish_layer)
         self.last_stats: dict = {}
 
-    def _check_precision(self, precision: str, gemm: str, lora: str) -> str:
+    def _check_precision(self, precision: str, emulated: bool, lora: str) -> str:
         """`precision` when this engine can run it here, else ValueError with the reason in one line."""
         if precision not in PRECISIONS:
             raise ValueError(f"rollout.precision={precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -264,7 +266,7 @@ class NativeEngine(RolloutEngine):
             return precision
         if lora != "merge":
             raise ValueError(f"rollout.precision={precision} quantizes the LoRA-merged weights; use it with rollout.lora=merge")
-        reason = fp8.unsupported_reason(self.device) if gemm != "emulate" else None
+        reason = None if emulated else fp8.unsupported_reason(self.device)
         if reason:
             raise ValueError(reason)
         return precision

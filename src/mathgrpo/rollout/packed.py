@@ -15,7 +15,7 @@ of a merged base take), half of that in FP8.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -71,19 +71,35 @@ def _signature(layers: list) -> tuple:
     return tuple(sig)
 
 
-class Packer:
-    """Packed, merged copies of the projections (module docstring), in the model's dtype or FP8 (`gemm` set)."""
+def fp8_ways(gemm: Union[None, str, dict]) -> Optional[dict]:
+    """{packed name: FP8 GEMM way} from one way for all (a str) or a mapping (names left out: fp8.DEFAULT_WAY);
+    None stays None (copies in the model's dtype)."""
+    if gemm is None:
+        return None
+    ways = {name: gemm for name, _, _ in PACKS} if isinstance(gemm, str) else {name: fp8.DEFAULT_WAY for name, _, _ in PACKS}
+    if isinstance(gemm, dict):
+        unknown = set(gemm) - set(ways)
+        if unknown:
+            raise ValueError(f"fp8 gemm names {sorted(unknown)}; use {', '.join(ways)}")
+        ways.update(gemm)
+    bad = {way for way in ways.values() if way not in fp8.GEMMS}
+    if bad:
+        raise ValueError(f"fp8 gemm={sorted(bad)}; use one of {', '.join(fp8.GEMMS)}")
+    return ways
 
-    def __init__(self, gemm: Optional[str] = None) -> None:
-        if gemm is not None and gemm not in fp8.GEMMS:
-            raise ValueError(f"fp8 gemm={gemm!r}; use one of {', '.join(fp8.GEMMS)}")
-        self.gemm = gemm  # None: copies in the model's dtype; else FP8 multiplied this way
+
+class Packer:
+    """Packed, merged copies of the projections (module docstring), in the model's dtype or FP8 (`gemm` set: one
+    way for every projection, or a {packed name: way} mapping, as fp8_ways reads it)."""
+
+    def __init__(self, gemm: Union[None, str, dict] = None) -> None:
+        self.ways = fp8_ways(gemm)  # None: copies in the model's dtype
         self._packs: Optional[list] = None  # per layer {name: Proj over the buffers}
         self._signature: Optional[tuple] = None
 
     @property
     def fp8(self) -> bool:
-        return self.gemm is not None
+        return self.ways is not None
 
     def nbytes(self) -> int:
         """Bytes of the buffers now held."""
@@ -117,13 +133,14 @@ class Packer:
             weights = [_base(m).weight for m in modules]
             rows, cols = sum(t.shape[0] for t in weights), weights[0].shape[1]
             device, dtype = weights[0].device, weights[0].dtype
-            if self.fp8 and self.gemm != "emulate" and (rows % 16 or cols % 16):
+            way = self.ways[name] if self.fp8 else ""
+            if self.fp8 and way != "emulate" and (rows % 16 or cols % 16):
                 raise ValueError(f"rollout.precision=fp8: the {name} projection is {rows} x {cols}; FP8 GEMMs need multiples of 16")
             weight = torch.empty(rows, cols, device=device, dtype=fp8.E4M3 if self.fp8 else dtype)
             scale = torch.empty(1, rows, device=device, dtype=torch.float32) if self.fp8 else None
             has_bias = any(_base(m).bias is not None for m in modules)
             bias = torch.zeros(rows, device=device, dtype=dtype) if has_bias else None
-            packs[name] = Proj(weight, bias, scale=scale, gemm=self.gemm or "")
+            packs[name] = Proj(weight, bias, scale=scale, gemm=way)
         return packs
 
     def _fill(self, proj: Proj, modules: list) -> None:
