@@ -166,6 +166,19 @@ def check_device(cfg: Config) -> Check:
     return Check("model.device", m.device, f"cuda ({torch.cuda.get_device_name(0)})" if have and m.device != "cpu" else "cpu")
 
 
+def check_precision(cfg: Config) -> Check:
+    """rollout.precision=fp8 / fp8-kv: the native engine, merged LoRA and a GPU that multiplies FP8 (8.9+)."""
+    import torch
+
+    from .rollout.fp8 import precision_problem
+
+    r, m = cfg.rollout, cfg.model
+    gpu = torch.cuda.is_available() and m.device != "cpu"
+    device = torch.device(m.device if m.device.startswith("cuda") else "cuda" if gpu else "cpu")
+    problem = precision_problem(r.precision, r.engine, r.lora, device)
+    return Check("rollout.precision", r.precision, None if problem else f"rollouts in {r.precision}", problem)
+
+
 GIB = 1024**3
 
 
@@ -323,6 +336,8 @@ def training_checks(cfg: Config, stages: tuple) -> list:
     jobs: list = [lambda: check_model(cfg.model.name), lambda: check_device(cfg), lambda: check_memory(cfg)]
     if cfg.rewards.model and "grpo" in stages and cfg.grpo.enabled:
         jobs.append(lambda: check_reward_model(cfg.rewards.model))
+    if cfg.rollout.precision.startswith("fp8") and "grpo" in stages and cfg.grpo.enabled:
+        jobs.append(lambda: check_precision(cfg))
     jobs.append(lambda: check_source(held, "test", "data.heldout_source" if d.heldout_source else "data.source (held-out)"))
     uses_train = ("grpo" in stages and cfg.grpo.enabled) or ("sft" in stages and cfg.sft.enabled and not cfg.sft.source)
     if uses_train:

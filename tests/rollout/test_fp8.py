@@ -92,16 +92,20 @@ def test_fp8_is_refused_with_a_reason_where_it_cannot_run(monkeypatch):
         make_engine("hf", model, tok, [1], precision="fp8")
     with pytest.raises(ValueError, match="native engine"):
         make_engine("auto", model, tok, [1], precision="fp8")  # auto on a CPU is hf
-    with pytest.raises(ValueError, match="lora=merge"):
+    with pytest.raises(ValueError, match="rollout.lora=merge"):
         NativeEngine(model, tok, [], precision="fp8", lora="lowrank", fp8_gemm="emulate")
     with pytest.raises(ValueError, match="precision"):
         NativeEngine(model, tok, [], precision="int4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     assert fp8.unsupported_reason(torch.device("cuda")) == (
-        "rollout.precision=fp8 needs compute capability 8.9 or newer (L4, L40, H100); the NVIDIA A100-SXM4-80GB is sm_80")
+        "FP8 needs compute capability 8.9 or newer (L4, L40, H100); the NVIDIA A100-SXM4-80GB is sm_80")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert fp8.unsupported_reason(torch.device("cuda")) is None
+    assert "rollout.engine=native" in fp8.precision_problem("fp8-kv", "hf", "merge", torch.device("cuda"))
+    assert "rollout.lora=merge" in fp8.precision_problem("fp8", "native", "lowrank", torch.device("cuda"))
+    assert fp8.precision_problem("fp8", "auto", "merge", torch.device("cuda")) is None
+    assert fp8.precision_problem("bf16", "hf", "lowrank", torch.device("cpu")) is None
 
 
 def test_fp8_gemm_ways_per_projection():
@@ -114,6 +118,17 @@ def test_fp8_gemm_ways_per_projection():
         fp8_ways({"mlp": "unit"})
     with pytest.raises(ValueError, match="gemm"):
         fp8_ways("fast")
+
+
+def test_preflight_refuses_fp8_before_a_run_starts():
+    """On this CPU machine `mathgrpo train rollout.precision=fp8` stops in preflight with the device's reason."""
+    from mathgrpo.preflight import check_precision, training_checks
+
+    cfg = load_config("tiny-cpu", ["rollout.precision=fp8"])
+    check = check_precision(cfg)
+    assert check.setting == "rollout.precision" and "compute capability 8.9" in check.problem and "cpu" in check.problem
+    assert check_precision(load_config("tiny-cpu", [])).problem is None
+    assert any(c.setting == "rollout.precision" and c.problem for c in training_checks(cfg, ("grpo",)))
 
 
 def test_config_takes_precision_and_refuses_other_values():

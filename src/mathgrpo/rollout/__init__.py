@@ -55,13 +55,13 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     if name == "hf":
         if precision.startswith("fp8"):
             why = "this model is sharded" if dist.is_sharded(model) else f"rollout.engine is hf here (a {device.type} run)"
-            raise ValueError(f"rollout.precision={precision} needs the native engine on a GPU; {why}")
+            raise ValueError(f"rollout.precision={precision}: FP8 rollouts need the native engine on a GPU; {why}")
         return EngineChoice("hf")
     from .native import resolve_attention, snapshot_bytes, supports, weight_copy_bytes
 
     reason = supports(model)
     if reason and precision.startswith("fp8"):
-        raise ValueError(f"rollout.precision={precision} needs the native engine, which cannot run this model: {reason}")
+        raise ValueError(f"rollout.precision={precision}: FP8 rollouts need the native engine, which cannot run this model: {reason}")
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")

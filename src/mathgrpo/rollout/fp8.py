@@ -33,13 +33,28 @@ def unsupported_reason(device: torch.device) -> Optional[str]:
     """None where FP8 GEMMs can run on `device`, else one line saying why not."""
     device = torch.device(device)
     if device.type != "cuda":
-        return f"rollout.precision=fp8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100); this run is on the {device.type}"
+        return f"FP8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100); this run is on the {device.type}"
     if not hasattr(torch, "_scaled_mm"):
-        return f"rollout.precision=fp8 needs torch._scaled_mm, which torch {torch.__version__} lacks"
+        return f"FP8 needs torch._scaled_mm, which torch {torch.__version__} lacks"
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < MIN_CAPABILITY:
         name = torch.cuda.get_device_name(device)
-        return f"rollout.precision=fp8 needs compute capability 8.9 or newer (L4, L40, H100); the {name} is sm_{major}{minor}"
+        return f"FP8 needs compute capability 8.9 or newer (L4, L40, H100); the {name} is sm_{major}{minor}"
+    return None
+
+
+def precision_problem(precision: str, engine: str, lora: str, device: torch.device, emulated: bool = False) -> Optional[str]:
+    """None when rollout.precision can run with this engine setting, LoRA mode and device, else one line saying
+    why not (`emulated`: FP8 GEMMs emulated, tests only: no device requirement)."""
+    if not precision.startswith("fp8"):
+        return None
+    reason = None if emulated else unsupported_reason(device)
+    if reason:
+        return reason
+    if engine == "hf":
+        return "FP8 rollouts need rollout.engine=native (or auto on a GPU); hf generates in the model's dtype"
+    if lora != "merge":
+        return "FP8 rollouts quantize the LoRA-merged weights; use rollout.lora=merge"
     return None
 
 

@@ -239,7 +239,7 @@ class NativeEngine(RolloutEngine):
         if self.kv_fp8 and attention != "triton":
             raise ValueError(f"an FP8 KV cache is read by the Triton attention kernel only (attention={attention} here)")
         if self.kv_fp8 and fp8.unsupported_reason(self.device) and self.device.type == "cuda":
-            raise ValueError(fp8.unsupported_reason(self.device))
+            raise ValueError(f"an FP8 KV cache: {fp8.unsupported_reason(self.device)}")
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
         self.check_every = check_every
@@ -262,13 +262,9 @@ class NativeEngine(RolloutEngine):
         """`precision` when this engine can run it here, else ValueError with the reason in one line."""
         if precision not in PRECISIONS:
             raise ValueError(f"rollout.precision={precision!r}; use one of {', '.join(PRECISIONS)}")
-        if not precision.startswith("fp8"):
-            return precision
-        if lora != "merge":
-            raise ValueError(f"rollout.precision={precision} quantizes the LoRA-merged weights; use it with rollout.lora=merge")
-        reason = None if emulated else fp8.unsupported_reason(self.device)
-        if reason:
-            raise ValueError(reason)
+        problem = fp8.precision_problem(precision, "native", lora, self.device, emulated)
+        if problem:
+            raise ValueError(f"rollout.precision={precision}: {problem}")
         return precision
 
     # ---- public API -------------------------------------------------------------------------
