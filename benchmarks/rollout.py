@@ -482,7 +482,8 @@ def profile_kernels(engine, prompts, n, new, device) -> dict:
     for e in kernels:
         by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e6
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:12]
-    return {"wall_s": wall, "kernel_s": busy, "kernel_frac": busy / wall, "steps": engine.last_stats["decode_steps"],
+    steps = max(1, engine.last_stats["decode_steps"])
+    return {"wall_s": wall, "kernel_s": busy, "kernel_frac": busy / wall, "steps": steps, "kernels_per_step": len(kernels) / steps,
             "top_kernels_s": [[name[:90], round(t, 4)] for name, t in top]}
 
 
