@@ -213,12 +213,12 @@ class NativeEngine(RolloutEngine):
         fp8_gemm: Union[None, str, dict] = None,
         kv_cache: Optional[str] = None,
     ) -> None:
-        """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections, multiplied as
-        `fp8_gemm` says: a way of fp8.GEMMS for all, or {packed name: way}; fp8.DEFAULT_WAY by default; emulate runs
-        anywhere, for tests) or fp8-kv (that and the KV cache in
-        FP8). pack: read packed copies in the model's dtype (True), the model's tensors in place (False), or (None)
-        packed copies exactly when the caller grants device memory for base-weight copies (`snapshots_on_device`):
-        then they take its place. kv_cache: fp8 keeps the KV cache in FP8 whatever the weights (Triton attention)."""
+        """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections) or fp8-kv (that
+        and the KV cache in FP8). fp8_gemm: how FP8 projections multiply, one of fp8.GEMMS for all or {packed name:
+        way} (fp8.DEFAULT_WAY by default; emulate runs anywhere, for tests). pack: read packed copies in the model's
+        dtype (True), the model's tensors in place (False), or (None) packed copies exactly when the caller grants
+        device memory for base-weight copies (`snapshots_on_device`): then they take its place. kv_cache: fp8 keeps
+        the KV cache in FP8 whatever the weights (Triton attention only)."""
         super().__init__(model, tokenizer, stop_ids, batch_size)
         reason = supports(model)
         if reason:
