@@ -3,9 +3,6 @@ packed and FP8 paths end to end (FP8 GEMMs emulated by dequantizing), and the re
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -213,23 +210,8 @@ def test_fp8_engine_end_to_end_stays_near_the_model():
     assert same >= 0.5 * sum(map(len, ref_tokens)), (fp8_tokens, ref_tokens)
 
 
-TRITON = subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode == 0
-
-
-def interpreted(script: str) -> None:
-    """Run `script` with Triton's CPU interpreter (the kernel as the GPU runs it, one program at a time).
-
-    Triton 3.6's interpreter needs numpy < 2.4 (numpy 2.4 refuses int() of a one-element array, which the
-    interpreter does for loop bounds: "only 0-dimensional arrays can be converted to Python scalars")."""
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
-
-
-@pytest.mark.skipif(not TRITON, reason="triton not installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter tests are for machines without a GPU")
-def test_split_k_kernel_writes_the_new_position_and_reads_float8_caches_interpreted():
+@pytest.mark.triton_interpreter
+def test_split_k_kernel_writes_the_new_position_and_reads_float8_caches_interpreted(interpreted):
     """The kernel takes the new position's key and value, writes them into the row caches (float8 with their
     scales under an FP8 cache) and attends them from registers: the result equals the reference attention over
     the (dequantized) caches with that position filled, although the cache held garbage there before."""
@@ -274,9 +256,8 @@ print("ok")
 """)
 
 
-@pytest.mark.skipif(not TRITON, reason="triton not installed")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter tests are for machines without a GPU")
-def test_engine_with_a_float8_kv_cache_stays_near_the_model_interpreted():
+@pytest.mark.triton_interpreter
+def test_engine_with_a_float8_kv_cache_stays_near_the_model_interpreted(interpreted):
     """The engine with its KV cache in FP8 (Triton attention, interpreted) and with FP8 weights as well
     (rollout.precision=fp8-kv, GEMMs emulated): sampled tokens' log-probs near the float32 model's."""
     interpreted("""

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config
@@ -314,17 +309,8 @@ def test_quantized_weights_go_to_hf(tiny):
     assert make_engine("native", model, tiny[1], [1]).name == "hf"
 
 
-# On the GPU machine (Triton 3.6) the interpreter fails inside its launch-argument handling ("only 0-dimensional
-# arrays can be converted to Python scalars") with or without this session's changes; there the compiled kernel
-# runs for real (the rollout and learning benchmarks, test_sampler_matches_the_learner...).
-INTERPRETER_ON_GPU = "the Triton interpreter tests are for machines without a GPU"
-
-
-@pytest.mark.skipif(
-    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
-)
-@pytest.mark.skipif(torch.cuda.is_available(), reason=INTERPRETER_ON_GPU)
-def test_split_k_decode_kernel_matches_grouped_attention_interpreted():
+@pytest.mark.triton_interpreter
+def test_split_k_decode_kernel_matches_grouped_attention_interpreted(interpreted):
     """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention:
     own rows, and prompt keys read from a prompt cache of one row per group (garbage where unread)."""
     script = """
@@ -361,17 +347,11 @@ ref = grouped_attention(q, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], a
 assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()
 print("ok")
 """
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    interpreted(script)
 
 
-@pytest.mark.skipif(
-    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
-)
-@pytest.mark.skipif(torch.cuda.is_available(), reason=INTERPRETER_ON_GPU)
-def test_engine_with_split_k_attention_matches_math_attention_interpreted():
+@pytest.mark.triton_interpreter
+def test_engine_with_split_k_attention_matches_math_attention_interpreted(interpreted):
     """The engine's Triton attention path (each group's prompt cached once) samples the math path's tokens."""
     script = """
 import torch
@@ -392,10 +372,7 @@ assert len({tuple(t) for t in tokens[:3]}) > 1  # the samples of a prompt differ
 assert tokens == [g.token_ids for g in out["triton"]]
 print("ok")
 """
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    interpreted(script)
 
 
 def test_triton_layout_keeps_each_prompt_once_per_group(tiny):

@@ -1,12 +1,6 @@
 """The frozen-head log-prob kernel, run by Triton's CPU interpreter, against torch's log-softmax."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import torch
 
 SCRIPT = """
 import torch
@@ -32,14 +26,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(
-    subprocess.run([sys.executable, "-c", "import triton"], capture_output=True).returncode != 0, reason="triton not installed"
-)
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter tests are for machines without a GPU "
-                    "(on the GPU machine, Triton 3.6, the interpreter fails in its launch-argument handling)")
-def test_logprob_grad_kernel_matches_torch_interpreted():
+@pytest.mark.triton_interpreter
+def test_logprob_grad_kernel_matches_torch_interpreted(interpreted):
     """log p(target) and softmax - onehot, fp32 and bf16, temperatures 1 and 0.7, vocabularies over and under a block."""
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env)
-    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+    interpreted(SCRIPT)
