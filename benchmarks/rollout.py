@@ -580,9 +580,10 @@ def main() -> None:
 
     report["copy_bandwidth_Bps"] = bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write)", flush=True)
+    from mathgrpo.model.card import card_of
     from mathgrpo.rollout import fp8
 
-    reason = fp8.unsupported_reason(torch.device(device))
+    reason = fp8.unsupported_reason(card_of(torch.device(device)))
     ways = () if reason else ("rowwise", "unit")
     report["fp8_unsupported"] = reason
     state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else "rowwise")}

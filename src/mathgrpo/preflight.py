@@ -167,15 +167,12 @@ def check_device(cfg: Config) -> Check:
 
 
 def check_precision(cfg: Config) -> Check:
-    """rollout.precision=fp8 / fp8-kv: the native engine, merged LoRA and a GPU that multiplies FP8 (8.9+)."""
-    import torch
-
+    """rollout.precision=fp8 / fp8-kv: the native engine, merged LoRA and a card that multiplies FP8 (8.9+)."""
     from .rollout.fp8 import precision_problem
 
-    r, m = cfg.rollout, cfg.model
-    gpu = torch.cuda.is_available() and m.device != "cpu"
-    device = torch.device(m.device if m.device.startswith("cuda") else "cuda" if gpu else "cpu")
-    problem = precision_problem(r.precision, r.engine, r.lora, device)
+    r = cfg.rollout
+    _, card, engine, _ = rollout_choice(cfg)
+    problem = precision_problem(r.precision, engine, r.lora, card)
     return Check("rollout.precision", r.precision, None if problem else f"rollouts in {r.precision}", problem)
 
 
@@ -387,32 +384,46 @@ def _model_config(name: str) -> Optional[object]:
     return local_config(name)
 
 
-def device_choices(cfg: Config, brief: bool = False) -> str:
-    """What the device decides for this run, with why: the card, the dtype and how it trains, the rollout engine;
-    `brief`: on one line (the start of a run), else three (the dry run)."""
+def rollout_choice(cfg: Config) -> tuple:
+    """(device, Card, engine, why) for this run: the card of model.device (the CPU where a CUDA device is asked for and none is
+    visible: check_device says so) and the rollout engine it gets."""
     import torch
 
-    from .model.card import card_of, choose_dtype, choose_engine
+    from .model.card import card_of, choose_engine
     from .model.common import resolve_device
-    from .model.precision import Precision
 
     try:
         device = resolve_device(cfg.model.device)
     except Exception:  # a CUDA device asked for and none visible: check_device says so
         device = torch.device("cpu")
     card = card_of(device)
-    dtype, dtype_why = choose_dtype(cfg.model.dtype, card)
     sharded = cfg.run.parallel == "fsdp" and os.environ.get("WORLD_SIZE", "1") != "1"
     engine, engine_why = choose_engine(cfg.rollout.engine, card, sharded)
     if engine == "native" and device.type == "cuda" and not card.kernels:
         engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
+    return device, card, engine, engine_why
+
+
+def device_choices(cfg: Config, brief: bool = False) -> str:
+    """What the device decides for this run, with why: the card, the dtype and how it trains, the rollout engine and
+    the precision of what it reads; `brief`: on one line (the start of a run), else three (the dry run)."""
+    from .model.card import choose_dtype, choose_precision
+    from .model.precision import Precision
+    from .rollout.fp8 import precision_problem
+
+    device, card, engine, engine_why = rollout_choice(cfg)
+    dtype, dtype_why = choose_dtype(cfg.model.dtype, card)
     name = str(dtype).replace("torch.", "")
     precision = Precision(dtype, device)
+    chosen, precision_why = choose_precision(cfg.rollout.precision, card)
+    problem = precision_problem(cfg.rollout.precision, engine, cfg.rollout.lora, card)
+    weights = {"fp8": "fp8 weights", "fp8-kv": "fp8 weights and KV cache"}.get(chosen, f"{name} weights")
+    reads = f"rollout.precision={cfg.rollout.precision} refused: {problem}" if problem else f"{weights} ({precision_why})"
     if brief:
         mixed = " mixed precision" if precision.mixed else ""
-        return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why})"
+        return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why}), {reads}"
     return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {precision.describe()}\n"
-            f"rollouts: {engine} ({engine_why})")
+            f"rollouts: {engine} ({engine_why}); {reads}")
 
 
 def dry_run(cfg: Config, stages: tuple) -> tuple:

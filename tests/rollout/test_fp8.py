@@ -9,14 +9,20 @@ import pytest
 import torch
 
 from mathgrpo.config import ConfigError, load_config
+from mathgrpo.errors import Error
+from mathgrpo.model.card import Card, choose_precision, fp8_problem
 from mathgrpo.model.tiny import build_tiny
-from mathgrpo.rollout import fp8, make_engine
+from mathgrpo.rollout import choose_engine, fp8, make_engine
 from mathgrpo.rollout.base import SamplingParams
 from mathgrpo.rollout.native import NativeEngine
 from mathgrpo.rollout.packed import Packer, packed_bytes, sources
 
 from test_native import PROMPTS, learner_gap, randomised_lora, sharpen
 
+H100 = Card("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 79.1)
+L4 = Card("cuda", "NVIDIA L4", (8, 9), 22.0)
+A100 = Card("cuda", "NVIDIA A100-SXM4-80GB", (8, 0), 79.1)
+CPU = Card("cpu", "cpu")
 E4M3_HALF_ULP = 2.0**-4  # 3 mantissa bits: rounding to nearest is off by at most half of 2^-3, relatively
 E4M3_SUBNORMAL = 2.0**-9  # spacing of e4m3 below 2^-6, times the scale
 
@@ -69,7 +75,7 @@ def test_engine_through_torch_scaled_mm_matches_the_emulation(monkeypatch, gemm)
     the emulation's tokens and log-probs up to the output's bf16 rounding. The refusal is lifted for the test."""
     from mathgrpo.rollout import native
 
-    monkeypatch.setattr(native.fp8, "unsupported_reason", lambda device: None)
+    monkeypatch.setattr(native.fp8, "unsupported_reason", lambda card: None)
     model, tok = build_tiny(0)
     model = randomised_lora(sharpen(model, std=0.05)).to(torch.bfloat16)
     params = SamplingParams(max_new_tokens=12, temperature=1.0)
@@ -80,29 +86,59 @@ def test_engine_through_torch_scaled_mm_matches_the_emulation(monkeypatch, gemm)
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=2e-3)
 
 
-def test_fp8_is_refused_with_a_reason_where_it_cannot_run(monkeypatch):
+def test_fp8_is_refused_with_a_reason_where_it_cannot_run():
+    """Refusals are `errors.Error`s (one line on the command line) that say why: the card (model/card.py), the
+    engine, the LoRA mode."""
     model, tok = build_tiny(0)
-    assert "cpu" in fp8.unsupported_reason(torch.device("cpu"))
-    with pytest.raises(ValueError, match="compute capability 8.9.*cpu"):
+    assert "cpu" in fp8.unsupported_reason(CPU)
+    with pytest.raises(fp8.PrecisionRefused, match="compute capability 8.9.*cpu"):
         NativeEngine(model, tok, [], precision="fp8")
-    with pytest.raises(ValueError, match="native engine"):
+    with pytest.raises(Error, match="native engine"):
         make_engine("hf", model, tok, [1], precision="fp8")
-    with pytest.raises(ValueError, match="native engine"):
+    with pytest.raises(Error, match="native engine"):
         make_engine("auto", model, tok, [1], precision="fp8")  # auto on a CPU is hf
-    with pytest.raises(ValueError, match="rollout.lora=merge"):
+    with pytest.raises(Error, match="compute capability 8.9.*cpu"):
+        choose_engine("native", model, precision="fp8-kv")  # before any memory plan is made for it
+    with pytest.raises(Error, match="rollout.lora=merge"):
         NativeEngine(model, tok, [], precision="fp8", lora="lowrank", fp8_gemm="emulate")
     with pytest.raises(ValueError, match="precision"):
         NativeEngine(model, tok, [], precision="int4")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
-    assert fp8.unsupported_reason(torch.device("cuda")) == (
-        "FP8 needs compute capability 8.9 or newer (L4, L40, H100); the NVIDIA A100-SXM4-80GB is sm_80")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert fp8.unsupported_reason(torch.device("cuda")) is None
-    assert "rollout.engine=native" in fp8.precision_problem("fp8-kv", "hf", "merge", torch.device("cuda"))
-    assert "rollout.lora=merge" in fp8.precision_problem("fp8", "native", "lowrank", torch.device("cuda"))
-    assert fp8.precision_problem("fp8", "auto", "merge", torch.device("cuda")) is None
-    assert fp8.precision_problem("bf16", "hf", "lowrank", torch.device("cpu")) is None
+    assert fp8.unsupported_reason(A100) == (
+        "FP8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100); the NVIDIA A100-SXM4-80GB is sm_80")
+    assert fp8.unsupported_reason(H100) is None and fp8.unsupported_reason(L4) is None
+    assert "rollout.engine=native" in fp8.precision_problem("fp8-kv", "hf", "merge", H100)
+    assert "rollout.lora=merge" in fp8.precision_problem("fp8", "native", "lowrank", H100)
+    assert fp8.precision_problem("fp8", "auto", "merge", H100) is None
+    assert fp8.precision_problem("bf16", "hf", "lowrank", CPU) is None
+
+
+def test_the_card_decides_whether_fp8_runs_and_auto_never_picks_it():
+    assert (H100.fp8, L4.fp8, A100.fp8, CPU.fp8) == (True, True, False, False)
+    assert choose_precision("fp8", H100) == ("fp8", "rollout.precision=fp8; sm_90 multiplies float8")
+    assert choose_precision("auto", H100) == ("model dtype", "rollout.precision=auto")
+    precision, why = choose_precision("fp8-kv", A100)
+    assert precision is None and "8.9" in why and "sm_80" in why
+    assert "not known" in fp8_problem(Card("cuda", "a GPU not visible here"))
+
+
+def test_the_device_line_says_the_rollout_precision(monkeypatch):
+    """preflight.device_choices (the dry run, and the line a run starts with) names the precision rollouts read,
+    or why FP8 is refused on this card."""
+    from mathgrpo import preflight
+    from mathgrpo.model import card, common
+
+    monkeypatch.setattr(common, "resolve_device", lambda setting: torch.device("cuda"))
+    cfg = load_config("tiny-cpu", ["rollout.engine=native", "rollout.precision=fp8-kv"])
+    monkeypatch.setattr(card, "card_of", lambda device: H100)
+    line = preflight.device_choices(cfg, brief=True)
+    assert "rollouts native" in line and "fp8 weights and KV cache (rollout.precision=fp8-kv; sm_90 multiplies float8)" in line
+    assert preflight.check_precision(cfg).problem is None
+    monkeypatch.setattr(card, "card_of", lambda device: A100)
+    assert "rollout.precision=fp8-kv refused: FP8 needs" in preflight.device_choices(cfg)
+    assert "sm_80" in preflight.check_precision(cfg).problem
+    monkeypatch.setattr(card, "card_of", lambda device: H100)
+    line = preflight.device_choices(load_config("tiny-cpu", ["rollout.engine=native"]))
+    assert "rollouts: native (rollout.engine=native); bfloat16 weights (rollout.precision=auto)" in line
 
 
 def test_fp8_gemm_ways_per_projection():

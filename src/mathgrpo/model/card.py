@@ -6,6 +6,8 @@ whether our Triton kernels run.
 - The native rollout engine (Triton decode attention, torch.compile's generated kernels, CUDA graphs), the
   head log-prob kernel and Liger's kernels are used from 8.0 up. They were run and tested here on 9.0 (H100)
   only; below 8.0 nothing of ours was ever run, so `auto` keeps them off there instead of assuming they work.
+- FP8 rollouts (`rollout.precision=fp8` / `fp8-kv`) need tensor cores that multiply float8: 8.9 and up (L4,
+  L40, H100, H200). They are asked for, never chosen by `auto`: they change the numbers the sampler draws from.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 BF16_CAPABILITY = (8, 0)  # native bfloat16 arithmetic
 KERNEL_CAPABILITY = (8, 0)  # our Triton kernels and the native engine (tested on 9.0 only)
+FP8_CAPABILITY = (8, 9)  # float8 GEMMs on the tensor cores (FP8 rollouts)
 TESTED_CAPABILITIES = ((9, 0),)
 
 
@@ -42,6 +45,11 @@ class Card:
     def kernels(self) -> bool:
         """Whether our Triton kernels and the native engine run here (capability 8.0 and up)."""
         return self.kind == "cuda" and self.capability is not None and self.capability >= KERNEL_CAPABILITY
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the card multiplies float8 on its tensor cores (capability 8.9 and up: L4, L40, H100)."""
+        return self.kind == "cuda" and self.capability is not None and self.capability >= FP8_CAPABILITY
 
     @property
     def tested(self) -> bool:
@@ -97,3 +105,22 @@ def choose_engine(setting: str, card: Card, sharded: bool = False) -> tuple:
         return "hf", f"auto: the native engine's kernels need sm_80+ and this card is {card.sm}"
     untested = "" if card.tested else f"; its kernels were tested on sm_90 only, not on {card.sm}"
     return "native", f"auto: {card.sm} runs its kernels{untested}"
+
+
+def fp8_problem(card: Card) -> Optional[str]:
+    """None where `card` multiplies float8 (FP8 rollouts), else one line saying why not."""
+    need = "FP8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100)"
+    if card.kind != "cuda":
+        return f"{need}; this run is on the cpu"
+    if card.capability is None:
+        return f"{need}; the capability of {card.name} is not known"
+    return None if card.fp8 else f"{need}; the {card.name} is {card.sm}"
+
+
+def choose_precision(setting: str, card: Card) -> tuple:
+    """(precision, why) of the weights a rollout reads for rollout.precision=`setting`: auto and bf16 are the model's
+    dtype (`auto` never picks FP8); fp8 and fp8-kv are kept where `card` multiplies float8, else (None, why not)."""
+    if not setting.startswith("fp8"):
+        return "model dtype", f"rollout.precision={setting}"
+    problem = fp8_problem(card)
+    return (None, problem) if problem else (setting, f"rollout.precision={setting}; {card.sm} multiplies float8")

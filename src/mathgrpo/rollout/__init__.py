@@ -13,9 +13,10 @@ from typing import Any, Union
 from ..config import CHOICES
 from ..progress import notice
 from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
+from .fp8 import PrecisionRefused, precision_problem
 
-__all__ = ["EngineChoice", "Generation", "RolloutEngine", "SamplingParams", "choose_engine", "make_engine",
-           "sequence_seed"]
+__all__ = ["EngineChoice", "Generation", "PrecisionRefused", "RolloutEngine", "SamplingParams", "choose_engine",
+           "make_engine", "sequence_seed"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     """The engine rollout.engine=`name` gives `model` (auto: native on a GPU whose capability runs its kernels, else
     hf; `model.card.choose_engine`); a native engine that cannot run here falls back to hf with a notice saying why.
     `lora`: how the native engine applies LoRA adapters (merge or lowrank); `precision`: auto / bf16 (the model's
-    dtype), fp8 or fp8-kv (native engine on a GPU of compute capability 8.9+; elsewhere ValueError with the reason)."""
+    dtype), fp8 or fp8-kv (native engine on a GPU of compute capability 8.9+; elsewhere `fp8.PrecisionRefused` with the
+    reason)."""
     from .. import dist
     from ..model.card import card_of, choose_engine as card_choice
 
@@ -55,16 +57,20 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     if name == "hf":
         if precision.startswith("fp8"):
             why = "this model is sharded" if dist.is_sharded(model) else f"rollout.engine is hf here (a {device.type} run)"
-            raise ValueError(f"rollout.precision={precision}: FP8 rollouts need the native engine on a GPU; {why}")
+            raise PrecisionRefused(f"rollout.precision={precision}: FP8 rollouts need the native engine on a GPU; {why}")
         return EngineChoice("hf")
     from .native import resolve_attention, snapshot_bytes, supports, weight_copy_bytes
 
     reason = supports(model)
     if reason and precision.startswith("fp8"):
-        raise ValueError(f"rollout.precision={precision}: FP8 rollouts need the native engine, which cannot run this model: {reason}")
+        raise PrecisionRefused(f"rollout.precision={precision}: FP8 rollouts need the native engine, which cannot run this "
+                               f"model: {reason}")
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")
+    problem = precision_problem(precision, name, lora, card)
+    if problem:  # refused here, before a memory plan is made for an engine that cannot be built
+        raise PrecisionRefused(f"rollout.precision={precision}: {problem}")
     return EngineChoice("native", lora, resolve_attention("auto", device) == "triton", snapshot_bytes(model, lora, precision),
                         precision, weight_copy_bytes(model, precision))
 

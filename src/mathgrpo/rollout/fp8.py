@@ -21,34 +21,38 @@ from typing import Optional
 
 import torch
 
+from ..errors import Error
+from ..model.card import Card, fp8_problem
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 TINY = 1e-12  # floor of a scale: an all-zero row quantizes to zeros, not NaN
 GEMMS = ("rowwise", "unit", "emulate")
 DEFAULT_WAY = "rowwise"  # benchmarks/rollout.py's gemm phase times the ways per projection on the card
-MIN_CAPABILITY = (8, 9)
 
 
-def unsupported_reason(device: torch.device) -> Optional[str]:
-    """None where FP8 GEMMs can run on `device`, else one line saying why not."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"FP8 needs an NVIDIA GPU of compute capability 8.9 or newer (L4, L40, H100); this run is on the {device.type}"
+class PrecisionRefused(Error, ValueError):
+    """rollout.precision asks for FP8 rollouts where they cannot run (the card, the engine, the LoRA mode); the
+    message says why."""
+
+
+def unsupported_reason(card: Card) -> Optional[str]:
+    """None where FP8 GEMMs can run on `card` (compute capability 8.9+, `model.card.fp8_problem`) with this torch,
+    else one line saying why not."""
+    problem = fp8_problem(card)
+    if problem:
+        return problem
     if not hasattr(torch, "_scaled_mm"):
         return f"FP8 needs torch._scaled_mm, which torch {torch.__version__} lacks"
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < MIN_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        return f"FP8 needs compute capability 8.9 or newer (L4, L40, H100); the {name} is sm_{major}{minor}"
     return None
 
 
-def precision_problem(precision: str, engine: str, lora: str, device: torch.device, emulated: bool = False) -> Optional[str]:
-    """None when rollout.precision can run with this engine setting, LoRA mode and device, else one line saying
-    why not (`emulated`: FP8 GEMMs emulated, tests only: no device requirement)."""
+def precision_problem(precision: str, engine: str, lora: str, card: Card, emulated: bool = False) -> Optional[str]:
+    """None when rollout.precision can run with this engine (the setting or the chosen one), LoRA mode and card,
+    else one line saying why not (`emulated`: FP8 GEMMs emulated, tests only: no card requirement)."""
     if not precision.startswith("fp8"):
         return None
-    reason = None if emulated else unsupported_reason(device)
+    reason = None if emulated else unsupported_reason(card)
     if reason:
         return reason
     if engine == "hf":

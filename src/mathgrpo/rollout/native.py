@@ -22,6 +22,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from ..config import CHOICES
+from ..model.card import card_of
 from ..model.loading import unwrap
 from ..progress import notice
 from . import decode_attention, fp8
@@ -31,7 +33,7 @@ from .packed import Packer, fp8_ways, packed_bytes
 from .sampling import filters_active, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
-PRECISIONS = ("auto", "bf16", "fp8", "fp8-kv")  # rollout.precision; auto and bf16: the model's own dtype
+PRECISIONS = CHOICES["rollout.precision"]  # auto and bf16: the model's own dtype; fp8, fp8-kv
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
@@ -227,6 +229,7 @@ class NativeEngine(RolloutEngine):
             raise ValueError(f"lora={lora!r}; use merge or lowrank")
         self.lora = lora
         self.device = next(model.parameters()).device
+        self.card = card_of(self.device)
         ways = fp8_ways(fp8_gemm or fp8.DEFAULT_WAY)
         self.precision = self._check_precision(precision, set(ways.values()) == {"emulate"}, lora)
         self.pack = pack
@@ -237,9 +240,9 @@ class NativeEngine(RolloutEngine):
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample
         self.kv_fp8 = kv_cache == "fp8" or self.precision == "fp8-kv"
         if self.kv_fp8 and attention != "triton":
-            raise ValueError(f"an FP8 KV cache is read by the Triton attention kernel only (attention={attention} here)")
-        if self.kv_fp8 and fp8.unsupported_reason(self.device) and self.device.type == "cuda":
-            raise ValueError(f"an FP8 KV cache: {fp8.unsupported_reason(self.device)}")
+            raise fp8.PrecisionRefused(f"an FP8 KV cache is read by the Triton attention kernel only (attention={attention} here)")
+        if self.kv_fp8 and cuda and fp8.unsupported_reason(self.card):  # on the CPU: the Triton interpreter (tests)
+            raise fp8.PrecisionRefused(f"an FP8 KV cache: {fp8.unsupported_reason(self.card)}")
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
         self.check_every = check_every
@@ -259,12 +262,12 @@ class NativeEngine(RolloutEngine):
         self.last_stats: dict = {}
 
     def _check_precision(self, precision: str, emulated: bool, lora: str) -> str:
-        """`precision` when this engine can run it here, else ValueError with the reason in one line."""
+        """`precision` when this engine can run it here, else fp8.PrecisionRefused with the reason in one line."""
         if precision not in PRECISIONS:
             raise ValueError(f"rollout.precision={precision!r}; use one of {', '.join(PRECISIONS)}")
-        problem = fp8.precision_problem(precision, "native", lora, self.device, emulated)
+        problem = fp8.precision_problem(precision, "native", lora, self.card, emulated)
         if problem:
-            raise ValueError(f"rollout.precision={precision}: {problem}")
+            raise fp8.PrecisionRefused(f"rollout.precision={precision}: {problem}")
         return precision
 
     # ---- public API -------------------------------------------------------------------------
