@@ -1,8 +1,8 @@
-"""The card's choices: dtype and rollout engine from the compute capability, with the reason."""
+"""The card's choices: dtype, rollout engine and rollout precision from the compute capability, with the reason."""
 
 import torch
 
-from mathgrpo.model.card import Card, card_of, choose_dtype, choose_engine
+from mathgrpo.model.card import Card, card_of, choose_dtype, choose_engine, choose_precision, fp8_problem
 
 T4 = Card("cuda", "Tesla T4", (7, 5), 14.7)
 L4 = Card("cuda", "NVIDIA L4", (8, 9), 22.0)
@@ -38,3 +38,12 @@ def test_card_of_the_cpu_and_its_description():
     card = card_of(torch.device("cpu"))
     assert card == CPU and card.describe() == "cpu" and not card.kernels and not card.native_bf16
     assert H100.describe() == "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" and H100.tested and not L4.tested
+
+
+def test_the_card_decides_whether_fp8_runs_and_auto_never_picks_it():
+    assert (H100.fp8, L4.fp8, A100.fp8, T4.fp8, CPU.fp8) == (True, True, False, False, False)
+    assert choose_precision("fp8", H100) == ("fp8", "rollout.precision=fp8; sm_90 multiplies float8")
+    assert choose_precision("auto", H100) == ("model dtype", "rollout.precision=auto")
+    precision, why = choose_precision("fp8-kv", A100)
+    assert precision is None and "8.9" in why and "sm_80" in why
+    assert "not known" in fp8_problem(Card("cuda", "a GPU not visible here"))
