@@ -111,6 +111,23 @@ def test_fp8_is_refused_with_a_reason_where_it_cannot_run():
     assert fp8.precision_problem("bf16", "hf", "lowrank", CPU) is None
 
 
+def test_the_choice_carries_the_fp8_copies_for_the_memory_plan(monkeypatch):
+    """On a card that multiplies float8 (faked: an H100 card for a model on the CPU), choose_engine keeps the
+    precision and says what the plan must hold beside the rollout batch: the FP8 copies (copy_bytes), and no
+    snapshots; fp8-kv is refused where the Triton attention kernel that reads an FP8 cache is not available."""
+    from mathgrpo.model import card
+
+    monkeypatch.setattr(card, "card_of", lambda device: H100)
+    model, _ = lora_tiny()
+    choice = choose_engine("native", model, "merge", "fp8")
+    assert (choice.name, choice.precision, choice.snapshot_bytes) == ("native", "fp8", 0)
+    assert choice.copy_bytes == packed_bytes(model, True) > 0
+    bf16 = choose_engine("native", model, "merge", "auto")
+    assert bf16.copy_bytes == 0 and bf16.snapshot_bytes == packed_bytes(model, False)
+    with pytest.raises(Error, match="Triton attention kernel only"):
+        choose_engine("native", model, "merge", "fp8-kv")  # attention on the CPU is plain math
+
+
 def test_the_device_line_says_the_rollout_precision(monkeypatch):
     """preflight.device_choices (the dry run, and the line a run starts with) names the precision rollouts read,
     or why FP8 is refused on this card."""

@@ -68,11 +68,14 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")
+    triton = resolve_attention("auto", device) == "triton"
     problem = precision_problem(precision, name, lora, card)
+    if precision == "fp8-kv" and not problem and not triton:
+        problem = "an FP8 KV cache is read by the Triton attention kernel only, and Triton is not available here"
     if problem:  # refused here, before a memory plan is made for an engine that cannot be built
         raise PrecisionRefused(f"rollout.precision={precision}: {problem}")
-    return EngineChoice("native", lora, resolve_attention("auto", device) == "triton", snapshot_bytes(model, lora, precision),
-                        precision, weight_copy_bytes(model, precision))
+    return EngineChoice("native", lora, triton, snapshot_bytes(model, lora, precision), precision,
+                        weight_copy_bytes(model, precision))
 
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
