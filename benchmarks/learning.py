@@ -4,7 +4,8 @@ TRL on the same task, and the sampler gap at the Qwen3-4B shape.
 Phases (`--phase`, any of them; results merge into `--json`, default benchmarks/results/learning_gpu.json):
 
 - runs: `mathgrpo train` (the default recipe, nothing changed but the listed settings) for rollout.engine hf
-  and native (model.fused_lora true and false; and grpo.sampler_correction none beside the default tis) with
+  and native (model.fused_lora true and false; and grpo.sampler_correction none beside the default tis; the hf
+  engine with a static cache, rollout.hf_cache=static) with
   seeds 0, 1, 2, as separate processes, `--parallel` at a time on the one GPU (their wall times are those of
   runs sharing it). Each run: held-out accuracy before and after GRPO, the first step whose truncated fraction
   passes 0.3 (`collapse_step`: the model stopped ending its answers), the largest sampler gap of the run.
@@ -33,6 +34,7 @@ RUNS_DIR = Path("/tmp/learning-runs")
 SEEDS = (0, 1, 2)
 VARIANTS = {  # name -> overrides of the default recipe
     "hf": ["rollout.engine=hf"],
+    "hf-static": ["rollout.engine=hf", "rollout.hf_cache=static"],
     "native": ["rollout.engine=native", "model.fused_lora=true"],
     "native-unfused": ["rollout.engine=native", "model.fused_lora=false"],
     "native-no-tis": ["rollout.engine=native", "model.fused_lora=true", "grpo.sampler_correction=none"],
