@@ -57,3 +57,13 @@ def test_html_is_one_offline_file_with_contents_and_folds(tmp_path):
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and page.count("<script>") == 1
     md = to_markdown(blocks + [samples([sample(0, "wrong")], "samples.jsonl", 10)], tmp_path / "plots")
     assert "1 sample (1 not correct), one JSON line each: [samples.jsonl](samples.jsonl)" in md
+
+
+def test_code_and_completions_name_a_font_before_monospace():
+    """A lone `monospace` is drawn at 13/16 size: completions in the samples browser came out about 10 pixels."""
+    page = to_html([p("`x`"), samples([sample(0, "wrong")], "samples.jsonl", 10)], "E")
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    families = {m.group(1): m.group(2) for m in re.finditer(r"(?:^|})([\w,]+)\{[^}]*?font-family:([^;}]+)", css)}
+    for tag in ("pre", "code"):
+        rule = next(v for k, v in families.items() if tag in k.split(","))
+        assert rule.split(",")[-1].strip() == "monospace" and rule.count(",") >= 1, rule

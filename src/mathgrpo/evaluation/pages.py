@@ -124,6 +124,7 @@ def to_markdown(blocks: list, plot_dir: Path) -> str:
 
 # --- HTML --------------------------------------------------------------------------------------------------
 
+# pre and code name fonts before `monospace`: browsers draw a lone `monospace` at 13/16 of the size asked for.
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1.2em;
 color:#1f2328;line-height:1.45}h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:2em;padding-bottom:.25em;border-bottom:1px solid #d8dee4}
 nav.toc{margin:.6em 0 1.2em;font-size:.95em}nav.toc a{margin-right:1.1em;color:#0969da;text-decoration:none}
@@ -131,7 +132,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.92em}td,th{border:1px so
 th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}td:first-child,th:first-child{text-align:left}
 td{white-space:nowrap}td:last-child{white-space:normal;overflow-wrap:anywhere}table.text td,table.text th{text-align:left}
 #samples-table td:last-child,#samples-table th:last-child{text-align:left}
-code{background:#eff1f3;padding:0 4px;border-radius:3px;font-size:.92em}
+code{background:#eff1f3;padding:0 4px;border-radius:3px;font-size:.92em}pre,code{font-family:ui-monospace,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 summary{cursor:pointer;font-weight:600;margin:.8em 0}pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;white-space:pre-wrap;
 border-radius:4px;font-size:.88em}img{max-width:100%;display:block;margin:.6em 0}
 .pager{margin:.3em 0 1em;font-size:.9em;color:#57606a}.pager button{margin-right:.4em;padding:1px 9px}
