@@ -67,3 +67,10 @@ def test_code_and_completions_name_a_font_before_monospace():
     for tag in ("pre", "code"):
         rule = next(v for k, v in families.items() if tag in k.split(","))
         assert rule.split(",")[-1].strip() == "monospace" and rule.count(",") >= 1, rule
+
+
+def test_cells_of_word_tables_wrap_and_numbers_stay_on_one_line():
+    page = to_html([table(["source"], [["a long citation"]], text=True)], "T")
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert "td{white-space:nowrap}" in css and "table.text td{white-space:normal}" in css
+    assert css.index("td{white-space:nowrap}") < css.index("table.text td{white-space:normal}")

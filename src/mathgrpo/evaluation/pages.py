@@ -130,7 +130,7 @@ color:#1f2328;line-height:1.45}h1{font-size:1.7em;margin-bottom:.2em}h2{margin-t
 nav.toc{margin:.6em 0 1.2em;font-size:.95em}nav.toc a{margin-right:1.1em;color:#0969da;text-decoration:none}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}td,th{border:1px solid #d0d7de;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}td:first-child,th:first-child{text-align:left}
-td{white-space:nowrap}td:last-child{white-space:normal;overflow-wrap:anywhere}table.text td,table.text th{text-align:left}
+td{white-space:nowrap}td:last-child{white-space:normal;overflow-wrap:anywhere}table.text td,table.text th{text-align:left}table.text td{white-space:normal}
 #samples-table td:last-child,#samples-table th:last-child{text-align:left}
 code{background:#eff1f3;padding:0 4px;border-radius:3px;font-size:.92em}pre,code{font-family:ui-monospace,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 summary{cursor:pointer;font-weight:600;margin:.8em 0}pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;white-space:pre-wrap;

@@ -213,7 +213,7 @@ def reference_blocks(specs: dict, settings: dict, model_paths: tuple, against: s
                 ["model", "published", "setting", f"differs from {against}", "source"],
                 [[f"{r['model']} ({r['whose']})" if r["whose"] else r["model"], f"{r['value']:g}%", r["setting"],
                   r["differs"] or "same shots and decoding", r["source"] + (f"; {r['note']}" if r["note"] else "")]
-                 for r in rows])]
+                 for r in rows], text=True)]
         note = other_benchmark_note(spec)
         if note:
             blocks.append(p(note))
