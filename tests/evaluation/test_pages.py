@@ -2,7 +2,7 @@
 
 import re
 
-from mathgrpo.evaluation.pages import PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
+from mathgrpo.evaluation.pages import ANSWER_CHARS, PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
 
 
 def sample(i, verdict, bench="gsm8k", finished=True):
@@ -74,3 +74,15 @@ def test_cells_of_word_tables_wrap_and_numbers_stay_on_one_line():
     css = page.split("<style>", 1)[1].split("</style>", 1)[0]
     assert "td{white-space:nowrap}" in css and "table.text td{white-space:normal}" in css
     assert css.index("td{white-space:nowrap}") < css.index("table.text td{white-space:normal}")
+
+
+def test_a_rambling_answer_is_cut_in_its_cell_and_whole_in_the_completion():
+    """An answer runs to the end of the completion: kept whole in its cell, one row was 3000 pixels wide."""
+    long = sample(0, "wrong")
+    long["answer"] = "3" * 500
+    long["completion"] = "[REASONING]w[ANSWER]" + long["answer"]
+    page = to_html([samples([long], "samples.jsonl", 10)], "E")
+    cells = re.findall(r'<span class="answer">([^<]*)</span>', page)
+    assert cells == ["7", "3" * ANSWER_CHARS + f" ... [{500 - ANSWER_CHARS} more characters]"]
+    assert "[ANSWER]" + "3" * 500 in page
+    assert ".answer{white-space:normal;overflow-wrap:anywhere}" in page
