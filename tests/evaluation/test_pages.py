@@ -2,7 +2,7 @@
 
 import re
 
-from mathgrpo.evaluation.pages import PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
+from mathgrpo.evaluation.pages import ANSWER_CHARS, PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
 
 
 def sample(i, verdict, bench="gsm8k", finished=True):
@@ -57,3 +57,32 @@ def test_html_is_one_offline_file_with_contents_and_folds(tmp_path):
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and page.count("<script>") == 1
     md = to_markdown(blocks + [samples([sample(0, "wrong")], "samples.jsonl", 10)], tmp_path / "plots")
     assert "1 sample (1 not correct), one JSON line each: [samples.jsonl](samples.jsonl)" in md
+
+
+def test_code_and_completions_name_a_font_before_monospace():
+    """A lone `monospace` is drawn at 13/16 size: completions in the samples browser came out about 10 pixels."""
+    page = to_html([p("`x`"), samples([sample(0, "wrong")], "samples.jsonl", 10)], "E")
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    families = {m.group(1): m.group(2) for m in re.finditer(r"(?:^|})([\w,]+)\{[^}]*?font-family:([^;}]+)", css)}
+    for tag in ("pre", "code"):
+        rule = next(v for k, v in families.items() if tag in k.split(","))
+        assert rule.split(",")[-1].strip() == "monospace" and rule.count(",") >= 1, rule
+
+
+def test_cells_of_word_tables_wrap_and_numbers_stay_on_one_line():
+    page = to_html([table(["source"], [["a long citation"]], text=True)], "T")
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    assert "td{white-space:nowrap}" in css and "table.text td{white-space:normal}" in css
+    assert css.index("td{white-space:nowrap}") < css.index("table.text td{white-space:normal}")
+
+
+def test_a_rambling_answer_is_cut_in_its_cell_and_whole_in_the_completion():
+    """An answer runs to the end of the completion: kept whole in its cell, one row was 3000 pixels wide."""
+    long = sample(0, "wrong")
+    long["answer"] = "3" * 500
+    long["completion"] = "[REASONING]w[ANSWER]" + long["answer"]
+    page = to_html([samples([long], "samples.jsonl", 10)], "E")
+    cells = re.findall(r'<span class="answer">([^<]*)</span>', page)
+    assert cells == ["7", "3" * ANSWER_CHARS + f" ... [{500 - ANSWER_CHARS} more characters]"]
+    assert "[ANSWER]" + "3" * 500 in page
+    assert ".answer{white-space:normal;overflow-wrap:anywhere}" in page

@@ -9,7 +9,7 @@ import pytest
 
 from mathgrpo.cli import main as cli
 from mathgrpo.evaluation.metrics import summarise
-from mathgrpo.evaluation.pages import slug
+from mathgrpo.evaluation.pages import ANSWER_CHARS, slug
 from mathgrpo.evaluation.report import read_curves, write_report
 
 SETTINGS = {"model": "m", "n": 1, "greedy": True, "temperature": None, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
@@ -70,6 +70,17 @@ def test_compare_fixed_broken_and_difference(tmp_path, capsys):
     # Same command again gives the same interval: the bootstrap is seeded.
     assert cli(["eval", "--compare", str(a), str(b), "--output", str(tmp_path / "again")]) == 0
     assert json.loads((tmp_path / "again" / "compare.json").read_text())["benchmarks"]["gsm8k"]["ci"] == result["ci"]
+
+
+def test_compare_cuts_rambling_answers_in_its_tables(tmp_path):
+    """B broke p1 with an answer running on for 300 characters: cut in compare.md and .html, whole in compare.json."""
+    a = results_folder(tmp_path / "A", "base", [record("gsm8k", "p1", True, "7")])
+    b = results_folder(tmp_path / "B", "tuned", [record("gsm8k", "p1", False, "3" * 300)])
+    assert cli(["eval", "--compare", str(a), str(b)]) == 0
+    assert json.loads((b / "compare.json").read_text())["benchmarks"]["gsm8k"]["broken"][0]["answer_b"] == "3" * 300
+    cut = "3" * ANSWER_CHARS + f" ... [{300 - ANSWER_CHARS} more characters]"
+    assert f"| p1 | 7 | 7 | {cut} | question p1? |" in (b / "compare.md").read_text()
+    assert "3" * (ANSWER_CHARS + 1) not in (b / "compare.html").read_text()
 
 
 def test_compare_on_shared_problems_warns(tmp_path, capsys):
@@ -249,7 +260,9 @@ def test_report_shows_published_figures_apart_and_never_as_measured(tmp_path):
     # Outside the section no published number appears: the results table holds our numbers only.
     rest = md.replace(section, "")
     assert "87.79" not in rest and "88.2%" not in rest
-    assert title in (out / "report.html").read_text()
+    published = (out / "report.html").read_text().split(f'<h2 id="{slug(title)}">', 1)[1].split("<h2", 1)[0]
+    # prose in every column: tables of words, whose cells wrap (as number tables they ran off the page)
+    assert published.count("<table") == published.count('<table class="text">') == 2
 
 
 def test_references_off_and_benchmarks_without_figures(tmp_path):

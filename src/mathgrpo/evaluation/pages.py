@@ -20,6 +20,7 @@ from typing import Any
 PAGE_ROWS = 25  # rows a page of a paged table in the HTML
 MD_ROWS = 50  # rows of a paged table the Markdown shows
 SAMPLE_CHARS = 4000  # of a completion in the samples browser (the file keeps it whole)
+ANSWER_CHARS = 40  # of a gold or given answer in a table cell (a rambling answer runs to the end of the completion)
 
 
 # --- blocks ----------------------------------------------------------------------------------------------
@@ -67,6 +68,11 @@ def samples(records: list, link: str, shown: int) -> tuple:
     """The per-sample records of an evaluation: browsable and filterable in the HTML (the first `shown`),
     a link to the file `link` that holds them all."""
     return ("samples", records, link, shown)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many more there are."""
+    return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more characters]"
 
 
 def slug(text: str) -> str:
@@ -124,14 +130,15 @@ def to_markdown(blocks: list, plot_dir: Path) -> str:
 
 # --- HTML --------------------------------------------------------------------------------------------------
 
+# pre and code name fonts before `monospace`: browsers draw a lone `monospace` at 13/16 of the size asked for.
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1.2em;
 color:#1f2328;line-height:1.45}h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:2em;padding-bottom:.25em;border-bottom:1px solid #d8dee4}
 nav.toc{margin:.6em 0 1.2em;font-size:.95em}nav.toc a{margin-right:1.1em;color:#0969da;text-decoration:none}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}td,th{border:1px solid #d0d7de;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f6f8fa}tr:nth-child(even) td{background:#fbfcfd}td:first-child,th:first-child{text-align:left}
-td{white-space:nowrap}td:last-child{white-space:normal;overflow-wrap:anywhere}table.text td,table.text th{text-align:left}
-#samples-table td:last-child,#samples-table th:last-child{text-align:left}
-code{background:#eff1f3;padding:0 4px;border-radius:3px;font-size:.92em}
+td{white-space:nowrap}td:last-child{white-space:normal;overflow-wrap:anywhere}table.text td,table.text th{text-align:left}table.text td{white-space:normal}
+#samples-table td:last-child,#samples-table th:last-child{text-align:left}.answer{white-space:normal;overflow-wrap:anywhere}
+code{background:#eff1f3;padding:0 4px;border-radius:3px;font-size:.92em}pre,code{font-family:ui-monospace,Menlo,Consolas,"DejaVu Sans Mono",monospace}
 summary{cursor:pointer;font-weight:600;margin:.8em 0}pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;white-space:pre-wrap;
 border-radius:4px;font-size:.88em}img{max-width:100%;display:block;margin:.6em 0}
 .pager{margin:.3em 0 1em;font-size:.9em;color:#57606a}.pager button{margin-right:.4em;padding:1px 9px}
@@ -185,8 +192,9 @@ def _sample_row(r: dict, with_bench: bool) -> str:
     text = f"Q: {r['question']}\n\nA: {completion}"
     cells = [html.escape(str(c)) for c in ((r["bench"],) if with_bench else ()) + (r["id"], r["sample"])]
     cells.append(f'<span class="v-{slug(verdict)}">{html.escape(verdict)}</span>')
-    cells += [html.escape(str(c)) for c in (r["gold"], r["answer"] if r["answer"] is not None else "",
-                                            r["length"], "yes" if r["finished"] else "cut")]
+    cells += [f'<span class="answer">{html.escape(clip(str(c), ANSWER_CHARS))}</span>'
+              for c in (r["gold"], r["answer"] if r["answer"] is not None else "")]
+    cells += [html.escape(str(c)) for c in (r["length"], "yes" if r["finished"] else "cut")]
     question = r["question"] if len(r["question"]) <= 90 else r["question"][:90] + "..."
     cells.append(f"<details><summary>{html.escape(question)}</summary><pre>{html.escape(text)}</pre></details>")
     return "<tr" + attrs + ">" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"

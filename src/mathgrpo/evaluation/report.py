@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..tracking import read_jsonl  # noqa: E402
-from .pages import code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
+from .pages import ANSWER_CHARS, clip, code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
 
 MAX_CURVES = 16  # training-curve panels per figure; the rest are listed by name
 SMOOTH_FROM = 30  # points a curve needs before a moving mean is drawn over it
@@ -213,7 +213,7 @@ def reference_blocks(specs: dict, settings: dict, model_paths: tuple, against: s
                 ["model", "published", "setting", f"differs from {against}", "source"],
                 [[f"{r['model']} ({r['whose']})" if r["whose"] else r["model"], f"{r['value']:g}%", r["setting"],
                   r["differs"] or "same shots and decoding", r["source"] + (f"; {r['note']}" if r["note"] else "")]
-                 for r in rows])]
+                 for r in rows], text=True)]
         note = other_benchmark_note(spec)
         if note:
             blocks.append(p(note))
@@ -276,10 +276,6 @@ def group_blocks(key: str, m: dict) -> list:
     return blocks
 
 
-def _clip(text: str, limit: int = EXAMPLE_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more characters]"
-
-
 def example_blocks(key: str, records: list) -> list:
     """A right and a wrong sample (where there are), question, gold, answer and completion."""
     picks = [r for r in records if r["correct"]][:1] + [r for r in records if not r["correct"]][:1]
@@ -287,7 +283,7 @@ def example_blocks(key: str, records: list) -> list:
     for r in picks[:EXAMPLES_PER_BENCH]:
         blocks.append(p(f"{key} / {r['id']} (sample {r['sample']}): {r['verdict']}; gold {r['gold']!r}, "
                         f"answer {r['answer']!r}, well formed: {r['well_formed']}, {r['length']} tokens"))
-        blocks.append(code(f"Q: {_clip(r['question'])}\n\nA: {_clip(r['completion'])}"))
+        blocks.append(code(f"Q: {clip(r['question'], EXAMPLE_CHARS)}\n\nA: {clip(r['completion'], EXAMPLE_CHARS)}"))
     return blocks
 
 
@@ -430,7 +426,10 @@ def diff_figure(benches: dict) -> Any:
 
 
 def _problem_rows(items: list) -> list:
-    return [[r["id"], r["gold"], r["answer_a"], r["answer_b"], _clip(r["question"], 120)] for r in items]
+    """Rows of fixed or broken problems; long answers cut (compare.json keeps them whole)."""
+    answers = [[clip(a, ANSWER_CHARS) if isinstance(a, str) else a for a in (r["gold"], r["answer_a"], r["answer_b"])]
+               for r in items]
+    return [[r["id"], *a, clip(r["question"], 120)] for r, a in zip(items, answers)]
 
 
 def _per_problem(settings: dict) -> str:
