@@ -141,34 +141,77 @@ class ModelRef:
     run_dir: Optional[Path] = None  # the training run it came from (training curves in the report)
 
 
+STAGES = ("grpo", "sft")  # a run's stages, the later first: a run folder stands for its GRPO model, else its warm-up's
+MODEL_FILES = ("config.json", "adapter_config.json")  # what a model folder or a PEFT adapter folder holds
+
+
 def resolve_model(ref: str) -> ModelRef:
-    """Resolve `--model`: a run folder to its latest GRPO checkpoint (else its SFT model), else as given.
+    """Resolve `--model`: a folder of a run's layout to the model it stands for, a model folder, hub id or `tiny`
+    as given; a folder that holds no model is refused in one line that names it and says what to pass.
 
     Run layout: `<run>/grpo/checkpoints/ckpt-NNNNNN/model/` (adapter or full model), `<run>/sft/model/`,
-    `<run>/grpo/metrics.jsonl`. A stage folder (`<run>/grpo`, holding `checkpoints/`) works too.
-    Anything else (hub id, model folder, adapter folder, `tiny`) goes to `model.load_base` unchanged.
+    `<run>/grpo/metrics.jsonl`. A run folder stands for its latest GRPO checkpoint, else its warm-up model; a stage
+    folder for its `model/`, else its latest checkpoint; a `checkpoints/` folder for its latest checkpoint; a
+    checkpoint folder for its `model/`.
     """
     path = Path(ref).expanduser()
-    if not path.exists():
+    if ref == "tiny" or not path.exists():
         if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:
             raise RunError(f"--model {ref}: no such folder (a hub id looks like owner/name)")
         return ModelRef(ref, ref.rstrip("/").split("/")[-1])
     if not path.is_dir():
         raise RunError(f"--model {ref} is a file; pass a model, adapter or run folder, or a hub id")
-    for run_dir, stage in ((path, path / "grpo"), (path.parent, path)):
-        ckpts = stage / "checkpoints"
-        if ckpts.is_dir():
-            ckpt = latest_checkpoint(ckpts)
-            if ckpt is None:
-                break  # no checkpoint yet: fall back to the warm-up model below
-            model = ckpt / "model" if (ckpt / "model").is_dir() else ckpt
-            return ModelRef(str(model), f"{run_dir.resolve().name}-{ckpt.name}", run_dir)
-    if (path / "sft" / "model").is_dir():
-        return ModelRef(str(path / "sft" / "model"), f"{path.resolve().name}-sft", path)
-    if (path / "checkpoints").is_dir() or (path / "grpo").is_dir():
-        raise RunError(f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model")
-    run_dir = path.parent.parent if path.name == "model" and path.parent.name == "sft" else None
-    return ModelRef(str(path), _folder_label(path), run_dir if run_dir and is_run_dir(run_dir) else None)
+    model = _model_in(path)
+    if model is None:
+        raise RunError(_no_model(ref, path))
+    place = _layout_place(model)
+    if place is None:
+        return ModelRef(str(model), _folder_label(model))
+    run_dir, label = place  # a model named directly is a run's when its run folder is one (it has a config.yaml)
+    return ModelRef(str(model), label, run_dir if model != path or is_run_dir(run_dir) else None)
+
+
+def _model_in(path: Path) -> Optional[Path]:
+    """The model folder `path` stands for: itself when it holds a model or is where a run keeps one, else what it
+    stands for in a run's layout (see `resolve_model`); None when there is none."""
+    if any((path / name).exists() for name in MODEL_FILES) or _layout_place(path) is not None:
+        return path
+    if (path / "model").is_dir():  # a checkpoint folder, or a run's sft/
+        return path / "model"
+    ckpt = latest_checkpoint(path if path.name == "checkpoints" else path / "checkpoints")
+    if ckpt is not None:
+        return _model_in(ckpt)
+    stages = (_model_in(path / stage) for stage in STAGES if (path / stage).is_dir())
+    return next((model for model in stages if model is not None), None)
+
+
+def _layout_place(model: Path) -> Optional[tuple]:
+    """(run folder, label) of a model folder where a run keeps one (`<run>/sft/model`,
+    `<run>/<stage>/checkpoints/ckpt-NNNNNN/model`), else None. The label: the run's name, then `sft` for a warm-up
+    model, then the checkpoint's name (`try1-ckpt-000200`, `try1-sft`, `try1-sft-ckpt-000030`)."""
+    if model.name != "model":
+        return None
+    spot = model.parent
+    ckpt = spot if spot.name.startswith(CHECKPOINT_PREFIX) and spot.parent.name == "checkpoints" else None
+    stage = ckpt.parent.parent if ckpt else model.parent
+    if stage.name not in STAGES or (ckpt is None and stage.name != "sft"):
+        return None
+    run_dir = stage.parent
+    parts = [run_dir.resolve().name] + (["sft"] if stage.name == "sft" else []) + ([ckpt.name] if ckpt else [])
+    return run_dir, "-".join(parts)
+
+
+def _no_model(ref: str, path: Path) -> str:
+    """The one-line refusal of a folder that holds no model: what it lacks, and what to pass instead."""
+    if any((path / stage).is_dir() for stage in STAGES) or path.name in (*STAGES, "checkpoints"):
+        return f"--model {ref}: a run folder without checkpoints/ckpt-*/ or sft/model/; train first or pass a model"
+    runs = sorted(p.name for p in path.iterdir() if is_run_dir(p))
+    lacks = f"--model {ref}: no model in this folder (no {' or '.join(MODEL_FILES)})"
+    if runs:
+        shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        return f"{lacks}, but run folders ({shown}): pass one, e.g. --model {path / runs[-1]}"
+    return (f"{lacks}; pass a model or adapter folder, a run folder, a checkpoint folder "
+            f"(<run>/grpo/checkpoints/{CHECKPOINT_PREFIX}NNNNNN) or a hub id")
 
 
 def _folder_label(path: Path) -> str:

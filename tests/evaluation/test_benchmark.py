@@ -318,4 +318,7 @@ def test_a_warm_up_model_in_a_run_folder_brings_its_curves(tmp_path):
     save_config(load_config(None), run / "config.yaml")
     ref = resolve_model(str(run / "sft" / "model"))
     assert ref.run_dir == run and ref.label == "try1-sft"
-    assert resolve_model(str(tmp_path)).run_dir is None
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    assert resolve_model(str(plain)).run_dir is None
