@@ -104,6 +104,13 @@ def test_solve_and_export_take_a_checkpoint_folder(tiny_run, tmp_path):
     assert (written["adapter"] / "adapter_config.json").is_file()
 
 
+def test_a_checkpoint_exports_by_default_into_a_folder_named_for_it(tiny_run, tmp_path, monkeypatch):
+    """Not `model-export`, the name of every checkpoint's model folder: the run's name and the checkpoint's."""
+    monkeypatch.chdir(tmp_path)
+    written = mathgrpo.export(tiny_run / "grpo" / "checkpoints" / "ckpt-000004", merged=False)
+    assert written["adapter"].resolve() == tmp_path / "r1-ckpt-000004-export" / "adapter"
+
+
 def test_a_folder_without_a_model_is_refused_in_one_line(tiny_run, tmp_path, capsys):
     """The folder the runs are in: one line naming it, what it lacks, the run folders in it and what to pass; the
     Python API raises the same line."""

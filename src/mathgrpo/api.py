@@ -348,15 +348,16 @@ def export(model: PathLike, out: Optional[PathLike] = None, merged: bool = True,
            dtype: Optional[str] = None) -> dict:
     """Write the adapter (when there is one), with `merged` a merged safetensors model, with `gguf` (q8_0 or f16)
     a GGUF file; returns the paths by kind. `model`: a run folder (its latest model), an adapter or model folder;
-    `out`: default `<run>/export` for a run, else `<model folder>-export`."""
+    `out`: default `<run>/export` for a run, else `<model label>-export` (`r1-ckpt-000050-export`)."""
     from .model.common import adapter_base, is_adapter_dir
     from .model.export import export as export_model
     from .runs import export_dir, in_run_folder, resolve_model
 
     _quiet()
-    src = resolve_model(str(model)).path
+    ref = resolve_model(str(model))
+    src = ref.path
     copy_base = is_adapter_dir(Path(src)) and in_run_folder(Path(adapter_base(Path(src))))  # the run may not last
-    return export_model(src, Path(out) if out else export_dir(str(model), src), merged, dtype, gguf, copy_base)
+    return export_model(src, Path(out) if out else export_dir(str(model), ref), merged, dtype, gguf, copy_base)
 
 
 @_user_errors

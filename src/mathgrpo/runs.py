@@ -127,9 +127,10 @@ def in_run_folder(path: Path) -> bool:
     return path.is_dir() and path.name == "model" and path.parent.name == "sft" and is_run_dir(path.parent.parent)
 
 
-def export_dir(ref: str, model_path: str) -> Path:
-    """Where `mathgrpo export` writes by default: `<run>/export` for a run folder, else `<model folder name>-export`."""
-    return Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{Path(model_path).name}-export")
+def export_dir(ref: str, model: "ModelRef") -> Path:
+    """Where `mathgrpo export` writes by default: `<run>/export` for a run folder, else `<model label>-export`
+    (`r1-ckpt-000050-export` for a checkpoint of run r1, `<folder name>-export` for a model folder)."""
+    return Path(ref) / "export" if is_run_dir(Path(ref)) else Path(f"{model.label}-export")
 
 
 @dataclass(frozen=True)
