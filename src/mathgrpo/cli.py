@@ -130,7 +130,7 @@ def _export(parser: argparse.ArgumentParser) -> Callable:
                         help="dtype of the merged model (default: the base model's own)")
     parser.add_argument("--gguf", action="store_true", help="also write the merged model as GGUF (llama.cpp; needs mathgrpo[gguf])")
     parser.add_argument("--quant", default="q8_0", choices=["q8_0", "f16"], help="GGUF matrix type (norms stay f32)")
-    parser.add_argument("--out", default=None, help="output folder (default: RUN/export)")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/export for a run, LABEL-export for another model folder)")
 
     def run(args: argparse.Namespace) -> int:
         from .commands.export import export
