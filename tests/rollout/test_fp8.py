@@ -3,6 +3,8 @@ packed and FP8 paths end to end (FP8 GEMMs emulated by dequantizing), and the re
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -214,8 +216,12 @@ def test_packer_refills_in_place_only_when_a_source_changed():
     changed = (qkv.weight != snapshot).any(dim=1)
     q_rows = sources(model)[0]["qkv"][0].base_layer.weight.shape[0]
     assert not changed[:q_rows].any() and changed[q_rows:].any() and engine.held_bytes() >= packed_bytes(model, False)
+    alive = weakref.ref(qkv.weight)
+    del first, qkv
     engine.release()
     assert engine.held_bytes() == 0
+    gc.collect()
+    assert alive() is None, "release() frees the packed copies: nothing of the engine keeps them"
 
 
 def test_packed_bytes_in_bf16_and_fp8():

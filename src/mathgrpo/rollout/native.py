@@ -336,6 +336,7 @@ class NativeEngine(RolloutEngine):
         if self._merger.on_device:
             self._merger.drop()
         self._packer.drop()
+        self._weights = None  # it holds the packed copies too: kept, they sat beside the next step's new ones
         self._release_cache()
 
     def _release_cache(self) -> None:
