@@ -36,6 +36,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     "hf": ["rollout.engine=hf"],
     "hf-static": ["rollout.engine=hf", "rollout.hf_cache=static"],
     "native": ["rollout.engine=native", "model.fused_lora=true"],
+    "native-inplace": ["rollout.engine=native", "rollout.device_snapshots=false"],  # merged in place, no packed copies
     "native-unfused": ["rollout.engine=native", "model.fused_lora=false"],
     "native-no-tis": ["rollout.engine=native", "model.fused_lora=true", "grpo.sampler_correction=none"],
     "native-fp32": ["rollout.engine=native", "model.dtype=float32"],
