@@ -167,9 +167,10 @@ class RolloutConfig:
         "lowrank (the adapter's low-rank terms applied beside each projection, as the learner does).",
     )
     hf_cache: str = _f(
-        "dynamic",
-        "hf engine's key/value cache: dynamic (transformers' default, grown a token at a time) or static (allocated "
-        "once at its full length per generate call, no compile: fewer reallocations near a card's memory limit).",
+        "auto",
+        "hf engine's key/value cache: dynamic (transformers' default, grown a token at a time), static (allocated "
+        "once at its full length per generate call, no compile: fewer reallocations near a card's memory limit) "
+        "or auto (static on a GPU, dynamic on the CPU, where static is slower).",
     )
     device_snapshots: Optional[bool] = _f(
         None,
@@ -324,7 +325,7 @@ CHOICES = {
     "grpo.importance_sampling_level": ("token", "sequence"),
     "grpo.sampler_correction": ("none", "tis"),
     "rollout.lora": ("merge", "lowrank"),
-    "rollout.hf_cache": ("dynamic", "static"),
+    "rollout.hf_cache": ("auto", "dynamic", "static"),
     "rollout.precision": ("auto", "bf16", "fp8", "fp8-kv"),
     "grpo.lr_scheduler": ("constant", "linear", "cosine"),
     "rewards.model_normalize": ("none", "group", "batch"),

@@ -401,6 +401,11 @@ def rollout_choice(cfg: Config) -> tuple:
     engine, engine_why = choose_engine(cfg.rollout.engine, card, sharded)
     if engine == "native" and device.type == "cuda" and not card.kernels:
         engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
+    if engine == "hf":
+        from .rollout import static_cache
+
+        kind = "static" if static_cache(cfg.rollout.hf_cache, device.type) else "dynamic"
+        engine_why += f"; {kind} cache (rollout.hf_cache={cfg.rollout.hf_cache})"
     return device, card, engine, engine_why
 
 

@@ -2,7 +2,9 @@
 
 import torch
 
-from mathgrpo.rollout import SamplingParams, make_engine
+from mathgrpo.config import load_config
+from mathgrpo.model.card import Card
+from mathgrpo.rollout import SamplingParams, make_engine, static_cache
 from mathgrpo.rollout import sequence_seed
 from mathgrpo.model.tiny import build_tiny
 
@@ -57,3 +59,25 @@ def test_a_static_cache_samples_what_the_growing_cache_samples():
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
     for s, d in zip(static, dynamic):
         assert torch.allclose(torch.tensor(s.logprobs), torch.tensor(d.logprobs), atol=1e-5)
+
+
+def test_auto_cache_is_static_on_a_gpu_and_dynamic_on_the_cpu():
+    """rollout.hf_cache=auto (the default) takes the static cache where it was measured faster (a GPU) and the growing
+    one on the CPU; static and dynamic are taken as said."""
+    assert static_cache("auto", "cuda") and not static_cache("auto", "cpu")
+    assert static_cache("static", "cpu") and not static_cache("dynamic", "cuda")
+    assert not make_engine("hf", *build_tiny(seed=5), [1]).static_cache  # the CPU model here: auto is dynamic
+
+
+def test_the_device_line_names_the_hf_cache(monkeypatch):
+    """The line a run starts with (and the dry run) says which cache the hf engine uses and the setting behind it."""
+    from mathgrpo import preflight
+    from mathgrpo.model import card, common
+
+    cpu_line = preflight.device_choices(load_config("tiny-cpu", []), brief=True)
+    assert "rollouts hf (rollout.engine=hf; dynamic cache (rollout.hf_cache=auto))" in cpu_line
+    monkeypatch.setattr(common, "resolve_device", lambda setting: torch.device("cuda"))
+    monkeypatch.setattr(card, "card_of", lambda device: Card("cuda", "Tesla T4", (7, 5), 14.7))
+    assert "static cache (rollout.hf_cache=auto)" in preflight.device_choices(load_config("tiny-cpu", []), brief=True)
+    native = preflight.device_choices(load_config("tiny-cpu", ["rollout.engine=native", "rollout.hf_cache=dynamic"]))
+    assert "native engine's kernels need sm_80+" in native and "dynamic cache (rollout.hf_cache=dynamic)" in native
