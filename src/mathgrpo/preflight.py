@@ -401,11 +401,6 @@ def rollout_choice(cfg: Config) -> tuple:
     engine, engine_why = choose_engine(cfg.rollout.engine, card, sharded)
     if engine == "native" and device.type == "cuda" and not card.kernels:
         engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
-    if engine == "hf":
-        from .rollout import static_cache
-
-        kind = "static" if static_cache(cfg.rollout.hf_cache, device.type) else "dynamic"
-        engine_why += f"; {kind} cache (rollout.hf_cache={cfg.rollout.hf_cache})"
     return device, card, engine, engine_why
 
 
@@ -424,11 +419,19 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
     problem = precision_problem(cfg.rollout.precision, engine, cfg.rollout.lora, card)
     weights = {"fp8": "fp8 weights", "fp8-kv": "fp8 weights and KV cache"}.get(chosen, f"{name} weights")
     reads = f"rollout.precision={cfg.rollout.precision} refused: {problem}" if problem else f"{weights} ({precision_why})"
+    cache = f", {hf_cache_kind(cfg, device)} cache (rollout.hf_cache={cfg.rollout.hf_cache})" if engine == "hf" else ""
     if brief:
         mixed = " mixed precision" if precision.mixed else ""
-        return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why}), {reads}"
+        return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why}){cache}, {reads}"
     return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {precision.describe()}\n"
-            f"rollouts: {engine} ({engine_why}); {reads}")
+            f"rollouts: {engine} ({engine_why}){cache}; {reads}")
+
+
+def hf_cache_kind(cfg: Config, device) -> str:
+    """static or dynamic: the key/value cache the hf engine will use on `device` (rollout.hf_cache)."""
+    from .rollout import static_cache
+
+    return "static" if static_cache(cfg.rollout.hf_cache, device.type) else "dynamic"
 
 
 def dry_run(cfg: Config, stages: tuple) -> tuple:

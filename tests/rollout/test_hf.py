@@ -75,7 +75,7 @@ def test_the_device_line_names_the_hf_cache(monkeypatch):
     from mathgrpo.model import card, common
 
     cpu_line = preflight.device_choices(load_config("tiny-cpu", []), brief=True)
-    assert "rollouts hf (rollout.engine=hf; dynamic cache (rollout.hf_cache=auto))" in cpu_line
+    assert "rollouts hf (rollout.engine=hf), dynamic cache (rollout.hf_cache=auto), float32" in cpu_line
     monkeypatch.setattr(common, "resolve_device", lambda setting: torch.device("cuda"))
     monkeypatch.setattr(card, "card_of", lambda device: Card("cuda", "Tesla T4", (7, 5), 14.7))
     assert "static cache (rollout.hf_cache=auto)" in preflight.device_choices(load_config("tiny-cpu", []), brief=True)
