@@ -9,9 +9,12 @@ once. Result tables and hints are not notices: the command layer prints those.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 
 def notice(text: str) -> None:
     """Tell the person running the tool `text` (one line, or a few), from the first rank only."""
@@ -35,7 +38,7 @@ class StepProgress:
         self._progress = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-            transient=False,
+            transient=False, console=bar_console(),
         )
         self._progress.start()
         self._task = self._progress.add_task(label, total=total, completed=done, status="")
@@ -62,5 +65,14 @@ def task_progress(enabled: bool) -> Any:
     manager whose `add_task(name, total=)` and `advance(task, n)` move them; silent when not `enabled`."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), disable=not enabled,
+        TimeRemainingColumn(), disable=not enabled, console=bar_console(),
     )
+
+
+def bar_console() -> Console:
+    """Where bars draw: rich's own console, except in Jupyter without ipywidgets (rich's only way to redraw a bar
+    there), where a plain one prints each bar once as it ends instead of a warning at every redraw and no bar."""
+    console = Console()
+    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+        return Console(force_jupyter=False)
+    return console
