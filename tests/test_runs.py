@@ -97,9 +97,10 @@ def test_eval_of_a_checkpoint_folder_says_which_model_it_took(tiny_run, tmp_path
     assert f"model: {ckpt / 'model'} (run {tiny_run})" in capsys.readouterr().out.splitlines()
 
 
-def test_solve_and_export_take_a_checkpoint_folder(tiny_run, tmp_path):
+def test_solve_and_export_take_a_checkpoint_folder(tiny_run, tmp_path, capsys):
     ckpt = tiny_run / "grpo" / "checkpoints" / "ckpt-000004"
     assert isinstance(mathgrpo.solve("07+28=", ckpt).text, str)
+    assert f"model: {ckpt / 'model'}" in capsys.readouterr().out  # the folder it answered with
     written = mathgrpo.export(ckpt, tmp_path / "export", merged=False)
     assert (written["adapter"] / "adapter_config.json").is_file()
 

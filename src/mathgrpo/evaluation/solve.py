@@ -8,6 +8,7 @@ from typing import Optional
 from ..config import ModelConfig, load_config
 from ..data.formats import get_format, parse_completion, render_prompt
 from ..model.loading import load_any, stop_token_ids
+from ..progress import notice
 from ..rollout import SamplingParams, make_engine
 from ..runs import resolve_model, run_recipe
 
@@ -28,7 +29,9 @@ def solve(question: str, ref: str, fmt_preset: str = "reasoning", template: str 
           device: str = "auto") -> tuple:
     """Answer one question greedily with `ref` (a run folder: its latest model): (the completion parsed in the
     format, the raw `Generation`)."""
-    model, tok = load_any(resolve_model(ref).path, ModelConfig(device=device))
+    resolved = resolve_model(ref)
+    notice(f"model: {resolved.path}")  # a run or checkpoint folder stands for a model inside it: say which
+    model, tok = load_any(resolved.path, ModelConfig(device=device))
     fmt = get_format(fmt_preset)
     engine = make_engine("auto", model, tok, stop_token_ids(tok))
     prompt = render_prompt(question, fmt, tok, template)
