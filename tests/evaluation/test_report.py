@@ -10,7 +10,7 @@ import pytest
 from mathgrpo.cli import main as cli
 from mathgrpo.evaluation.metrics import summarise
 from mathgrpo.evaluation.pages import ANSWER_CHARS, slug
-from mathgrpo.evaluation.report import read_curves, write_report
+from mathgrpo.evaluation.report import curves_of_model, read_curves, write_report
 
 SETTINGS = {"model": "m", "n": 1, "greedy": True, "temperature": None, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
             "max_new_tokens": 16, "shots": 0, "shots_source": None, "format": "reasoning", "system_prompt": None,
@@ -293,3 +293,15 @@ def test_compare_shows_published_figures_for_shared_benchmarks(tmp_path, capsys)
     assert cli(["eval", "--compare", str(a), str(b), "--output", str(tmp_path / "C"), "eval.references=false"]) == 0
     assert "Published figures" not in capsys.readouterr().out
     assert "Published figures" not in (tmp_path / "C" / "compare.md").read_text()
+
+
+def test_a_model_gets_the_curves_of_the_training_that_made_it(tmp_path):
+    """The warm-up model's report shows no GRPO curves (they came after it); a checkpoint's stops at its step."""
+    run = tmp_path / "run"
+    curves = {"sft/loss": ([1, 2, 3], [3.0, 2.0, 1.0]), "grpo/reward": ([0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4, 0.5])}
+    assert curves_of_model(curves, run, str(run / "sft" / "model")) == {"sft/loss": curves["sft/loss"]}
+    ckpt = curves_of_model(curves, run, str(run / "grpo" / "checkpoints" / "ckpt-000002" / "model"))
+    assert ckpt == {"sft/loss": curves["sft/loss"], "grpo/reward": ([0, 1, 2], [0.1, 0.2, 0.3])}
+    early = curves_of_model(curves, run, str(run / "sft" / "checkpoints" / "ckpt-000001" / "model"))
+    assert early == {"sft/loss": ([1], [3.0])}
+    assert curves_of_model(curves, run, str(tmp_path / "elsewhere")) == curves

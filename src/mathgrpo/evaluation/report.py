@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..runs import CHECKPOINT_PREFIX  # noqa: E402
 from ..tracking import read_jsonl  # noqa: E402
 from .pages import ANSWER_CHARS, clip, code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
 
@@ -120,6 +121,29 @@ def read_curves(run_dir: Path) -> dict:
         return (KEY_CURVES.index(key) if key in KEY_CURVES else len(KEY_CURVES), stage != "sft", name)
 
     return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
+
+
+def curves_of_model(curves: dict, run_dir: Path, model_path: str) -> dict:
+    """The part of a run's curves (`read_curves`) that made the model at `model_path`: a warm-up model (`sft/model`,
+    a warm-up checkpoint) has the warm-up's only, a checkpoint its stage's up to its step; any other model all."""
+    try:
+        parts = Path(model_path).resolve().relative_to(Path(run_dir).resolve()).parts
+    except ValueError:  # not inside the run folder
+        return curves
+    if not parts or parts[0] not in ("sft", "grpo"):
+        return curves
+    stage = parts[0]
+    step = int(parts[2][len(CHECKPOINT_PREFIX):]) if len(parts) > 2 and parts[2].startswith(CHECKPOINT_PREFIX) else None
+    kept = {}
+    for name, (xs, ys) in curves.items():
+        of = name.split("/", 1)[0]
+        if stage == "sft" and of != "sft":  # the warm-up model never saw GRPO
+            continue
+        if of == stage and step is not None:
+            xs, ys = [x for x in xs if x <= step], [y for x, y in zip(xs, ys) if x <= step]
+        if xs:
+            kept[name] = (xs, ys)
+    return kept
 
 
 def is_constant(ys: list) -> bool:
@@ -404,7 +428,8 @@ def write_report(out: Path, records: Optional[dict] = None) -> Path:
     out = Path(out)
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     records = records if records is not None else read_records(out, metrics)
-    curves = read_curves(Path(metrics["run_dir"])) if metrics.get("run_dir") and Path(metrics["run_dir"]).is_dir() else {}
+    run_dir = Path(metrics["run_dir"]) if metrics.get("run_dir") else None
+    curves = curves_of_model(read_curves(run_dir), run_dir, metrics.get("model_path", "")) if run_dir and run_dir.is_dir() else {}
     blocks = report_blocks(metrics, records, _read(out / "prompt.json"), curves, _read(out / "eval_config.json"))
     return write_pages(out, "report", blocks, f"Evaluation: {metrics['model']}")
 
