@@ -10,8 +10,9 @@ once. Result tables and hints are not notices: the command layer prints those.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, Optional
 
+from rich import get_console
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -69,10 +70,9 @@ def task_progress(enabled: bool) -> Any:
     )
 
 
-def bar_console() -> Console:
-    """Where bars draw: rich's own console, except in Jupyter without ipywidgets (rich's only way to redraw a bar
-    there), where a plain one prints each bar once as it ends instead of a warning at every redraw and no bar."""
-    console = Console()
-    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+def bar_console() -> Optional[Console]:
+    """Where bars draw: rich's shared console (None), except in Jupyter without ipywidgets (rich's only way to redraw
+    a bar there), where a plain one prints each bar once as it ends instead of a warning at every redraw and no bar."""
+    if get_console().is_jupyter and importlib.util.find_spec("ipywidgets") is None:
         return Console(force_jupyter=False)
-    return console
+    return None

@@ -165,17 +165,17 @@ def resolve_model(ref: str) -> ModelRef:
     model = _model_in(path)
     if model is None:
         raise RunError(_no_model(ref, path))
-    place = _layout_place(model)
+    place = model_place(model)
     if place is None:
         return ModelRef(str(model), _folder_label(model))
-    run_dir, label = place  # a model named directly is a run's when its run folder is one (it has a config.yaml)
-    return ModelRef(str(model), label, run_dir if model != path or is_run_dir(run_dir) else None)
+    run_dir = place.run_dir  # a model named directly is a run's when its run folder is one (it has a config.yaml)
+    return ModelRef(str(model), place.label, run_dir if model != path or is_run_dir(run_dir) else None)
 
 
 def _model_in(path: Path) -> Optional[Path]:
     """The model folder `path` stands for: itself when it holds a model or is where a run keeps one, else what it
     stands for in a run's layout (see `resolve_model`); None when there is none."""
-    if any((path / name).exists() for name in MODEL_FILES) or _layout_place(path) is not None:
+    if any((path / name).exists() for name in MODEL_FILES) or model_place(path) is not None:
         return path
     if (path / "model").is_dir():  # a checkpoint folder, or a run's sft/
         return path / "model"
@@ -186,10 +186,21 @@ def _model_in(path: Path) -> Optional[Path]:
     return next((model for model in stages if model is not None), None)
 
 
-def _layout_place(model: Path) -> Optional[tuple]:
-    """(run folder, label) of a model folder where a run keeps one (`<run>/sft/model`,
-    `<run>/<stage>/checkpoints/ckpt-NNNNNN/model`), else None. The label: the run's name, then `sft` for a warm-up
-    model, then the checkpoint's name (`try1-ckpt-000200`, `try1-sft`, `try1-sft-ckpt-000030`)."""
+@dataclass(frozen=True)
+class Place:
+    """Where a run keeps a model folder: the run folder, the stage that made it, the checkpoint's step (None: the
+    stage's final model) and the model's label."""
+
+    run_dir: Path
+    stage: str
+    step: Optional[int]
+    label: str
+
+
+def model_place(model: Path) -> Optional[Place]:
+    """The Place of a model folder where a run keeps one (`<run>/sft/model`, `<run>/<stage>/checkpoints/
+    ckpt-NNNNNN/model`), else None. The label: the run's name, then `sft` for a warm-up model, then the
+    checkpoint's name (`try1-ckpt-000200`, `try1-sft`, `try1-sft-ckpt-000030`)."""
     if model.name != "model":
         return None
     spot = model.parent
@@ -199,7 +210,8 @@ def _layout_place(model: Path) -> Optional[tuple]:
         return None
     run_dir = stage.parent
     parts = [run_dir.resolve().name] + (["sft"] if stage.name == "sft" else []) + ([ckpt.name] if ckpt else [])
-    return run_dir, "-".join(parts)
+    step = int(ckpt.name[len(CHECKPOINT_PREFIX):]) if ckpt else None
+    return Place(run_dir, stage.name, step, "-".join(parts))
 
 
 def _no_model(ref: str, path: Path) -> str:

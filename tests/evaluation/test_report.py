@@ -299,9 +299,9 @@ def test_a_model_gets_the_curves_of_the_training_that_made_it(tmp_path):
     """The warm-up model's report shows no GRPO curves (they came after it); a checkpoint's stops at its step."""
     run = tmp_path / "run"
     curves = {"sft/loss": ([1, 2, 3], [3.0, 2.0, 1.0]), "grpo/reward": ([0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4, 0.5])}
-    assert curves_of_model(curves, run, str(run / "sft" / "model")) == {"sft/loss": curves["sft/loss"]}
-    ckpt = curves_of_model(curves, run, str(run / "grpo" / "checkpoints" / "ckpt-000002" / "model"))
+    assert curves_of_model(curves, str(run / "sft" / "model")) == {"sft/loss": curves["sft/loss"]}
+    ckpt = curves_of_model(curves, str(run / "grpo" / "checkpoints" / "ckpt-000002" / "model"))
     assert ckpt == {"sft/loss": curves["sft/loss"], "grpo/reward": ([0, 1, 2], [0.1, 0.2, 0.3])}
-    early = curves_of_model(curves, run, str(run / "sft" / "checkpoints" / "ckpt-000001" / "model"))
+    early = curves_of_model(curves, str(run / "sft" / "checkpoints" / "ckpt-000001" / "model"))
     assert early == {"sft/loss": ([1], [3.0])}
-    assert curves_of_model(curves, run, str(tmp_path / "elsewhere")) == curves
+    assert curves_of_model(curves, str(tmp_path / "elsewhere")) == curves

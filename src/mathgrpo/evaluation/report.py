@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..runs import CHECKPOINT_PREFIX  # noqa: E402
+from ..runs import model_place  # noqa: E402
 from ..tracking import read_jsonl  # noqa: E402
 from .pages import ANSWER_CHARS, clip, code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
 
@@ -123,17 +123,13 @@ def read_curves(run_dir: Path) -> dict:
     return dict(sorted(series.items(), key=lambda kv: rank(kv[0])))
 
 
-def curves_of_model(curves: dict, run_dir: Path, model_path: str) -> dict:
+def curves_of_model(curves: dict, model_path: str) -> dict:
     """The part of a run's curves (`read_curves`) that made the model at `model_path`: a warm-up model (`sft/model`,
     a warm-up checkpoint) has the warm-up's only, a checkpoint its stage's up to its step; any other model all."""
-    try:
-        parts = Path(model_path).resolve().relative_to(Path(run_dir).resolve()).parts
-    except ValueError:  # not inside the run folder
+    place = model_place(Path(model_path))
+    if place is None:
         return curves
-    if not parts or parts[0] not in ("sft", "grpo"):
-        return curves
-    stage = parts[0]
-    step = int(parts[2][len(CHECKPOINT_PREFIX):]) if len(parts) > 2 and parts[2].startswith(CHECKPOINT_PREFIX) else None
+    stage, step = place.stage, place.step
     kept = {}
     for name, (xs, ys) in curves.items():
         of = name.split("/", 1)[0]
@@ -429,7 +425,7 @@ def write_report(out: Path, records: Optional[dict] = None) -> Path:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     records = records if records is not None else read_records(out, metrics)
     run_dir = Path(metrics["run_dir"]) if metrics.get("run_dir") else None
-    curves = curves_of_model(read_curves(run_dir), run_dir, metrics.get("model_path", "")) if run_dir and run_dir.is_dir() else {}
+    curves = curves_of_model(read_curves(run_dir), metrics.get("model_path", "")) if run_dir and run_dir.is_dir() else {}
     blocks = report_blocks(metrics, records, _read(out / "prompt.json"), curves, _read(out / "eval_config.json"))
     return write_pages(out, "report", blocks, f"Evaluation: {metrics['model']}")
 

@@ -69,9 +69,7 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")
     triton = resolve_attention("auto", device) == "triton"
-    problem = precision_problem(precision, name, lora, card)
-    if precision == "fp8-kv" and not problem and not triton:
-        problem = "an FP8 KV cache is read by the Triton attention kernel only, and Triton is not available here"
+    problem = precision_problem(precision, name, lora, card, triton=triton)
     if problem:  # refused here, before a memory plan is made for an engine that cannot be built
         raise PrecisionRefused(f"rollout.precision={precision}: {problem}")
     return EngineChoice("native", lora, triton, snapshot_bytes(model, lora, precision), precision,
@@ -98,7 +96,8 @@ def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, st
 
 def static_cache(hf_cache: str, device_type: str) -> bool:
     """Whether the hf engine allocates its cache once at full length: `auto` does on a GPU (2.3-2.5x faster decode
-    steps at the Qwen3-4B shape, the same tokens) and not on the CPU (slower there: docs/performance.md)."""
+    steps at the Qwen3-4B shape; the default recipe learned the same) and not on the CPU (slower there:
+    docs/performance.md)."""
     if hf_cache == "auto":
         return device_type == "cuda"
     return hf_cache == "static"

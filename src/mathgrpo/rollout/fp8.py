@@ -47,9 +47,11 @@ def unsupported_reason(card: Card) -> Optional[str]:
     return None
 
 
-def precision_problem(precision: str, engine: str, lora: str, card: Card, emulated: bool = False) -> Optional[str]:
+def precision_problem(precision: str, engine: str, lora: str, card: Card, emulated: bool = False,
+                      triton: bool = True) -> Optional[str]:
     """None when rollout.precision can run with this engine (the setting or the chosen one), LoRA mode and card,
-    else one line saying why not (`emulated`: FP8 GEMMs emulated, tests only: no card requirement)."""
+    else one line saying why not (`emulated`: FP8 GEMMs emulated, tests only: no card requirement; `triton`: the
+    Triton attention kernel, the only reader of an FP8 KV cache, runs here)."""
     if not precision.startswith("fp8"):
         return None
     reason = None if emulated else unsupported_reason(card)
@@ -59,6 +61,8 @@ def precision_problem(precision: str, engine: str, lora: str, card: Card, emulat
         return "FP8 rollouts need rollout.engine=native (or auto on a GPU); hf generates in the model's dtype"
     if lora != "merge":
         return "FP8 rollouts quantize the LoRA-merged weights; use rollout.lora=merge"
+    if precision == "fp8-kv" and not triton:
+        return "an FP8 KV cache is read by the Triton attention kernel only, and Triton is not available here"
     return None
 
 

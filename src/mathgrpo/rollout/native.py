@@ -87,9 +87,10 @@ def snapshot_bytes(model: Any, lora: str, precision: str = "auto", pack: Optiona
     """Device bytes the engine's copies of the LoRA-merged weights take when the memory plan grants them
     (snapshots_on_device): the packed projections (`pack` None or True), or exact snapshots of the adapted base
     weights (`pack` False). 0 without LoRA merging, and with FP8 rollouts, whose copies are `weight_copy_bytes`."""
-    if lora != "merge" or precision.startswith("fp8") or not merged_weight_bytes(model):
+    merged = merged_weight_bytes(model) if lora == "merge" and not precision.startswith("fp8") else 0
+    if not merged:
         return 0
-    return merged_weight_bytes(model) if pack is False else packed_bytes(model, fp8_weights=False)
+    return merged if pack is False else packed_bytes(model, fp8_weights=False)
 
 
 def weight_copy_bytes(model: Any, precision: str) -> int:
@@ -241,8 +242,9 @@ class NativeEngine(RolloutEngine):
         self.kv_fp8 = kv_cache == "fp8" or self.precision == "fp8-kv"
         if self.kv_fp8 and attention != "triton":
             raise fp8.PrecisionRefused(f"an FP8 KV cache is read by the Triton attention kernel only (attention={attention} here)")
-        if self.kv_fp8 and cuda and fp8.unsupported_reason(self.card):  # on the CPU: the Triton interpreter (tests)
-            raise fp8.PrecisionRefused(f"an FP8 KV cache: {fp8.unsupported_reason(self.card)}")
+        unsupported = fp8.unsupported_reason(self.card) if self.kv_fp8 and cuda else None  # CPU: the Triton interpreter (tests)
+        if unsupported:
+            raise fp8.PrecisionRefused(f"an FP8 KV cache: {unsupported}")
         self.use_graphs = cuda if use_graphs is None else use_graphs
         self.use_compile = cuda if use_compile is None else use_compile
         self.check_every = check_every
