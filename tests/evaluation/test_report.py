@@ -208,10 +208,10 @@ def test_report_polish_curves_warnings_and_html(tmp_path):
     (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     curves = read_curves(run)
     assert list(curves)[:6] == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/kl", "grpo/grad_norm", "grpo/lr"]
-    key, rest, constant = split_curves(curves)
+    key, rest, constant, once = split_curves(curves)
     assert list(key) == ["grpo/accuracy", "grpo/reward", "grpo/loss", "grpo/grad_norm"]
     assert list(rest) == ["grpo/reference_time"]
-    assert constant == {"grpo/kl": 0.0, "grpo/lr": 1e-3, "grpo/kept_fraction": 1.0}
+    assert constant == {"grpo/kl": 0.0, "grpo/lr": 1e-3, "grpo/kept_fraction": 1.0} and once == {}
     blocks = curve_blocks(str(run), curves)
     constants = [b for b in blocks if b[0] == "table"][0]
     assert constants[2] == [["grpo/kl", "0", 60], ["grpo/lr", "0.001", 60], ["grpo/kept_fraction", "1", 60]]
@@ -305,3 +305,22 @@ def test_a_model_gets_the_curves_of_the_training_that_made_it(tmp_path):
     early = curves_of_model(curves, str(run / "sft" / "checkpoints" / "ckpt-000001" / "model"))
     assert early == {"sft/loss": ([1], [3.0])}
     assert curves_of_model(curves, str(tmp_path / "elsewhere")) == curves
+
+
+def test_a_series_logged_once_is_not_called_constant(tmp_path):
+    """Held-out accuracy logged once (at step 8) and a one-step warm-up: a table of value and step apart from the
+    quantities that held one value at every one of several steps."""
+    run = tmp_path / "run"
+    (run / "grpo").mkdir(parents=True)
+    (run / "sft").mkdir()
+    rows = [{"step": s, "reward": s / 10, "lr": 1e-3} for s in range(1, 9)] + [{"step": 8, "heldout_accuracy": 0.45}]
+    (run / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "sft" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    out = results_folder(tmp_path / "R", "m", [record("gsm8k", "q1", True, "7")], run_dir=run)
+    write_report(out)
+    curves = _section((out / "report.md").read_text(), "Training curves")
+    constant = curves.split("The same value at every logged step:", 1)[1].split("Logged once:", 1)[0]
+    assert "| grpo/lr | 0.001 | 8 |" in constant and "heldout_accuracy" not in constant and "sft/loss" not in constant
+    once = curves.split("Logged once:", 1)[1]
+    assert "| quantity | value | step |" in once
+    assert "| grpo/heldout_accuracy | 0.45 | 8 |" in once and "| sft/loss | 2 | 1 |" in once

@@ -4,8 +4,9 @@ The content of the reports, as blocks that `pages` renders twice (Markdown and o
 Sections: results (accuracy per benchmark with 95% intervals, MATH accuracy by level and subject),
 published figures, the samples (a link to samples.jsonl; in the HTML every sample, filterable), completion
 lengths, the training curves of the run folder the model came from (changing ones plotted two to a row,
-constant ones in a table), the prompt, the settings and seeds, the grading. Warnings come right after the
-settings line: prompts longer than model.max_seq_length allows, most completions cut at max_new_tokens.
+constant ones and those logged once in tables), the prompt, the settings and seeds, the grading. Warnings come
+right after the settings line: prompts longer than model.max_seq_length allows, most completions cut at
+max_new_tokens.
 """
 
 from __future__ import annotations
@@ -148,11 +149,13 @@ def is_constant(ys: list) -> bool:
 
 
 def split_curves(series: dict) -> tuple:
-    """(key curves, other curves, {name: value} of the constant ones): the first two change over the run."""
-    constant = {n: s[1][0] for n, s in series.items() if is_constant(s[1])}
-    changing = {n: s for n, s in series.items() if n not in constant}
+    """(key curves, other curves, {name: value} of the constant ones, {name: (step, value)} of those logged once):
+    the first two change over the run; a constant one held its value over several steps."""
+    once = {n: (s[0][0], s[1][0]) for n, s in series.items() if len(s[1]) == 1}
+    constant = {n: s[1][0] for n, s in series.items() if n not in once and is_constant(s[1])}
+    changing = {n: s for n, s in series.items() if n not in constant and n not in once}
     key = {n: s for n, s in changing.items() if n.split("/", 1)[1] in KEY_CURVES}
-    return key, {n: s for n, s in changing.items() if n not in key}, constant
+    return key, {n: s for n, s in changing.items() if n not in key}, constant, once
 
 
 def smooth(ys: list) -> tuple:
@@ -193,8 +196,9 @@ def curves_figure(series: dict) -> Any:
 
 
 def curve_blocks(run_dir: str, curves: dict) -> list:
-    """The training curves: the key ones plotted, the other changing ones folded, the constant ones a table."""
-    key, rest, constant = split_curves(curves)
+    """The training curves: the key ones plotted, the other changing ones folded, the constant ones and those logged
+    once in tables."""
+    key, rest, constant, once = split_curves(curves)
     blocks = [h(2, "Training curves"),
               p(f"From `{run_dir}`. Faint lines are the values as logged, solid lines their moving mean; a curve of "
                 f"fewer than {SMOOTH_FROM} points (held-out accuracy, a short run) is drawn as logged, with dots.")]
@@ -204,6 +208,8 @@ def curve_blocks(run_dir: str, curves: dict) -> list:
         blocks += [p("The same value at every logged step:"),
                    table(["quantity", "value", "steps logged"],
                          [[n, f"{v:g}", len(curves[n][0])] for n, v in constant.items()])]
+    if once:
+        blocks += [p("Logged once:"), table(["quantity", "value", "step"], [[n, f"{v:g}", x] for n, (x, v) in once.items()])]
     if rest:
         folded = [image("training-other", curves_figure(rest))]
         if len(rest) > MAX_CURVES:
