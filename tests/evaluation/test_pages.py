@@ -2,7 +2,8 @@
 
 import re
 
-from mathgrpo.evaluation.pages import ANSWER_CHARS, PAGE_ROWS, fold, h, p, paged, samples, table, to_html, to_markdown
+from mathgrpo.evaluation.pages import (ANSWER_CHARS, PAGE_ROWS, fold, h, link, p, paged, samples, table, to_html,
+                                       to_markdown)
 
 
 def sample(i, verdict, bench="gsm8k", finished=True):
@@ -86,3 +87,11 @@ def test_a_rambling_answer_is_cut_in_its_cell_and_whole_in_the_completion():
     assert cells == ["7", "3" * ANSWER_CHARS + f" ... [{500 - ANSWER_CHARS} more characters]"]
     assert "[ANSWER]" + "3" * 500 in page
     assert ".answer{white-space:normal;overflow-wrap:anywhere}" in page
+
+
+def test_a_link_to_a_file_beside_the_page(tmp_path):
+    """The same paragraph and relative link in both renderings; text and name escaped in the HTML."""
+    block = link("The `data` <all>: ", "a&b.json")
+    page = to_html([block], "L")
+    assert '<p>The <code>data</code> &lt;all&gt;: <a href="a&amp;b.json">a&amp;b.json</a>.</p>' in page
+    assert to_markdown([block], tmp_path / "plots") == "The `data` <all>: [a&b.json](a&b.json).\n"

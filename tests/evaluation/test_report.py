@@ -324,3 +324,13 @@ def test_a_series_logged_once_is_not_called_constant(tmp_path):
     once = curves.split("Logged once:", 1)[1]
     assert "| quantity | value | step |" in once
     assert "| grpo/heldout_accuracy | 0.45 | 8 |" in once and "| sft/loss | 2 | 1 |" in once
+
+
+def test_compare_pages_link_compare_json_beside_them(tmp_path):
+    """compare.html and compare.md link the compare.json written beside them (relative, so the folder can move)."""
+    a, b = pair(tmp_path)
+    out = tmp_path / "elsewhere"
+    assert cli(["eval", "--compare", str(a), str(b), "--output", str(out)]) == 0
+    assert (out / "compare.json").is_file()
+    assert '<a href="compare.json">compare.json</a>' in (out / "compare.html").read_text()
+    assert "[compare.json](compare.json)" in (out / "compare.md").read_text()

@@ -2,10 +2,10 @@
 self-contained HTML file (plots inline as base64 PNG, a few lines of inline JavaScript, nothing fetched),
 so the two never disagree.
 
-Blocks: heading, paragraph, table, paged table, image, code, folded group, and a samples browser. In the
-HTML a table longer than a page is paged, and the samples browser filters its rows by benchmark, verdict
-and text; without JavaScript every row is shown. In Markdown a paged table shows its first rows and says
-where the rest are.
+Blocks: heading, paragraph, paragraph with a link to a file beside the page, table, paged table, image, code,
+folded group, and a samples browser. In the HTML a table longer than a page is paged, and the samples browser
+filters its rows by benchmark, verdict and text; without JavaScript every row is shown. In Markdown a paged
+table shows its first rows and says where the rest are.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def h(level: int, text: str) -> tuple:
 
 def p(text: str) -> tuple:
     return ("p", text)
+
+
+def link(text: str, href: str, after: str = ".") -> tuple:
+    """A paragraph: `text`, a link to the file `href` beside the page (relative, so the folder can move), `after`."""
+    return ("link", text, href, after)
 
 
 def table(headers: list, rows: list, text: bool = False) -> tuple:
@@ -108,6 +113,8 @@ def to_markdown(blocks: list, plot_dir: Path) -> str:
             lines += ["#" * b[1] + " " + b[2], ""]
         elif kind == "p":
             lines += [b[1], ""]
+        elif kind == "link":
+            lines += [f"{b[1]}[{b[2]}]({b[2]}){b[3]}", ""]
         elif kind == "table":
             lines += _md_table(b[1], b[2])
         elif kind == "paged":
@@ -226,6 +233,9 @@ def _html_block(b: tuple) -> str:
         return f'<h{b[1]} id="{slug(b[2])}">{html.escape(b[2])}</h{b[1]}>'
     if kind == "p":
         return f"<p>{_inline_code(html.escape(b[1]))}</p>"
+    if kind == "link":
+        href = html.escape(b[2])
+        return f'<p>{_inline_code(html.escape(b[1]))}<a href="{href}">{href}</a>{html.escape(b[3])}</p>'
     if kind == "table":
         return _html_table(b[1], b[2], ' class="text"' if b[3] else "")
     if kind == "paged":

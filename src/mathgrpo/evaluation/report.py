@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..runs import model_place  # noqa: E402
 from ..tracking import read_jsonl  # noqa: E402
-from .pages import ANSWER_CHARS, clip, code, fold, h, image, p, paged, samples, table, write_pages  # noqa: E402
+from .pages import ANSWER_CHARS, clip, code, fold, h, image, link, p, paged, samples, table, write_pages  # noqa: E402
 
 MAX_CURVES = 16  # training-curve panels per figure; the rest are listed by name
 SMOOTH_FROM = 30  # points a curve needs before a moving mean is drawn over it
@@ -470,7 +470,8 @@ def compare_blocks(result: dict) -> list:
     benches = result["benchmarks"]
     blocks = [h(1, f"Comparison: {b['model']} (B) vs {a['model']} (A)"),
               p(f"A: {a['folder']} ({_per_problem(a['settings'])}). B: {b['folder']} ({_per_problem(b['settings'])}). "
-                f"Solved means {result['solved_means']}; the interval is a paired bootstrap over the shared problems.")]
+                f"Solved means {result['solved_means']}; the interval is a paired bootstrap over the shared problems."),
+              link("The comparison as data, questions and answers in full: ", "compare.json")]
     blocks += [p(f"Warning: {c['warning']}") for c in benches.values() if c["warning"]]
     if result["skipped_benchmarks"]:
         blocks.append(p(f"Not in both folders, not compared: {', '.join(result['skipped_benchmarks'])}"))
