@@ -95,3 +95,12 @@ def test_a_link_to_a_file_beside_the_page(tmp_path):
     page = to_html([block], "L")
     assert '<p>The <code>data</code> &lt;all&gt;: <a href="a&amp;b.json">a&amp;b.json</a>.</p>' in page
     assert to_markdown([block], tmp_path / "plots") == "The `data` <all>: [a&b.json](a&b.json).\n"
+
+
+def test_search_box_is_wide_enough_for_its_placeholder():
+    """The samples search box is at least as many `ch` wide as its placeholder has characters (it was 18em: the
+    placeholder was cut). A ch, the width of "0", is wider than the average letter, space or comma of a font."""
+    page = to_html([samples([sample(0, "correct")], "samples.jsonl", 10)], "E")
+    placeholder = re.search(r'<input type="search" placeholder="([^"]+)"', page).group(1)
+    width = re.search(r"\.filters input\[type=search\]\{min-width:(\d+)ch", page)
+    assert width and int(width.group(1)) >= len(placeholder), (placeholder, width)

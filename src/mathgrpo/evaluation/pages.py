@@ -138,6 +138,7 @@ def to_markdown(blocks: list, plot_dir: Path) -> str:
 # --- HTML --------------------------------------------------------------------------------------------------
 
 # pre and code name fonts before `monospace`: browsers draw a lone `monospace` at 13/16 of the size asked for.
+# The search box is as many ch (the width of "0", wider than an average letter) as its placeholder has characters.
 CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1.2em;
 color:#1f2328;line-height:1.45}h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:2em;padding-bottom:.25em;border-bottom:1px solid #d8dee4}
 nav.toc{margin:.6em 0 1.2em;font-size:.95em}nav.toc a{margin-right:1.1em;color:#0969da;text-decoration:none}
@@ -150,7 +151,7 @@ summary{cursor:pointer;font-weight:600;margin:.8em 0}pre{background:#f6f8fa;padd
 border-radius:4px;font-size:.88em}img{max-width:100%;display:block;margin:.6em 0}
 .pager{margin:.3em 0 1em;font-size:.9em;color:#57606a}.pager button{margin-right:.4em;padding:1px 9px}
 .filters{display:flex;flex-wrap:wrap;gap:.8em;align-items:center;margin:.8em 0;font-size:.92em}
-.filters input[type=search]{min-width:18em;padding:3px 6px}.v-correct{color:#1a7f37;font-weight:600}
+.filters input[type=search]{min-width:40ch;max-width:100%;padding:3px 6px}.v-correct{color:#1a7f37;font-weight:600}
 .v-wrong{color:#cf222e;font-weight:600}.v-no-answer{color:#9a6700;font-weight:600}
 td details summary{font-weight:normal;margin:0}td details pre{margin:.4em 0;max-width:720px}"""
 
