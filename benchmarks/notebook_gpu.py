@@ -18,12 +18,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from _subject import QWEN3_4B  # benchmarks/ is on the path when this script runs
+
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "colab_qwen3_4b.ipynb"
-QWEN3_4B = {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
-            "rope_theta": 1e6, "max_position_embeddings": 40960}
 T4 = {"model": {"dtype": "float16"}, "rollout": {"engine": "hf"}, "grpo": {"max_memory_gb": 15},
       "data": {"heldout_size": 8}, "run": {"eval_every": 2}}
 

@@ -25,13 +25,12 @@ import time
 import traceback
 from pathlib import Path
 
+from _subject import QWEN3_4B  # benchmarks/ is on the path when this script runs
+
 CARDS = {  # name -> (memory cap GiB, what model/card.py chooses on that card)
     "T4": (15.0, ["model.dtype=float16", "rollout.engine=hf"]),
     "L4": (22.0, ["model.dtype=bfloat16", "rollout.engine=native"]),
 }
-QWEN3_4B = {"vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
-            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
-            "rope_theta": 1e6, "max_position_embeddings": 40960}
 TINY = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True,
         "rope_theta": 1e6, "max_position_embeddings": 4096}
