@@ -88,6 +88,34 @@ def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024, pad: i
     return row
 
 
+def measure_micro(model, label: str, n: int, micro: int, iters: int = 3) -> dict:
+    """`measure` of n rows taken `micro` rows a pass, gradients accumulated (as the trainer's micro-batches)."""
+    ids, mask, adv = batch(n)
+    parts = [(ids[i : i + micro], mask[i : i + micro], adv[i : i + micro]) for i in range(0, n, micro)]
+    try:
+        for part in parts[:1]:
+            step(model, *part)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(iters):
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for part in parts:
+                step(model, *part)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        row = {"variant": label, "batch": n, "micro_batch": micro, "seq": SEQ, "tok_s": n * SEQ / min(times),
+               "s_per_iter": min(times), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    except torch.cuda.OutOfMemoryError as err:
+        row = {"variant": label, "batch": n, "micro_batch": micro, "error": f"OOM: {str(err)[:200]}"}
+    model.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+    print(row, flush=True)
+    return row
+
+
 def adapter_grads(model) -> torch.Tensor:
     """All adapter gradients of one small batch, flattened (fp32)."""
     model.zero_grad(set_to_none=True)
@@ -120,6 +148,9 @@ def main() -> None:
     p.add_argument("--cudnn", choices=("off", "on", "both"), default="on",
                    help="PyTorch's cuDNN attention backend (on in training unless model.cudnn_attention=false); "
                         "both: the fused rows with it off, then on (on for the rest)")
+    p.add_argument("--micro", type=int, nargs="*", default=[],
+                   help="after the fused rows: 16 rows as micro-batches of these sizes, with checkpointing and then "
+                        "without (does dropping the recompute pay for smaller passes?); then exit")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +174,9 @@ def main() -> None:
     for setting in cudnn:
         torch.backends.cuda.enable_cudnn_sdp(setting == "on")
         rows += [measure(model, f"fused LoRA, cuDNN attention {setting}", n) for n in (8, 16)]
+    if args.micro:
+        rows += micro_rows(model, args.micro, checks)
+        return report(out, meta, rows, checks, profiles)
     profiles["fused LoRA"] = profile(model, 16, out / "profile_fused.txt")
     offload_checkpoints(model)
     offloaded = adapter_grads(model)
@@ -157,13 +191,30 @@ def main() -> None:
     torch_head = adapter_grads(model)
     checks["torch head path vs Triton head kernel, relative grad difference"] = float((torch_head - offloaded).norm() / offloaded.norm())
     rows += [measure(model, label + ", torch head path (no Triton kernel)", n) for n in (8, 16)]
+    report(out, meta, rows, checks, profiles)
+
+
+def micro_rows(model, sizes: list, checks: dict) -> list:
+    """16 rows in micro-batches of each size, checkpointed and not (the model is left without checkpointing); the
+    adapter gradients of both ways compared."""
+    rows = [measure_micro(model, "fused LoRA, checkpointed", 16, m) for m in sizes]
+    with_ckpt = adapter_grads(model)
+    model.get_base_model().gradient_checkpointing_disable()
+    without = adapter_grads(model)
+    checks["no checkpointing vs checkpointing, relative grad difference"] = float((without - with_ckpt).norm() / with_ckpt.norm())
+    return rows + [measure_micro(model, "fused LoRA, no checkpointing", 16, m) for m in sizes]
+
+
+def report(out: Path, meta: dict, rows: list, checks: dict, profiles: dict) -> None:
+    """train_speed.json, and the short table."""
     (out / "train_speed.json").write_text(json.dumps({"meta": meta, "rows": rows, "checks": checks, "profiles": profiles}, indent=1))
     print(f"\n{meta['card']}  liger={liger}")
     for r in rows:
         if "error" in r:
             print(f"  {r['variant']:<80} {r['batch']:>2} x {SEQ}: {r['error'][:80]}")
         else:
-            print(f"  {r['variant']:<80} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.2f} GiB"
+            micro = f" ({r['micro_batch']} a pass)" if "micro_batch" in r else ""
+            print(f"  {r['variant'] + micro:<80} {r['batch']:>2} x {SEQ}: {r['tok_s']:>8,.0f} tok/s  {r['peak_gib']:5.2f} GiB"
                   f" ({r['peak_gib'] * 2**30 / 1e9:.2f} GB)")
     for k, v in checks.items():
         print(f"  {k}: {v:.2e}")
