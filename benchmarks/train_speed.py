@@ -10,6 +10,7 @@ tokens/s (best of the timed iterations after one warm-up) and peak allocated mem
 gradients of each variant against the previous one (same batch), and a kernel-time profile of one iteration.
 
     PYTHONPATH=src python3 benchmarks/train_speed.py --out $OUT [--skip-peft] [--cudnn both]
+    PYTHONPATH=src python3 benchmarks/train_speed.py --out $OUT --skip-peft --micro 16 4 2 1   # recompute or not
 """
 
 from __future__ import annotations
