@@ -64,38 +64,15 @@ def batch(n: int, seed: int = 0, pad: int = 0):
     return ids, mask, torch.randn(n, 1, device="cuda", generator=g)
 
 
-def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024, pad: int = 0) -> dict:
-    """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations (`pad`: see batch)."""
-    args = batch(n, pad=pad)
+def measure(model, label: str, n: int, iters: int = 3, chunk: int = 1024, pad: int = 0, micro: int = 0) -> dict:
+    """Best-of-`iters` tok/s after a warm-up, and the peak memory of those iterations (`pad`: see batch);
+    `micro`: the n rows taken that many a pass, gradients accumulated (as the trainer's micro-batches)."""
+    ids, mask, adv = batch(n, pad=pad)
+    size = micro or n
+    parts = [(ids[i : i + size], mask[i : i + size], adv[i : i + size]) for i in range(0, n, size)]
+    shape = {"batch": n, **({"micro_batch": micro} if micro else {})}
     try:
-        step(model, *args, chunk)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(iters):
-            model.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            step(model, *args, chunk)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        row = {"variant": label, "batch": n, "seq": SEQ, "chunk_tokens": chunk, "tok_s": n * SEQ / min(times), "s_per_iter": min(times),
-               "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-    except torch.cuda.OutOfMemoryError as err:
-        row = {"variant": label, "batch": n, "error": f"OOM: {str(err)[:200]}"}
-    model.zero_grad(set_to_none=True)
-    torch.cuda.empty_cache()
-    print(row, flush=True)
-    return row
-
-
-def measure_micro(model, label: str, n: int, micro: int, iters: int = 3) -> dict:
-    """`measure` of n rows taken `micro` rows a pass, gradients accumulated (as the trainer's micro-batches)."""
-    ids, mask, adv = batch(n)
-    parts = [(ids[i : i + micro], mask[i : i + micro], adv[i : i + micro]) for i in range(0, n, micro)]
-    try:
-        for part in parts[:1]:
-            step(model, *part)
+        step(model, *parts[0], chunk)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         times = []
@@ -104,13 +81,13 @@ def measure_micro(model, label: str, n: int, micro: int, iters: int = 3) -> dict
             torch.cuda.synchronize()
             t = time.perf_counter()
             for part in parts:
-                step(model, *part)
+                step(model, *part, chunk)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        row = {"variant": label, "batch": n, "micro_batch": micro, "seq": SEQ, "tok_s": n * SEQ / min(times),
-               "s_per_iter": min(times), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+        row = {"variant": label, **shape, "seq": SEQ, "chunk_tokens": chunk, "tok_s": n * SEQ / min(times), "s_per_iter": min(times),
+               "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     except torch.cuda.OutOfMemoryError as err:
-        row = {"variant": label, "batch": n, "micro_batch": micro, "error": f"OOM: {str(err)[:200]}"}
+        row = {"variant": label, **shape, "error": f"OOM: {str(err)[:200]}"}
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
     print(row, flush=True)
@@ -198,12 +175,12 @@ def main() -> None:
 def micro_rows(model, sizes: list, checks: dict) -> list:
     """16 rows in micro-batches of each size, checkpointed and not (the model is left without checkpointing); the
     adapter gradients of both ways compared."""
-    rows = [measure_micro(model, "fused LoRA, checkpointed", 16, m) for m in sizes]
+    rows = [measure(model, "fused LoRA, checkpointed", 16, micro=m) for m in sizes]
     with_ckpt = adapter_grads(model)
     model.get_base_model().gradient_checkpointing_disable()
     without = adapter_grads(model)
     checks["no checkpointing vs checkpointing, relative grad difference"] = float((without - with_ckpt).norm() / with_ckpt.norm())
-    return rows + [measure_micro(model, "fused LoRA, no checkpointing", 16, m) for m in sizes]
+    return rows + [measure(model, "fused LoRA, no checkpointing", 16, micro=m) for m in sizes]
 
 
 def report(out: Path, meta: dict, rows: list, checks: dict, profiles: dict) -> None:
