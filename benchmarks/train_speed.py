@@ -127,8 +127,8 @@ def main() -> None:
                    help="PyTorch's cuDNN attention backend (on in training unless model.cudnn_attention=false); "
                         "both: the fused rows with it off, then on (on for the rest)")
     p.add_argument("--micro", type=int, nargs="*", default=[],
-                   help="after the fused rows: 16 rows as micro-batches of these sizes, with checkpointing and then "
-                        "without (does dropping the recompute pay for smaller passes?); then exit")
+                   help="after the fused rows: 16 rows as micro-batches of these sizes, every layer checkpointed, none, "
+                        "every 2nd and 4th (does less recompute pay for smaller passes?); then exit")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,14 +173,19 @@ def main() -> None:
 
 
 def micro_rows(model, sizes: list, checks: dict) -> list:
-    """16 rows in micro-batches of each size, checkpointed and not (the model is left without checkpointing); the
-    adapter gradients of both ways compared."""
+    """16 rows in micro-batches of each size: every layer checkpointed, none, and every 2nd / 4th layer
+    (transformers' `every_n_layers`, 5.17+); the adapter gradients of the first two compared."""
+    base = model.get_base_model()
     rows = [measure(model, "fused LoRA, checkpointed", 16, micro=m) for m in sizes]
     with_ckpt = adapter_grads(model)
-    model.get_base_model().gradient_checkpointing_disable()
+    base.gradient_checkpointing_disable()
     without = adapter_grads(model)
     checks["no checkpointing vs checkpointing, relative grad difference"] = float((without - with_ckpt).norm() / with_ckpt.norm())
-    return rows + [measure(model, "fused LoRA, no checkpointing", 16, micro=m) for m in sizes]
+    rows += [measure(model, "fused LoRA, no checkpointing", 16, micro=m) for m in sizes]
+    for every in (2, 4):
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every)
+        rows += [measure(model, f"fused LoRA, 1 layer in {every} checkpointed", 16, micro=m) for m in sizes]
+    return rows
 
 
 def report(out: Path, meta: dict, rows: list, checks: dict, profiles: dict) -> None:
