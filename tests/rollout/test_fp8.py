@@ -132,16 +132,22 @@ def test_the_choice_carries_the_fp8_copies_for_the_memory_plan(monkeypatch):
 
 def test_the_device_line_says_the_rollout_precision(monkeypatch):
     """preflight.device_choices (the dry run, and the line a run starts with) names the precision rollouts read,
-    or why FP8 is refused on this card."""
+    or why FP8 is refused on this card, or (fp8-kv) without the Triton attention kernel, as choose_engine does."""
     from mathgrpo import preflight
     from mathgrpo.model import card, common
+    from mathgrpo.rollout import decode_attention
 
     monkeypatch.setattr(common, "resolve_device", lambda setting: torch.device("cuda"))
+    monkeypatch.setattr(decode_attention, "available", lambda: True)  # a GPU machine has Triton
     cfg = load_config("tiny-cpu", ["rollout.engine=native", "rollout.precision=fp8-kv"])
     monkeypatch.setattr(card, "card_of", lambda device: H100)
     line = preflight.device_choices(cfg, brief=True)
     assert "rollouts native" in line and "fp8 weights and KV cache (rollout.precision=fp8-kv; sm_90 multiplies float8)" in line
     assert preflight.check_precision(cfg).problem is None
+    monkeypatch.setattr(decode_attention, "available", lambda: False)
+    assert "Triton attention kernel only" in preflight.check_precision(cfg).problem
+    assert "refused: an FP8 KV cache is read by the Triton" in preflight.device_choices(cfg)
+    monkeypatch.setattr(decode_attention, "available", lambda: True)
     monkeypatch.setattr(card, "card_of", lambda device: A100)
     assert "rollout.precision=fp8-kv refused: FP8 needs" in preflight.device_choices(cfg)
     assert "sm_80" in preflight.check_precision(cfg).problem
