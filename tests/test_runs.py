@@ -45,7 +45,6 @@ def test_run_name_must_be_one_folder_name(tmp_path, capsys, name):
     assert not any(tmp_path.iterdir())
 
 
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run folder as `mathgrpo train` leaves it, on the tiny model: config.yaml, the warm-up model and its

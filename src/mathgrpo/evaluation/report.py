@@ -454,9 +454,8 @@ def diff_figure(benches: dict) -> Any:
 
 def _problem_rows(items: list) -> list:
     """Rows of fixed or broken problems; long answers cut (compare.json keeps them whole)."""
-    answers = [[clip(a, ANSWER_CHARS) if isinstance(a, str) else a for a in (r["gold"], r["answer_a"], r["answer_b"])]
-               for r in items]
-    return [[r["id"], *a, clip(r["question"], 120)] for r, a in zip(items, answers)]
+    cut = lambda a: clip(a, ANSWER_CHARS) if isinstance(a, str) else a  # noqa: E731 - a missing answer is None
+    return [[r["id"], cut(r["gold"]), cut(r["answer_a"]), cut(r["answer_b"]), clip(r["question"], 120)] for r in items]
 
 
 def _per_problem(settings: dict) -> str:
