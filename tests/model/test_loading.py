@@ -1,5 +1,7 @@
 """Model loading, LoRA, saving, and export: a merged model equals base + adapter."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -7,7 +9,7 @@ from transformers import AutoModelForCausalLM
 from mathgrpo.config import LoraConfig, ModelConfig
 from mathgrpo.model.export import export
 from mathgrpo.model.common import ModelError
-from mathgrpo.model.loading import add_lora, count_parameters, load_any, load_base, save_trainable, stop_token_ids
+from mathgrpo.model.loading import add_lora, checkpoint_layers, count_parameters, load_any, load_base, save_trainable, stop_token_ids
 from mathgrpo.model.tiny import build_tiny
 
 
@@ -49,6 +51,16 @@ def test_lora_targets_and_errors():
     assert trainable == expected and total > trainable
     with pytest.raises(ModelError, match="not modules of this model"):
         add_lora(build_tiny()[0], LoraConfig(target_modules=["qkv"]))
+
+
+def test_checkpoint_layers_under_this_transformers_name():
+    """Every decoder layer of a LoRA model is checkpointed, without transformers' deprecation warning."""
+    model = add_lora(build_tiny()[0], LoraConfig(r=4, alpha=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        checkpoint_layers(model)
+    layers = model.base_model.model.model.layers
+    assert len(layers) == 2 and all(layer.gradient_checkpointing for layer in layers)
 
 
 def test_missing_model_message(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from mathgrpo.config import LoraConfig
 from mathgrpo.model.fused_lora import fuse_lora
 from mathgrpo.training.logprobs import token_logprobs
-from mathgrpo.model.loading import add_lora
+from mathgrpo.model.loading import add_lora, checkpoint_layers
 from mathgrpo.model.offload import Offloader, offload_checkpoints
 from mathgrpo.model.tiny import build_tiny
 
@@ -34,7 +34,7 @@ def _grads(model):
 
 
 def _checkpointed(model):
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_layers(model)
     model.enable_input_require_grads()
     return model
 

@@ -231,10 +231,22 @@ def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
     """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on."""
     if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):
         return False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpoint_layers(model)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     return True
+
+
+def checkpoint_layers(model: Any) -> None:
+    """Every decoder layer checkpointed (non-reentrant), under the name this transformers has: 5.25 renamed
+    `gradient_checkpointing_enable` to `activation_checkpointing_enable` and warns on the old one; older
+    releases (5.17 on the GPU machines) have only the old one."""
+    kwargs = {"use_reentrant": False}
+    renamed = getattr(model, "activation_checkpointing_enable", None)
+    if renamed is not None:
+        renamed(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def stop_token_ids(tokenizer: Any) -> list:
