@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Callable, Optional
 
 from . import __version__
@@ -204,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list] = None) -> int:
     """Entry point of the `mathgrpo` console command."""
-    # transformers' own deprecation notice (raised inside PEFT), not something a user can act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     # Overrides may come after flags (`eval --limit 3 a.b=1 --n 2 c.d=2`): argparse takes one run of
     # positionals, so later `key=value` words arrive as unknown and are appended to the overrides here.

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from mathgrpo.config import LoraConfig, ModelConfig
 from mathgrpo.model.export import export
-from mathgrpo.model.common import ModelError
+from mathgrpo.model.common import ModelError, quiet_transformers
 from mathgrpo.model.loading import add_lora, checkpoint_layers, count_parameters, load_any, load_base, save_trainable, stop_token_ids
 from mathgrpo.model.tiny import build_tiny
 
@@ -61,6 +61,15 @@ def test_checkpoint_layers_under_this_transformers_name():
         checkpoint_layers(model)
     layers = model.base_model.model.model.layers
     assert len(layers) == 2 and all(layer.gradient_checkpointing for layer in layers)
+
+
+def test_quiet_transformers_hides_the_deprecation_peft_raises_on_every_lora_model():
+    """The API and the CLI (both call quiet_transformers) show no FutureWarning a user cannot act on."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_transformers()
+        add_lora(build_tiny()[0], LoraConfig(r=4, alpha=8))
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)]
 
 
 def test_missing_model_message(tmp_path):

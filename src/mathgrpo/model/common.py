@@ -7,6 +7,7 @@ helpers and the optional backend stays a leaf.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -74,7 +75,10 @@ def local_config(name: str) -> Optional[Any]:
 
 def quiet_transformers() -> None:
     """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
-    bars and lines say what happens); the hub's download bars stay, a long download should show."""
+    bars and lines say what happens); the hub's download bars stay, a long download should show. Nor
+    transformers' deprecation notice for `is_gradient_checkpointing`, which PEFT raises on every LoRA model
+    (transformers >= 5.25): nothing a user can act on."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     from huggingface_hub.utils import enable_progress_bars
     from transformers.utils import logging as hf_logging
 
