@@ -169,20 +169,12 @@ def check_device(cfg: Config) -> Check:
 def check_precision(cfg: Config) -> Check:
     """rollout.precision=fp8 / fp8-kv: the native engine, merged LoRA, a card that multiplies FP8 (8.9+), and for
     fp8-kv the Triton attention kernel."""
+    from .rollout import precision_refusal
+
     r = cfg.rollout
     device, card, engine, _ = rollout_choice(cfg)
-    problem = precision_refusal(cfg, device, card, engine)
+    problem = precision_refusal(r.precision, engine, r.lora, card, device)
     return Check("rollout.precision", r.precision, None if problem else f"rollouts in {r.precision}", problem)
-
-
-def precision_refusal(cfg: Config, device, card, engine: str) -> Optional[str]:
-    """Why rollout.precision cannot run with `engine` on this device (`fp8.precision_problem`, told whether the
-    Triton attention kernel runs here, as the engine's choice is), or None."""
-    from .rollout.fp8 import precision_problem
-    from .rollout.native import resolve_attention
-
-    triton = resolve_attention("auto", device) == "triton"
-    return precision_problem(cfg.rollout.precision, engine, cfg.rollout.lora, card, triton=triton)
 
 
 GIB = 1024**3
@@ -418,13 +410,14 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
     the precision of what it reads; `brief`: on one line (the start of a run), else three (the dry run)."""
     from .model.card import choose_dtype, choose_precision
     from .model.precision import Precision
+    from .rollout import precision_refusal
 
     device, card, engine, engine_why = rollout_choice(cfg)
     dtype, dtype_why = choose_dtype(cfg.model.dtype, card)
     name = str(dtype).replace("torch.", "")
     precision = Precision(dtype, device)
     chosen, precision_why = choose_precision(cfg.rollout.precision, card)
-    problem = precision_refusal(cfg, device, card, engine)
+    problem = precision_refusal(cfg.rollout.precision, engine, cfg.rollout.lora, card, device)
     weights = {"fp8": "fp8 weights", "fp8-kv": "fp8 weights and KV cache"}.get(chosen, f"{name} weights")
     reads = f"rollout.precision={cfg.rollout.precision} refused: {problem}" if problem else f"{weights} ({precision_why})"
     cache = f", {hf_cache_kind(cfg, device)} cache (rollout.hf_cache={cfg.rollout.hf_cache})" if engine == "hf" else ""

@@ -8,7 +8,7 @@ that a trainer sizes its batch and snapshots first and hands them to `make_engin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from ..config import CHOICES
 from ..progress import notice
@@ -16,7 +16,7 @@ from .base import Generation, RolloutEngine, SamplingParams, sequence_seed
 from .fp8 import PrecisionRefused, precision_problem
 
 __all__ = ["EngineChoice", "Generation", "PrecisionRefused", "RolloutEngine", "SamplingParams", "choose_engine",
-           "make_engine", "sequence_seed"]
+           "make_engine", "precision_refusal", "sequence_seed"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +68,19 @@ def choose_engine(name: str, model: Any, lora: str = "merge", precision: str = "
     if reason:
         notice(f"rollout: native engine does not support this model ({reason}); using hf (transformers generate)")
         return EngineChoice("hf")
-    triton = resolve_attention("auto", device) == "triton"
-    problem = precision_problem(precision, name, lora, card, triton=triton)
+    problem = precision_refusal(precision, name, lora, card, device)
     if problem:  # refused here, before a memory plan is made for an engine that cannot be built
         raise PrecisionRefused(f"rollout.precision={precision}: {problem}")
-    return EngineChoice("native", lora, triton, snapshot_bytes(model, lora, precision), precision,
-                        weight_copy_bytes(model, precision))
+    return EngineChoice("native", lora, resolve_attention("auto", device) == "triton",
+                        snapshot_bytes(model, lora, precision), precision, weight_copy_bytes(model, precision))
+
+
+def precision_refusal(precision: str, engine: str, lora: str, card: Any, device: Any) -> Optional[str]:
+    """Why rollout.precision cannot run with `engine` on `device` (`fp8.precision_problem`, told whether the Triton
+    attention kernel runs there), or None: what choose_engine refuses, and preflight says before a model loads."""
+    from .native import resolve_attention
+
+    return precision_problem(precision, engine, lora, card, triton=resolve_attention("auto", device) == "triton")
 
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
