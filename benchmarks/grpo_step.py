@@ -263,14 +263,14 @@ def phase_fwdbwd(args) -> list:
     from mathgrpo.config import LoraConfig, ModelConfig
     from mathgrpo.model.fused_lora import fuse_lora
     from mathgrpo.training.logprobs import plain_token_logprobs
-    from mathgrpo.model.loading import add_lora, apply_liger
+    from mathgrpo.model.loading import add_lora, apply_liger, checkpoint_layers
 
     rows = []
     for path in ("transformers + PEFT", "ours"):
         model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.bfloat16).cuda()
         liger = apply_liger(model, ModelConfig(use_liger=None)) if path == "ours" and not args.no_liger else False
         model = add_lora(model, LoraConfig(r=R, alpha=2 * R, target_modules=TARGETS))
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(model)
         model.enable_input_require_grads()
         if path == "ours":
             fuse_lora(model)

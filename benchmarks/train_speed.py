@@ -188,9 +188,9 @@ def micro_rows(model, sizes: list, checks: dict) -> list:
     return rows
 
 
-def checkpoint_every(base, every: int) -> int:
+def checkpoint_every(base, every: int) -> None:
     """Checkpoint decoder layers 0, every, 2 * every, ... (none for 0), by each layer's own flag, so that it
-    works on any transformers that has the flag (the `every_n_layers` argument is newer); how many."""
+    works on any transformers that has the flag (the `every_n_layers` argument is newer)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     from mathgrpo.model.loading import checkpoint_layers
@@ -199,7 +199,6 @@ def checkpoint_every(base, every: int) -> int:
     layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = bool(every) and i % every == 0
-    return sum(layer.gradient_checkpointing for layer in layers)
 
 
 def report(out: Path, meta: dict, rows: list, checks: dict, profiles: dict) -> None:
