@@ -138,30 +138,36 @@ if triton is not None:
                 l = l * alpha + p_new
                 acc = acc * alpha[:, None] + p_new[:, None] * v_new[None, :]
                 m = m_new
-        row = (pid * NSPLIT + split) * GP + offs_g
-        tl.store(M + row, m)
-        tl.store(L + row, l)
-        tl.store(ACC + row[:, None] * D + offs_d[None, :], acc)
+        row = (pid * NSPLIT + split) * G + offs_g  # only the G real query heads: the padding rows stay in registers
+        real = offs_g < G
+        tl.store(M + row, m, mask=real)
+        tl.store(L + row, l, mask=real)
+        tl.store(ACC + row[:, None] * D + offs_d[None, :], acc, mask=real[:, None])
 
     @triton.jit
-    def _combine_kernel(ACC, M, L, OUT, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr):
-        """Merge the splits of one (sequence, kv head): out = sum_s acc_s 2^(m_s-M) / sum_s l_s 2^(m_s-M)."""
+    def _combine_kernel(ACC, M, L, OUT, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr,
+                        SP: tl.constexpr):
+        """Merge the splits of one (sequence, kv head): out = sum_s acc_s 2^(m_s-M) / sum_s l_s 2^(m_s-M).
+        SP: NSPLIT rounded up to a power of two (the padding splits are masked off)."""
         pid = tl.program_id(0)
         offs_g = tl.arange(0, GP)
         offs_d = tl.arange(0, D)
-        offs_s = tl.arange(0, NSPLIT)
-        rows = (pid * NSPLIT + offs_s[:, None]) * GP + offs_g[None, :]  # [NSPLIT, GP]
-        m_all = tl.load(M + rows)
+        offs_s = tl.arange(0, SP)
+        real = offs_g < G
+        rows = (pid * NSPLIT + offs_s[:, None]) * G + offs_g[None, :]  # [SP, GP]
+        here = (offs_s[:, None] < NSPLIT) & real[None, :]
+        m_all = tl.load(M + rows, mask=here, other=float("-inf"))
         top = tl.max(m_all, 0)
+        top = tl.where(real, top, 0.0)  # padding heads: no -inf - -inf
         weight = tl.exp2(m_all - top[None, :])
-        denom = tl.sum(tl.load(L + rows) * weight, 0)
+        denom = tl.sum(tl.load(L + rows, mask=here, other=0.0) * weight, 0)
         acc = tl.zeros([GP, D], tl.float32)
         for s in range(NSPLIT):
-            row = (pid * NSPLIT + s) * GP + offs_g
-            w_s = tl.exp2(tl.load(M + row) - top)
-            acc += tl.load(ACC + row[:, None] * D + offs_d[None, :]) * w_s[:, None]
-        out = acc / denom[:, None]
-        tl.store(OUT + (pid * G + offs_g[:, None]) * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=offs_g[:, None] < G)
+            row = (pid * NSPLIT + s) * G + offs_g
+            w_s = tl.exp2(tl.load(M + row, mask=real, other=float("-inf")) - top)
+            acc += tl.load(ACC + row[:, None] * D + offs_d[None, :], mask=real[:, None], other=0.0) * w_s[:, None]
+        out = acc / tl.where(real, denom, 1.0)[:, None]
+        tl.store(OUT + (pid * G + offs_g[:, None]) * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=real[:, None])
 
 
 def _next_pow2(x: int) -> int:
@@ -182,9 +188,9 @@ class SplitKDecode:
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
         self.kv_heads, self.groups, self.head_dim = kv_heads, groups, head_dim
         self.gp = max(16, _next_pow2(groups))  # tl.dot needs at least 16 rows
-        want = _next_pow2(max(1, -(-self.TARGET_PROGRAMS // (batch * kv_heads))))
-        self.nsplit = max(1, min(want, _next_pow2(max(1, max_len // self.BLOCK_N)), 16))
-        rows = batch * kv_heads * self.nsplit * self.gp
+        want = -(-self.TARGET_PROGRAMS // (batch * kv_heads))
+        self.nsplit = max(1, min(want, max(1, max_len // self.BLOCK_N), 16))
+        rows = batch * kv_heads * self.nsplit * groups
         self.acc = torch.empty(rows, head_dim, device=device, dtype=torch.float32)
         self.m = torch.empty(rows, device=device, dtype=torch.float32)
         self.l = torch.empty(rows, device=device, dtype=torch.float32)
@@ -236,6 +242,7 @@ class SplitKDecode:
         )
         out = self.out[:bsz]
         _combine_kernel[(bsz * self.kv_heads,)](
-            self.acc, self.m, self.l, out, G=self.groups, GP=self.gp, D=self.head_dim, NSPLIT=self.nsplit, num_warps=4,
+            self.acc, self.m, self.l, out, G=self.groups, GP=self.gp, D=self.head_dim, NSPLIT=self.nsplit,
+            SP=_next_pow2(self.nsplit), num_warps=4,
         )
         return out[:, None]
