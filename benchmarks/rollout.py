@@ -529,6 +529,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--new", type=int, default=1024, help="new tokens of the main rows")
     ap.add_argument("--hf-new", type=int, default=256, help="new tokens for the transformers rows (they are slow)")
+    ap.add_argument("--attention-defaults", action="store_true", help="rows with the kernel's default launch settings "
+                    "(the attention phase then only reports its sweep)")
     ap.add_argument("--fp8-gemm", choices=["rowwise", "unit"], help="FP8 GEMM way for every projection (default: the gemm "
                     "phase's fastest per projection, else rowwise)")
     args = ap.parse_args()
@@ -604,12 +606,21 @@ def main() -> None:
                 print(f"CHECK {verdict} {key}: {detail}", flush=True)
         phase("correctness", run_correctness)
     if "attention" in args.phases:
+        from mathgrpo.rollout.decode_attention import SplitKDecode
+
+        defaults = (SplitKDecode.BLOCK_N, SplitKDecode.NUM_WARPS, SplitKDecode.NUM_STAGES, SplitKDecode.TARGET_PROGRAMS)
         phase("attention", lambda: report.__setitem__("attention_tuning", tune_attention(device)))
+        if args.attention_defaults:  # the rows measure what the engine runs by default, the sweep only reports
+            SplitKDecode.BLOCK_N, SplitKDecode.NUM_WARPS, SplitKDecode.NUM_STAGES, SplitKDecode.TARGET_PROGRAMS = defaults
 
     model = build(qwen3_4b_config(args.smoke), device, dtype)
     report["weight_bytes"] = {p: weight_bytes(model, p) for p in ("bf16", "fp8")}
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, model.config.vocab_size, (prompt_len,), generator=gen).tolist() for _ in range(8)]
+    from mathgrpo.rollout.decode_attention import SplitKDecode as launch
+
+    report["attention_launch"] = {"block_n": launch.BLOCK_N, "num_warps": launch.NUM_WARPS, "num_stages": launch.NUM_STAGES,
+                                  "target_programs": launch.TARGET_PROGRAMS}  # what the rows ran with
     if "rows" in args.phases:  # one row per (shape, path), most important first
         for shape, path in [(shape, path) for shape, path in ORDER if shape in args.shapes and path in args.paths]:
             n_prompts, n = SHAPES[shape]

@@ -312,14 +312,19 @@ def test_quantized_weights_go_to_hf(tiny):
 @pytest.mark.triton_interpreter
 def test_split_k_decode_kernel_matches_grouped_attention_interpreted(interpreted):
     """The GPU attention kernel, run by Triton's CPU interpreter, against the reference attention:
-    own rows, and prompt keys read from a prompt cache of one row per group (garbage where unread)."""
+    own rows at one split a row (the kernel writes the output; no combine), three (not a power of two) and
+    the most the launch settings allow, and prompt keys read from a prompt cache of one row per group
+    (garbage where unread)."""
     script = """
 import torch
 from mathgrpo.rollout.decode_attention import SplitKDecode
 from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
 torch.manual_seed(0)
-for batch, kv, groups, dim, length, slot in [(3, 2, 2, 32, 300, 290), (2, 2, 4, 32, 1500, 700), (4, 1, 2, 16, 512, 9)]:
+cases = [(3, 2, 2, 32, 300, 290, 6, 1), (3, 2, 2, 32, 300, 290, 18, 3), (2, 2, 4, 32, 1500, 700, 4096, 16), (4, 1, 2, 16, 512, 9, 4096, 8)]
+for batch, kv, groups, dim, length, slot, programs, splits in cases:
+    SplitKDecode.TARGET_PROGRAMS = programs
     attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
+    assert attn.nsplit == splits, (attn.nsplit, splits)
     k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
     q = torch.randn(batch, kv * groups, 1, dim)
     pad = torch.tensor([0, 70, 5, 3][:batch]).clamp_max(slot)

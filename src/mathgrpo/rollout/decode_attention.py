@@ -7,7 +7,8 @@ equal splits. The prompt part may live in a cache of its own with one row per pr
 of a prompt then share its keys in memory and in the reads) and the completion part in the rows'
 cache. The program whose split holds the new position also writes that position's key and value into
 the cache (no separate copy kernel per layer). The caches may hold float8 keys and values with one scale
-per position and head (`scales`). A second kernel merges the splits (log-sum-exp weights).
+per position and head (`scales`). A second kernel merges the splits (log-sum-exp weights); with one
+split a row the first writes the output itself.
 Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
 """
 
@@ -72,7 +73,7 @@ if triton is not None:
 
     @triton.jit
     def _partial_kernel(
-        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L, KNEW, VNEW, KS, VS, PKS, PVS,
+        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L, OUT, KNEW, VNEW, KS, VS, PKS, PVS,
         stride_qb, stride_qh, stride_pkb, stride_pkh, stride_pks, stride_pvb, stride_pvh, stride_pvs,
         stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
         stride_knb, stride_knh, stride_vnb, stride_vnh, stride_ksb, stride_ksh, stride_pksb, stride_pksh,
@@ -138,11 +139,15 @@ if triton is not None:
                 l = l * alpha + p_new
                 acc = acc * alpha[:, None] + p_new[:, None] * v_new[None, :]
                 m = m_new
-        row = (pid * NSPLIT + split) * G + offs_g  # only the G real query heads: the padding rows stay in registers
         real = offs_g < G
-        tl.store(M + row, m, mask=real)
-        tl.store(L + row, l, mask=real)
-        tl.store(ACC + row[:, None] * D + offs_d[None, :], acc, mask=real[:, None])
+        if NSPLIT == 1:  # nothing to merge: the normalised output straight to OUT, no combine kernel
+            out = acc / tl.where(real, l, 1.0)[:, None]
+            tl.store(OUT + (pid * G + offs_g[:, None]) * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=real[:, None])
+        else:  # only the G real query heads: the padding rows stay in registers
+            row = (pid * NSPLIT + split) * G + offs_g
+            tl.store(M + row, m, mask=real)
+            tl.store(L + row, l, mask=real)
+            tl.store(ACC + row[:, None] * D + offs_d[None, :], acc, mask=real[:, None])
 
     @triton.jit
     def _combine_kernel(ACC, M, L, OUT, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr,
@@ -178,12 +183,12 @@ class SplitKDecode:
     """Attention for one new token per sequence; holds the split scratch buffers for one batch shape."""
 
     # Launch settings. benchmarks/rollout.py times a grid of them on the GPU at the 4B shape and sets
-    # the fastest for its run (results/rollout.json, "attention_tuning"); these are its last choice
-    # (109 us at 768 filled slots with the per-group prompt cache; the previous 64 / 4 / 2: 128 us).
-    BLOCK_N = 32
+    # the fastest for its run (its rollout.json, "attention_tuning"); these are near its last choice on an
+    # H100, with one split a row at 64 rows (no combine kernel then; docs/performance.md).
+    BLOCK_N = 64
     NUM_WARPS = 4
-    NUM_STAGES = 3
-    TARGET_PROGRAMS = 1024  # split each row's filled positions until about this many programs run
+    NUM_STAGES = 2
+    TARGET_PROGRAMS = 512  # split each row's filled positions until about this many programs run
 
     def __init__(self, batch: int, kv_heads: int, groups: int, head_dim: int, max_len: int, device, dtype) -> None:
         self.kv_heads, self.groups, self.head_dim = kv_heads, groups, head_dim
@@ -227,9 +232,10 @@ class SplitKDecode:
         assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv, ks, vs, pks, pvs))
         assert ks.stride(0) == vs.stride(0) and ks.stride(1) == vs.stride(1) and pks.stride()[:2] == pvs.stride()[:2]
         scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
+        out = self.out[:bsz]
         grid = (bsz * self.kv_heads, self.nsplit)
         _partial_kernel[grid](
-            qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l, k_new, v_new, ks, vs, pks, pvs,
+            qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l, out, k_new, v_new, ks, vs, pks, pvs,
             qg.stride(0), qg.stride(1), pk.stride(0), pk.stride(1), pk.stride(2), pv.stride(0), pv.stride(1), pv.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -240,7 +246,8 @@ class SplitKDecode:
             BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, HAS_NEW=new is not None, KV_FP8=scales is not None,
             num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
         )
-        out = self.out[:bsz]
+        if self.nsplit == 1:
+            return out[:, None]
         _combine_kernel[(bsz * self.kv_heads,)](
             self.acc, self.m, self.l, out, G=self.groups, GP=self.gp, D=self.head_dim, NSPLIT=self.nsplit,
             SP=_next_pow2(self.nsplit), num_warps=4,

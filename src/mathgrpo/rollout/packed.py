@@ -140,7 +140,8 @@ class Packer:
             scale = torch.empty(1, rows, device=device, dtype=torch.float32) if self.fp8 else None
             has_bias = any(_base(m).bias is not None for m in modules)
             bias = torch.zeros(rows, device=device, dtype=dtype) if has_bias else None
-            packs[name] = Proj(weight, bias, scale=scale, gemm=way)
+            unit = torch.ones((), device=device, dtype=torch.float32) if way == "unit" else None
+            packs[name] = Proj(weight, bias, scale=scale, gemm=way, unit=unit)
         return packs
 
     def _fill(self, proj: Proj, modules: list) -> None:

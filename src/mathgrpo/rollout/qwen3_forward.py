@@ -21,7 +21,7 @@ def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them; FP8 weights
     (a `scale` beside them) go through fp8.linear."""
     if proj.scale is not None:
-        return fp8.linear(x, proj.weight, proj.scale, proj.bias, proj.gemm)
+        return fp8.linear(x, proj.weight, proj.scale, proj.bias, proj.gemm, proj.unit)
     y = F.linear(x, proj.weight, proj.bias)
     for a, b, scale in proj.lora:
         # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does

@@ -35,6 +35,7 @@ class Proj:
     lora: list = field(default_factory=list)  # [(A [r, in], B [out, r], scale)] in lowrank mode
     scale: Optional[torch.Tensor] = None  # [1, out] float32 when `weight` is FP8: W ~= weight * scale^T
     gemm: str = ""  # how an FP8 projection multiplies (fp8.GEMMS)
+    unit: Optional[torch.Tensor] = None  # float32 1 on the device: the tensor-wide scales of the `unit` way
 
 
 @dataclass
