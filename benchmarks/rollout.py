@@ -480,11 +480,12 @@ def profile_kernels(engine, prompts, n, new, device) -> dict:
     busy = sum(e.device_time for e in kernels) / 1e6
     by_name: dict = {}
     for e in kernels:
-        by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e6
-    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:12]
+        spent, count = by_name.get(e.name, (0.0, 0))
+        by_name[e.name] = (spent + e.device_time / 1e6, count + 1)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:30]
     steps = max(1, engine.last_stats["decode_steps"])
     return {"wall_s": wall, "kernel_s": busy, "kernel_frac": busy / wall, "steps": steps, "kernels_per_step": len(kernels) / steps,
-            "top_kernels_s": [[name[:90], round(t, 4)] for name, t in top]}
+            "top_kernels_s": [[name[:90], round(t, 4), round(count / steps, 2)] for name, (t, count) in top]}
 
 
 def sampler_gap(model, gens: list, device: str, chunk: int = 2) -> dict:
