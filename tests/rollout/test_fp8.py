@@ -244,14 +244,17 @@ def test_packed_bytes_in_bf16_and_fp8():
 
 def test_unit_packs_hold_their_scale_so_the_captured_step_makes_none():
     """The `unit` way's tensor-wide scale (a float32 1) lives with the packed copy: made once when the copies are
-    allocated, not a kernel a projection inside the captured decode step; the product is the same either way."""
+    allocated, not a kernel a projection inside the captured decode step, and among the tensors the captured step
+    keeps alive and fingerprints; the product is the same either way."""
     from mathgrpo.rollout.weights import collect
 
     model, _ = lora_tiny(torch.bfloat16)
     w = collect(model, lowrank=False)
-    unit = Packer({"down": "unit", "qkv": "rowwise", "o": "rowwise", "gate_up": "rowwise"}).pack(model, w).layers[0]
+    packed = Packer({"down": "unit", "qkv": "rowwise", "o": "rowwise", "gate_up": "rowwise"}).pack(model, w)
+    unit = packed.layers[0]
     assert unit.down.unit is not None and unit.down.unit.item() == 1.0 and unit.down.unit.dtype == torch.float32
     assert unit.qkv.unit is None and unit.o.unit is None
+    assert any(t is unit.down.unit for t in packed.tensors())
     x = torch.randn(3, unit.down.weight.shape[1], dtype=torch.bfloat16)
     kept = fp8.linear(x, unit.down.weight, unit.down.scale, None, "unit", unit.down.unit)
     assert torch.equal(kept, fp8.linear(x, unit.down.weight, unit.down.scale, None, "unit"))

@@ -93,8 +93,8 @@ class ModelWeights:
 
 
 def _proj_tensors(proj: Proj) -> list:
-    """The weight, bias, FP8 scale and low-rank factors of one projection."""
-    out = [proj.weight] + [t for t in (proj.bias, proj.scale) if t is not None]
+    """The weight, bias, FP8 scales and low-rank factors of one projection."""
+    out = [proj.weight] + [t for t in (proj.bias, proj.scale, proj.unit) if t is not None]
     return out + [t for a, b, _ in proj.lora for t in (a, b)]
 
 
