@@ -372,8 +372,8 @@ def gemm_bench(device: str, ways: tuple) -> dict:
 
 
 def fastest_ways(rows: list) -> dict:
-    """{op: the FP8 way with the least time at 64 and 16 rows together} from gemm_bench's rows (rowwise where
-    none ran)."""
+    """{op: the FP8 way with the least time at 64 and 16 rows together} from gemm_bench's rows (an op where none ran
+    is left out: the engine's default way)."""
     spent: dict = {}
     for r in rows:
         if r["kind"].startswith("fp8"):
@@ -421,6 +421,7 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
         err = (call().float() - ref).norm().item() / ref.norm().item()
         return graph_time(lambda i: call(), reps=12, replays=5), err
 
+    defaults = {"block_n": cls.BLOCK_N, "num_warps": cls.NUM_WARPS, "num_stages": cls.NUM_STAGES, "target_programs": cls.TARGET_PROGRAMS}
     results = []
     for block_n in (32, 64):
         for warps in (4, 8):
@@ -435,7 +436,7 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
                     except Exception as e:  # noqa: BLE001 - a setting that does not compile is just left out
                         results.append({**setting, "error": str(e)[:200]})
     good = [r for r in results if "us" in r and r["rel_err"] < 2e-2]
-    best = min(good, key=lambda r: r["us"]) if good else {"block_n": 64, "num_warps": 8, "num_stages": 2, "target_programs": 1024}
+    best = min(good, key=lambda r: r["us"]) if good else defaults  # none ran: the engine's defaults stay
     cls.BLOCK_N, cls.NUM_WARPS, cls.NUM_STAGES, cls.TARGET_PROGRAMS = (best["block_n"], best["num_warps"], best["num_stages"],
                                                                       best["target_programs"])
     if good:
@@ -533,7 +534,7 @@ def main() -> None:
     ap.add_argument("--attention-defaults", action="store_true", help="rows with the kernel's default launch settings "
                     "(the attention phase then only reports its sweep)")
     ap.add_argument("--fp8-gemm", choices=["rowwise", "unit"], help="FP8 GEMM way for every projection (default: the gemm "
-                    "phase's fastest per projection, else rowwise)")
+                    "phase's fastest per projection, else the engine's default)")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else torch.bfloat16
@@ -589,7 +590,7 @@ def main() -> None:
     reason = fp8.unsupported_reason(card_of(torch.device(device)))
     ways = () if reason else ("rowwise", "unit")
     report["fp8_unsupported"] = reason
-    state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else "rowwise")}
+    state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else fp8.DEFAULT_WAY)}
     if "gemm" in args.phases and not reason:
         def run_gemm():
             report["gemm"] = gemm_bench(device, ways)

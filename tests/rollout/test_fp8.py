@@ -289,14 +289,19 @@ def test_split_k_kernel_writes_the_new_position_and_reads_float8_caches_interpre
     scales under an FP8 cache) and attends them from registers: the result equals the reference attention over
     the (dequantized) caches with that position filled, although the cache held garbage there before."""
     interpreted("""
+import itertools
 import torch
 from mathgrpo.rollout import fp8
 from mathgrpo.rollout.decode_attention import SplitKDecode
 from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
 torch.manual_seed(0)
 batch, kv, groups, dim, width, new = 4, 2, 2, 16, 6, 58
-for slot, kv8 in ((20, False), (20, True), (6, True), (40, False)):
+SplitKDecode.TARGET_PROGRAMS = 4096
+# one split a row (the kernel writes the output itself), or four (the new position past split 0 for slots 20, 40)
+for (slot, kv8), (block, splits) in itertools.product(((20, False), (20, True), (6, True), (40, False)), ((64, 1), (16, 4))):
+    SplitKDecode.BLOCK_N = block
     attn = SplitKDecode(batch, kv, groups, dim, width + new, "cpu", torch.float32)
+    assert attn.nsplit == splits, attn.nsplit
     full_k, full_v = torch.randn(batch, kv, width + new, dim), torch.randn(batch, kv, width + new, dim)
     for lead in (0, 2):
         full_k[lead + 1, :, :width], full_v[lead + 1, :, :width] = full_k[lead, :, :width], full_v[lead, :, :width]

@@ -336,7 +336,9 @@ for batch, kv, groups, dim, length, slot, programs, splits in cases:
 # groups read from src); the rows' own cache holds completion slots only (position p at p - width).
 # Unread places hold garbage: prompt rows of no group, slots past the fill.
 batch, kv, groups, dim, width, new, slot = 4, 2, 2, 16, 6, 58, 20
+SplitKDecode.BLOCK_N = 16  # four splits of 64 slots: the prompt / completion boundary inside split 0, slot in split 1
 attn = SplitKDecode(batch, kv, groups, dim, width + new, "cpu", torch.float32)
+assert attn.nsplit == 4, attn.nsplit
 full_k, full_v = torch.randn(batch, kv, width + new, dim), torch.randn(batch, kv, width + new, dim)
 for lead in (0, 2):
     full_k[lead + 1, :, :width], full_v[lead + 1, :, :width] = full_k[lead, :, :width], full_v[lead, :, :width]

@@ -81,7 +81,8 @@ if triton is not None:
         KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
         BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, HAS_NEW: tl.constexpr, KV_FP8: tl.constexpr,
     ):
-        """Unnormalised attention of one (sequence, kv head) over one split of its filled positions.
+        """Unnormalised attention of one (sequence, kv head) over one split of its filled positions (with one
+        split a row, NSPLIT == 1, the normalised output itself, into OUT).
 
         The filled positions [pad_b, slot] are cut into NSPLIT equal splits (balanced whatever the
         fill). Positions below WIDTH (the prompt) are read from row SRC[b] of the prompt cache PK/PV,
