@@ -386,6 +386,22 @@ def fastest_ways(rows: list) -> dict:
     return ways
 
 
+def launch_settings() -> dict:
+    """The split-K attention kernel's launch settings in force (SplitKDecode's class attributes), as the sweep names them."""
+    from mathgrpo.rollout.decode_attention import SplitKDecode as kernel
+
+    return {"block_n": kernel.BLOCK_N, "num_warps": kernel.NUM_WARPS, "num_stages": kernel.NUM_STAGES,
+            "target_programs": kernel.TARGET_PROGRAMS}
+
+
+def set_launch(setting: dict) -> None:
+    """Put `setting` (launch_settings' keys) in force for every SplitKDecode made after."""
+    from mathgrpo.rollout.decode_attention import SplitKDecode as kernel
+
+    kernel.BLOCK_N, kernel.NUM_WARPS = setting["block_n"], setting["num_warps"]
+    kernel.NUM_STAGES, kernel.TARGET_PROGRAMS = setting["num_stages"], setting["target_programs"]
+
+
 def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int = 256) -> list:
     """Time the split-K decode kernel's launch settings at the 4B shape (8 prompts x 8 samples, 8 kv heads,
     4 groups, a `width`-slot prompt, `ctx` filled slots), each inside a CUDA graph (eager launches measured
@@ -421,14 +437,14 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
         err = (call().float() - ref).norm().item() / ref.norm().item()
         return graph_time(lambda i: call(), reps=12, replays=5), err
 
-    defaults = {"block_n": cls.BLOCK_N, "num_warps": cls.NUM_WARPS, "num_stages": cls.NUM_STAGES, "target_programs": cls.TARGET_PROGRAMS}
+    defaults = launch_settings()
     results = []
     for block_n in (32, 64):
         for warps in (4, 8):
             for stages in (2, 3, 4):
                 for target in (512, 1024, 1536, 2048):  # 1 to 4 splits a row at 64 rows x 8 kv heads
-                    cls.BLOCK_N, cls.NUM_WARPS, cls.NUM_STAGES, cls.TARGET_PROGRAMS = block_n, warps, stages, target
                     setting = {"block_n": block_n, "num_warps": warps, "num_stages": stages, "target_programs": target}
+                    set_launch(setting)
                     try:
                         attn = cls(rows, kv, groups, dim, length, device, torch.bfloat16)
                         t, err = timed(attn, True)
@@ -437,10 +453,9 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
                         results.append({**setting, "error": str(e)[:200]})
     good = [r for r in results if "us" in r and r["rel_err"] < 2e-2]
     best = min(good, key=lambda r: r["us"]) if good else defaults  # none ran: the engine's defaults stay
-    cls.BLOCK_N, cls.NUM_WARPS, cls.NUM_STAGES, cls.TARGET_PROGRAMS = (best["block_n"], best["num_warps"], best["num_stages"],
-                                                                      best["target_programs"])
+    set_launch(best)
     if good:
-        chosen = {k: best[k] for k in ("block_n", "num_warps", "num_stages", "target_programs")}
+        chosen = launch_settings()
         t, err = timed(cls(rows, kv, groups, dim, length, device, torch.bfloat16), False)
         results.append({**chosen, "shared_prompt": False, "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
         results.append({**chosen, "kv_fp8": True, **fp8_cache_timing(cls(rows, kv, groups, dim, length, device, torch.bfloat16),
@@ -608,21 +623,16 @@ def main() -> None:
                 print(f"CHECK {verdict} {key}: {detail}", flush=True)
         phase("correctness", run_correctness)
     if "attention" in args.phases:
-        from mathgrpo.rollout.decode_attention import SplitKDecode
-
-        defaults = (SplitKDecode.BLOCK_N, SplitKDecode.NUM_WARPS, SplitKDecode.NUM_STAGES, SplitKDecode.TARGET_PROGRAMS)
+        defaults = launch_settings()
         phase("attention", lambda: report.__setitem__("attention_tuning", tune_attention(device)))
         if args.attention_defaults:  # the rows measure what the engine runs by default, the sweep only reports
-            SplitKDecode.BLOCK_N, SplitKDecode.NUM_WARPS, SplitKDecode.NUM_STAGES, SplitKDecode.TARGET_PROGRAMS = defaults
+            set_launch(defaults)
 
     model = build(qwen3_4b_config(args.smoke), device, dtype)
     report["weight_bytes"] = {p: weight_bytes(model, p) for p in ("bf16", "fp8")}
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, model.config.vocab_size, (prompt_len,), generator=gen).tolist() for _ in range(8)]
-    from mathgrpo.rollout.decode_attention import SplitKDecode as launch
-
-    report["attention_launch"] = {"block_n": launch.BLOCK_N, "num_warps": launch.NUM_WARPS, "num_stages": launch.NUM_STAGES,
-                                  "target_programs": launch.TARGET_PROGRAMS}  # what the rows ran with
+    report["attention_launch"] = launch_settings()  # what the rows ran with
     if "rows" in args.phases:  # one row per (shape, path), most important first
         for shape, path in [(shape, path) for shape, path in ORDER if shape in args.shapes and path in args.paths]:
             n_prompts, n = SHAPES[shape]
