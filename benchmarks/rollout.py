@@ -530,8 +530,8 @@ PATHS = {  # row label -> NativeEngine keyword arguments (fp8_gemm filled in fro
     "bf16-packed": {"pack": True},
 }
 SHAPES = {"64x(256+1024)": (8, 8), "16x(256+1024)": (4, 4)}  # label -> (prompts, samples per prompt)
-ORDER = [("64x(256+1024)", "bf16"), ("64x(256+1024)", "fp8"), ("64x(256+1024)", "fp8-kv"), ("16x(256+1024)", "bf16"),
-         ("16x(256+1024)", "fp8"), ("16x(256+1024)", "fp8-kv"), ("64x(256+1024)", "bf16-packed"), ("16x(256+1024)", "bf16-packed")]
+ORDER = [("64x(256+1024)", "bf16-packed"), ("64x(256+1024)", "bf16"), ("64x(256+1024)", "fp8"), ("64x(256+1024)", "fp8-kv"),
+         ("16x(256+1024)", "bf16-packed"), ("16x(256+1024)", "bf16"), ("16x(256+1024)", "fp8"), ("16x(256+1024)", "fp8-kv")]
 NEEDS = {"correctness": 60, "gemm": 40, "attention": 90, "rows": 40, "hf": 90, "variants": 40, "lora": 60}  # seconds
 
 

@@ -358,6 +358,47 @@ print("ok")
 
 
 @pytest.mark.triton_interpreter
+def test_split_k_kernel_normalises_and_rotates_raw_projections_interpreted(interpreted):
+    """Given the raw q, k, v columns of one packed projection, the kernel applies the q / k norms (or none, as
+    Qwen2 and Llama have) and the rotary tables itself: its output and the key it writes equal the reference
+    path's (project_qkv's norms and rotary, then attention), at one split a row and at four."""
+    interpreted("""
+import torch
+from mathgrpo.rollout.decode_attention import SplitKDecode
+from mathgrpo.rollout.qwen3_forward import additive_mask, apply_rope, grouped_attention, rms_norm
+torch.manual_seed(0)
+batch, kv, groups, dim, length, slot, eps = 3, 2, 2, 16, 72, 70, 1e-6
+heads = kv * groups
+for block, splits, norms in ((64, 1, True), (16, 4, True), (16, 4, False)):
+    SplitKDecode.BLOCK_N, SplitKDecode.TARGET_PROGRAMS = block, 1 if splits == 1 else 4096
+    attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
+    assert attn.nsplit == splits, attn.nsplit
+    k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
+    qkv = torch.randn(batch, 1, (heads + 2 * kv) * dim)
+    q_raw, k_raw, v_raw = qkv.split([heads * dim, kv * dim, kv * dim], dim=-1)  # strided views, as the engine passes
+    angles = torch.rand(batch, 1, dim // 2) * 6
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    q_w, k_w = (torch.rand(dim) + 0.5, torch.rand(dim) + 0.5) if norms else (None, None)
+    pad = torch.tensor([0, 5, 30])
+    cache_k = k.clone()
+    out = attn(q_raw, cache_k, v.clone(), pad, torch.tensor([slot]), None, (k_raw, v_raw), None, (cos, sin, q_w, k_w, eps))
+
+    def normed(x, heads_, weight):
+        x = x.view(batch, 1, heads_, dim)
+        return (rms_norm(x, weight, eps) if weight is not None else x).transpose(1, 2)
+
+    q_ref, k_ref = apply_rope(normed(q_raw, heads, q_w), cos, sin), apply_rope(normed(k_raw, kv, k_w), cos, sin)
+    full_k, full_v = k.clone(), v.clone()
+    full_k[:, :, slot], full_v[:, :, slot] = k_ref[:, :, 0], v_raw.view(batch, kv, dim)
+    valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
+    ref = grouped_attention(q_ref, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
+    assert (out - ref).abs().max() < 1e-4, (splits, norms, (out - ref).abs().max())
+    assert (cache_k[:, :, slot] - k_ref[:, :, 0]).abs().max() < 1e-5, (splits, norms)
+print("ok")
+""")
+
+
+@pytest.mark.triton_interpreter
 def test_engine_with_split_k_attention_matches_math_attention_interpreted(interpreted):
     """The engine's Triton attention path (each group's prompt cached once) samples the math path's tokens."""
     script = """

@@ -72,14 +72,33 @@ if triton is not None:
         return stored.to(tl.float32) * scale
 
     @triton.jit
+    def _normed_rotated(x, x_half, cos_ptr, sin_ptr, w_ptr, eps, NORM: tl.constexpr, D: tl.constexpr):
+        """Rows x [R, D] of raw projections (x_half: the same rows read at column (d + D/2) % D) -> RMSNorm'd
+        with the weight at w_ptr (when NORM) and rotated by the tables at cos_ptr / sin_ptr (rotate-half
+        convention), float32. The normalised rows are rounded to x's dtype before the weight, as the model does."""
+        offs_d = tl.arange(0, D)
+        half = (offs_d + D // 2) % D
+        xf = x.to(tl.float32)
+        xf_half = x_half.to(tl.float32)
+        if NORM:
+            r = tl.rsqrt(tl.sum(xf * xf, 1) / D + eps)
+            xf = (xf * r[:, None]).to(x.dtype).to(tl.float32) * tl.load(w_ptr + offs_d).to(tl.float32)[None, :]
+            xf_half = (xf_half * r[:, None]).to(x.dtype).to(tl.float32) * tl.load(w_ptr + half).to(tl.float32)[None, :]
+        cos = tl.load(cos_ptr + offs_d).to(tl.float32)
+        sin = tl.load(sin_ptr + offs_d).to(tl.float32)
+        sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+        return xf * cos[None, :] + (sign * sin)[None, :] * xf_half
+
+    @triton.jit
     def _partial_kernel(
-        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L, OUT, KNEW, VNEW, KS, VS, PKS, PVS,
+        Q, PK, PV, K, V, PAD, SLOT, SRC, WIDTH, ACC, M, L, OUT, KNEW, VNEW, KS, VS, PKS, PVS, COS, SIN, QW, KW,
         stride_qb, stride_qh, stride_pkb, stride_pkh, stride_pks, stride_pvb, stride_pvh, stride_pvs,
         stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-        stride_knb, stride_knh, stride_vnb, stride_vnh, stride_ksb, stride_ksh, stride_pksb, stride_pksh,
-        scale_log2,
+        stride_knb, stride_knh, stride_vnb, stride_vnh, stride_ksb, stride_ksh, stride_pksb, stride_pksh, stride_cb,
+        scale_log2, eps,
         KV_HEADS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
         BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, HAS_NEW: tl.constexpr, KV_FP8: tl.constexpr,
+        ROTARY: tl.constexpr, QK_NORM: tl.constexpr,
     ):
         """Unnormalised attention of one (sequence, kv head) over one split of its filled positions (with one
         split a row, NSPLIT == 1, the normalised output itself, into OUT).
@@ -89,7 +108,9 @@ if triton is not None:
         so the G samples of a prompt read the same addresses (served from L2); position p >= WIDTH
         is slot p - WIDTH of row b of the completion cache K/V. HAS_NEW: the key and value of position
         slot come in KNEW / VNEW; the split that holds slot writes them into K / V (no separate copy
-        kernel) and attends them from registers, the others never read that slot.
+        kernel) and attends them from registers, the others never read that slot. ROTARY: Q and KNEW are the
+        raw projections; the program applies the q / k norms (weights QW / KW, when QK_NORM) and the rotary
+        tables COS / SIN of its row itself (no separate kernels for them per layer).
         """
         pid = tl.program_id(0)
         split = tl.program_id(1)
@@ -108,7 +129,11 @@ if triton is not None:
         mid = tl.maximum(lo, tl.minimum(width, read_hi))
         offs_g = tl.arange(0, GP)
         offs_d = tl.arange(0, D)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
+        q_rows = Q + b * stride_qb + h * stride_qh + offs_g[:, None] * D
+        q = tl.load(q_rows + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0)
+        if ROTARY:
+            q_half = tl.load(q_rows + ((offs_d + D // 2) % D)[None, :], mask=offs_g[:, None] < G, other=0.0)
+            q = _normed_rotated(q, q_half, COS + b * stride_cb, SIN + b * stride_cb, QW, eps, QK_NORM, D).to(q.dtype)
         m = tl.full([GP], float("-inf"), tl.float32)
         l = tl.zeros([GP], tl.float32)
         acc = tl.zeros([GP, D], tl.float32)
@@ -126,7 +151,11 @@ if triton is not None:
             last = end - 1
             if (lo <= last) & (last < hi):
                 slot_off = (last - width).to(tl.int64)
-                k_new = tl.load(KNEW + row_b * stride_knb + h * stride_knh + offs_d).to(tl.float32)
+                k_row = KNEW + row_b * stride_knb + h * stride_knh
+                k_new = tl.load(k_row + offs_d).to(tl.float32)
+                if ROTARY:  # one row as a [1, D] tile, then back to [D]
+                    k_new = tl.sum(_normed_rotated(tl.load(k_row + offs_d[None, :]), tl.load(k_row + ((offs_d + D // 2) % D)[None, :]),
+                                                   COS + b * stride_cb, SIN + b * stride_cb, KW, eps, QK_NORM, D), 0)
                 v_new = tl.load(VNEW + row_b * stride_vnb + h * stride_vnh + offs_d).to(tl.float32)
                 own_scale = row_b * stride_ksb + h * stride_ksh + slot_off
                 k_new = _store_new(k_new, K + row_b * stride_kb + h * stride_kh + slot_off * stride_ks + offs_d,
@@ -215,6 +244,7 @@ class SplitKDecode:
         prompt: Optional[tuple] = None,
         new: Optional[tuple] = None,
         scales: Optional[tuple] = None,
+        rotary: Optional[tuple] = None,
     ) -> torch.Tensor:
         """q [B, H, 1, D]; caches [B, KV, S, D]; positions [pad_b, slot] attended. Returns [B, 1, H*D].
 
@@ -224,27 +254,37 @@ class SplitKDecode:
         new: (k, v) [B, KV, 1, D] of position slot, which the kernel writes into the row caches itself
         (None: the caches hold it already).
         scales: float8 caches' per-position scales (k [B, KV, S], v, prompt k [P, KV, W], prompt v), float32.
+        rotary: (cos [B, 1, D], sin, q_norm weight [D] or None, k_norm weight or None, eps): q and the new k are
+        the raw projections (q [B, 1, H*D] and k [B, 1, KV*D] views do), normalised and rotated in the kernel.
         """
         bsz = q.shape[0]
         pk, pv, src, width = prompt if prompt is not None else (k_cache, v_cache, self.own_rows[:bsz], self.no_prefix)
-        qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim).contiguous()
-        k_new, v_new = (t.contiguous() if t.stride(-1) != 1 else t for t in new) if new is not None else (qg, qg)
+        qg = q.reshape(bsz, self.kv_heads, self.groups, self.head_dim)
+        qg = qg if qg.stride(3) == 1 and qg.stride(2) == self.head_dim else qg.contiguous()
+        k_new, v_new = (t.reshape(bsz, self.kv_heads, self.head_dim) for t in new) if new is not None else (qg, qg)
+        k_new, v_new = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new))
         ks, vs, pks, pvs = scales if scales is not None else (self.no_scales,) * 4
-        assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv, ks, vs, pks, pvs))
+        cos, sin, q_w, k_w, eps = rotary if rotary is not None else (self.no_scales, self.no_scales, None, None, 0.0)
+        cos, sin = cos.reshape(cos.shape[0], -1), sin.reshape(sin.shape[0], -1)
+        q_w, k_w = (t if t is not None else self.no_scales for t in (q_w, k_w))
+        assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv, ks, vs, pks, pvs, cos, sin))
         assert ks.stride(0) == vs.stride(0) and ks.stride(1) == vs.stride(1) and pks.stride()[:2] == pvs.stride()[:2]
+        assert cos.stride(0) == sin.stride(0)
         scale_log2 = self.head_dim**-0.5 * 1.4426950408889634
         out = self.out[:bsz]
         grid = (bsz * self.kv_heads, self.nsplit)
         _partial_kernel[grid](
             qg, pk, pv, k_cache, v_cache, pad, slot, src, width, self.acc, self.m, self.l, out, k_new, v_new, ks, vs, pks, pvs,
+            cos, sin, q_w, k_w,
             qg.stride(0), qg.stride(1), pk.stride(0), pk.stride(1), pk.stride(2), pv.stride(0), pv.stride(1), pv.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1), ks.stride(0), ks.stride(1),
-            pks.stride(0), pks.stride(1),
-            scale_log2,
+            pks.stride(0), pks.stride(1), cos.stride(0),
+            scale_log2, float(eps),
             KV_HEADS=self.kv_heads, G=self.groups, GP=self.gp, D=self.head_dim,
             BLOCK_N=self.BLOCK_N, NSPLIT=self.nsplit, HAS_NEW=new is not None, KV_FP8=scales is not None,
+            ROTARY=rotary is not None, QK_NORM=rotary is not None and rotary[2] is not None,
             num_warps=self.NUM_WARPS, num_stages=self.NUM_STAGES,
         )
         if self.nsplit == 1:

@@ -16,6 +16,7 @@ How one request runs (per chunk of prompts):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from typing import Any, Optional, Union
@@ -28,9 +29,9 @@ from ..model.loading import unwrap
 from ..progress import notice
 from . import decode_attention, fp8
 from .base import Generation, RolloutEngine, SamplingParams
-from .qwen3_forward import additive_mask, decode_layers, finish_layer, grouped_attention, prefill, project_qkv
+from .qwen3_forward import DecodeFns, additive_mask, decode_layers, grouped_attention, prefill
 from .packed import Packer, fp8_ways, packed_bytes
-from .sampling import filters_active, sample
+from .sampling import filters_active, race_pick, sample
 from .weights import LoraMerge, ModelWeights, collect, merged_weight_bytes
 
 PRECISIONS = CHOICES["rollout.precision"]  # auto and bf16: the model's own dtype; fp8, fp8-kv
@@ -258,9 +259,10 @@ class NativeEngine(RolloutEngine):
         self._fingerprint = None
         self._weights: Optional[ModelWeights] = None  # what the captured graphs read; kept alive with them
         self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
-        self._qkv, self._finish = project_qkv, finish_layer
+        self._fns, self._pick = DecodeFns(), race_pick  # the step's parts around attention, and the sampler's
         if self.use_compile:
-            self._qkv, self._finish = compiled(project_qkv), compiled(finish_layer)
+            self._fns = DecodeFns(*(compiled(f) for f in (DecodeFns.first, DecodeFns.bridge, DecodeFns.last)))
+            self._pick = compiled(race_pick)
         self.last_stats: dict = {}
 
     def _check_precision(self, precision: str, emulated: bool, lora: str) -> str:
@@ -411,17 +413,19 @@ class NativeEngine(RolloutEngine):
             valid = (ar[None] >= slab.pad[:, None]) & (ar[None] <= slab.slot)
             mask = additive_mask(valid[:, None, None], w.embed.dtype)  # [B, 1, 1, L]
 
-        def attend(i, q, k, v):
+        def attend(i, q, k, v, cos, sin):
             kc, vc = slab.k[i], slab.v[i]
-            if slab.splitk is not None:  # the kernel writes the new k, v into the cache itself
+            if slab.splitk is not None:  # the kernel normalises and rotates q and k, and writes the new k, v itself
+                rotary = (cos, sin, w.layers[i].q_norm, w.layers[i].k_norm, w.eps)
                 return slab.splitk(q, kc, vc, slab.pad, slab.slot, (slab.pk[i], slab.pv[i], slab.src, slab.width), (k, v),
-                                   slab.scales(i))
+                                   slab.scales(i), rotary)
             kc.index_copy_(2, slab.slot, k)
             vc.index_copy_(2, slab.slot, v)
             return grouped_attention(q, kc[:, :, :attn_len], vc[:, :, :attn_len], mask, self.attention == "sdpa")
 
-        logits = decode_layers(w, slab.tok, positions, attend, self._qkv, self._finish)
-        self._record(slab, *sample(logits, params, self.generator))
+        fns = self._fns if slab.splitk is None else dataclasses.replace(self._fns, rotate=False)
+        logits = decode_layers(w, slab.tok, positions, attend, fns)
+        self._record(slab, *sample(logits, params, self.generator, self._pick))
 
     def _record(self, slab: _Slab, tok: torch.Tensor, logprob: torch.Tensor, policy_logprob: torch.Tensor) -> None:
         """Store a sampled token per row (pad once done), count it, mark stops, advance slot and column."""
@@ -474,10 +478,10 @@ class NativeEngine(RolloutEngine):
                 try:
                     self._step(w, slab, params, attn_len)
                 except Exception as err:  # noqa: BLE001 - any compiler failure: keep going without it
-                    if self._qkv is project_qkv:
+                    if self._pick is race_pick:
                         raise
                     notice(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
-                    self._qkv, self._finish = project_qkv, finish_layer
+                    self._fns, self._pick = DecodeFns(), race_pick
                     self._step(w, slab, params, attn_len)
         torch.cuda.current_stream().wait_stream(stream)
 

@@ -8,6 +8,7 @@ into the query-length axis ([B, KV, G*T, D]), so keys and values are never repea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -51,8 +52,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def project_qkv(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple:
-    """Residual stream x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D], rotary applied."""
+def project_qkv(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                rotate: bool = True) -> tuple:
+    """Residual stream x [B, T, hidden] -> q [B, H, T, D], k and v [B, KV, T, D], rotary applied.
+
+    rotate=False stops after the projections: q [B, T, H*D], k and v [B, T, KV*D] (views of one tensor when
+    packed) with neither the q / k norms nor the rotary applied, for an attention kernel that applies them."""
     bsz, t, _ = x.shape
     h = rms_norm(x, layer.ln1, w.eps)
     if layer.qkv is not None:  # packed: one GEMM, then the q, k and v columns
@@ -60,6 +65,8 @@ def project_qkv(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, cos: torc
         q, k, v = linear(h, layer.qkv).split([w.n_heads * w.head_dim, kv_width, kv_width], dim=-1)
     else:
         q, k, v = linear(h, layer.q), linear(h, layer.k), linear(h, layer.v)
+    if not rotate:
+        return q, k, v
     q = q.view(bsz, t, w.n_heads, w.head_dim)
     k = k.view(bsz, t, w.n_kv_heads, w.head_dim)
     v = v.view(bsz, t, w.n_kv_heads, w.head_dim)
@@ -110,9 +117,37 @@ def additive_mask(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill(~valid, torch.finfo(dtype).min)
 
 
+def head_logits(w: ModelWeights, x: torch.Tensor) -> torch.Tensor:
+    """Final norm and LM head of x [B, hidden] -> logits [B, V] in the model's dtype."""
+    return linear(rms_norm(x, w.norm, w.eps), w.lm_head)
+
+
 def logits_of(w: ModelWeights, x: torch.Tensor) -> torch.Tensor:
     """Final norm and LM head of x [B, hidden] -> float32 logits [B, V]."""
-    return linear(rms_norm(x, w.norm, w.eps), w.lm_head).float()
+    return head_logits(w, x).float()
+
+
+def finish_and_project(layer: LayerWeights, nxt: LayerWeights, w: ModelWeights, x: torch.Tensor, attn: torch.Tensor,
+                       cos: torch.Tensor, sin: torch.Tensor, rotate: bool = True) -> tuple:
+    """`finish_layer` of one layer, then `project_qkv` of the next -> (x, q, k, v). One function, so that a
+    compiler fuses the residual add into the next layer's norm (one kernel a layer fewer in a decode step)."""
+    x = finish_layer(layer, w, x, attn)
+    return (x, *project_qkv(nxt, w, x, cos, sin, rotate))
+
+
+def finish_and_head(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """`finish_layer` of the last layer, then the final norm and LM head -> logits [B, V] in the model's dtype."""
+    return head_logits(w, finish_layer(layer, w, x, attn)[:, 0])
+
+
+@dataclass(frozen=True)
+class DecodeFns:
+    """The parts of a decode step between the attention calls; the engine passes compiled versions on a GPU."""
+
+    first: Callable = project_qkv  # layer 0's norm, projections and rotary
+    bridge: Callable = finish_and_project  # a layer's output side, then the next layer's projections
+    last: Callable = finish_and_head  # the last layer's output side, the final norm and the LM head
+    rotate: bool = True  # False: q and k reach `attend` raw (its kernel applies the q / k norms and the rotary)
 
 
 def prefill(w: ModelWeights, ids: torch.Tensor, pad: torch.Tensor, store: Callable, fused: bool) -> torch.Tensor:
@@ -136,25 +171,20 @@ def prefill(w: ModelWeights, ids: torch.Tensor, pad: torch.Tensor, store: Callab
     return logits_of(w, x[:, -1])
 
 
-def decode_layers(
-    w: ModelWeights,
-    tokens: torch.Tensor,
-    positions: torch.Tensor,
-    attend: Callable,
-    qkv_fn: Optional[Callable] = None,
-    finish_fn: Optional[Callable] = None,
-) -> torch.Tensor:
-    """One decode step for tokens [B] at positions [B] -> float32 logits [B, V].
+def decode_layers(w: ModelWeights, tokens: torch.Tensor, positions: torch.Tensor, attend: Callable,
+                  fns: Optional[DecodeFns] = None) -> torch.Tensor:
+    """One decode step for tokens [B] at positions [B] -> logits [B, V] in the model's dtype.
 
-    `attend(layer_index, q, k, v)` writes k, v [B, KV, 1, D] into the cache and returns the
-    attention output [B, 1, H*D]; `qkv_fn` / `finish_fn` default to `project_qkv` / `finish_layer`
-    (the engine passes compiled versions on GPU).
+    `attend(layer_index, q, k, v, cos, sin)` writes k, v [B, KV, 1, D] into the cache and returns the
+    attention output [B, 1, H*D] (with `fns.rotate` False, q, k and v come as `project_qkv(rotate=False)`
+    returns them and attend applies the q / k norms and the rotary tables cos, sin [B, 1, D]); `fns` holds the
+    rest of the step (`DecodeFns()`: plain functions).
     """
-    qkv_fn = qkv_fn or project_qkv
-    finish_fn = finish_fn or finish_layer
+    fns = fns or DecodeFns()
     x = F.embedding(tokens[:, None], w.embed)
     cos, sin = rope_tables(positions[:, None], w, x.dtype)
-    for i, layer in enumerate(w.layers):
-        q, k, v = qkv_fn(layer, w, x, cos, sin)
-        x = finish_fn(layer, w, x, attend(i, q, k, v))
-    return logits_of(w, x[:, 0])
+    layers = w.layers
+    q, k, v = fns.first(layers[0], w, x, cos, sin, fns.rotate)
+    for i, layer in enumerate(layers[:-1]):
+        x, q, k, v = fns.bridge(layer, layers[i + 1], w, x, attend(i, q, k, v, cos, sin), cos, sin, fns.rotate)
+    return fns.last(layers[-1], w, x, attend(len(layers) - 1, q, k, v, cos, sin))

@@ -7,7 +7,7 @@ same rules, so a sampled token's log-prob is the log-softmax of exactly the dist
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -41,23 +41,31 @@ def filters_active(params: SamplingParams) -> bool:
     return params.top_k > 0 or params.top_p < 1.0 or params.min_p > 0.0
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator] = None) -> tuple:
+def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator] = None,
+           pick: Optional[Callable] = None) -> tuple:
     """(token [B] long, log-prob [B] float32, policy log-prob [B] float32) drawn from the filtered distribution of
-    `logits` [B, V].
+    `logits` [B, V] (any float dtype; the arithmetic is float32).
 
     The log-prob is that of the filtered distribution the token was drawn from; the policy log-prob is the
     token's log-prob under the temperature-scaled policy before any filter, which is what the learner computes
     (the two are the same tensor when no filter is on). Greedy (temperature 0) takes the argmax and reports 0
     for both (a point mass). Sampling is an exponential race: argmax(log p - log E) with E ~ Exp(1) picks token
-    i with probability p_i, using only device kernels, so it can live inside a CUDA graph.
+    i with probability p_i, using only device kernels, so it can live inside a CUDA graph. The draws E come
+    from `generator`; `pick` (default `race_pick`) is the rest, which the engine may pass compiled.
     """
-    logits = logits.float()
     if params.greedy:
         token = logits.argmax(dim=-1)
-        zero = torch.zeros_like(logits[:, 0])
+        zero = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
         return token, zero, zero
+    race = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_(generator=generator)
+    return (pick or race_pick)(logits, race, params)
+
+
+def race_pick(logits: torch.Tensor, race: torch.Tensor, params: SamplingParams) -> tuple:
+    """The winner of the exponential race between the filtered log-probs of `logits` [B, V] and the draws
+    `race` [B, V] ~ Exp(1) -> (token, log-prob, policy log-prob) as `sample` returns them."""
+    logits = logits.float()
     logp = torch.log_softmax(filter_logits(logits, params), dim=-1)
-    race = torch.empty_like(logp).exponential_(generator=generator)
     # clamp: an exact 0 from the exponential would give +inf and could win over a filtered token
     token = (logp - race.clamp_min(1e-30).log()).argmax(dim=-1)
     return (token, *picked_logprobs(logits, logp, token, params))
