@@ -135,6 +135,15 @@ def finish_and_project(layer: LayerWeights, nxt: LayerWeights, w: ModelWeights, 
     return (x, *project_qkv(nxt, w, x, cos, sin, rotate))
 
 
+def embed_and_project(layer: LayerWeights, w: ModelWeights, tokens: torch.Tensor, positions: torch.Tensor,
+                      rotate: bool = True) -> tuple:
+    """The start of a decode step: embed tokens [B], the rotary tables of positions [B], then `project_qkv` of
+    the first layer -> (x, cos, sin, q, k, v). One function, so that a compiler fuses the small table kernels."""
+    x = F.embedding(tokens[:, None], w.embed)
+    cos, sin = rope_tables(positions[:, None], w, x.dtype)
+    return (x, cos, sin, *project_qkv(layer, w, x, cos, sin, rotate))
+
+
 def finish_and_head(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """`finish_layer` of the last layer, then the final norm and LM head -> logits [B, V] in the model's dtype."""
     return head_logits(w, finish_layer(layer, w, x, attn)[:, 0])
@@ -144,7 +153,7 @@ def finish_and_head(layer: LayerWeights, w: ModelWeights, x: torch.Tensor, attn:
 class DecodeFns:
     """The parts of a decode step between the attention calls; the engine passes compiled versions on a GPU."""
 
-    first: Callable = project_qkv  # layer 0's norm, projections and rotary
+    first: Callable = embed_and_project  # the embedding, the rotary tables, layer 0's norm and projections
     bridge: Callable = finish_and_project  # a layer's output side, then the next layer's projections
     last: Callable = finish_and_head  # the last layer's output side, the final norm and the LM head
     rotate: bool = True  # False: q and k reach `attend` raw (its kernel applies the q / k norms and the rotary)
@@ -181,10 +190,8 @@ def decode_layers(w: ModelWeights, tokens: torch.Tensor, positions: torch.Tensor
     rest of the step (`DecodeFns()`: plain functions).
     """
     fns = fns or DecodeFns()
-    x = F.embedding(tokens[:, None], w.embed)
-    cos, sin = rope_tables(positions[:, None], w, x.dtype)
     layers = w.layers
-    q, k, v = fns.first(layers[0], w, x, cos, sin, fns.rotate)
+    x, cos, sin, q, k, v = fns.first(layers[0], w, tokens, positions, fns.rotate)
     for i, layer in enumerate(layers[:-1]):
         x, q, k, v = fns.bridge(layer, layers[i + 1], w, x, attend(i, q, k, v, cos, sin), cos, sin, fns.rotate)
     return fns.last(layers[-1], w, x, attend(len(layers) - 1, q, k, v, cos, sin))
