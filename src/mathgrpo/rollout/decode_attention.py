@@ -6,7 +6,8 @@ the group in one tile, so grouped heads cost no repeated keys. Each row's filled
 equal splits. The prompt part may live in a cache of its own with one row per prompt (the G samples
 of a prompt then share its keys in memory and in the reads) and the completion part in the rows'
 cache. The program whose split holds the new position also writes that position's key and value into
-the cache (no separate copy kernel per layer). The caches may hold float8 keys and values with one scale
+the cache (no separate copy kernel per layer), and given the raw projections each program applies the
+q / k norms and the rotary itself (no separate kernels for them either). The caches may hold float8 keys and values with one scale
 per position and head (`scales`). A second kernel merges the splits (log-sum-exp weights); with one
 split a row the first writes the output itself.
 Triton is optional: without it `available()` is False and the engine uses SDPA over length buckets.
