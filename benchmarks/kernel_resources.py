@@ -28,7 +28,7 @@ def signature(fn, kv_fp8: bool) -> tuple:
     for name in fn.arg_names:
         if name.startswith("stride"):
             types[name] = "i32"
-        elif name == "scale_log2":
+        elif name in ("scale_log2", "eps"):
             types[name] = "fp32"
         elif name in ("PAD", "SLOT", "SRC", "WIDTH"):
             types[name] = "*i64"
@@ -53,7 +53,8 @@ def resources(block_n: int, warps: int, stages: int, nsplit: int, kv_fp8: bool, 
 
     fn = decode_attention._partial_kernel
     types, hints = signature(fn, kv_fp8)
-    consts = {**SHAPE, "BLOCK_N": block_n, "NSPLIT": nsplit, "HAS_NEW": True, "KV_FP8": kv_fp8}
+    # as the engine launches it: raw q / k projections, Qwen3's q / k norms and the rotary applied in the kernel
+    consts = {**SHAPE, "BLOCK_N": block_n, "NSPLIT": nsplit, "HAS_NEW": True, "KV_FP8": kv_fp8, "ROTARY": True, "QK_NORM": True}
     types.update({name: "constexpr" for name in consts})
     kernel = triton.compile(ASTSource(fn, types, consts, hints), target=GPUTarget("cuda", arch, 32),
                             options={"num_warps": warps, "num_stages": stages})

@@ -361,7 +361,8 @@ print("ok")
 def test_split_k_kernel_normalises_and_rotates_raw_projections_interpreted(interpreted):
     """Given the raw q, k, v columns of one packed projection, the kernel applies the q / k norms (or none, as
     Qwen2 and Llama have) and the rotary tables itself: its output and the key it writes equal the reference
-    path's (project_qkv's norms and rotary, then attention), at one split a row and at four."""
+    path's (project_qkv's norms and rotary, then attention), at one split a row and at four, and with projections
+    small enough (1e-3) that the norms' eps counts."""
     interpreted("""
 import torch
 from mathgrpo.rollout.decode_attention import SplitKDecode
@@ -369,12 +370,12 @@ from mathgrpo.rollout.qwen3_forward import additive_mask, apply_rope, grouped_at
 torch.manual_seed(0)
 batch, kv, groups, dim, length, slot, eps = 3, 2, 2, 16, 72, 70, 1e-6
 heads = kv * groups
-for block, splits, norms in ((64, 1, True), (16, 4, True), (16, 4, False)):
+for block, splits, norms, size in ((64, 1, True, 1.0), (16, 4, True, 1.0), (16, 4, False, 1.0), (16, 4, True, 1e-3)):
     SplitKDecode.BLOCK_N, SplitKDecode.TARGET_PROGRAMS = block, 1 if splits == 1 else 4096
     attn = SplitKDecode(batch, kv, groups, dim, length, "cpu", torch.float32)
     assert attn.nsplit == splits, attn.nsplit
     k, v = torch.randn(batch, kv, length, dim), torch.randn(batch, kv, length, dim)
-    qkv = torch.randn(batch, 1, (heads + 2 * kv) * dim)
+    qkv = torch.randn(batch, 1, (heads + 2 * kv) * dim) * size
     q_raw, k_raw, v_raw = qkv.split([heads * dim, kv * dim, kv * dim], dim=-1)  # strided views, as the engine passes
     angles = torch.rand(batch, 1, dim // 2) * 6
     cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
@@ -392,8 +393,8 @@ for block, splits, norms in ((64, 1, True), (16, 4, True), (16, 4, False)):
     full_k[:, :, slot], full_v[:, :, slot] = k_ref[:, :, 0], v_raw.view(batch, kv, dim)
     valid = (torch.arange(slot + 1)[None] >= pad[:, None])[:, None, None]
     ref = grouped_attention(q_ref, full_k[:, :, : slot + 1], full_v[:, :, : slot + 1], additive_mask(valid, torch.float32), False)
-    assert (out - ref).abs().max() < 1e-4, (splits, norms, (out - ref).abs().max())
-    assert (cache_k[:, :, slot] - k_ref[:, :, 0]).abs().max() < 1e-5, (splits, norms)
+    assert (out - ref).abs().max() < 1e-4, (splits, norms, size, (out - ref).abs().max())
+    assert (cache_k[:, :, slot] - k_ref[:, :, 0]).abs().max() < 1e-5, (splits, norms, size)
 print("ok")
 """)
 

@@ -76,7 +76,9 @@ if triton is not None:
     def _normed_rotated(x, x_half, cos_ptr, sin_ptr, w_ptr, eps, NORM: tl.constexpr, D: tl.constexpr):
         """Rows x [R, D] of raw projections (x_half: the same rows read at column (d + D/2) % D) -> RMSNorm'd
         with the weight at w_ptr (when NORM) and rotated by the tables at cos_ptr / sin_ptr (rotate-half
-        convention), float32. The normalised rows are rounded to x's dtype before the weight, as the model does."""
+        convention), float32. The normalised rows are rounded to x's dtype before the weight, as the model does;
+        the weight, the rotary's products and their sum stay in float32 (the caller rounds once), as the compiled
+        path computed them before (inductor keeps intermediates in float32), where eager PyTorch rounds each."""
         offs_d = tl.arange(0, D)
         half = (offs_d + D // 2) % D
         xf = x.to(tl.float32)
@@ -267,6 +269,9 @@ class SplitKDecode:
         ks, vs, pks, pvs = scales if scales is not None else (self.no_scales,) * 4
         cos, sin, q_w, k_w, eps = rotary if rotary is not None else (self.no_scales, self.no_scales, None, None, 0.0)
         cos, sin = cos.reshape(cos.shape[0], -1), sin.reshape(sin.shape[0], -1)
+        if rotary is not None:
+            assert (q_w is None) == (k_w is None), "the q and k norms come together (Qwen3) or not at all"
+            assert cos.shape[-1] == self.head_dim and cos.shape[0] >= bsz, (tuple(cos.shape), bsz, self.head_dim)
         q_w, k_w = (t if t is not None else self.no_scales for t in (q_w, k_w))
         assert all(t.stride(-1) == 1 for t in (k_cache, v_cache, pk, pv, ks, vs, pks, pvs, cos, sin))
         assert ks.stride(0) == vs.stride(0) and ks.stride(1) == vs.stride(1) and pks.stride()[:2] == pvs.stride()[:2]

@@ -38,7 +38,7 @@ PRECISIONS = CHOICES["rollout.precision"]  # auto and bf16: the model's own dtyp
 
 SUPPORTED_TYPES = ("qwen3", "qwen2", "llama")
 LENGTH_BUCKET = 256  # SDPA attention reads the cache in slices that grow by this many positions
-RECOMPILE_LIMIT = 64  # dynamo recompiles a decode layer per batch bucket and attention length; its default is 8
+RECOMPILE_LIMIT = 64  # dynamo compiles the step's parts per batch bucket and the sampler per filter setting; its default is 8
 
 
 def _rope_type(cfg: Any) -> str:
