@@ -155,10 +155,11 @@ if triton is not None:
             if (lo <= last) & (last < hi):
                 slot_off = (last - width).to(tl.int64)
                 k_row = KNEW + row_b * stride_knb + h * stride_knh
-                k_new = tl.load(k_row + offs_d).to(tl.float32)
                 if ROTARY:  # one row as a [1, D] tile, then back to [D]
                     k_new = tl.sum(_normed_rotated(tl.load(k_row + offs_d[None, :]), tl.load(k_row + ((offs_d + D // 2) % D)[None, :]),
                                                    COS + b * stride_cb, SIN + b * stride_cb, KW, eps, QK_NORM, D), 0)
+                else:
+                    k_new = tl.load(k_row + offs_d).to(tl.float32)
                 v_new = tl.load(VNEW + row_b * stride_vnb + h * stride_vnh + offs_d).to(tl.float32)
                 own_scale = row_b * stride_ksb + h * stride_ksh + slot_off
                 k_new = _store_new(k_new, K + row_b * stride_kb + h * stride_kh + slot_off * stride_ks + offs_d,

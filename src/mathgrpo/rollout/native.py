@@ -16,7 +16,6 @@ How one request runs (per chunk of prompts):
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import contextmanager
 from typing import Any, Optional, Union
@@ -259,9 +258,11 @@ class NativeEngine(RolloutEngine):
         self._fingerprint = None
         self._weights: Optional[ModelWeights] = None  # what the captured graphs read; kept alive with them
         self._pool = torch.cuda.graph_pool_handle() if cuda and self.use_graphs else None
-        self._fns, self._pick = DecodeFns(), race_pick  # the step's parts around attention, and the sampler's
+        # the step's parts around attention, and the sampler's; the Triton kernel normalises and rotates q and k itself
+        self._fns, self._pick = DecodeFns(rotate=attention != "triton"), race_pick
         if self.use_compile:
-            self._fns = DecodeFns(*(compiled(f) for f in (DecodeFns.first, DecodeFns.bridge, DecodeFns.last)))
+            parts = (DecodeFns.first, DecodeFns.bridge, DecodeFns.last)
+            self._fns = DecodeFns(*(compiled(f) for f in parts), rotate=self._fns.rotate)
             self._pick = compiled(race_pick)
         self.last_stats: dict = {}
 
@@ -423,8 +424,7 @@ class NativeEngine(RolloutEngine):
             vc.index_copy_(2, slab.slot, v)
             return grouped_attention(q, kc[:, :, :attn_len], vc[:, :, :attn_len], mask, self.attention == "sdpa")
 
-        fns = self._fns if slab.splitk is None else dataclasses.replace(self._fns, rotate=False)
-        logits = decode_layers(w, slab.tok, positions, attend, fns)
+        logits = decode_layers(w, slab.tok, positions, attend, self._fns)
         self._record(slab, *sample(logits, params, self.generator, self._pick))
 
     def _record(self, slab: _Slab, tok: torch.Tensor, logprob: torch.Tensor, policy_logprob: torch.Tensor) -> None:
@@ -481,7 +481,7 @@ class NativeEngine(RolloutEngine):
                     if self._pick is race_pick:
                         raise
                     notice(f"rollout: torch.compile of the decode layers failed ({type(err).__name__}: {err}); using eager layers")
-                    self._fns, self._pick = DecodeFns(), race_pick
+                    self._fns, self._pick = DecodeFns(rotate=self._fns.rotate), race_pick
                     self._step(w, slab, params, attn_len)
         torch.cuda.current_stream().wait_stream(stream)
 
