@@ -11,7 +11,7 @@ within its estimated length of `--deadline`:
 - correctness: a small random Qwen3 (sharp weights) through each engine path against transformers (greedy tokens,
   sampled-token log-probs); FP8 projections against the float product, each FP8 GEMM way against the emulation;
 - gemm: the 4B layer's projections at 64 and 16 rows, one CUDA graph of 36 calls each: bf16 separate / packed,
-  FP8 `rowwise` / `unit`; the faster FP8 way is used for the rest of the run;
+  FP8 `rowwise` / `unit` / `triton`; the fastest FP8 way is used for the rest of the run;
 - attention: the split-K decode kernel's launch settings timed inside CUDA graphs; the fastest is used;
 - rows: tok/s, floor fractions and peak memory per path and shape; the sampler gap of the 16-row rows against a
   transformers forward of the same tokens; a kernel profile of a short call per path;
@@ -317,7 +317,7 @@ def gemm_bench(device: str, ways: tuple) -> dict:
     """The 4B layer's projections at 64 and 16 rows, each in a CUDA graph of 36 calls over enough weight copies
     that none is served from L2: bf16 separate and packed, FP8 (activations quantized beforehand) by each way.
     Rows: op, rows, kind, microseconds a call, GB/s of weight bytes. Also the FP8 way with the least total time."""
-    from mathgrpo.rollout import fp8
+    from mathgrpo.rollout import fp8, skinny_gemm
 
     from _subject import QWEN3_4B
 
@@ -352,6 +352,8 @@ def gemm_bench(device: str, ways: tuple) -> dict:
             if "rowwise" in ways:
                 kinds["fp8 rowwise"] = lambda i: torch._scaled_mm(xq, fp8_w[i % n_copies][0].t(), scale_a=xs,
                                                                   scale_b=fp8_w[i % n_copies][1], out_dtype=torch.bfloat16)
+            if "triton" in ways:
+                kinds["fp8 triton"] = lambda i: skinny_gemm.matmul(xq, *fp8_w[i % n_copies], xs, torch.bfloat16)
             if "unit" in ways:
                 kinds["fp8 unit"] = lambda i: torch._scaled_mm(xq, fp8_w[i % n_copies][0].t(), scale_a=one, scale_b=one,
                                                                out_dtype=torch.float32)
@@ -548,7 +550,7 @@ def main() -> None:
     ap.add_argument("--hf-new", type=int, default=256, help="new tokens for the transformers rows (they are slow)")
     ap.add_argument("--attention-defaults", action="store_true", help="rows with the kernel's default launch settings "
                     "(the attention phase then only reports its sweep)")
-    ap.add_argument("--fp8-gemm", choices=["rowwise", "unit"], help="FP8 GEMM way for every projection (default: the gemm "
+    ap.add_argument("--fp8-gemm", choices=["rowwise", "unit", "triton"], help="FP8 GEMM way for every projection (default: the gemm "
                     "phase's fastest per projection, else the engine's default)")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
@@ -600,10 +602,10 @@ def main() -> None:
     report["copy_bandwidth_Bps"] = bandwidth = copy_bandwidth(device)
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s (read+write)", flush=True)
     from mathgrpo.model.card import card_of
-    from mathgrpo.rollout import fp8
+    from mathgrpo.rollout import fp8, skinny_gemm
 
     reason = fp8.unsupported_reason(card_of(torch.device(device)))
-    ways = () if reason else ("rowwise", "unit")
+    ways = () if reason else ("rowwise", "unit") + (("triton",) if skinny_gemm.available() else ())
     report["fp8_unsupported"] = reason
     state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else fp8.DEFAULT_WAY)}
     if "gemm" in args.phases and not reason:

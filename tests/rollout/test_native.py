@@ -399,10 +399,7 @@ print("ok")
 """)
 
 
-@pytest.mark.triton_interpreter
-def test_engine_with_split_k_attention_matches_math_attention_interpreted(interpreted):
-    """The engine's Triton attention path (each group's prompt cached once) samples the math path's tokens."""
-    script = """
+SHARP_TINY_SCRIPT = """
 import torch
 from mathgrpo.rollout.base import SamplingParams
 from mathgrpo.rollout.native import NativeEngine
@@ -415,6 +412,13 @@ with torch.no_grad():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.15)
 prompts = ["What is 12+7?", "Hi", "Compute 345 - 67 step by step."]
 params = SamplingParams(max_new_tokens=12, temperature=1.0)
+"""  # the start of interpreted engine scripts: a tiny model with sharp weights, prompts, sampling
+
+
+@pytest.mark.triton_interpreter
+def test_engine_with_split_k_attention_matches_math_attention_interpreted(interpreted):
+    """The engine's Triton attention path (each group's prompt cached once) samples the math path's tokens."""
+    script = SHARP_TINY_SCRIPT + """
 out = {a: NativeEngine(model, tok, [], attention=a, seed=3).generate(prompts, 3, params) for a in ("math", "triton")}
 tokens = [g.token_ids for g in out["math"]]
 assert len({tuple(t) for t in tokens[:3]}) > 1  # the samples of a prompt differ: shared reads stop at the prompt

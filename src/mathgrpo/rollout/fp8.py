@@ -1,15 +1,18 @@
 """FP8 rollouts: float8_e4m3fn weights with one scale per output channel, activations quantized per token.
 
-A decode step is bound by reading the weights; in FP8 the projections take half the bytes. The GEMM runs
-through `torch._scaled_mm` (tensor cores take FP8 from compute capability 8.9: L4, L40, H100, H200) with the
-row scales of the activations and the column scales of the weights, so y[m, n] = sx[m] sw[n] sum_k xq[m, k]
-wq[n, k]. Three ways to run it (`GEMMS`):
+A decode step is bound by reading the weights; in FP8 the projections take half the bytes. The GEMM multiplies
+float8 operands on the tensor cores (compute capability 8.9 and up: L4, L40, H100, H200) and applies the row
+scales of the activations and the column scales of the weights, so y[m, n] = sx[m] sw[n] sum_k xq[m, k] wq[n, k].
+Four ways to run it (`GEMMS`):
 
 - `rowwise`: one `_scaled_mm` with both scale vectors applied in its epilogue (CUTLASS, bf16 out);
-- `unit` (the default): `_scaled_mm` with unit scales (cuBLASLt, float32 out), the scales applied after (fused by
+- `unit`: `_scaled_mm` with unit scales (cuBLASLt, float32 out), the scales applied after (fused by
   torch.compile into the next elementwise kernel): the same numbers, faster than `rowwise` at decode's 16 and 64
   rows on an H100 (not measured on sm_89 cards);
-- `emulate`: dequantize and multiply in float32 (any device): the arithmetic the two above approximate,
+- `triton` (the default where Triton runs): the same operands through the skinny-GEMM kernel of `skinny_gemm`,
+  both scales in its epilogue: the same numbers as `unit`, about 1.7x faster on an H100 at decode's 16 and 64
+  rows (`benchmarks/decode_gemm.py`); above 64 rows (a prefill) it runs as `unit`;
+- `emulate`: dequantize and multiply in float32 (any device): the arithmetic the three above approximate,
   for CPU tests of the whole engine.
 
 The output head and the embedding stay in the model's dtype: the head decides the sampled token and its
@@ -24,12 +27,14 @@ import torch
 
 from ..errors import Error
 from ..model.card import Card, fp8_problem
+from . import skinny_gemm
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 TINY = 1e-12  # floor of a scale: an all-zero row quantizes to zeros, not NaN
-GEMMS = ("rowwise", "unit", "emulate")
-DEFAULT_WAY = "unit"  # faster than rowwise on an H100 at 16 and 64 rows (benchmarks/rollout.py's gemm phase); L4 not measured
+GEMMS = ("rowwise", "unit", "triton", "emulate")
+# the fastest on an H100 at 16 and 64 rows (benchmarks/decode_gemm.py), `unit` next; L4 not measured
+DEFAULT_WAY = "triton" if skinny_gemm.available() else "unit"
 
 
 class PrecisionRefused(Error, ValueError):
@@ -96,7 +101,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Opt
     captured decode step that is a kernel a projection)."""
     lead, k = x.shape[:-1], x.shape[-1]
     xq, xs = quantize_tokens(x.reshape(-1, k))
-    if gemm == "rowwise":
+    if gemm == "triton" and xq.shape[0] > skinny_gemm.MAX_FP8_ROWS:
+        gemm = "unit"  # a prefill's many rows: cuBLASLt's large tiles suit them (the same operands and scales)
+    if gemm == "triton":
+        y = skinny_gemm.matmul(xq, weight, scale, xs, torch.float32 if bias is not None else x.dtype)
+    elif gemm == "rowwise":
         y = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale, out_dtype=x.dtype).float()
     elif gemm == "unit":
         one = unit if unit is not None else torch.ones((), device=x.device, dtype=torch.float32)

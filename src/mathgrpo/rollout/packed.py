@@ -4,7 +4,8 @@ Read in place, the model's tensors cost one GEMM per projection (k and v, with f
 tiles) and, with LoRA, a merge into the model's weights that must be undone after every rollout. A `Packer`
 writes, for every layer, W + B A s of q, k and v into one matrix, of gate and up into another, and of o and
 down into their own: in the model's dtype (the numbers the in-place merge gives, rounded once) or in FP8 with
-one scale per output row (fp8.py). The model's weights are never written.
+one scale per output row (fp8.py). The model's weights are never written. On an H100 or newer the bf16 copies
+multiply through the skinny-GEMM kernel (skinny_gemm.py) at decode's row counts.
 
 The buffers are allocated once and refilled in place, because captured decode graphs read them by address;
 a refill happens only when a source tensor changed since the last one (an optimizer step bumps the version
@@ -20,7 +21,7 @@ from typing import Any, Optional, Union
 import torch
 
 from ..model.loading import unwrap
-from . import fp8
+from . import fp8, skinny_gemm
 from .weights import ModelWeights, Proj, _is_lora, active_lora_terms, merged_weight
 
 # (packed name, the modules it stacks by rows, their parent in a decoder layer)
@@ -133,7 +134,7 @@ class Packer:
             weights = [_base(m).weight for m in modules]
             rows, cols = sum(t.shape[0] for t in weights), weights[0].shape[1]
             device, dtype = weights[0].device, weights[0].dtype
-            way = self.ways[name] if self.fp8 else ""
+            way = self.ways[name] if self.fp8 else "triton" if skinny_gemm.serves(device) else ""
             if self.fp8 and way != "emulate" and (rows % 16 or cols % 16):
                 raise ValueError(f"rollout.precision=fp8: the {name} projection is {rows} x {cols}; FP8 GEMMs need multiples of 16")
             weight = torch.empty(rows, cols, device=device, dtype=fp8.E4M3 if self.fp8 else dtype)

@@ -14,15 +14,22 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from . import fp8
+from . import fp8, skinny_gemm
 from .weights import LayerWeights, ModelWeights, Proj
 
 
 def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
     """x W^T + b, plus LoRA's low-rank terms (B (A x)) * scale when the engine applies them; FP8 weights
-    (a `scale` beside them) go through fp8.linear."""
+    (a `scale` beside them) go through fp8.linear, and copies marked `triton` through the skinny-GEMM kernel
+    when x has at most `skinny_gemm.MAX_ROWS` rows."""
     if proj.scale is not None:
         return fp8.linear(x, proj.weight, proj.scale, proj.bias, proj.gemm, proj.unit)
+    k = x.shape[-1]
+    if proj.gemm == "triton" and x.numel() <= skinny_gemm.MAX_ROWS * k and not proj.lora:
+        y = skinny_gemm.matmul(x.reshape(-1, k), proj.weight, out_dtype=torch.float32 if proj.bias is not None else x.dtype)
+        if proj.bias is not None:
+            y = (y + proj.bias.float()).to(x.dtype)
+        return y.reshape(*x.shape[:-1], proj.weight.shape[0])
     y = F.linear(x, proj.weight, proj.bias)
     for a, b, scale in proj.lora:
         # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does

@@ -34,7 +34,7 @@ class Proj:
     bias: Optional[torch.Tensor] = None  # [out]
     lora: list = field(default_factory=list)  # [(A [r, in], B [out, r], scale)] in lowrank mode
     scale: Optional[torch.Tensor] = None  # [1, out] float32 when `weight` is FP8: W ~= weight * scale^T
-    gemm: str = ""  # how an FP8 projection multiplies (fp8.GEMMS)
+    gemm: str = ""  # how the projection multiplies: fp8.GEMMS for FP8 weights; "triton" (skinny_gemm) or "" (F.linear) else
     unit: Optional[torch.Tensor] = None  # float32 1 on the device: the tensor-wide scales of the `unit` way
 
 

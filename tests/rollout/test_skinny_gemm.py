@@ -1,0 +1,107 @@
+"""The skinny-GEMM kernel (rollout/skinny_gemm.py): its tile choice, the kernel through Triton's CPU interpreter
+against float references (float8 and float activations, split K, ragged edges), and the engine paths that use it
+(the FP8 `triton` way, packed copies marked `triton`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mathgrpo.model.tiny import build_tiny
+from mathgrpo.rollout import fp8, skinny_gemm
+from mathgrpo.rollout.packed import Packer
+from mathgrpo.rollout.weights import collect
+
+from test_native import SHARP_TINY_SCRIPT
+
+QWEN3_4B_PROJECTIONS = {"qkv": (6144, 2560), "o": (2560, 4096), "gate_up": (19456, 2560), "down": (2560, 9728)}
+
+
+def test_launch_covers_the_card_and_keeps_splits_deep():
+    """At decode's 16 and 64 rows the 4B projections get enough programs (>= 300, or K too short to split more)
+    and splits at least 1,024 deep; the settings the H100 sweep found fastest for FP8 (benchmarks/decode_gemm.py)
+    come out; bf16 weights get K tiles of the same bytes; prefill's many rows get 64-row tiles, K whole."""
+    picks = {(m, op): skinny_gemm.launch(m, n, k) for m in (16, 64) for op, (n, k) in QWEN3_4B_PROJECTIONS.items()}
+    for (m, op), s in picks.items():
+        n, k = QWEN3_4B_PROJECTIONS[op]
+        programs = -(-n // s.block_n) * -(-m // s.block_m) * s.split
+        assert programs >= 300 or k // (s.split * 2) < 1024, (m, op, s)
+        assert k // s.split >= 1024 or s.split == 1, (m, op, s)
+    assert picks[64, "down"] == skinny_gemm.Launch(64, 32, 256, 4, 4, 3)
+    assert picks[64, "gate_up"] == skinny_gemm.Launch(64, 32, 128, 1, 4, 3)
+    assert picks[16, "o"].split == 4 and picks[16, "qkv"].split == 2
+    assert skinny_gemm.launch(16, 2560, 4096, weight_bytes=2).block_k == 128
+    assert skinny_gemm.launch(2048, 6144, 2560) == skinny_gemm.Launch(64, 32, 128, 1, 4, 3)
+    assert skinny_gemm.launch(4, 64, 64).block_m == 16
+
+
+def test_bf16_copies_stay_on_cublas_off_the_cards_the_kernel_was_measured_on():
+    """On the CPU (and cards below CAPABILITY) packed copies in the model's dtype keep F.linear (gemm ""); the FP8
+    ways take `triton` by default only where Triton is installed."""
+    model, _ = build_tiny(0)
+    packed = Packer().pack(model, collect(model, lowrank=False))
+    assert {p.gemm for layer in packed.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)} == {""}
+    assert not skinny_gemm.serves(torch.device("cpu"))
+    assert fp8.DEFAULT_WAY == ("triton" if skinny_gemm.available() else "unit")
+    assert "triton" in fp8.GEMMS
+
+
+@pytest.mark.triton_interpreter
+def test_kernel_matches_float_products_interpreted(interpreted):
+    """Float8 weights times float8 activations (w8a8, both scale vectors) and times fp16 / float32 activations,
+    and float32 weights without scales, at whole and ragged tiles, one split and several (partial sums added in
+    float32): each equals the float product of what the operands stand for. (bf16 runs on GPUs only: Triton's
+    interpreter mis-multiplies bf16 tiles converted in registers, see the benchmark's rel_err instead.)"""
+    interpreted("""
+import torch
+from mathgrpo.rollout import fp8, skinny_gemm
+L = skinny_gemm.Launch
+torch.manual_seed(0)
+cases = ((64, 192, 256, None), (5, 96, 200, L(16, 32, 64, 2)), (16, 64, 512, L(16, 32, 64, 4)), (3, 40, 72, L(16, 16, 32, 1)),
+         (40, 64, 1024, L(32, 32, 128, 3)))
+for m, n, k, setting in cases:
+    w = torch.randn(n, k) * 0.02
+    q, scale = torch.empty(n, k, dtype=fp8.E4M3), torch.empty(1, n)
+    fp8.quantize_rows(w, q, scale[0])
+    weights = fp8.dequantize(q, scale[0])
+    x = torch.randn(m, k)
+    xq, xs = fp8.quantize_tokens(x)
+    runs = {"w8a8": (skinny_gemm.matmul(xq, q, scale, xs, torch.float16, setting), (xq.float() * xs) @ weights.t(), 1e-3),
+            "w8a16": (skinny_gemm.matmul(x.half(), q, scale, setting=setting), x.half().float() @ weights.t(), 1e-3),
+            "float": (skinny_gemm.matmul(x, w, setting=setting), x @ w.t(), 1e-5)}
+    for label, (y, ref, tol) in runs.items():
+        err = ((y.float() - ref).norm() / ref.norm()).item()
+        assert y.shape == (m, n) and err < tol, (m, n, k, setting, label, err)
+    assert runs["w8a8"][0].dtype == torch.float16 and runs["w8a16"][0].dtype == torch.float16
+x = torch.randn(64, 8)
+assert torch.allclose(skinny_gemm.matmul(x.t(), torch.eye(64)), x.t())  # x is made contiguous
+try:
+    skinny_gemm.matmul(torch.randn(8, 64), torch.randn(64, 8).t())
+except ValueError as err:
+    assert "contiguous rows" in str(err)
+else:
+    raise AssertionError("a transposed weight was accepted")
+print("ok")
+""")
+
+
+@pytest.mark.triton_interpreter
+def test_engine_through_the_triton_way_matches_the_emulation_interpreted(interpreted):
+    """The engine's FP8 `triton` way (kernel interpreted, the card check lifted) multiplies what `emulate` does:
+    same tokens, log-probs within float32 rounding; and a projection marked `triton` in the model's dtype equals
+    F.linear, bias included, above MAX_ROWS rows too (there F.linear runs)."""
+    interpreted(SHARP_TINY_SCRIPT + """
+from mathgrpo.rollout import fp8
+from mathgrpo.rollout.qwen3_forward import linear
+from mathgrpo.rollout.weights import Proj
+fp8.unsupported_reason = lambda card: None
+out = {w: NativeEngine(model, tok, [], seed=3, precision="fp8", fp8_gemm=w).generate(prompts, 3, params) for w in ("emulate", "triton")}
+assert [g.token_ids for g in out["triton"]] == [g.token_ids for g in out["emulate"]]
+gap = max(abs(a - b) for x, y in zip(out["triton"], out["emulate"]) for a, b in zip(x.logprobs, y.logprobs))
+assert gap < 1e-4, gap
+w, b = torch.randn(48, 32), torch.randn(48)
+for rows in (1, 16, 40):
+    x = torch.randn(rows, 1, 32)
+    assert torch.allclose(linear(x, Proj(w, b, gemm="triton")), torch.nn.functional.linear(x, w, b), atol=1e-5)
+print("ok")
+""")
