@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,7 +84,10 @@ def summarise(name: str, variant: str, seed: int, overrides: list, wall: float, 
 
 
 def launch(name: str, overrides: list) -> subprocess.Popen:
-    """`mathgrpo train` (default recipe) into RUNS_DIR/name with `overrides`, its output to a log file."""
+    """`mathgrpo train` (default recipe) into RUNS_DIR/name with `overrides`, its output to a log file. A folder of
+    that name from an earlier call on the same machine is removed first: train would refuse it, and its metrics
+    would then be summarised as this run's (seen on a warm machine)."""
+    shutil.rmtree(RUNS_DIR / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "mathgrpo", "train", f"run.name={name}", f"run.output_dir={RUNS_DIR}",
            "run.progress=false", *overrides]
     log = open(RUNS_DIR / f"{name}.log", "w")
