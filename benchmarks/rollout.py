@@ -530,10 +530,12 @@ PATHS = {  # row label -> NativeEngine keyword arguments (fp8_gemm filled in fro
     "fp8": {"precision": "fp8"},
     "fp8-kv": {"precision": "fp8-kv"},
     "bf16-packed": {"pack": True},
+    "bf16-skinny": {"pack": True, "skinny_gemm": True},  # rollout.skinny_gemm: the kernel at up to 16 rows
 }
 SHAPES = {"64x(256+1024)": (8, 8), "16x(256+1024)": (4, 4)}  # label -> (prompts, samples per prompt)
 ORDER = [("64x(256+1024)", "bf16-packed"), ("64x(256+1024)", "bf16"), ("64x(256+1024)", "fp8"), ("64x(256+1024)", "fp8-kv"),
-         ("16x(256+1024)", "bf16-packed"), ("16x(256+1024)", "bf16"), ("16x(256+1024)", "fp8"), ("16x(256+1024)", "fp8-kv")]
+         ("16x(256+1024)", "bf16-packed"), ("16x(256+1024)", "bf16-skinny"), ("16x(256+1024)", "bf16"), ("16x(256+1024)", "fp8"),
+         ("16x(256+1024)", "fp8-kv")]
 NEEDS = {"correctness": 60, "gemm": 40, "attention": 90, "rows": 40, "hf": 90, "variants": 40, "lora": 60}  # seconds
 
 
@@ -604,10 +606,11 @@ def main() -> None:
     from mathgrpo.model.card import card_of
     from mathgrpo.rollout import fp8, skinny_gemm
 
-    reason = fp8.unsupported_reason(card_of(torch.device(device)))
+    card = card_of(torch.device(device))
+    reason = fp8.unsupported_reason(card)
     ways = () if reason else ("rowwise", "unit") + (("triton",) if skinny_gemm.available() else ())
     report["fp8_unsupported"] = reason
-    state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else fp8.DEFAULT_WAY)}
+    state = {"fp8_gemm": args.fp8_gemm or ("emulate" if reason else fp8.default_way(card))}
     if "gemm" in args.phases and not reason:
         def run_gemm():
             report["gemm"] = gemm_bench(device, ways)

@@ -188,6 +188,13 @@ class RolloutConfig:
         "KV cache in float8 with a scale per position and head (half the cache's bytes too). The sampler then "
         "differs more from the learner; grpo.sampler_correction=tis corrects for it.",
     )
+    skinny_gemm: bool = _f(
+        False,
+        "Native engine on a GPU of compute capability 9.0+: packed copies in the model's dtype (bf16 / fp16) "
+        "multiply through the Triton skinny-GEMM kernel in decode steps of at most 16 rows instead of cuBLAS "
+        "(measured in docs/performance.md). Off by default until a learning run covers it. The FP8 precisions "
+        "pick their kernel themselves.",
+    )
 
 
 @dataclass

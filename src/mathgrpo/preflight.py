@@ -410,7 +410,7 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
     the precision of what it reads; `brief`: on one line (the start of a run), else three (the dry run)."""
     from .model.card import choose_dtype, choose_precision
     from .model.precision import Precision
-    from .rollout import precision_refusal
+    from .rollout import fp8, precision_refusal
 
     device, card, engine, engine_why = rollout_choice(cfg)
     dtype, dtype_why = choose_dtype(cfg.model.dtype, card)
@@ -418,7 +418,8 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
     precision = Precision(dtype, device)
     chosen, precision_why = choose_precision(cfg.rollout.precision, card)
     problem = precision_refusal(cfg.rollout.precision, engine, cfg.rollout.lora, card, device)
-    weights = {"fp8": "fp8 weights", "fp8-kv": "fp8 weights and KV cache"}.get(chosen, f"{name} weights")
+    way = f", {fp8.default_way(card)} GEMMs" if chosen in ("fp8", "fp8-kv") else ""
+    weights = {"fp8": f"fp8 weights{way}", "fp8-kv": f"fp8 weights and KV cache{way}"}.get(chosen, f"{name} weights")
     reads = f"rollout.precision={cfg.rollout.precision} refused: {problem}" if problem else f"{weights} ({precision_why})"
     cache = f", {hf_cache_kind(cfg, device)} cache (rollout.hf_cache={cfg.rollout.hf_cache})" if engine == "hf" else ""
     if brief:

@@ -142,7 +142,8 @@ def test_the_device_line_says_the_rollout_precision(monkeypatch):
     cfg = load_config("tiny-cpu", ["rollout.engine=native", "rollout.precision=fp8-kv"])
     monkeypatch.setattr(card, "card_of", lambda device: H100)
     line = preflight.device_choices(cfg, brief=True)
-    assert "rollouts native" in line and "fp8 weights and KV cache (rollout.precision=fp8-kv; sm_90 multiplies float8)" in line
+    way = fp8.default_way(H100)  # triton where Triton is installed (tests/rollout/test_skinny_gemm.py)
+    assert "rollouts native" in line and f"fp8 weights and KV cache, {way} GEMMs (rollout.precision=fp8-kv; sm_90 multiplies" in line
     assert preflight.check_precision(cfg).problem is None
     monkeypatch.setattr(decode_attention, "available", lambda: False)
     assert "Triton attention kernel only" in preflight.check_precision(cfg).problem

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mathgrpo.model.card import Card
 from mathgrpo.model.tiny import build_tiny
 from mathgrpo.rollout import fp8, skinny_gemm
 from mathgrpo.rollout.packed import Packer
@@ -35,15 +36,39 @@ def test_launch_covers_the_card_and_keeps_splits_deep():
     assert skinny_gemm.launch(4, 64, 64).block_m == 16
 
 
-def test_bf16_copies_stay_on_cublas_off_the_cards_the_kernel_was_measured_on():
-    """On the CPU (and cards below CAPABILITY) packed copies in the model's dtype keep F.linear (gemm ""); the FP8
-    ways take `triton` by default only where Triton is installed."""
+def test_the_kernel_serves_sm_90_and_newer_only(monkeypatch):
+    """The FP8 way is `triton` on cards of compute capability 9.0+ (where the kernel was measured) and `unit` below
+    (L4) and without Triton; packed copies in the model's dtype take the kernel only when asked
+    (rollout.skinny_gemm), never on the CPU, and never in float32 (TF32 there)."""
+    h100, l4 = Card("cuda", "H100", (9, 0)), Card("cuda", "L4", (8, 9))
+    monkeypatch.setattr(skinny_gemm, "triton", object())  # as if Triton were installed
+    assert (fp8.default_way(h100), fp8.default_way(l4), fp8.default_way(Card("cpu", "cpu"))) == ("triton", "unit", "unit")
+    assert skinny_gemm.serves_card((10, 0)) and not skinny_gemm.serves(torch.device("cpu"))
+    monkeypatch.setattr(skinny_gemm, "triton", None)
+    assert fp8.default_way(h100) == "unit"
+    monkeypatch.setattr(skinny_gemm, "triton", object())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda = torch.device("cuda")
+    assert skinny_gemm.serves(cuda, torch.bfloat16) and skinny_gemm.serves(cuda, torch.float16)
+    assert not skinny_gemm.serves(cuda, torch.float32)
     model, _ = build_tiny(0)
-    packed = Packer().pack(model, collect(model, lowrank=False))
-    assert {p.gemm for layer in packed.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)} == {""}
-    assert not skinny_gemm.serves(torch.device("cpu"))
-    assert fp8.DEFAULT_WAY == ("triton" if skinny_gemm.available() else "unit")
-    assert "triton" in fp8.GEMMS
+    for skinny in (False, True):  # the tiny model is on the CPU: never the kernel
+        packed = Packer(skinny=skinny).pack(model, collect(model, lowrank=False))
+        assert {p.gemm for layer in packed.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)} == {""}
+
+
+def test_the_custom_op_describes_its_outputs():
+    """torch.compile traces the kernel through its fake: shapes and dtypes for one split and for several, including
+    a split count that K's tiles cut down (k=200 in tiles of 64 asked in 3 gives 2 parts)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, xs = torch.empty(16, 200, dtype=fp8.E4M3), torch.empty(16, 1)
+        w, s = torch.empty(96, 200, dtype=fp8.E4M3), torch.empty(1, 96)
+        one = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 256, 1, 4, 3)
+        parts = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 64, 3, 4, 3)
+    assert (one.shape, one.dtype) == ((16, 96), torch.bfloat16)
+    assert (parts.shape, parts.dtype) == ((2, 16, 96), torch.float32)
 
 
 @pytest.mark.triton_interpreter
@@ -57,8 +82,8 @@ import torch
 from mathgrpo.rollout import fp8, skinny_gemm
 L = skinny_gemm.Launch
 torch.manual_seed(0)
-cases = ((64, 192, 256, None), (5, 96, 200, L(16, 32, 64, 2)), (16, 64, 512, L(16, 32, 64, 4)), (3, 40, 72, L(16, 16, 32, 1)),
-         (40, 64, 1024, L(32, 32, 128, 3)))
+cases = ((64, 192, 256, None), (5, 96, 200, L(16, 32, 64, 3)), (16, 64, 512, L(16, 32, 64, 4)), (3, 40, 72, L(16, 16, 32, 1)),
+         (40, 64, 1024, L(32, 32, 128, 3)))  # 200 deep in 3 splits of 64-wide tiles: 2 parts
 for m, n, k, setting in cases:
     w = torch.randn(n, k) * 0.02
     q, scale = torch.empty(n, k, dtype=fp8.E4M3), torch.empty(1, n)
@@ -88,8 +113,9 @@ print("ok")
 @pytest.mark.triton_interpreter
 def test_engine_through_the_triton_way_matches_the_emulation_interpreted(interpreted):
     """The engine's FP8 `triton` way (kernel interpreted, the card check lifted) multiplies what `emulate` does:
-    same tokens, log-probs within float32 rounding; and a projection marked `triton` in the model's dtype equals
-    F.linear, bias included, above MAX_ROWS rows too (there F.linear runs)."""
+    same tokens, log-probs within float32 rounding; so does fp8.linear's `triton` way with a bias, and above
+    MAX_FP8_ROWS rows (there as `unit`); a projection marked `triton` in the model's dtype equals F.linear, bias
+    included, above MAX_ROWS rows too (there F.linear runs)."""
     interpreted(SHARP_TINY_SCRIPT + """
 from mathgrpo.rollout import fp8
 from mathgrpo.rollout.qwen3_forward import linear
@@ -99,6 +125,13 @@ out = {w: NativeEngine(model, tok, [], seed=3, precision="fp8", fp8_gemm=w).gene
 assert [g.token_ids for g in out["triton"]] == [g.token_ids for g in out["emulate"]]
 gap = max(abs(a - b) for x, y in zip(out["triton"], out["emulate"]) for a, b in zip(x.logprobs, y.logprobs))
 assert gap < 1e-4, gap
+q, scale = torch.empty(64, 32, dtype=fp8.E4M3), torch.empty(1, 64)
+fp8.quantize_rows(torch.randn(64, 32), q, scale[0])
+bias = torch.randn(64)
+for rows in (8, 100):  # 100 > MAX_FP8_ROWS: the `unit` way (CPU torch runs _scaled_mm)
+    x = torch.randn(rows, 32)
+    got, want = fp8.linear(x, q, scale, bias, "triton"), fp8.linear(x, q, scale, bias, "emulate")
+    assert torch.allclose(got, want, atol=1e-4), (rows, (got - want).abs().max())
 w, b = torch.randn(48, 32), torch.randn(48)
 for rows in (1, 16, 40):
     x = torch.randn(rows, 1, 32)

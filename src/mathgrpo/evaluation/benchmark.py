@@ -333,7 +333,7 @@ def evaluate(cfg: Config, model: ModelRef, out: Path, settings: dict) -> dict:
     net, tok = load_base(model_cfg, seed=cfg.run.seed)
     fitted = fitted_prompts(benches, cfg, fmt, tok, shots, token_limit(cfg, net))
     engine = make_engine(cfg.rollout.engine, net, tok, stop_token_ids(tok), cfg.rollout.batch_size,
-                         hf_cache=cfg.rollout.hf_cache)
+                         hf_cache=cfg.rollout.hf_cache, skinny_gemm=cfg.rollout.skinny_gemm)
     samples_path = out / "samples.jsonl"
     done = read_samples(samples_path)
     judge.reset_stats()

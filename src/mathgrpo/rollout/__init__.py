@@ -85,17 +85,18 @@ def precision_refusal(precision: str, engine: str, lora: str, card: Any, device:
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
                 lora: str = "merge", snapshots_on_device: bool = False, hf_cache: str = "auto",
-                precision: str = "auto") -> RolloutEngine:
+                precision: str = "auto", skinny_gemm: bool = False) -> RolloutEngine:
     """The engine a rollout.engine value names (chosen by `choose_engine` with `lora` and `precision`), or the one
     an `EngineChoice` made, built for its whole life: `batch_size` sequences per generate call (0: all), whether the
-    native engine keeps its copies of the LoRA-merged weights on the GPU (`snapshots_on_device`), and the hf
-    engine's key/value cache (`hf_cache`: dynamic, static, or auto: static on a GPU)."""
+    native engine keeps its copies of the LoRA-merged weights on the GPU (`snapshots_on_device`) and multiplies
+    them by the skinny-GEMM kernel (`skinny_gemm`, rollout.skinny_gemm), and the hf engine's key/value cache
+    (`hf_cache`: dynamic, static, or auto: static on a GPU)."""
     choice = engine if isinstance(engine, EngineChoice) else choose_engine(engine, model, lora, precision)
     if choice.name == "native":
         from .native import NativeEngine
 
         return NativeEngine(model, tokenizer, stop_ids, batch_size, lora=choice.lora, snapshots_on_device=snapshots_on_device,
-                            precision=choice.precision)
+                            precision=choice.precision, skinny_gemm=skinny_gemm)
     from .hf import HFEngine
 
     return HFEngine(model, tokenizer, stop_ids, batch_size, static_cache=static_cache(hf_cache, next(model.parameters()).device.type))

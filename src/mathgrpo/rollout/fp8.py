@@ -6,12 +6,14 @@ scales of the activations and the column scales of the weights, so y[m, n] = sx[
 Four ways to run it (`GEMMS`):
 
 - `rowwise`: one `_scaled_mm` with both scale vectors applied in its epilogue (CUTLASS, bf16 out);
-- `unit`: `_scaled_mm` with unit scales (cuBLASLt, float32 out), the scales applied after (fused by
-  torch.compile into the next elementwise kernel): the same numbers, faster than `rowwise` at decode's 16 and 64
-  rows on an H100 (not measured on sm_89 cards);
-- `triton` (the default where Triton runs): the same operands through the skinny-GEMM kernel of `skinny_gemm`,
-  both scales in its epilogue: the same numbers as `unit`, about 1.7x faster on an H100 at decode's 16 and 64
-  rows (`benchmarks/decode_gemm.py`); above 64 rows (a prefill) it runs as `unit`;
+- `unit` (the default below sm_90): `_scaled_mm` with unit scales (cuBLASLt, float32 out), the scales applied
+  after (fused by torch.compile into the next elementwise kernel): the same numbers, faster than `rowwise` at
+  decode's 16 and 64 rows on an H100 (not measured on sm_89 cards);
+- `triton` (the default on cards of compute capability 9.0+, `default_way`): the same operands through the
+  skinny-GEMM kernel of `skinny_gemm`, both scales in its epilogue (its 64-row tiles accumulate as cuBLAS's fast
+  mode does: within 0.002 of the emulation where `unit` is within 0.0007); on an H100 its kernel alone takes 0.6
+  of the time `unit` takes whole at decode's 16 and 64 rows (`benchmarks/decode_gemm.py`); above 64 rows (a
+  prefill, a big decode batch) it runs as `unit`;
 - `emulate`: dequantize and multiply in float32 (any device): the arithmetic the three above approximate,
   for CPU tests of the whole engine.
 
@@ -33,13 +35,18 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 TINY = 1e-12  # floor of a scale: an all-zero row quantizes to zeros, not NaN
 GEMMS = ("rowwise", "unit", "triton", "emulate")
-# the fastest on an H100 at 16 and 64 rows (benchmarks/decode_gemm.py), `unit` next; L4 not measured
-DEFAULT_WAY = "triton" if skinny_gemm.available() else "unit"
+DEFAULT_WAY = "unit"  # where `triton` is not the default (default_way): cards below sm_90 (L4 not measured), no Triton
 
 
 class PrecisionRefused(Error, ValueError):
     """rollout.precision asks for FP8 rollouts where they cannot run (the card, the engine, the LoRA mode); the
     message says why."""
+
+
+def default_way(card: Card) -> str:
+    """The FP8 way for projections on `card`: `triton` where the skinny-GEMM kernel serves it (sm_90+, measured on
+    an H100: benchmarks/decode_gemm.py), else DEFAULT_WAY."""
+    return "triton" if skinny_gemm.serves_card(card.capability) else DEFAULT_WAY
 
 
 def unsupported_reason(card: Card) -> Optional[str]:

@@ -215,13 +215,15 @@ class NativeEngine(RolloutEngine):
         pack: Optional[bool] = None,
         fp8_gemm: Union[None, str, dict] = None,
         kv_cache: Optional[str] = None,
+        skinny_gemm: bool = False,
     ) -> None:
         """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections) or fp8-kv (that
         and the KV cache in FP8). fp8_gemm: how FP8 projections multiply, one of fp8.GEMMS for all or {packed name:
-        way} (fp8.DEFAULT_WAY by default; emulate runs anywhere, for tests). pack: read packed copies in the model's
-        dtype (True), the model's tensors in place (False), or (None) packed copies exactly when the caller grants
-        device memory for base-weight copies (`snapshots_on_device`): then they take its place. kv_cache: fp8 keeps
-        the KV cache in FP8 whatever the weights (Triton attention only)."""
+        way} (fp8.default_way of the card by default; emulate runs anywhere, for tests). pack: read packed copies in
+        the model's dtype (True), the model's tensors in place (False), or (None) packed copies exactly when the
+        caller grants device memory for base-weight copies (`snapshots_on_device`): then they take its place.
+        kv_cache: fp8 keeps the KV cache in FP8 whatever the weights (Triton attention only). skinny_gemm: packed
+        copies in the model's dtype multiply through the skinny-GEMM kernel where it serves them (rollout.skinny_gemm)."""
         super().__init__(model, tokenizer, stop_ids, batch_size)
         reason = supports(model)
         if reason:
@@ -231,11 +233,11 @@ class NativeEngine(RolloutEngine):
         self.lora = lora
         self.device = next(model.parameters()).device
         self.card = card_of(self.device)
-        ways = fp8_ways(fp8_gemm or fp8.DEFAULT_WAY)
+        ways = fp8_ways(fp8_gemm or fp8.default_way(self.card), fp8.default_way(self.card))
         self.precision = self._check_precision(precision, set(ways.values()) == {"emulate"}, lora)
         self.pack = pack
         self.fp8_weights = self.precision in ("fp8", "fp8-kv")
-        self._packer = Packer(ways if self.fp8_weights else None)
+        self._packer = Packer(ways if self.fp8_weights else None, skinny_gemm)
         cuda = self.device.type == "cuda"
         self.attention = attention = resolve_attention(attention, self.device)
         self.shares_prompt_cache = attention == "triton"  # the other paths keep one contiguous row per sample

@@ -4,8 +4,8 @@ Read in place, the model's tensors cost one GEMM per projection (k and v, with f
 tiles) and, with LoRA, a merge into the model's weights that must be undone after every rollout. A `Packer`
 writes, for every layer, W + B A s of q, k and v into one matrix, of gate and up into another, and of o and
 down into their own: in the model's dtype (the numbers the in-place merge gives, rounded once) or in FP8 with
-one scale per output row (fp8.py). The model's weights are never written. On an H100 or newer the bf16 copies
-multiply through the skinny-GEMM kernel (skinny_gemm.py) at decode's row counts.
+one scale per output row (fp8.py). The model's weights are never written. With rollout.skinny_gemm the copies in
+the model's dtype multiply through the skinny-GEMM kernel (skinny_gemm.py) at decode's small row counts (sm_90+).
 
 The buffers are allocated once and refilled in place, because captured decode graphs read them by address;
 a refill happens only when a source tensor changed since the last one (an optimizer step bumps the version
@@ -72,12 +72,12 @@ def _signature(layers: list) -> tuple:
     return tuple(sig)
 
 
-def fp8_ways(gemm: Union[None, str, dict]) -> Optional[dict]:
-    """{packed name: FP8 GEMM way} from one way for all (a str) or a mapping (names left out: fp8.DEFAULT_WAY);
+def fp8_ways(gemm: Union[None, str, dict], default: str = fp8.DEFAULT_WAY) -> Optional[dict]:
+    """{packed name: FP8 GEMM way} from one way for all (a str) or a mapping (names left out: `default`);
     None stays None (copies in the model's dtype)."""
     if gemm is None:
         return None
-    ways = {name: gemm for name, _, _ in PACKS} if isinstance(gemm, str) else {name: fp8.DEFAULT_WAY for name, _, _ in PACKS}
+    ways = {name: gemm for name, _, _ in PACKS} if isinstance(gemm, str) else {name: default for name, _, _ in PACKS}
     if isinstance(gemm, dict):
         unknown = set(gemm) - set(ways)
         if unknown:
@@ -91,10 +91,12 @@ def fp8_ways(gemm: Union[None, str, dict]) -> Optional[dict]:
 
 class Packer:
     """Packed, merged copies of the projections (module docstring), in the model's dtype or FP8 (`gemm` set: one
-    way for every projection, or a {packed name: way} mapping, as fp8_ways reads it)."""
+    way for every projection, or a {packed name: way} mapping, as fp8_ways reads it); `skinny`: copies in the
+    model's dtype go through the skinny-GEMM kernel where it serves them."""
 
-    def __init__(self, gemm: Union[None, str, dict] = None) -> None:
+    def __init__(self, gemm: Union[None, str, dict] = None, skinny: bool = False) -> None:
         self.ways = fp8_ways(gemm)  # None: copies in the model's dtype
+        self.skinny = skinny  # copies in the model's dtype through skinny_gemm where it serves them (rollout.skinny_gemm)
         self._packs: Optional[list] = None  # per layer {name: Proj over the buffers}
         self._signature: Optional[tuple] = None
 
@@ -134,14 +136,14 @@ class Packer:
             weights = [_base(m).weight for m in modules]
             rows, cols = sum(t.shape[0] for t in weights), weights[0].shape[1]
             device, dtype = weights[0].device, weights[0].dtype
-            way = self.ways[name] if self.fp8 else "triton" if skinny_gemm.serves(device) else ""
+            way = self.ways[name] if self.fp8 else "triton" if self.skinny and skinny_gemm.serves(device, dtype) else ""
             if self.fp8 and way != "emulate" and (rows % 16 or cols % 16):
                 raise ValueError(f"rollout.precision=fp8: the {name} projection is {rows} x {cols}; FP8 GEMMs need multiples of 16")
             weight = torch.empty(rows, cols, device=device, dtype=fp8.E4M3 if self.fp8 else dtype)
             scale = torch.empty(1, rows, device=device, dtype=torch.float32) if self.fp8 else None
             has_bias = any(_base(m).bias is not None for m in modules)
             bias = torch.zeros(rows, device=device, dtype=dtype) if has_bias else None
-            unit = torch.ones((), device=device, dtype=torch.float32) if way == "unit" else None
+            unit = torch.ones((), device=device, dtype=torch.float32) if way in ("unit", "triton") and self.fp8 else None
             packs[name] = Proj(weight, bias, scale=scale, gemm=way, unit=unit)
         return packs
 

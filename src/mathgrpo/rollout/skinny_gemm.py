@@ -4,10 +4,12 @@ A decode step multiplies a few rows by each weight matrix once, so it is bound b
 library GEMMs pick tiles made for larger products: at 16 and 64 rows cuBLASLt's FP8 GEMM read the 4B layer's FP8
 weights at about 0.7-1.7 TB/s on an H100, this kernel at 1.5-2.5 (`benchmarks/decode_gemm.py`). It serves:
 
-- the `triton` FP8 way (fp8.py): float8 activations with one scale a row (quantized upstream, as the `unit` way
-  does) times float8 weights with one scale an output channel, both scales applied to the float32 sums;
-- bf16 / fp16 weights at up to 16 rows (the engine's packed copies, on an H100 or newer), where its tiles beat
-  cuBLAS by a little (79 against 86 us a 4B layer).
+- the `triton` FP8 way (fp8.py), the default on cards of compute capability 9.0+: float8 activations with one
+  scale a row (quantized upstream, as the `unit` way does) times float8 weights with one scale an output channel,
+  both scales applied to the sums. On sm_90, 64-row tiles (wgmma) accumulate float8 products as cuBLAS's
+  fast-accumulation mode does (Triton's default there);
+- with `rollout.skinny_gemm=true`, the engine's packed bf16 / fp16 copies on sm_90+ in decode steps of at most
+  `MAX_ROWS` rows, where its tiles beat cuBLAS by a little (off by default: no learning run covers it yet).
 
 The grid is (row tiles, column tiles, K splits). With one split a program writes its [BLOCK_M, BLOCK_N] tile in
 the output dtype; with several (for the narrow projections, whose column tiles alone would leave SMs idle) each
@@ -17,6 +19,7 @@ torch.compile the sum fuses into the next kernel). `launch(m, n, k)` picks the t
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -24,13 +27,13 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # CPU-only installs: the `weights` way is then not offered
+except ImportError:  # CPU-only installs: the FP8 way is then `unit`, bf16 copies use F.linear
     triton = None
 
 
 MAX_ROWS = 16  # bf16 / fp16 weights: up to here the kernel beat cuBLAS on an H100 (at 64 rows it ties)
-MAX_FP8_ROWS = 64  # the FP8 `triton` way: the rows swept; a prefill's hundreds of rows go to cuBLASLt
-CAPABILITY = (9, 0)  # bf16 / fp16 weights go through the kernel from here (measured on an H100 only)
+MAX_FP8_ROWS = 64  # the FP8 `triton` way: the rows swept; more (a prefill, a big decode batch) go to cuBLASLt
+CAPABILITY = (9, 0)  # the kernel serves cards from here (measured on an H100 only; L4 and others keep the libraries)
 
 
 def available() -> bool:
@@ -46,7 +49,7 @@ class Launch(NamedTuple):
     block_k: int
     split: int  # K splits (1: the kernel writes the output itself)
     warps: int = 4
-    stages: int = 4
+    stages: int = 3
 
 
 def launch(m: int, n: int, k: int, weight_bytes: int = 1) -> Launch:
@@ -120,6 +123,10 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
     n = weight.shape[0]
     if x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("skinny_gemm: x and weight need contiguous rows")
+    if (weight.element_size() == 1) != (scale is not None) or (x.element_size() == 1) != (x_scale is not None):
+        raise ValueError("skinny_gemm: float8 operands need their scales (weight: scale, x: x_scale), others none")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"skinny_gemm: the kernel runs on a CUDA GPU (x is on {x.device}); use F.linear there")
     bm, bn, bk, split, warps, stages = setting
     span = -(-k // (split * bk)) * bk  # each split a whole number of K tiles
     split = -(-k // span)
@@ -128,16 +135,26 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
     even = m % bm == 0 and n % bn == 0 and k % span == 0
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), split)
     dummy = x  # a pointer for the scales a launch does not read
-    _kernel[grid](x, dummy if x_scale is None else x_scale.reshape(-1), weight, dummy if scale is None else scale.reshape(-1),
+    _kernel[grid](x, dummy if x_scale is None else x_scale.reshape(-1).contiguous(), weight,
+                  dummy if scale is None else scale.reshape(-1).contiguous(),
                   out, m, n, k, x.stride(0), weight.stride(0), m * n if split > 1 else 0, n, span, BLOCK_M=bm,
                   BLOCK_N=bn, BLOCK_K=bk, EVEN=even, X_FP8=x_scale is not None, HAS_SCALE=scale is not None,
                   num_warps=warps, num_stages=stages)
     return out
 
 
-def serves(device: torch.device) -> bool:
-    """Whether packed bf16 / fp16 copies on `device` go through the kernel (a CUDA card of `CAPABILITY` or newer)."""
-    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) >= CAPABILITY
+def serves_card(capability: Optional[tuple]) -> bool:
+    """Whether the kernel serves a CUDA card of compute `capability` ((major, minor); None: the CPU) here: sm_90 or
+    newer (where it was measured) with Triton installed."""
+    return triton is not None and capability is not None and tuple(capability) >= CAPABILITY
+
+
+def serves(device: torch.device, dtype: Optional[torch.dtype] = None) -> bool:
+    """`serves_card` for `device` and, given, weights of `dtype` in the model's precision (bf16 / fp16 only: float32
+    operands would multiply as TF32, which F.linear does not)."""
+    if device.type != "cuda" or not serves_card(torch.cuda.get_device_capability(device)):
+        return False
+    return dtype is None or dtype in (torch.bfloat16, torch.float16)
 
 
 def _parts(k: int, block_k: int, split: int) -> int:

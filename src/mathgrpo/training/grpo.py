@@ -61,7 +61,8 @@ def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
     choice = choose_engine(r.engine, model, r.lora, r.precision)
     batch = sizing.rollout_batch_size(choice.shares_prompt_cache, choice.copy_bytes)
     snapshots = sizing.snapshots_on_device(choice.snapshot_bytes, choice.shares_prompt_cache, batch)
-    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots, hf_cache=r.hf_cache)
+    return make_engine(choice, model, tok, stop_token_ids(tok), batch, snapshots_on_device=snapshots, hf_cache=r.hf_cache,
+                       skinny_gemm=r.skinny_gemm)
 
 
 class DataOrder:
