@@ -411,7 +411,7 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
     the best setting is timed again with every row reading its own prompt copy (no sharing).
     Rows: settings, microseconds, GB/s of unique bytes (prompt once per group), error against SDPA."""
     from mathgrpo.rollout import decode_attention
-    from mathgrpo.rollout.qwen3_forward import additive_mask, grouped_attention
+    from mathgrpo.rollout.qwen3_forward import additive_mask, apply_rope, grouped_attention, rms_norm
 
     if device != "cuda" or not decode_attention.available():
         return []
@@ -425,17 +425,26 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
     prompt = (k[::n, :, :width].contiguous(), v[::n, :, :width].contiguous(), torch.arange(rows, device=device) // n,
               torch.tensor([width], device=device))
     k_new, v_new = k[:, :, width:].contiguous(), v[:, :, width:].contiguous()
-    q = torch.randn(rows, kv * groups, 1, dim, device=device, dtype=torch.bfloat16)
     pad = torch.randint(0, 64, (rows // n,), device=device).repeat_interleave(n)
     slot = torch.tensor([ctx - 1], device=device)
     valid = (torch.arange(ctx, device=device)[None] >= pad[:, None])[:, None, None]
+    # as the engine calls it: raw q (a strided view of a packed projection), Qwen3's q / k norms and the rotary in
+    # the kernel; the reference attends the normalised and rotated q
+    packed = torch.randn(rows, 1, (kv * groups + 2 * kv) * dim, device=device, dtype=torch.bfloat16)
+    q_raw = packed[..., : kv * groups * dim]
+    angles = torch.rand(rows, 1, dim // 2, device=device) * 6
+    cos, sin = (torch.cat((angles, angles), -1).cos().to(torch.bfloat16), torch.cat((angles, angles), -1).sin().to(torch.bfloat16))
+    q_w = torch.rand(dim, device=device, dtype=torch.bfloat16) + 0.5
+    rotary = (cos, sin, q_w, q_w, 1e-6)
+    q = apply_rope(rms_norm(q_raw.view(rows, 1, kv * groups, dim), q_w, 1e-6).transpose(1, 2), cos, sin)
     ref = grouped_attention(q, k[:, :, :ctx], v[:, :, :ctx], additive_mask(valid, torch.bfloat16), True).float()
     per_slot = 2 * dim * 2 * kv  # k and v bytes of one position
     unique = per_slot * (n * (ctx - width) * rows // n + (width * rows // n - pad[::n].sum().item()))
 
     def timed(attn, shared) -> tuple:
         """(seconds a call inside a CUDA graph, as in the decode step; relative error against SDPA)."""
-        call = (lambda: attn(q, k_new, v_new, pad, slot, prompt)) if shared else (lambda: attn(q, k, v, pad, slot))
+        call = (lambda: attn(q_raw, k_new, v_new, pad, slot, prompt, rotary=rotary)) if shared else (
+            lambda: attn(q_raw, k, v, pad, slot, rotary=rotary))
         err = (call().float() - ref).norm().item() / ref.norm().item()
         return graph_time(lambda i: call(), reps=12, replays=5), err
 
@@ -461,21 +470,22 @@ def tune_attention(device: str, ctx: int = 768, length: int = 1280, width: int =
         t, err = timed(cls(rows, kv, groups, dim, length, device, torch.bfloat16), False)
         results.append({**chosen, "shared_prompt": False, "us": t * 1e6, "GBps": unique / t / 1e9, "rel_err": err})
         results.append({**chosen, "kv_fp8": True, **fp8_cache_timing(cls(rows, kv, groups, dim, length, device, torch.bfloat16),
-                                                                   q, prompt, k_new, v_new, pad, slot, ref, unique / 2)})
+                                                                   q_raw, prompt, k_new, v_new, pad, slot, ref, unique / 2, rotary)})
     for r in sorted(results, key=lambda r: r.get("us", 1e9))[:8] + results[-1:]:
         print("attn", r, flush=True)
     print(f"attn chosen {best} ({len(good)} of {len(results)} settings ran)", flush=True)
     return results
 
 
-def fp8_cache_timing(attn, q, prompt, k_new, v_new, pad, slot, ref, nbytes: float) -> dict:
+def fp8_cache_timing(attn, q, prompt, k_new, v_new, pad, slot, ref, nbytes: float, rotary=None) -> dict:
     """The kernel over float8 copies of the same caches (a scale per position and head): microseconds inside a
-    CUDA graph, GB/s of `nbytes` (the unique bytes at one byte a value), relative error against the bf16 reference."""
+    CUDA graph, GB/s of `nbytes` (the unique bytes at one byte a value), relative error against the bf16 reference.
+    rotary: as SplitKDecode takes it (q raw)."""
     from mathgrpo.rollout import fp8
 
     (pk, pks), (pv, pvs), (k, ks), (v, vs) = (fp8.quantize_tokens(t) for t in (prompt[0], prompt[1], k_new, v_new))
     scales = tuple(s[..., 0].contiguous() for s in (ks, vs, pks, pvs))
-    call = lambda: attn(q, k, v, pad, slot, (pk, pv, prompt[2], prompt[3]), None, scales)  # noqa: E731
+    call = lambda: attn(q, k, v, pad, slot, (pk, pv, prompt[2], prompt[3]), None, scales, rotary)  # noqa: E731
     err = (call().float() - ref).norm().item() / ref.norm().item()
     t = graph_time(lambda i: call(), reps=12, replays=5)
     return {"us": t * 1e6, "GBps": nbytes / t / 1e9, "rel_err": err}
