@@ -46,9 +46,11 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native-fp16": ["rollout.engine=native", "model.fused_lora=true", "model.dtype=float16"],
     "fp8": ["rollout.engine=native", "rollout.precision=fp8"],
     "fp8-kv": ["rollout.engine=native", "rollout.precision=fp8-kv"],
-    # decode at the skinny-GEMM kernel's rows (the default recipe rolls out 256 at once, past them)
-    "native-16": ["rollout.engine=native", "rollout.batch_size=16"],
-    "native-skinny-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.skinny_gemm=true"],
+    # decode at the skinny-GEMM kernel's rows (the default recipe rolls out 256 at once, past them); bf16 through it
+    # only from packed copies, so those are pinned
+    "native-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.device_snapshots=true"],
+    "native-skinny-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.device_snapshots=true",
+                         "rollout.skinny_gemm=true"],
     "fp8-16": ["rollout.engine=native", "rollout.precision=fp8", "rollout.batch_size=16"],
     "fp8-64": ["rollout.engine=native", "rollout.precision=fp8", "rollout.batch_size=64"],
 }

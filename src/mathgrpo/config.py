@@ -190,10 +190,10 @@ class RolloutConfig:
     )
     skinny_gemm: bool = _f(
         False,
-        "Native engine on a GPU of compute capability 9.0+: packed copies in the model's dtype (bf16 / fp16) "
-        "multiply through the Triton skinny-GEMM kernel in decode steps of at most 16 rows instead of cuBLAS "
-        "(measured in docs/performance.md). Off by default until a learning run covers it. The FP8 precisions "
-        "pick their kernel themselves.",
+        "Native engine on a GPU of compute capability 9.0+: its packed copies (rollout.device_snapshots) in the "
+        "model's dtype (bf16 / fp16) multiply through the Triton skinny-GEMM kernel in decode steps of at most 16 "
+        "rows instead of cuBLAS (measured in docs/performance.md); elsewhere it has no effect, and --dry-run says "
+        "why. Off by default until a learning run covers it. The FP8 precisions pick their kernel themselves.",
     )
 
 

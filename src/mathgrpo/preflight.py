@@ -421,12 +421,32 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
     way = f", {fp8.default_way(card)} GEMMs" if chosen in ("fp8", "fp8-kv") else ""
     weights = {"fp8": f"fp8 weights{way}", "fp8-kv": f"fp8 weights and KV cache{way}"}.get(chosen, f"{name} weights")
     reads = f"rollout.precision={cfg.rollout.precision} refused: {problem}" if problem else f"{weights} ({precision_why})"
+    reads += skinny_note(cfg, card, engine, dtype, chosen)
     cache = f", {hf_cache_kind(cfg, device)} cache (rollout.hf_cache={cfg.rollout.hf_cache})" if engine == "hf" else ""
     if brief:
         mixed = " mixed precision" if precision.mixed else ""
         return f"device: {card.describe()}, {name}{mixed} ({dtype_why}), rollouts {engine} ({engine_why}){cache}, {reads}"
     return (f"device: {card.describe()}\ndtype: {name} ({dtype_why}); {precision.describe()}\n"
             f"rollouts: {engine} ({engine_why}){cache}; {reads}")
+
+
+def skinny_note(cfg: Config, card, engine: str, dtype, chosen: str) -> str:
+    """What rollout.skinny_gemm=true does on this run ("" when off): the packed copies' decode GEMMs of at most 16 rows
+    through the skinny-GEMM kernel, or why it has no effect here."""
+    import torch
+
+    from .rollout import skinny_gemm
+
+    if not cfg.rollout.skinny_gemm:
+        return ""
+    why = ("the hf engine" if engine != "native" else "FP8 weights pick their own GEMMs" if chosen.startswith("fp8")
+           else f"{card.sm} (needs sm_90+ and Triton)" if not skinny_gemm.serves_card(card.capability)
+           else f"{str(dtype).replace('torch.', '')} weights (bf16 / fp16 only)" if dtype not in (torch.bfloat16, torch.float16)
+           else "no packed copies (rollout.device_snapshots=false)" if cfg.rollout.device_snapshots is False else "")
+    if why:
+        return f", rollout.skinny_gemm has no effect here: {why}"
+    when = "" if cfg.rollout.device_snapshots else " when its packed copies fit (rollout.device_snapshots=auto)"
+    return f", decode GEMMs of up to {skinny_gemm.MAX_ROWS} rows by the skinny kernel{when} (rollout.skinny_gemm)"
 
 
 def hf_cache_kind(cfg: Config, device) -> str:

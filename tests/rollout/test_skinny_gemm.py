@@ -38,8 +38,8 @@ def test_launch_covers_the_card_and_keeps_splits_deep():
 
 def test_the_kernel_serves_sm_90_and_newer_only(monkeypatch):
     """The FP8 way is `triton` on cards of compute capability 9.0+ (where the kernel was measured) and `unit` below
-    (L4) and without Triton; packed copies in the model's dtype take the kernel only when asked
-    (rollout.skinny_gemm), never on the CPU, and never in float32 (TF32 there)."""
+    (L4) and without Triton; `serves` takes bf16 / fp16 weights on such a card, never float32 (TF32 there) and
+    never the CPU."""
     h100, l4 = Card("cuda", "H100", (9, 0)), Card("cuda", "L4", (8, 9))
     monkeypatch.setattr(skinny_gemm, "triton", object())  # as if Triton were installed
     assert (fp8.default_way(h100), fp8.default_way(l4), fp8.default_way(Card("cpu", "cpu"))) == ("triton", "unit", "unit")
@@ -51,10 +51,61 @@ def test_the_kernel_serves_sm_90_and_newer_only(monkeypatch):
     cuda = torch.device("cuda")
     assert skinny_gemm.serves(cuda, torch.bfloat16) and skinny_gemm.serves(cuda, torch.float16)
     assert not skinny_gemm.serves(cuda, torch.float32)
-    model, _ = build_tiny(0)
-    for skinny in (False, True):  # the tiny model is on the CPU: never the kernel
-        packed = Packer(skinny=skinny).pack(model, collect(model, lowrank=False))
-        assert {p.gemm for layer in packed.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)} == {""}
+
+
+def test_packed_copies_take_the_kernel_only_when_asked(monkeypatch):
+    """Packer marks copies in the model's dtype `triton` only with skinny=True (rollout.skinny_gemm) and only where
+    `serves` their device and dtype (faked here for the CPU: bf16 / fp16); FP8 `triton` packs keep the float32 1
+    the `unit` fallback multiplies by; the engine fills ways left out of a mapping with the card's way."""
+    from mathgrpo.rollout import native
+
+    serving = lambda device, dtype=None: dtype in (torch.bfloat16, torch.float16)  # noqa: E731
+    monkeypatch.setattr(skinny_gemm, "serves", serving)
+
+    def ways(model, **packer):
+        packed = Packer(**packer).pack(model, collect(model, lowrank=False))
+        return {p.gemm for layer in packed.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)}, packed
+
+    model, tok = build_tiny(0)
+    assert ways(model.to(torch.bfloat16), skinny=False)[0] == {""}
+    assert ways(model, skinny=True)[0] == {"triton"}
+    assert ways(model.float(), skinny=True)[0] == {""}
+    fp8_ways, packed = ways(model, gemm="triton")
+    assert fp8_ways == {"triton"} and all(layer.down.unit is not None for layer in packed.layers)
+    monkeypatch.setattr(native, "card_of", lambda device: Card("cuda", "H100", (9, 0)))
+    monkeypatch.setattr(skinny_gemm, "triton", object())
+    engine = native.NativeEngine(model, tok, [], precision="fp8", fp8_gemm={"down": "emulate"})
+    assert engine._packer.ways == {"qkv": "triton", "o": "triton", "gate_up": "triton", "down": "emulate"}
+
+
+def test_the_triton_way_hands_big_batches_to_cublaslt(monkeypatch):
+    """fp8.linear's `triton` way calls the kernel up to MAX_FP8_ROWS rows and the `unit` way above (CPU torch runs
+    _scaled_mm); the kernel's wrapper refuses unpaired scales, mismatched operands and, outside the interpreter,
+    the CPU, each with a message that names the problem."""
+    calls = []
+
+    def kernel(x, weight, scale, x_scale, out_dtype):
+        calls.append(x.shape[0])
+        return ((x.float() * x_scale) @ fp8.dequantize(weight, scale).t()).to(out_dtype)
+
+    monkeypatch.setattr(fp8.skinny_gemm, "matmul", kernel)
+    q, scale = torch.empty(64, 32, dtype=fp8.E4M3), torch.empty(1, 64)
+    fp8.quantize_rows(torch.randn(64, 32), q, scale[0])
+    for rows in (skinny_gemm.MAX_FP8_ROWS, skinny_gemm.MAX_FP8_ROWS + 1):
+        x = torch.randn(rows, 32)
+        assert torch.allclose(fp8.linear(x, q, scale, None, "triton"), fp8.linear(x, q, scale, None, "emulate"), atol=1e-4)
+    assert calls == [skinny_gemm.MAX_FP8_ROWS]
+    monkeypatch.undo()
+    x8, x8_scale = fp8.quantize_tokens(torch.randn(4, 32))
+    setting = skinny_gemm.launch(4, 64, 32)
+    with pytest.raises(ValueError, match="need their scales"):
+        skinny_gemm.run_kernel(torch.randn(4, 32), q, None, setting)
+    with pytest.raises(ValueError, match="float8 x needs float8 weights"):
+        skinny_gemm.run_kernel(x8, torch.randn(64, 32), None, setting, x8_scale)
+    with pytest.raises(ValueError, match="do not multiply"):
+        skinny_gemm.run_kernel(torch.randn(4, 48), q, scale, setting)
+    with pytest.raises(RuntimeError, match="runs on a CUDA GPU"):
+        skinny_gemm.run_kernel(torch.randn(4, 32), q, scale, setting)
 
 
 def test_the_custom_op_describes_its_outputs():
@@ -98,6 +149,13 @@ for m, n, k, setting in cases:
         err = ((y.float() - ref).norm() / ref.norm()).item()
         assert y.shape == (m, n) and err < tol, (m, n, k, setting, label, err)
     assert runs["w8a8"][0].dtype == torch.float16 and runs["w8a16"][0].dtype == torch.float16
+xq, xs = fp8.quantize_tokens(torch.randn(16, 64))
+q, scale = torch.empty(32, 64, dtype=fp8.E4M3), torch.empty(1, 32)
+fp8.quantize_rows(torch.randn(32, 64), q, scale[0])
+xs_view = (torch.rand(16, 2) + 0.5)[:, :1]  # row scales as a column view: 2 apart in memory
+assert not xs_view.reshape(-1).is_contiguous()
+ref = (xq.float() * xs_view) @ fp8.dequantize(q, scale[0]).t()
+assert torch.allclose(skinny_gemm.matmul(xq, q, scale, xs_view, torch.float32), ref, rtol=1e-4, atol=1e-4)
 x = torch.randn(64, 8)
 assert torch.allclose(skinny_gemm.matmul(x.t(), torch.eye(64)), x.t())  # x is made contiguous
 try:
@@ -138,3 +196,32 @@ for rows in (1, 16, 40):
     assert torch.allclose(linear(x, Proj(w, b, gemm="triton")), torch.nn.functional.linear(x, w, b), atol=1e-5)
 print("ok")
 """)
+
+
+def test_the_dry_run_says_whether_skinny_gemm_acts(monkeypatch):
+    """preflight's device line says what rollout.skinny_gemm=true does: the decode GEMMs of up to 16 rows on an
+    H100 with the native engine in bf16, or why it has no effect (the hf engine, an L4, FP8 weights, float32, no
+    packed copies); nothing when it is off."""
+    from mathgrpo import preflight
+    from mathgrpo.config import load_config
+    from mathgrpo.model import card, common
+    from mathgrpo.rollout import decode_attention
+
+    monkeypatch.setattr(common, "resolve_device", lambda setting: torch.device("cuda"))
+    monkeypatch.setattr(decode_attention, "available", lambda: True)
+    monkeypatch.setattr(skinny_gemm, "triton", object())
+
+    def line(gpu, *settings):
+        monkeypatch.setattr(card, "card_of", lambda device: gpu)
+        return preflight.device_choices(load_config("tiny-cpu", ["rollout.skinny_gemm=true", *settings]), brief=True)
+
+    h100, l4 = Card("cuda", "H100", (9, 0), 79.1), Card("cuda", "L4", (8, 9), 22.0)
+    native = ("rollout.engine=native", "model.dtype=bfloat16")
+    assert "decode GEMMs of up to 16 rows by the skinny kernel when its packed copies fit" in line(h100, *native)
+    assert "skinny kernel (rollout.skinny_gemm)" in line(h100, *native, "rollout.device_snapshots=true")
+    assert "no effect here: the hf engine" in line(h100, "rollout.engine=hf")
+    assert "no effect here: sm_89" in line(l4, *native)
+    assert "no effect here: FP8 weights" in line(h100, *native, "rollout.precision=fp8")
+    assert "no effect here: float32 weights" in line(h100, "rollout.engine=native", "model.dtype=float32")
+    assert "no effect here: no packed copies" in line(h100, *native, "rollout.device_snapshots=false")
+    assert "skinny" not in preflight.device_choices(load_config("tiny-cpu", list(native)), brief=True)

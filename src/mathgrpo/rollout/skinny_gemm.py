@@ -125,6 +125,11 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
         raise ValueError("skinny_gemm: x and weight need contiguous rows")
     if (weight.element_size() == 1) != (scale is not None) or (x.element_size() == 1) != (x_scale is not None):
         raise ValueError("skinny_gemm: float8 operands need their scales (weight: scale, x: x_scale), others none")
+    if x.element_size() == 1 and weight.element_size() != 1:
+        raise ValueError(f"skinny_gemm: float8 x needs float8 weights, not {weight.dtype}")
+    if weight.shape[1] != k or weight.device != x.device:
+        raise ValueError(f"skinny_gemm: x [{m}, {k}] on {x.device} and weight {list(weight.shape)} on {weight.device} "
+                         "do not multiply (weight [N, K] on x's device)")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"skinny_gemm: the kernel runs on a CUDA GPU (x is on {x.device}); use F.linear there")
     bm, bn, bk, split, warps, stages = setting
