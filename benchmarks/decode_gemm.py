@@ -96,6 +96,16 @@ def sweep_op(op: str, m: int, bf16: list, quant: list, deadline: float) -> dict:
             top = min(ok, key=lambda e: e[label])
             best[label] = {"us": top[label] * 1e6, "setting": top["setting"]}
             rows[f"kernel {label}"] = top[label]
+    if "w8a8" in best:  # the fastest w8a8 setting with its float8 sums promoted to float32 every 32 / block_k of K
+        emulated = (xq.float() * xs) @ fp8.dequantize(*quant[0]).t()
+        top = skinny_gemm.Launch(*best["w8a8"]["setting"])
+        for promote in (0, 32, top.block_k):
+            setting = top._replace(promote=promote)
+            y = skinny_gemm.run_kernel(xq, *quant[0], setting, xs, torch.float32)
+            errors[f"kernel w8a8 promote {promote} vs emulate"] = rel_err(y if y.dim() == 2 else y.sum(0), emulated)
+            if promote:
+                rows[f"kernel w8a8 promote {promote}"] = graph_time(
+                    lambda i: skinny_gemm.run_kernel(*operands["w8a8"](i)[:3], setting, *operands["w8a8"](i)[3:]))
     nbytes = {"cublas bf16": 2, "kernel bf16": 2}
     summary = {kind: {"us": t * 1e6, "GBps": n * k * nbytes.get(kind, 1) / t / 1e9} for kind, t in rows.items()}
     return {"op": op, "rows": m, "n": n, "k": k, "launch": list(skinny_gemm.launch(m, n, k)), "summary": summary,

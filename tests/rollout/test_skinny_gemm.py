@@ -28,7 +28,7 @@ def test_launch_covers_the_card_and_keeps_splits_deep():
         programs = -(-n // s.block_n) * -(-m // s.block_m) * s.split
         assert programs >= 300 or k // (s.split * 2) < 1024, (m, op, s)
         assert k // s.split >= 1024 or s.split == 1, (m, op, s)
-    assert picks[64, "down"] == skinny_gemm.Launch(64, 32, 256, 4, 4, 3)
+    assert picks[64, "down"] == skinny_gemm.Launch(64, 32, 256, 4, 4, 3, 0)
     assert picks[64, "gate_up"] == skinny_gemm.Launch(64, 32, 128, 1, 4, 3)
     assert picks[16, "o"].split == 4 and picks[16, "qkv"].split == 2
     assert skinny_gemm.launch(16, 2560, 4096, weight_bytes=2).block_k == 128
@@ -116,8 +116,8 @@ def test_the_custom_op_describes_its_outputs():
     with FakeTensorMode():
         x, xs = torch.empty(16, 200, dtype=fp8.E4M3), torch.empty(16, 1)
         w, s = torch.empty(96, 200, dtype=fp8.E4M3), torch.empty(1, 96)
-        one = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 256, 1, 4, 3)
-        parts = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 64, 3, 4, 3)
+        one = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 256, 1, 4, 3, 0)
+        parts = skinny_gemm._skinny_mm(x, xs, w, s, torch.bfloat16, 16, 32, 64, 3, 4, 3, 0)
     assert (one.shape, one.dtype) == ((16, 96), torch.bfloat16)
     assert (parts.shape, parts.dtype) == ((2, 16, 96), torch.float32)
 
@@ -133,7 +133,7 @@ import torch
 from mathgrpo.rollout import fp8, skinny_gemm
 L = skinny_gemm.Launch
 torch.manual_seed(0)
-cases = ((64, 192, 256, None), (5, 96, 200, L(16, 32, 64, 3)), (16, 64, 512, L(16, 32, 64, 4)), (3, 40, 72, L(16, 16, 32, 1)),
+cases = ((64, 192, 256, None), (5, 96, 200, L(16, 32, 64, 3, promote=32)), (16, 64, 512, L(16, 32, 64, 4)), (3, 40, 72, L(16, 16, 32, 1)),
          (40, 64, 1024, L(32, 32, 128, 3)))  # 200 deep in 3 splits of 64-wide tiles: 2 parts
 for m, n, k, setting in cases:
     w = torch.randn(n, k) * 0.02

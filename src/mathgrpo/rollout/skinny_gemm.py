@@ -50,6 +50,7 @@ class Launch(NamedTuple):
     split: int  # K splits (1: the kernel writes the output itself)
     warps: int = 4
     stages: int = 3
+    promote: int = 0  # float8 products: add the tensor cores' sums into float32 every this many of K (0: Triton's default)
 
 
 def launch(m: int, n: int, k: int, weight_bytes: int = 1) -> Launch:
@@ -72,11 +73,12 @@ if triton is not None:
     @triton.jit
     def _kernel(X, XS, W, S, Y, M, N, K, stride_xm, stride_wn, stride_ys, stride_ym, k_span,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-                X_FP8: tl.constexpr, HAS_SCALE: tl.constexpr):
+                X_FP8: tl.constexpr, HAS_SCALE: tl.constexpr, PROMOTE: tl.constexpr):
         """One [BLOCK_M, BLOCK_N] tile of x @ (w * s)^T over K positions [split * k_span, (split + 1) * k_span),
         stored at Y + split * stride_ys in Y's dtype. EVEN: M, N and K fill whole tiles (no masks). X_FP8: x is
         float8 too, with one scale a row at XS (both operands go to the tensor cores as they are). HAS_SCALE: one
-        scale an output channel at S (float8 weights)."""
+        scale an output channel at S (float8 weights). PROMOTE: with X_FP8, the float8 products' partial sums go into
+        the float32 accumulator every PROMOTE positions of K (0: Triton's default, on sm_90 wgmma tiles never)."""
         pid_m = tl.program_id(0)  # row tiles vary fastest: the programs sharing a weight tile run together (L2)
         pid_n = tl.program_id(1)
         split = tl.program_id(2)
@@ -96,7 +98,9 @@ if triton is not None:
                 in_k = (k0 + offs_k) < hi
                 x = tl.load(x_ptr, mask=(offs_m[:, None] < M) & in_k[None, :], other=0.0)
                 w = tl.load(w_ptr, mask=(offs_n[:, None] < N) & in_k[None, :], other=0.0)
-            if X_FP8:
+            if X_FP8 and PROMOTE > 0:
+                acc = tl.dot(x, tl.trans(w), acc, max_num_imprecise_acc=PROMOTE)
+            elif X_FP8:
                 acc = tl.dot(x, tl.trans(w), acc)
             else:
                 acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
@@ -132,7 +136,7 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
                          "do not multiply (weight [N, K] on x's device)")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"skinny_gemm: the kernel runs on a CUDA GPU (x is on {x.device}); use F.linear there")
-    bm, bn, bk, split, warps, stages = setting
+    bm, bn, bk, split, warps, stages, promote = setting
     span = -(-k // (split * bk)) * bk  # each split a whole number of K tiles
     split = -(-k // span)
     dtype = out_dtype or x.dtype
@@ -144,7 +148,7 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
                   dummy if scale is None else scale.reshape(-1).contiguous(),
                   out, m, n, k, x.stride(0), weight.stride(0), m * n if split > 1 else 0, n, span, BLOCK_M=bm,
                   BLOCK_N=bn, BLOCK_K=bk, EVEN=even, X_FP8=x_scale is not None, HAS_SCALE=scale is not None,
-                  num_warps=warps, num_stages=stages)
+                  PROMOTE=promote, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -170,13 +174,14 @@ def _parts(k: int, block_k: int, split: int) -> int:
 @torch.library.custom_op("mathgrpo::skinny_mm", mutates_args=())
 def _skinny_mm(x: torch.Tensor, x_scale: Optional[torch.Tensor], weight: torch.Tensor, scale: Optional[torch.Tensor],
                out_dtype: torch.dtype, block_m: int, block_n: int, block_k: int, split: int, warps: int,
-               stages: int) -> torch.Tensor:
+               stages: int, promote: int) -> torch.Tensor:
     """The kernel as one opaque operator, so torch.compile calls it as it is inside a compiled decode step."""
-    return run_kernel(x, weight, scale, Launch(block_m, block_n, block_k, split, warps, stages), x_scale, out_dtype)
+    setting = Launch(block_m, block_n, block_k, split, warps, stages, promote)
+    return run_kernel(x, weight, scale, setting, x_scale, out_dtype)
 
 
 @_skinny_mm.register_fake
-def _(x, x_scale, weight, scale, out_dtype, block_m, block_n, block_k, split, warps, stages):
+def _(x, x_scale, weight, scale, out_dtype, block_m, block_n, block_k, split, warps, stages, promote):
     m, k = x.shape
     parts = _parts(k, block_k, split)
     if parts == 1:
