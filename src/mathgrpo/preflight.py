@@ -433,15 +433,13 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
 def skinny_note(cfg: Config, card, engine: str, dtype, chosen: str) -> str:
     """What rollout.skinny_gemm=true does on this run ("" when off): the packed copies' decode GEMMs of at most 16 rows
     through the skinny-GEMM kernel, or why it has no effect here."""
-    import torch
-
     from .rollout import skinny_gemm
 
     if not cfg.rollout.skinny_gemm:
         return ""
     why = ("the hf engine" if engine != "native" else "FP8 weights pick their own GEMMs" if chosen.startswith("fp8")
            else f"{card.sm} (needs sm_90+ and Triton)" if not skinny_gemm.serves_card(card.capability)
-           else f"{str(dtype).replace('torch.', '')} weights (bf16 / fp16 only)" if dtype not in (torch.bfloat16, torch.float16)
+           else f"{str(dtype).replace('torch.', '')} weights (bf16 / fp16 only)" if dtype not in skinny_gemm.DTYPES
            else "no packed copies (rollout.device_snapshots=false)" if cfg.rollout.device_snapshots is False else "")
     if why:
         return f", rollout.skinny_gemm has no effect here: {why}"

@@ -141,7 +141,6 @@ def test_the_device_line_says_the_rollout_precision(monkeypatch):
     monkeypatch.setattr(decode_attention, "available", lambda: True)  # a GPU machine has Triton
     cfg = load_config("tiny-cpu", ["rollout.engine=native", "rollout.precision=fp8-kv"])
     monkeypatch.setattr(card, "card_of", lambda device: H100)
-    line = preflight.device_choices(cfg, brief=True)
     monkeypatch.setattr(fp8.skinny_gemm, "triton", object())  # as where Triton is installed
     line = preflight.device_choices(cfg, brief=True)
     assert "rollouts native" in line and "fp8 weights and KV cache, triton GEMMs (rollout.precision=fp8-kv; sm_90 multiplies" in line

@@ -84,7 +84,7 @@ def test_the_triton_way_hands_big_batches_to_cublaslt(monkeypatch):
     the CPU, each with a message that names the problem."""
     calls = []
 
-    def kernel(x, weight, scale, x_scale, out_dtype):
+    def kernel(x, weight, scale, x_scale, out_dtype, bias=None):
         calls.append(x.shape[0])
         return ((x.float() * x_scale) @ fp8.dequantize(weight, scale).t()).to(out_dtype)
 

@@ -111,8 +111,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: Opt
     if gemm == "triton" and xq.shape[0] > skinny_gemm.MAX_FP8_ROWS:
         gemm = "unit"  # a prefill's many rows: cuBLASLt's large tiles suit them (the same operands and scales)
     if gemm == "triton":
-        y = skinny_gemm.matmul(xq, weight, scale, xs, torch.float32 if bias is not None else x.dtype)
-    elif gemm == "rowwise":
+        return skinny_gemm.matmul(xq, weight, scale, xs, x.dtype, bias=bias).reshape(*lead, weight.shape[0])
+    if gemm == "rowwise":
         y = torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale, out_dtype=x.dtype).float()
     elif gemm == "unit":
         one = unit if unit is not None else torch.ones((), device=x.device, dtype=torch.float32)

@@ -233,7 +233,8 @@ class NativeEngine(RolloutEngine):
         self.lora = lora
         self.device = next(model.parameters()).device
         self.card = card_of(self.device)
-        ways = fp8_ways(fp8_gemm or fp8.default_way(self.card), fp8.default_way(self.card))
+        way = fp8.default_way(self.card)
+        ways = fp8_ways(fp8_gemm or way, way)
         self.precision = self._check_precision(precision, set(ways.values()) == {"emulate"}, lora)
         self.pack = pack
         self.fp8_weights = self.precision in ("fp8", "fp8-kv")

@@ -26,10 +26,7 @@ def linear(x: torch.Tensor, proj: Proj) -> torch.Tensor:
         return fp8.linear(x, proj.weight, proj.scale, proj.bias, proj.gemm, proj.unit)
     k = x.shape[-1]
     if proj.gemm == "triton" and x.numel() <= skinny_gemm.MAX_ROWS * k and not proj.lora:
-        y = skinny_gemm.matmul(x.reshape(-1, k), proj.weight, out_dtype=torch.float32 if proj.bias is not None else x.dtype)
-        if proj.bias is not None:
-            y = (y + proj.bias.float()).to(x.dtype)
-        return y.reshape(*x.shape[:-1], proj.weight.shape[0])
+        return skinny_gemm.matmul(x.reshape(-1, k), proj.weight, bias=proj.bias).reshape(*x.shape[:-1], proj.weight.shape[0])
     y = F.linear(x, proj.weight, proj.bias)
     for a, b, scale in proj.lora:
         # PEFT keeps adapters in float32: add in their precision, then back to the base dtype as PEFT does

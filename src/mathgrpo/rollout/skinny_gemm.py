@@ -34,6 +34,7 @@ except ImportError:  # CPU-only installs: the FP8 way is then `unit`, bf16 copie
 MAX_ROWS = 16  # bf16 / fp16 weights: up to here the kernel beat cuBLAS on an H100 (at 64 rows it ties)
 MAX_FP8_ROWS = 64  # the FP8 `triton` way: the rows swept; more (a prefill, a big decode batch) go to cuBLASLt
 CAPABILITY = (9, 0)  # the kernel serves cards from here (measured on an H100 only; L4 and others keep the libraries)
+DTYPES = (torch.bfloat16, torch.float16)  # weights it takes in the model's dtype (float32 would multiply as TF32)
 
 
 def available() -> bool:
@@ -137,8 +138,7 @@ def run_kernel(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tens
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"skinny_gemm: the kernel runs on a CUDA GPU (x is on {x.device}); use F.linear there")
     bm, bn, bk, split, warps, stages, promote = setting
-    span = -(-k // (split * bk)) * bk  # each split a whole number of K tiles
-    split = -(-k // span)
+    span, split = _splits(k, bk, split)
     dtype = out_dtype or x.dtype
     out = torch.empty((m, n) if split == 1 else (split, m, n), device=x.device, dtype=dtype if split == 1 else torch.float32)
     even = m % bm == 0 and n % bn == 0 and k % span == 0
@@ -159,16 +159,17 @@ def serves_card(capability: Optional[tuple]) -> bool:
 
 
 def serves(device: torch.device, dtype: Optional[torch.dtype] = None) -> bool:
-    """`serves_card` for `device` and, given, weights of `dtype` in the model's precision (bf16 / fp16 only: float32
-    operands would multiply as TF32, which F.linear does not)."""
+    """`serves_card` for `device` and, given, weights of `dtype` in the model's precision (`DTYPES` only)."""
     if device.type != "cuda" or not serves_card(torch.cuda.get_device_capability(device)):
         return False
-    return dtype is None or dtype in (torch.bfloat16, torch.float16)
+    return dtype is None or dtype in DTYPES
 
 
-def _parts(k: int, block_k: int, split: int) -> int:
-    """How many K splits a launch makes (each a whole number of K tiles)."""
-    return -(-k // (-(-k // (split * block_k)) * block_k))
+def _splits(k: int, block_k: int, split: int) -> tuple:
+    """(K positions a split covers, how many splits there are) when `split` are asked: each split a whole number
+    of K tiles, so a short K gets fewer."""
+    span = -(-k // (split * block_k)) * block_k
+    return span, -(-k // span)
 
 
 @torch.library.custom_op("mathgrpo::skinny_mm", mutates_args=())
@@ -183,7 +184,7 @@ def _skinny_mm(x: torch.Tensor, x_scale: Optional[torch.Tensor], weight: torch.T
 @_skinny_mm.register_fake
 def _(x, x_scale, weight, scale, out_dtype, block_m, block_n, block_k, split, warps, stages, promote):
     m, k = x.shape
-    parts = _parts(k, block_k, split)
+    parts = _splits(k, block_k, split)[1]
     if parts == 1:
         return x.new_empty((m, weight.shape[0]), dtype=out_dtype)
     return x.new_empty((parts, m, weight.shape[0]), dtype=torch.float32)
@@ -191,14 +192,18 @@ def _(x, x_scale, weight, scale, out_dtype, block_m, block_n, block_k, split, wa
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
            x_scale: Optional[torch.Tensor] = None, out_dtype: Optional[torch.dtype] = None,
-           setting: Optional[Launch] = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T by the kernel, in `out_dtype` (default x's dtype): float8 weights with their
-    channel scales `scale` [N] (or [1, N]), float8 x with its row scales `x_scale` [M] (or [M, 1]). The partial
-    sums of a split K are added in float32 in split order, then rounded once."""
+           setting: Optional[Launch] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T + bias by the kernel, in `out_dtype` (default x's dtype): float8 weights with
+    their channel scales `scale` [N] (or [1, N]), float8 x with its row scales `x_scale` [M] (or [M, 1]). The
+    partial sums of a split K and the bias are added in float32 (splits in order), then rounded once."""
     if triton is None:
         raise RuntimeError("the Triton skinny GEMM needs Triton, which is not installed here")
     m, k = x.shape
     dtype = out_dtype or x.dtype
     setting = setting or launch(m, weight.shape[0], k, weight.element_size())
-    y = _skinny_mm(x.contiguous(), x_scale, weight, scale, dtype, *setting)
-    return y if y.dim() == 2 else y.sum(0).to(dtype)
+    y = _skinny_mm(x.contiguous(), x_scale, weight, scale, dtype if bias is None else torch.float32, *setting)
+    if y.dim() == 3:
+        y = y.sum(0)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(dtype)
