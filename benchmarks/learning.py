@@ -53,6 +53,9 @@ VARIANTS = {  # name -> overrides of the default recipe
                          "rollout.skinny_gemm=true"],
     "fp8-16": ["rollout.engine=native", "rollout.precision=fp8", "rollout.batch_size=16"],
     "fp8-64": ["rollout.engine=native", "rollout.precision=fp8", "rollout.batch_size=64"],
+    # checkpointed training passes (the default recipe's tiny model trains without), keeping the products or not
+    "native-ckpt": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=false"],
+    "native-ckpt-keep": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=true"],
 }
 
 

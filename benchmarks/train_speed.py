@@ -127,8 +127,8 @@ def main() -> None:
                    help="PyTorch's cuDNN attention backend (on in training unless model.cudnn_attention=false); "
                         "both: the fused rows with it off, then on (on for the rest)")
     p.add_argument("--micro", type=int, nargs="*", default=[],
-                   help="after the fused rows: 16 rows as micro-batches of these sizes, every layer checkpointed, none, "
-                        "every 2nd and 4th (does less recompute pay for smaller passes?); then exit")
+                   help="after the fused rows: 16 rows as micro-batches of these sizes, every layer checkpointed (products "
+                        "kept or not), none, every 2nd and 4th (does less recompute pay for smaller passes?); then exit")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,11 +173,18 @@ def main() -> None:
 
 
 def micro_rows(model, sizes: list, checks: dict) -> list:
-    """16 rows in micro-batches of each size: every layer checkpointed, none, and every 2nd / 4th layer;
-    the adapter gradients of the first two compared."""
+    """16 rows in micro-batches of each size: every layer checkpointed (keeping its input alone, then its products'
+    outputs too), none, and every 2nd / 4th layer; the adapter gradients of the first three compared."""
+    from mathgrpo.model.loading import checkpoint_layers
+
     base = model.get_base_model()
     rows = [measure(model, "fused LoRA, checkpointed", 16, micro=m) for m in sizes]
     with_ckpt = adapter_grads(model)
+    checkpoint_layers(base, keep_matmuls=True)
+    kept = adapter_grads(model)
+    checks["products kept vs plain checkpointing, relative grad difference"] = float((kept - with_ckpt).norm() / with_ckpt.norm())
+    rows += [measure(model, "fused LoRA, checkpointed, products kept", 16, micro=m) for m in sizes]
+    checkpoint_layers(base)
     checkpoint_every(base, 0)
     without = adapter_grads(model)
     checks["no checkpointing vs checkpointing, relative grad difference"] = float((without - with_ckpt).norm() / with_ckpt.norm())

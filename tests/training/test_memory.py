@@ -46,6 +46,20 @@ def test_budget_orders_batch_sizes(qwen3_4b):
     assert plan_memory(s, 16 * GIB, fused_lora=False).micro_batch(2048) < small.micro_batch(2048)
 
 
+def test_kept_products_count_every_layers_gemm_and_attention_outputs(qwen3_4b):
+    """model.checkpoint_matmuls: per token and layer q (4,096), k and v (1,024 each), the attention output (4,096)
+    and its fp32 log-sum-exp, o and down (2,560 each), gate and up (9,728 each), a rank-r product per projection:
+    about 2.5 MB a token for Qwen3-4B (r32), 16 x 1,280 tokens in an 80 GiB card but not in 24."""
+    s = qwen3_4b
+    values = 2 * 4096 + 2 * 1024 + 2 * 32 + 2 * 2560 + 2 * 9728 + 32 * 7
+    assert s.kept_products(32, 7) == values
+    plain, kept = plan_memory(s, 80 * GIB), plan_memory(s, 80 * GIB, keep_matmuls=True)
+    assert kept.train_per_token - plain.train_per_token == 2 * 36 * values
+    assert kept.micro_batch(1280) >= 16 > plan_memory(s, 24 * GIB, keep_matmuls=True).micro_batch(1280) >= 1
+    assert plan_memory(s, 80 * GIB, keep_matmuls=True, gradient_checkpointing=False).train_per_token == \
+        plan_memory(s, 80 * GIB, gradient_checkpointing=False).train_per_token  # nothing to keep without checkpoints
+
+
 def test_prompt_cached_once_per_group_fits_more_rollouts(qwen3_4b):
     """With the prompt's keys kept once per group, 8 x 8 at 256 + 256 tokens fits one generate call at 13 GiB
     (it does not with a copy per sample); a group of 1 is the per-sample count."""

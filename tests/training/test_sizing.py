@@ -128,6 +128,27 @@ def test_offload_is_wanted_only_when_a_step_does_not_fit(qwen3_4b):
     assert not Sizing(cfg, plan_memory(qwen3_4b, 13 * GIB)).offload_wanted()
 
 
+def test_products_are_kept_only_where_the_step_still_fits(qwen3_4b):
+    """Auto model.checkpoint_matmuls: on when the plan with the products kept still takes the micro-batch the step
+    wants (8 x 2,048 tokens: 16,384, grpo.micro_batch_tokens) on a GPU; never when set, without a plan or
+    checkpointing, on a CPU, on several processes or with another backend."""
+    cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
+                                   "model.gradient_checkpointing=true"])
+
+    def fits(budget_gib, device="cuda", **facts):
+        kept = plan_memory(qwen3_4b, budget_gib * GIB, keep_matmuls=True)
+        return Sizing(cfg, plan_memory(qwen3_4b, budget_gib * GIB), device=device, **facts).keep_matmuls_fits(kept)
+
+    assert fits(80) and not fits(40)
+    assert not fits(80, device="cpu") and not fits(80, distributed=True)
+    assert not Sizing(cfg, None, device="cuda").keep_matmuls_fits(None)
+    for key, value in (("checkpoint_matmuls", True), ("checkpoint_matmuls", False), ("backend", "unsloth"),
+                       ("gradient_checkpointing", False)):
+        changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{key: value}))
+        kept = plan_memory(qwen3_4b, 80 * GIB, keep_matmuls=True)
+        assert not Sizing(changed, plan_memory(qwen3_4b, 80 * GIB), device="cuda").keep_matmuls_fits(kept), key
+
+
 def test_weight_snapshots_stay_on_the_gpu_only_where_the_rollout_still_fits(qwen3_4b):
     """Qwen3-4B's 7.3 GB of merged projections: kept on an 80 GB card for 8 x 8 at 2,048 tokens, not at 24 GiB
     (the rollout would no longer fit one call) nor under 13 GiB at 512 tokens; never without a plan or LoRA;

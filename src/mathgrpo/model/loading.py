@@ -13,9 +13,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..config import Config, LoraConfig, ModelConfig
+from ..config import Config, ConfigError, LoraConfig, ModelConfig
 from .card import card_of
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
+from .checkpointing import checkpoint_kwargs, keep_refusal
 from .liger import quiet_optional_backends
 
 
@@ -231,17 +232,22 @@ def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
     """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on."""
     if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):
         return False
-    checkpoint_layers(model)
+    keep = cfg.checkpoint_matmuls is True
+    refusal = keep_refusal(model) if keep else None
+    if refusal:
+        raise ConfigError(refusal)
+    checkpoint_layers(model, keep_matmuls=keep)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
     return True
 
 
-def checkpoint_layers(model: Any) -> None:
-    """Every decoder layer checkpointed (non-reentrant), under the name this transformers has: 5.25 renamed
-    `gradient_checkpointing_enable` to `activation_checkpointing_enable` and warns on the old one; older
-    releases (5.17 on the GPU machines) have only the old one."""
-    kwargs = {"use_reentrant": False}
+def checkpoint_layers(model: Any, keep_matmuls: bool = False) -> None:
+    """Every decoder layer checkpointed (non-reentrant; with `keep_matmuls` its products' outputs kept, see
+    `checkpointing`), under the name this transformers has: 5.25 renamed `gradient_checkpointing_enable` to
+    `activation_checkpointing_enable` and warns on the old one; older releases (5.17 on the GPU machines)
+    have only the old one."""
+    kwargs = checkpoint_kwargs(keep_matmuls)
     renamed = getattr(model, "activation_checkpointing_enable", None)
     if renamed is not None:
         renamed(activation_checkpointing_kwargs=kwargs)

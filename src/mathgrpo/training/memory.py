@@ -117,6 +117,13 @@ class ModelShape:
         per_layer = sum(r * (io[t][0] + io[t][1]) for t in targets if t in io)
         return self.layers * per_layer
 
+    def kept_products(self, lora_r: int = 0, lora_projections: int = 0) -> int:
+        """Values one token keeps in one layer when checkpointing keeps its products (`model.checkpoint_matmuls`): q,
+        k, v, the attention output (and its log-sum-exp, fp32: two values a head), the output projection, gate,
+        up and down, and each LoRA projection's rank-r product."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return 2 * q + 2 * kv + 2 * self.heads + 2 * self.hidden + 2 * self.intermediate + lora_r * lora_projections
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """KV-cache bytes one token takes: K and V for every layer and key/value head."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
@@ -196,9 +203,11 @@ def plan_memory(
     fused_lora: bool = True,
     offload_checkpoints: bool = False,
     beside: int = 0,
+    keep_matmuls: bool = False,
 ) -> MemoryPlan:
     """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`, beside `beside`
-    bytes of other models kept on the device (`reward_model_bytes`)."""
+    bytes of other models kept on the device (`reward_model_bytes`); `keep_matmuls`: checkpointing keeps each layer's
+    products as well as its input."""
     targets = lora_targets if lora_targets is not None else PROJECTIONS
     weight_bytes = shape.weight_bytes(dtype_bytes, load_in_4bit)
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)
@@ -209,6 +218,8 @@ def plan_memory(
     if gradient_checkpointing:
         kept_layers = 0 if offload_checkpoints else shape.layers
         per_token = dtype_bytes * (kept_layers * shape.hidden + layer_values)
+        if keep_matmuls:
+            per_token += dtype_bytes * shape.layers * shape.kept_products(0 if full_finetune else lora_r, len(targets))
     else:
         per_token = dtype_bytes * shape.layers * layer_values
     per_token += 2 * dtype_bytes * shape.hidden  # final hidden states and their gradient
@@ -264,9 +275,11 @@ def device_budget(max_memory_gb: Optional[float], device: Any) -> Optional[int]:
     return int(total * 0.95)
 
 
-def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offload: bool = False) -> MemoryPlan:
+def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offload: bool = False,
+                    keep_matmuls: bool = False) -> MemoryPlan:
     """The plan a run's Config gives `shape` on `device` within `budget` bytes: gradient checkpointing (when set)
-    and the CUDA overhead on a GPU only, the reward model beside; `offload`: checkpointed layer inputs on the host.
+    and the CUDA overhead on a GPU only, the reward model beside; `offload`: checkpointed layer inputs on the host;
+    `keep_matmuls`: checkpointed layers keep their products too.
     The trainer, the dry run and preflight's can-it-hold check all plan through here."""
     import torch
 
@@ -287,17 +300,21 @@ def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offlo
         fused_lora=cfg.model.fused_lora,
         offload_checkpoints=offload,
         beside=reward_model_bytes(cfg, device),
+        keep_matmuls=keep_matmuls and cfg.model.gradient_checkpointing and gpu,
     )
 
 
-def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False) -> Optional[MemoryPlan]:
+def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False, keep_matmuls: bool = False,
+                   quiet: bool = False) -> Optional[MemoryPlan]:
     """The plan for a loaded model under a run's Config; None when there is no budget (CPU, no max_memory_gb).
 
-    offload: the model's checkpointed layer inputs are kept on the host.
+    offload: the model's checkpointed layer inputs are kept on the host; keep_matmuls: its checkpointed layers keep
+    their products too; quiet: no log line (a plan weighed, not taken).
     """
     budget = device_budget(cfg.grpo.max_memory_gb, device)
     if budget is None:
         return None
-    plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload)
-    notice(plan.summary(cfg.model.max_seq_length))
+    plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload, keep_matmuls)
+    if not quiet:
+        notice(plan.summary(cfg.model.max_seq_length))
     return plan

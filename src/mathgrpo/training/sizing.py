@@ -17,12 +17,16 @@ import torch
 
 from .. import dist
 from ..config import Config
+from ..model.checkpointing import keep_refusal
+from ..model.loading import checkpoint_layers
 from ..model.offload import offload_checkpoints
 from ..progress import notice
 from .logprobs import pass_width
 from .memory import MemoryPlan, plan_for_model
 from .stopping import TrainingStopped
 
+KEEP_NOTE = ("grpo: the memory plan fits a full micro-batch with each checkpointed layer's GEMM and attention outputs kept; "
+             "backward recomputes only norms and activations (model.checkpoint_matmuls=false turns this off)")
 OFFLOAD_NOTE = ("grpo: a full micro-batch at model.max_seq_length does not fit the memory plan; offloading checkpointed "
                 "layer inputs to pinned host memory (model.offload_checkpoints=false turns this off)")
 
@@ -49,14 +53,21 @@ class Sizing:
     @classmethod
     def for_model(cls, model: Any, cfg: Config, device: Any) -> "Sizing":
         """The sizing of a run training `model`: plans its memory and, when `offload_wanted` and the model has
-        checkpointed layers, turns their offloading on and plans again."""
+        checkpointed layers, turns their offloading on and plans again; when `keep_matmuls_fits` instead, has its
+        checkpointed layers keep their products and plans with them."""
         facts = {"device": device, "distributed": dist.world().active, "sharded": dist.is_sharded(model)}
         offloaded = cfg.model.offload_checkpoints is True  # already applied at loading
-        sizing = cls(cfg, plan_for_model(model, cfg, device, offloaded), offloaded=offloaded, **facts)
-        if not sizing.offload_wanted() or offload_checkpoints(model) == 0:
-            return sizing
-        notice(OFFLOAD_NOTE)
-        return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
+        kept = cfg.model.checkpoint_matmuls is True  # likewise
+        sizing = cls(cfg, plan_for_model(model, cfg, device, offloaded, kept), offloaded=offloaded, **facts)
+        if sizing.offload_wanted() and offload_checkpoints(model) > 0:
+            notice(OFFLOAD_NOTE)
+            return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
+        if keep_refusal(model) is None and sizing.keep_matmuls_fits(plan_for_model(model, cfg, device, keep_matmuls=True,
+                                                                                   quiet=True)):
+            checkpoint_layers(model, keep_matmuls=True)
+            notice(KEEP_NOTE)
+            return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
+        return sizing
 
     @property
     def chunk_tokens(self) -> int:
@@ -82,6 +93,17 @@ class Sizing:
             return False
         width = cfg.model.max_seq_length
         return plan.micro_batch(width) < min(self.step_sequences, self.token_limit(width))
+
+    def keep_matmuls_fits(self, kept: Optional[MemoryPlan]) -> bool:
+        """model.checkpoint_matmuls=null on one process with the default backend and checkpointing on a GPU: keep the
+        checkpointed layers' products when `kept` (the plan with them kept) still fits the micro-batch the step
+        wants at max_seq_length, so the recompute they save costs no smaller passes."""
+        cfg = self.cfg
+        if (cfg.model.checkpoint_matmuls is not None or kept is None or cfg.model.backend != "transformers" or self.distributed
+                or not cfg.model.gradient_checkpointing or self.device.type != "cuda"):
+            return False
+        width = cfg.model.max_seq_length
+        return kept.micro_batch(width) >= min(self.step_sequences, self.token_limit(width))
 
     def rollout_fits(self, shares_prompt: bool, held: int = 0) -> int:
         """Sequences of model.max_seq_length tokens one generate call holds under the plan (prompts counted once
