@@ -131,3 +131,31 @@ def test_the_seed_cards_hold_the_reference_recipe_by_estimate():
     assert check_memory(load_config("qwen3-4b-grpo", ["model.dtype=bfloat16"]), l4).problem is None
     too_big = check_memory(load_config("qwen3-8b-grpo", ["model.dtype=float16"]), t4).problem
     assert "weights 15.3 GiB in float16" in too_big and "--recipe qwen3-4b-grpo" in too_big
+
+
+def test_dry_run_says_what_checkpointed_layers_keep():
+    """The memory line's checkpoint choice for Qwen3-4B, 8 x 8 completions at 2,048 tokens, as GRPO's sizing decides
+    it: products kept with room (80 GiB), inputs alone below that (40), inputs on the host when a full micro-batch
+    does not fit (13); a set model.checkpoint_matmuls decides alone."""
+    import torch
+    from transformers import Qwen3Config
+
+    from mathgrpo.config import load_config
+    from mathgrpo.preflight import checkpoint_choice
+    from mathgrpo.training.memory import GIB, ModelShape, plan_for_config
+
+    shape = ModelShape.from_config(Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+                                               num_key_value_heads=8, head_dim=128, intermediate_size=9728,
+                                               vocab_size=151936, tie_word_embeddings=True))
+    cuda = torch.device("cuda")
+
+    def choice(gib, *overrides):
+        cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
+                                       "model.gradient_checkpointing=true", "lora.r=32", *overrides])
+        return checkpoint_choice(cfg, shape, cuda, gib * GIB, plan_for_config(shape, cfg, cuda, gib * GIB))
+
+    assert choice(80) == "checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls=null)"
+    assert choice(40) == "checkpointed layers keep their inputs (model.checkpoint_matmuls=null)"
+    assert choice(13) == "checkpointed layer inputs on the host (model.offload_checkpoints=null)"
+    assert choice(80, "model.checkpoint_matmuls=false") == "checkpointed layers keep their inputs (model.checkpoint_matmuls=false)"
+    assert choice(13, "model.checkpoint_matmuls=true").startswith("checkpointed layers keep their GEMM")  # no offload then

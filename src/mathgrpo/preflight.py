@@ -371,7 +371,30 @@ def memory_line(cfg: Config) -> str:
     shape = model_shape(cfg.model.name)[0]
     if shape is None:
         return "memory: the model's config.json is not at hand; no plan"
-    return plan_for_config(shape, cfg, device, budget).summary(cfg.model.max_seq_length)
+    plan = plan_for_config(shape, cfg, device, budget)
+    line = plan.summary(cfg.model.max_seq_length)
+    if device.type == "cuda" and cfg.model.gradient_checkpointing:
+        line += f"; {checkpoint_choice(cfg, shape, device, budget, plan)}"
+    return line
+
+
+def checkpoint_choice(cfg: Config, shape: object, device, budget: int, plan: object) -> str:
+    """What GRPO's checkpointed layers keep under this plan, as `Sizing.for_model` decides it from the model's shape."""
+    from .training.memory import plan_for_config
+    from .training.sizing import Sizing
+
+    sizing = Sizing(cfg, plan, device=device)
+    m = cfg.model
+    if not m.checkpoint_matmuls and (m.offload_checkpoints or sizing.offload_wanted()):
+        return f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})"
+    if m.checkpoint_matmuls or sizing.keep_matmuls_fits(plan_for_config(shape, cfg, device, budget, keep_matmuls=True)):
+        return f"checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
+    return f"checkpointed layers keep their inputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
+
+
+def _setting(value: Optional[bool]) -> str:
+    """A tri-state setting as the config writes it."""
+    return "null" if value is None else str(value).lower()
 
 
 def _model_config(name: str) -> Optional[object]:

@@ -124,7 +124,9 @@ def test_offload_is_wanted_only_when_a_step_does_not_fit(qwen3_4b):
     assert not Sizing(cfg, None).offload_wanted()
     cfg.model.backend = "unsloth"
     assert not Sizing(cfg, plan_memory(qwen3_4b, 13 * GIB)).offload_wanted()
-    cfg.model.backend, cfg.model.offload_checkpoints = "transformers", False
+    cfg.model.backend, cfg.model.checkpoint_matmuls = "transformers", True  # kept products stay on the GPU
+    assert not Sizing(cfg, plan_memory(qwen3_4b, 13 * GIB)).offload_wanted()
+    cfg.model.checkpoint_matmuls, cfg.model.offload_checkpoints = None, False
     assert not Sizing(cfg, plan_memory(qwen3_4b, 13 * GIB)).offload_wanted()
 
 

@@ -85,11 +85,12 @@ class Sizing:
         return max(1, tokens // width) if tokens else 1 << 30
 
     def offload_wanted(self) -> bool:
-        """model.offload_checkpoints=null on one process with the default backend: offload when the memory plan
-        cannot fit the micro-batch the step wants at max_seq_length (all its completions, or as many as
-        grpo.micro_batch_tokens allows)."""
+        """model.offload_checkpoints=null on one process with the default backend, products not kept by
+        model.checkpoint_matmuls=true: offload when the memory plan cannot fit the micro-batch the step wants at
+        max_seq_length (all its completions, or as many as grpo.micro_batch_tokens allows)."""
         cfg, plan = self.cfg, self.plan
-        if cfg.model.offload_checkpoints is not None or plan is None or cfg.model.backend != "transformers" or self.distributed:
+        if (cfg.model.offload_checkpoints is not None or plan is None or cfg.model.backend != "transformers" or self.distributed
+                or cfg.model.checkpoint_matmuls):
             return False
         width = cfg.model.max_seq_length
         return plan.micro_batch(width) < min(self.step_sequences, self.token_limit(width))
