@@ -135,8 +135,8 @@ def test_the_seed_cards_hold_the_reference_recipe_by_estimate():
 
 def test_dry_run_says_what_checkpointed_layers_keep():
     """The memory line's checkpoint choice for Qwen3-4B, 8 x 8 completions at 2,048 tokens, as GRPO's sizing decides
-    it: products kept with room (80 GiB), inputs alone below that (40), inputs on the host when a full micro-batch
-    does not fit (13); a set model.checkpoint_matmuls decides alone."""
+    it with model.checkpoint_matmuls=null: products kept with room (80 GiB), inputs alone below that (40), inputs on
+    the host when a full micro-batch does not fit (13); a set model.checkpoint_matmuls decides alone."""
     import torch
     from transformers import Qwen3Config
 
@@ -151,7 +151,8 @@ def test_dry_run_says_what_checkpointed_layers_keep():
 
     def choice(gib, *overrides):
         cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
-                                       "model.gradient_checkpointing=true", "lora.r=32", *overrides])
+                                       "model.gradient_checkpointing=true", "lora.r=32", "model.checkpoint_matmuls=null",
+                                       *overrides])
         return checkpoint_choice(cfg, shape, cuda, gib * GIB, plan_for_config(shape, cfg, cuda, gib * GIB))
 
     assert choice(80) == "checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls=null)"

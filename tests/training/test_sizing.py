@@ -131,11 +131,11 @@ def test_offload_is_wanted_only_when_a_step_does_not_fit(qwen3_4b):
 
 
 def test_products_are_kept_only_where_the_step_still_fits(qwen3_4b):
-    """Auto model.checkpoint_matmuls: on when the plan with the products kept still takes the micro-batch the step
+    """model.checkpoint_matmuls=null: on when the plan with the products kept still takes the micro-batch the step
     wants (8 x 2,048 tokens: 16,384, grpo.micro_batch_tokens) on a GPU; never when set, without a plan or
     checkpointing, on a CPU, on several processes or with another backend."""
     cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
-                                   "model.gradient_checkpointing=true"])
+                                   "model.gradient_checkpointing=true", "model.checkpoint_matmuls=null"])
 
     def fits(budget_gib, device="cuda", **facts):
         kept = plan_memory(qwen3_4b, budget_gib * GIB, keep_matmuls=True)
