@@ -426,6 +426,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("grpo.dynamic_sampling leaves ranks with different numbers of sequences, which FSDP's "
                           "collective passes cannot take; use run.parallel=ddp with it")
     check_reward_model(cfg.rewards)
+    if cfg.model.checkpoint_matmuls and cfg.model.backend != "transformers":
+        raise ConfigError("model.checkpoint_matmuls=true needs model.backend=transformers: Unsloth checkpoints its layers "
+                          "its own way")
     if cfg.model.checkpoint_matmuls and cfg.model.offload_checkpoints:
         raise ConfigError("model.checkpoint_matmuls=true keeps products on the GPU, model.offload_checkpoints=true moves "
                           "layer inputs to the host: set one of them to false (or null)")
