@@ -78,9 +78,11 @@ def test_overrides_apply_and_type_check():
         ("data.heldout_size=0", "data.heldout_size=0 must be at least 1"),
         ("lora.dropout=1.5", "lora.dropout"),
         ("run.threads=-2", "run.threads"),
-        ("model.checkpoint_matmuls=true model.offload_checkpoints=true", "set one of them to false"),
-        ("model.checkpoint_matmuls=true model.backend=unsloth sft.full_finetune=false lora.enabled=true",
-         "model.checkpoint_matmuls=true needs model.backend=transformers"),
+        ("model.checkpoint_matmuls=true model.gradient_checkpointing=true model.offload_checkpoints=true",
+         "set one of them to false"),
+        ("model.checkpoint_matmuls=true model.gradient_checkpointing=true model.backend=unsloth sft.full_finetune=false "
+         "lora.enabled=true", r"needs model.backend=transformers \(Unsloth .*\): set model.checkpoint_matmuls=false"),
+        ("model.checkpoint_matmuls=true", "set model.gradient_checkpointing=true, or model.checkpoint_matmuls=false"),
     ],
 )
 def test_validation_messages(override, message):

@@ -153,10 +153,16 @@ def test_dry_run_says_what_checkpointed_layers_keep():
         cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
                                        "model.gradient_checkpointing=true", "lora.r=32", "model.checkpoint_matmuls=null",
                                        *overrides])
-        return checkpoint_choice(cfg, shape, cuda, gib * GIB, plan_for_config(shape, cfg, cuda, gib * GIB))
+        plan, line = checkpoint_choice(cfg, shape, cuda, gib * GIB)
+        kept = plan_for_config(shape, cfg, cuda, gib * GIB, keep_matmuls=True)
+        assert (plan == kept) == line.startswith("checkpointed layers keep their GEMM")  # the plan the line describes
+        return line, plan.micro_batch(2048)
 
-    assert choice(80) == "checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls=null)"
-    assert choice(40) == "checkpointed layers keep their inputs (model.checkpoint_matmuls=null)"
-    assert choice(13) == "checkpointed layer inputs on the host (model.offload_checkpoints=null)"
-    assert choice(80, "model.checkpoint_matmuls=false") == "checkpointed layers keep their inputs (model.checkpoint_matmuls=false)"
-    assert choice(13, "model.checkpoint_matmuls=true").startswith("checkpointed layers keep their GEMM")  # no offload then
+    line, micro = choice(80)
+    assert line == "checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls=null)" and micro >= 8
+    assert choice(40)[0] == "checkpointed layers keep their inputs (model.checkpoint_matmuls=null)"
+    assert choice(13)[0] == "checkpointed layer inputs on the host (model.offload_checkpoints=null)"
+    assert choice(80, "model.checkpoint_matmuls=false")[0] == "checkpointed layers keep their inputs (model.checkpoint_matmuls=false)"
+    # asked for where not one sequence fits with them: no offload then, and the plan says 0
+    assert choice(13, "model.checkpoint_matmuls=true") == ("checkpointed layers keep their GEMM and attention outputs "
+                                                            "(model.checkpoint_matmuls=true)", 0)

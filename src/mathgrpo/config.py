@@ -427,8 +427,11 @@ def validate(cfg: Config) -> Config:
                           "collective passes cannot take; use run.parallel=ddp with it")
     check_reward_model(cfg.rewards)
     if cfg.model.checkpoint_matmuls and cfg.model.backend != "transformers":
-        raise ConfigError("model.checkpoint_matmuls=true needs model.backend=transformers: Unsloth checkpoints its layers "
-                          "its own way")
+        raise ConfigError("model.checkpoint_matmuls=true needs model.backend=transformers (Unsloth checkpoints its layers "
+                          "its own way): set model.checkpoint_matmuls=false")
+    if cfg.model.checkpoint_matmuls and not cfg.model.gradient_checkpointing:
+        raise ConfigError("model.checkpoint_matmuls=true keeps what checkpointed layers compute: set "
+                          "model.gradient_checkpointing=true, or model.checkpoint_matmuls=false")
     if cfg.model.checkpoint_matmuls and cfg.model.offload_checkpoints:
         raise ConfigError("model.checkpoint_matmuls=true keeps products on the GPU, model.offload_checkpoints=true moves "
                           "layer inputs to the host: set one of them to false (or null)")

@@ -249,7 +249,9 @@ def memory_needed(cfg: Config, shape: object, gpu: bool, budget: int) -> tuple:
     dtype = resolve_dtype(m.dtype, device)
     dtype_bytes = torch.finfo(dtype).bits // 8
     checkpointing = gpu and m.gradient_checkpointing
-    plan = plan_for_config(shape, cfg, device, budget, offload=checkpointing and m.offload_checkpoints is not False)
+    keep = checkpointing and m.checkpoint_matmuls is True
+    plan = plan_for_config(shape, cfg, device, budget, offload=checkpointing and not keep and m.offload_checkpoints is not False,
+                           keep_matmuls=keep)
     beside = plan.beside
     need = plan.floor(m.max_seq_length)
     weights = shape.weight_bytes(dtype_bytes, m.load_in_4bit)
@@ -371,25 +373,28 @@ def memory_line(cfg: Config) -> str:
     shape = model_shape(cfg.model.name)[0]
     if shape is None:
         return "memory: the model's config.json is not at hand; no plan"
-    plan = plan_for_config(shape, cfg, device, budget)
-    line = plan.summary(cfg.model.max_seq_length)
-    if device.type == "cuda" and cfg.model.gradient_checkpointing:
-        line += f"; {checkpoint_choice(cfg, shape, device, budget, plan)}"
-    return line
+    if device.type != "cuda" or not cfg.model.gradient_checkpointing:
+        return plan_for_config(shape, cfg, device, budget).summary(cfg.model.max_seq_length)
+    plan, choice = checkpoint_choice(cfg, shape, device, budget)
+    return f"{plan.summary(cfg.model.max_seq_length)}; {choice}"
 
 
-def checkpoint_choice(cfg: Config, shape: object, device, budget: int, plan: object) -> str:
-    """What GRPO's checkpointed layers keep under this plan, as `Sizing.for_model` decides it from the model's shape."""
+def checkpoint_choice(cfg: Config, shape: object, device, budget: int) -> tuple:
+    """(the plan GRPO trains under, what its checkpointed layers keep), as `Sizing.for_model` decides it from the
+    model's shape."""
     from .training.memory import plan_for_config
     from .training.sizing import Sizing
 
-    sizing = Sizing(cfg, plan, device=device)
     m = cfg.model
+    plain = plan_for_config(shape, cfg, device, budget)
+    kept = plan_for_config(shape, cfg, device, budget, keep_matmuls=True)
+    sizing = Sizing(cfg, plain, device=device)
     if not m.checkpoint_matmuls and (m.offload_checkpoints or sizing.offload_wanted()):
-        return f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})"
-    if m.checkpoint_matmuls or sizing.keep_matmuls_fits(plan_for_config(shape, cfg, device, budget, keep_matmuls=True)):
-        return f"checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
-    return f"checkpointed layers keep their inputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
+        return (plan_for_config(shape, cfg, device, budget, offload=True),
+                f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})")
+    if m.checkpoint_matmuls or sizing.keep_matmuls_fits(kept):
+        return kept, f"checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
+    return plain, f"checkpointed layers keep their inputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
 
 
 def _setting(value: Optional[bool]) -> str:

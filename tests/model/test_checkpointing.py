@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mathgrpo.config import LoraConfig
-from mathgrpo.model.checkpointing import KEPT_OPS, checkpoint_kwargs
+from mathgrpo.model.checkpointing import KEPT_OPS, checkpoint_kwargs, matmul_keeping_contexts
 from mathgrpo.model.fused_lora import fuse_lora
 from mathgrpo.model.loading import add_lora, checkpoint_layers
 from mathgrpo.model.tiny import build_tiny
@@ -29,6 +29,7 @@ def _grads(checkpointing, fused: bool) -> tuple:
     """Adapter gradients of one log-prob loss, and how many products ran in its backward; `checkpointing`: None
     (off), "plain" or "keep"."""
     model, _ = build_tiny(seed=5)
+    model.set_attn_implementation("sdpa")  # the attention GPU runs train with (the tiny model's own is eager)
     model = add_lora(model, LoraConfig(r=4, alpha=8))
     torch.manual_seed(0)
     for n, p in model.named_parameters():
@@ -68,10 +69,64 @@ def test_checkpoint_kwargs():
     """Plain checkpointing: non-reentrant and nothing else; keeping products adds the selective contexts."""
     assert checkpoint_kwargs() == {"use_reentrant": False}
     kept = checkpoint_kwargs(keep_matmuls=True)
-    assert kept["use_reentrant"] is False
-    forward, recompute = kept["context_fn"]()
-    assert forward is not recompute
-    assert torch.ops.aten.mm.default in KEPT_OPS and torch.ops.aten.addmm_.default in KEPT_OPS
+    assert kept["use_reentrant"] is False and kept["context_fn"] is matmul_keeping_contexts
+
+
+class CacheSpy:
+    """The tensors the selective checkpointing cache holds after a forward (PyTorch's own cache, read through its
+    caching mode, so a change of that private API fails here rather than passing)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from torch.utils import checkpoint
+
+        self.held: list = []
+        caching = checkpoint._CachingTorchDispatchMode
+        original = caching.__torch_dispatch__
+
+        def spy(mode, func, types, args=(), kwargs=None):
+            out = original(mode, func, types, args, kwargs)
+            entry = mode.storage[checkpoint._sac_storage_key(func, args)][mode.func_counter[func] - 1]
+            if entry is not checkpoint._RECOMPUTE:
+                self.held += [w.val for w in torch.utils._pytree.tree_leaves(entry) if isinstance(w.val, torch.Tensor)]
+            return out
+
+        monkeypatch.setattr(caching, "__torch_dispatch__", spy)
+
+    def nbytes(self) -> int:
+        """Bytes of distinct storage held (the fused LoRA's product and its in-place sum share one)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in self.held}
+        return sum(storages.values())
+
+
+@pytest.mark.parametrize("path", ["fused LoRA", "PEFT's forward", "full fine-tuning"])
+def test_the_memory_plan_counts_what_the_cache_holds(path, monkeypatch):
+    """A bf16 Qwen3 layer stack with SDPA: the cache holds exactly `kept_products` 16-bit values a token and layer
+    (the plan's count), for each way a projection runs."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from mathgrpo.config import PROJECTIONS
+    from mathgrpo.training.memory import ModelShape
+
+    config = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.set_attn_implementation("sdpa")
+    r = 0 if path == "full fine-tuning" else 4
+    if r:
+        model = add_lora(model, LoraConfig(r=r, alpha=8))
+        if path == "fused LoRA":
+            fuse_lora(model)
+    else:
+        model.requires_grad_(True)
+    checkpoint_layers(model, keep_matmuls=True)
+    model.enable_input_require_grads()
+    model.train()
+    spy = CacheSpy(monkeypatch)
+    tokens = 2 * 32
+    model(input_ids=torch.randint(0, 128, (2, 32))).logits.float().sum().backward()
+    values = ModelShape.from_config(config).kept_products(r, PROJECTIONS, peft_forward=path == "PEFT's forward")
+    assert spy.nbytes() == 2 * values * tokens * config.num_hidden_layers
 
 
 def _tiny_llama():

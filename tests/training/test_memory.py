@@ -46,18 +46,18 @@ def test_budget_orders_batch_sizes(qwen3_4b):
     assert plan_memory(s, 16 * GIB, fused_lora=False).micro_batch(2048) < small.micro_batch(2048)
 
 
-def test_kept_products_count_every_layers_gemm_and_attention_outputs(qwen3_4b):
-    """model.checkpoint_matmuls: per token and layer q (4,096), k and v (1,024 each), the attention output (4,096)
-    and its fp32 log-sum-exp, o and down (2,560 each), gate and up (9,728 each), a rank-r product per projection:
-    about 2.5 MB a token for Qwen3-4B (r32), 16 x 1,280 tokens in an 80 GiB card but not in 24."""
+def test_kept_products_grow_the_plan_by_what_every_layer_keeps(qwen3_4b):
+    """model.checkpoint_matmuls adds kept_products a token in each of 36 layers (about 2.5 MB a token for Qwen3-4B
+    at r32: 16 x 1,280 tokens in an 80 GiB card, not in 24), more through PEFT's own forward (its fp32 low-rank
+    products), nothing without checkpoints. What the cache really holds: tests/model/test_checkpointing.py."""
     s = qwen3_4b
-    values = 2 * 4096 + 2 * 1024 + 2 * 32 + 2 * 2560 + 2 * 9728 + 32 * 7
-    assert s.kept_products(32, 7) == values
     plain, kept = plan_memory(s, 80 * GIB), plan_memory(s, 80 * GIB, keep_matmuls=True)
-    assert kept.train_per_token - plain.train_per_token == 2 * 36 * values
+    assert kept.train_per_token - plain.train_per_token == 2 * 36 * s.kept_products(32, ALL) == 2 * 36 * 35104
     assert kept.micro_batch(1280) >= 16 > plan_memory(s, 24 * GIB, keep_matmuls=True).micro_batch(1280) >= 1
+    assert s.kept_products(32, ALL, peft_forward=True) > s.kept_products(32, ALL) > s.kept_products(8, ALL[:2])
+    assert plan_memory(s, 80 * GIB, keep_matmuls=True, fused_lora=False).train_per_token > kept.train_per_token
     assert plan_memory(s, 80 * GIB, keep_matmuls=True, gradient_checkpointing=False).train_per_token == \
-        plan_memory(s, 80 * GIB, gradient_checkpointing=False).train_per_token  # nothing to keep without checkpoints
+        plan_memory(s, 80 * GIB, gradient_checkpointing=False).train_per_token
 
 
 def test_prompt_cached_once_per_group_fits_more_rollouts(qwen3_4b):

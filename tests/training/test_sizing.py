@@ -133,7 +133,8 @@ def test_offload_is_wanted_only_when_a_step_does_not_fit(qwen3_4b):
 def test_products_are_kept_only_where_the_step_still_fits(qwen3_4b):
     """model.checkpoint_matmuls=null: on when the plan with the products kept still takes the micro-batch the step
     wants (8 x 2,048 tokens: 16,384, grpo.micro_batch_tokens) on a GPU; never when set, without a plan or
-    checkpointing, on a CPU, on several processes or with another backend."""
+    checkpointing, on a CPU, on several processes, with another backend or inputs offloaded by
+    model.offload_checkpoints=true."""
     cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=8", "grpo.num_generations=8", "model.max_seq_length=2048",
                                    "model.gradient_checkpointing=true", "model.checkpoint_matmuls=null"])
 
@@ -145,7 +146,7 @@ def test_products_are_kept_only_where_the_step_still_fits(qwen3_4b):
     assert not fits(80, device="cpu") and not fits(80, distributed=True)
     assert not Sizing(cfg, None, device="cuda").keep_matmuls_fits(None)
     for key, value in (("checkpoint_matmuls", True), ("checkpoint_matmuls", False), ("backend", "unsloth"),
-                       ("gradient_checkpointing", False)):
+                       ("gradient_checkpointing", False), ("offload_checkpoints", True)):
         changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{key: value}))
         kept = plan_memory(qwen3_4b, 80 * GIB, keep_matmuls=True)
         assert not Sizing(changed, plan_memory(qwen3_4b, 80 * GIB), device="cuda").keep_matmuls_fits(kept), key

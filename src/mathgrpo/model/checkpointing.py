@@ -9,13 +9,15 @@ instead of 5 KB (`training.memory` counts it), so it pays where a micro-batch of
 still fits.
 
 The cached outputs are handed back by position (the n-th call of each op), which needs a layer that calls
-the same ops in the same order twice, as plain checkpointing does. A kept output must not be changed in
-place before the recompute reads it. PyTorch's check for that cannot be used: it flags every in-place op
-it keeps, and the fused LoRA function adds its base GEMM in place onto its low-rank product (`addmm_`;
-both calls come from the cache in the recompute, so the cache holds the finished sum). What else writes in
-place is known: Liger's rotary kernel rotates q and k where they lie, which on a model without q/k norms
-is the kept projection output (`rotates_in_place`: such models keep plain checkpointing). Tests compare
-these gradients with plain checkpointing's.
+the same ops in the same order twice, as plain checkpointing does. The rule: nothing may write into a kept
+output (or a view of it) between the forward that keeps it and the recompute that reads it. PyTorch's check
+for that cannot be used: it flags every in-place op it keeps, and the fused LoRA function adds its base
+GEMM in place onto its low-rank product (`addmm_`; both calls come from the cache in the recompute, so the
+cache holds the finished sum). What else writes in place is known: Liger's rotary kernel rotates q and k
+where they lie, which on a model without q/k norms is the kept projection output (`rotates_in_place`: such
+models keep plain checkpointing); Liger's SwiGLU backward writes its gradients into the kept gate and up
+outputs, after the recompute has read them (each entry is read once). Tests compare these gradients with
+plain checkpointing's and count what the cache holds against the memory plan.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _aten = torch.ops.aten
 # Products and attention whose outputs are kept; every other op of the layer runs again in backward.
 KEPT_OPS = frozenset(
     getattr(_aten, name).default
-    for name in ("mm", "addmm", "addmm_", "bmm", "_scaled_dot_product_flash_attention",
+    # not bmm: eager attention's score matrices are sequence x sequence a head, far more than they save
+    for name in ("mm", "addmm", "addmm_", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_flash_attention_for_cpu")
     if hasattr(_aten, name)

@@ -102,7 +102,8 @@ class GRPORun(Stage):
     name = label = "grpo"
     logs = ("metrics.jsonl", "samples.jsonl")
     nan_advice = "Lower grpo.lr, keep grpo.max_grad_norm at 1.0, or check the rewards for NaN"
-    oom_advice = "Lower grpo.micro_batch_size, rollout.batch_size or rollout.max_new_tokens, or set grpo.max_memory_gb"
+    oom_advice = ("Lower grpo.micro_batch_size, rollout.batch_size or rollout.max_new_tokens, set grpo.max_memory_gb, "
+                  "or set model.checkpoint_matmuls=false where its products are kept")
 
     def __init__(self, cfg: Config, run_dir: Path, train: list, heldout: list, start_from: Optional[Path] = None) -> None:
         super().__init__(cfg, run_dir)

@@ -106,23 +106,34 @@ class ModelShape:
         embed = min(self.embedding_params(), self.params)
         return int((self.params - embed) * 0.5625) + embed * dtype_bytes
 
-    def lora_params(self, r: int, targets: list) -> int:
-        """LoRA parameters for rank `r` on the named projections of every layer (A: r x in, B: out x r)."""
+    def projection_sizes(self) -> dict:
+        """(in, out) features of each decoder-layer projection, by name."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        io = {
+        return {
             "q_proj": (self.hidden, q), "k_proj": (self.hidden, kv), "v_proj": (self.hidden, kv),
             "o_proj": (q, self.hidden), "gate_proj": (self.hidden, self.intermediate),
             "up_proj": (self.hidden, self.intermediate), "down_proj": (self.intermediate, self.hidden),
         }
+
+    def lora_params(self, r: int, targets: list) -> int:
+        """LoRA parameters for rank `r` on the named projections of every layer (A: r x in, B: out x r)."""
+        io = self.projection_sizes()
         per_layer = sum(r * (io[t][0] + io[t][1]) for t in targets if t in io)
         return self.layers * per_layer
 
-    def kept_products(self, lora_r: int = 0, lora_projections: int = 0) -> int:
+    def kept_products(self, lora_r: int = 0, targets: tuple = (), peft_forward: bool = False) -> int:
         """Values one token keeps in one layer when checkpointing keeps its products (`model.checkpoint_matmuls`): q,
         k, v, the attention output (and its log-sum-exp, fp32: two values a head), the output projection, gate,
-        up and down, and each LoRA projection's rank-r product."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return 2 * q + 2 * kv + 2 * self.heads + 2 * self.hidden + 2 * self.intermediate + lora_r * lora_projections
+        up and down, and each LoRA projection's rank-r product (`targets`, rank `lora_r`; 0: full fine-tuning).
+        Through PEFT's own forward (`peft_forward`) a LoRA projection keeps its base output (where the fused function
+        keeps the finished sum: as many values) and its two low-rank products in fp32 (r + out values, twice as many
+        16-bit ones, where the fused function keeps r 16-bit values)."""
+        io = self.projection_sizes()
+        lora = [io[t][1] for t in targets if t in io] if lora_r else []
+        values = sum(o for _, o in io.values()) + self.heads * self.head_dim + 2 * self.heads + lora_r * len(lora)
+        if peft_forward:
+            values += sum(2 * o + lora_r for o in lora)
+        return values
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """KV-cache bytes one token takes: K and V for every layer and key/value head."""
@@ -219,7 +230,8 @@ def plan_memory(
         kept_layers = 0 if offload_checkpoints else shape.layers
         per_token = dtype_bytes * (kept_layers * shape.hidden + layer_values)
         if keep_matmuls:
-            per_token += dtype_bytes * shape.layers * shape.kept_products(0 if full_finetune else lora_r, len(targets))
+            r = 0 if full_finetune else lora_r
+            per_token += dtype_bytes * shape.layers * shape.kept_products(r, targets, peft_forward=not fused_lora)
     else:
         per_token = dtype_bytes * shape.layers * layer_values
     per_token += 2 * dtype_bytes * shape.hidden  # final hidden states and their gradient
@@ -297,7 +309,7 @@ def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offlo
         gradient_checkpointing=cfg.model.gradient_checkpointing and gpu,
         full_finetune=not cfg.lora.enabled,
         fixed_overhead=FIXED_OVERHEAD if gpu else 0,
-        fused_lora=cfg.model.fused_lora,
+        fused_lora=cfg.model.fused_lora and not cfg.lora.dropout,  # dropout runs PEFT's own forward (fused_lora)
         offload_checkpoints=offload,
         beside=reward_model_bytes(cfg, device),
         keep_matmuls=keep_matmuls and cfg.model.gradient_checkpointing and gpu,

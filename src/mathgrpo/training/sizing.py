@@ -96,12 +96,13 @@ class Sizing:
         return plan.micro_batch(width) < min(self.step_sequences, self.token_limit(width))
 
     def keep_matmuls_fits(self, kept: Optional[MemoryPlan]) -> bool:
-        """model.checkpoint_matmuls=null on one process with the default backend and checkpointing on a GPU: keep the
+        """model.checkpoint_matmuls=null on one process with the default backend and checkpointing on a GPU (inputs not
+        offloaded by model.offload_checkpoints=true): keep the
         checkpointed layers' products when `kept` (the plan with them kept) still fits the micro-batch the step
         wants at max_seq_length, so the recompute they save costs no smaller passes."""
         cfg = self.cfg
         if (cfg.model.checkpoint_matmuls is not None or kept is None or cfg.model.backend != "transformers" or self.distributed
-                or not cfg.model.gradient_checkpointing or self.device.type != "cuda"):
+                or not cfg.model.gradient_checkpointing or self.device.type != "cuda" or cfg.model.offload_checkpoints):
             return False
         width = cfg.model.max_seq_length
         return kept.micro_batch(width) >= min(self.step_sequences, self.token_limit(width))
