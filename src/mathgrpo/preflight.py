@@ -386,15 +386,13 @@ def checkpoint_choice(cfg: Config, shape: object, device, budget: int) -> tuple:
     from .training.sizing import Sizing
 
     m = cfg.model
-    plain = plan_for_config(shape, cfg, device, budget)
-    kept = plan_for_config(shape, cfg, device, budget, keep_matmuls=True)
-    sizing = Sizing(cfg, plain, device=device)
-    if not m.checkpoint_matmuls and (m.offload_checkpoints or sizing.offload_wanted()):
-        return (plan_for_config(shape, cfg, device, budget, offload=True),
-                f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})")
-    if m.checkpoint_matmuls or sizing.keep_matmuls_fits(kept):
-        return kept, f"checkpointed layers keep their GEMM and attention outputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
-    return plain, f"checkpointed layers keep their inputs (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
+    plans = {way: plan_for_config(shape, cfg, device, budget, offload=way == "host", keep_matmuls=way == "products")
+             for way in ("inputs", "host", "products")}
+    way = Sizing(cfg, plans["inputs"], device=device).checkpoint_way(plans["products"])
+    kept = {"host": f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})",
+            "products": "checkpointed layers keep their GEMM and attention outputs",
+            "inputs": "checkpointed layers keep their inputs"}[way]
+    return plans[way], kept if way == "host" else f"{kept} (model.checkpoint_matmuls={_setting(m.checkpoint_matmuls)})"
 
 
 def _setting(value: Optional[bool]) -> str:

@@ -180,3 +180,23 @@ def test_for_model_on_cpu_plans_nothing_without_a_budget():
     sizing = Sizing.for_model(model, load_config("tiny-cpu", []), torch.device("cpu"))
     assert sizing.plan is None and sizing.chunk_tokens == 2048 and not sizing.offloaded
     assert tiny_sizing().chunk_tokens == tiny_sizing().plan.chunk_tokens
+
+
+@pytest.mark.parametrize("setting, kept", [("null", True), ("false", False)])
+def test_for_model_has_checkpointed_layers_keep_products_where_they_fit(setting, kept):
+    """Sizing.for_model on a GPU plan (a "cuda" device; nothing runs on it here): with model.checkpoint_matmuls=null and
+    room, the tiny model's checkpointed layers are switched to keeping their products and the plan counts them;
+    with false they stay plain."""
+    from mathgrpo.model.checkpointing import matmul_keeping_contexts
+    from mathgrpo.model.loading import add_lora, checkpoint_layers
+
+    cfg = load_config("tiny-cpu", ["grpo.max_memory_gb=4", "model.gradient_checkpointing=true", "lora.enabled=true",
+                                   "sft.full_finetune=false", f"model.checkpoint_matmuls={setting}"])
+    model, _ = build_tiny()
+    model = add_lora(model, cfg.lora)
+    checkpoint_layers(model)  # as loading does on a GPU
+    sizing = Sizing.for_model(model, cfg, torch.device("cuda"))
+    layer = model.get_base_model().model.layers[0]
+    assert (layer._gradient_checkpointing_func.keywords.get("context_fn") is matmul_keeping_contexts) == kept
+    plain = plan_for_model(model, cfg, torch.device("cuda"))
+    assert (sizing.plan.train_per_token > plain.train_per_token) == kept and not sizing.offloaded

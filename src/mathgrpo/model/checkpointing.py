@@ -26,6 +26,7 @@ import sys
 from typing import Any, Optional
 
 import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 _aten = torch.ops.aten
 # Products and attention whose outputs are kept; every other op of the layer runs again in backward.
@@ -39,17 +40,13 @@ KEPT_OPS = frozenset(
 )
 
 
-def _policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
-    """Keep the outputs of matrix products and attention; recompute the rest."""
-    from torch.utils.checkpoint import CheckpointPolicy
-
+def _policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    """Keep the outputs of matrix products and attention; recompute the rest (asked for every op of a layer)."""
     return CheckpointPolicy.MUST_SAVE if op in KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def matmul_keeping_contexts() -> tuple:
     """The (forward, recompute) contexts of one checkpointed call that keep the products' outputs."""
-    from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
     return create_selective_checkpoint_contexts(_policy, allow_cache_entry_mutation=True)
 
 

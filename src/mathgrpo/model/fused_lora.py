@@ -34,7 +34,7 @@ class LoraLinear(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # [T, in]
         a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)  # [r, in], [out, r]
-        xa = (x2 @ a.t()) * scale  # [T, r], scaled here where it is small; not in place (`checkpointing` may keep x2 @ a.t())
+        xa = (x2 @ a.t()) * scale  # [T, r], scaled where it is small; not in place: `checkpointing` may keep x2 @ a.t()
         out = torch.addmm(bias, xa, b.t()) if bias is not None else xa @ b.t()
         out.addmm_(x2, weight.t())
         ctx.save_for_backward(x2, weight, a, b, xa)

@@ -312,7 +312,7 @@ def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offlo
         fused_lora=cfg.model.fused_lora and not cfg.lora.dropout,  # dropout runs PEFT's own forward (fused_lora)
         offload_checkpoints=offload,
         beside=reward_model_bytes(cfg, device),
-        keep_matmuls=keep_matmuls and cfg.model.gradient_checkpointing and gpu,
+        keep_matmuls=keep_matmuls,  # counted only with checkpointing (on a GPU), as plan_memory does
     )
 
 

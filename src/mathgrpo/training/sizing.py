@@ -59,11 +59,11 @@ class Sizing:
         offloaded = cfg.model.offload_checkpoints is True  # already applied at loading
         kept = cfg.model.checkpoint_matmuls is True  # likewise
         sizing = cls(cfg, plan_for_model(model, cfg, device, offloaded, kept), offloaded=offloaded, **facts)
-        if sizing.offload_wanted() and offload_checkpoints(model) > 0:
+        way = sizing.checkpoint_way(plan_for_model(model, cfg, device, keep_matmuls=True, quiet=True))
+        if way == "host" and not offloaded and offload_checkpoints(model) > 0:
             notice(OFFLOAD_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
-        if keep_refusal(model) is None and sizing.keep_matmuls_fits(plan_for_model(model, cfg, device, keep_matmuls=True,
-                                                                                   quiet=True)):
+        if way == "products" and not kept and keep_refusal(model) is None:
             checkpoint_layers(model, keep_matmuls=True)
             notice(KEEP_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
@@ -86,26 +86,39 @@ class Sizing:
 
     def offload_wanted(self) -> bool:
         """model.offload_checkpoints=null on one process with the default backend, products not kept by
-        model.checkpoint_matmuls=true: offload when the memory plan cannot fit the micro-batch the step wants at
-        max_seq_length (all its completions, or as many as grpo.micro_batch_tokens allows)."""
+        model.checkpoint_matmuls=true: offload when the memory plan cannot fit the micro-batch the step wants."""
         cfg, plan = self.cfg, self.plan
         if (cfg.model.offload_checkpoints is not None or plan is None or cfg.model.backend != "transformers" or self.distributed
                 or cfg.model.checkpoint_matmuls):
             return False
-        width = cfg.model.max_seq_length
-        return plan.micro_batch(width) < min(self.step_sequences, self.token_limit(width))
+        return not self._fits_whole_micro_batch(plan)
 
     def keep_matmuls_fits(self, kept: Optional[MemoryPlan]) -> bool:
         """model.checkpoint_matmuls=null on one process with the default backend and checkpointing on a GPU (inputs not
-        offloaded by model.offload_checkpoints=true): keep the
-        checkpointed layers' products when `kept` (the plan with them kept) still fits the micro-batch the step
-        wants at max_seq_length, so the recompute they save costs no smaller passes."""
+        offloaded by model.offload_checkpoints=true): keep the checkpointed layers' products when `kept` (the plan
+        with them kept) still fits the micro-batch the step wants, so the recompute they save costs no smaller
+        passes."""
         cfg = self.cfg
         if (cfg.model.checkpoint_matmuls is not None or kept is None or cfg.model.backend != "transformers" or self.distributed
                 or not cfg.model.gradient_checkpointing or self.device.type != "cuda" or cfg.model.offload_checkpoints):
             return False
-        width = cfg.model.max_seq_length
-        return kept.micro_batch(width) >= min(self.step_sequences, self.token_limit(width))
+        return self._fits_whole_micro_batch(kept)
+
+    def _fits_whole_micro_batch(self, plan: MemoryPlan) -> bool:
+        """Whether `plan` fits the micro-batch a step wants at model.max_seq_length: all its completions, or as many
+        as grpo.micro_batch_tokens allows."""
+        width = self.cfg.model.max_seq_length
+        return plan.micro_batch(width) >= min(self.step_sequences, self.token_limit(width))
+
+    def checkpoint_way(self, kept: Optional[MemoryPlan]) -> str:
+        """What checkpointed layers keep, as set or as this plan (products not kept) decides with `kept` (the plan with
+        them kept): "host" (their inputs, offloaded), "products" (their GEMM and attention outputs too) or "inputs"."""
+        m = self.cfg.model
+        if m.checkpoint_matmuls:
+            return "products"
+        if m.offload_checkpoints or self.offload_wanted():
+            return "host"
+        return "products" if self.keep_matmuls_fits(kept) else "inputs"
 
     def rollout_fits(self, shares_prompt: bool, held: int = 0) -> int:
         """Sequences of model.max_seq_length tokens one generate call holds under the plan (prompts counted once
