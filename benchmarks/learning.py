@@ -47,8 +47,9 @@ VARIANTS = {  # name -> overrides of the default recipe
     "fp8": ["rollout.engine=native", "rollout.precision=fp8"],
     "fp8-kv": ["rollout.engine=native", "rollout.precision=fp8-kv"],
     # decode at the skinny-GEMM kernel's rows (the default recipe rolls out 256 at once, past them); bf16 through it
-    # only from packed copies, so those are pinned
-    "native-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.device_snapshots=true"],
+    # only from packed copies, so those are pinned; native-16 is cuBLAS at those rows
+    "native-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.device_snapshots=true",
+                  "rollout.skinny_gemm=false"],
     "native-skinny-16": ["rollout.engine=native", "rollout.batch_size=16", "rollout.device_snapshots=true",
                          "rollout.skinny_gemm=true"],
     "fp8-16": ["rollout.engine=native", "rollout.precision=fp8", "rollout.batch_size=16"],

@@ -196,11 +196,11 @@ class RolloutConfig:
         "differs more from the learner; grpo.sampler_correction=tis corrects for it.",
     )
     skinny_gemm: bool = _f(
-        False,
+        True,
         "Native engine on a GPU of compute capability 9.0+: its packed copies (rollout.device_snapshots) in the "
         "model's dtype (bf16 / fp16) multiply through the Triton skinny-GEMM kernel in decode steps of at most 16 "
-        "rows instead of cuBLAS (measured in docs/performance.md); elsewhere it has no effect, and --dry-run says "
-        "why. Off by default until a learning run covers it. The FP8 precisions pick their kernel themselves.",
+        "rows instead of cuBLAS (measured in docs/performance.md); --dry-run says when it acts. Elsewhere it has no "
+        "effect. false: cuBLAS at every row count. The FP8 precisions pick their kernel themselves.",
     )
 
 

@@ -457,18 +457,16 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
 
 
 def skinny_note(cfg: Config, card, engine: str, dtype, chosen: str) -> str:
-    """What rollout.skinny_gemm=true does on this run ("" when off): the packed copies' decode GEMMs of at most 16 rows
-    through the skinny-GEMM kernel, or why it has no effect here."""
+    """", decode GEMMs ... by the skinny kernel" where rollout.skinny_gemm acts on this run (the native engine's
+    packed bf16 / fp16 copies on sm_90+ with Triton), "" where it has no effect (it is on by default, so saying so
+    on every other card would be noise)."""
     from .rollout import skinny_gemm
 
-    if not cfg.rollout.skinny_gemm:
+    acts = (cfg.rollout.skinny_gemm and engine == "native" and not chosen.startswith("fp8")
+            and skinny_gemm.serves_card(card.capability) and dtype in skinny_gemm.DTYPES
+            and cfg.rollout.device_snapshots is not False)
+    if not acts:
         return ""
-    why = ("the hf engine" if engine != "native" else "FP8 weights pick their own GEMMs" if chosen.startswith("fp8")
-           else f"{card.sm} (needs sm_90+ and Triton)" if not skinny_gemm.serves_card(card.capability)
-           else f"{str(dtype).replace('torch.', '')} weights (bf16 / fp16 only)" if dtype not in skinny_gemm.DTYPES
-           else "no packed copies (rollout.device_snapshots=false)" if cfg.rollout.device_snapshots is False else "")
-    if why:
-        return f", rollout.skinny_gemm has no effect here: {why}"
     when = "" if cfg.rollout.device_snapshots else " when its packed copies fit (rollout.device_snapshots=auto)"
     return f", decode GEMMs of up to {skinny_gemm.MAX_ROWS} rows by the skinny kernel{when} (rollout.skinny_gemm)"
 
