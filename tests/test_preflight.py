@@ -167,26 +167,3 @@ def test_dry_run_says_what_checkpointed_layers_keep():
     assert choice(13, "model.checkpoint_matmuls=true") == ("checkpointed layers keep their GEMM and attention outputs "
                                                             "(model.checkpoint_matmuls=true)", 0)
 
-
-def test_the_skinny_kernel_is_named_only_where_it_acts(monkeypatch):
-    """rollout.skinny_gemm is on by default: --dry-run names the kernel on an sm_90 card with bf16 copies and says
-    nothing where it has no effect (a T4, FP8 weights, the hf engine, no packed copies, or switched off)."""
-    from mathgrpo import preflight
-    from mathgrpo.config import load_config
-    from mathgrpo.model.card import Card
-    from mathgrpo.rollout import skinny_gemm
-
-    monkeypatch.setattr(skinny_gemm, "triton", object())  # as where Triton is installed
-    h100, t4 = Card("cuda", "H100", (9, 0)), Card("cuda", "T4", (7, 5))
-    cfg = load_config("tiny-cpu", [])
-    assert cfg.rollout.skinny_gemm is True
-    note = preflight.skinny_note(cfg, h100, "native", torch.bfloat16, "bf16")
-    assert "skinny kernel" in note and "16 rows" in note
-    assert preflight.skinny_note(cfg, t4, "native", torch.float16, "bf16") == ""
-    assert preflight.skinny_note(cfg, h100, "native", torch.bfloat16, "fp8") == ""
-    assert preflight.skinny_note(cfg, h100, "hf", torch.bfloat16, "bf16") == ""
-    assert preflight.skinny_note(cfg, h100, "native", torch.float32, "bf16") == ""
-    off = load_config("tiny-cpu", ["rollout.skinny_gemm=false"])
-    assert preflight.skinny_note(off, h100, "native", torch.bfloat16, "bf16") == ""
-    no_copies = load_config("tiny-cpu", ["rollout.device_snapshots=false"])
-    assert preflight.skinny_note(no_copies, h100, "native", torch.bfloat16, "bf16") == ""

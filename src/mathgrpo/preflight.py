@@ -462,7 +462,7 @@ def skinny_note(cfg: Config, card, engine: str, dtype, chosen: str) -> str:
     on every other card would be noise)."""
     from .rollout import skinny_gemm
 
-    acts = (cfg.rollout.skinny_gemm and engine == "native" and not chosen.startswith("fp8")
+    acts = (cfg.rollout.skinny_gemm and engine == "native" and chosen == "model dtype"  # not FP8, nor FP8 refused
             and skinny_gemm.serves_card(card.capability) and dtype in skinny_gemm.DTYPES
             and cfg.rollout.device_snapshots is not False)
     if not acts:

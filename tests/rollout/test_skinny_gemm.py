@@ -198,10 +198,10 @@ print("ok")
 """)
 
 
-def test_the_dry_run_says_whether_skinny_gemm_acts(monkeypatch):
-    """preflight's device line says what rollout.skinny_gemm=true does: the decode GEMMs of up to 16 rows on an
-    H100 with the native engine in bf16, or why it has no effect (the hf engine, an L4, FP8 weights, float32, no
-    packed copies); nothing when it is off."""
+def test_the_dry_run_names_the_skinny_kernel_only_where_it_acts(monkeypatch):
+    """rollout.skinny_gemm is on by default: preflight's device line names the decode GEMMs of up to 16 rows on an
+    H100 with the native engine in bf16, and says nothing where it has no effect (the hf engine, an L4, FP8 weights,
+    FP8 asked for on a card without it, float32, no packed copies) or when it is switched off."""
     from mathgrpo import preflight
     from mathgrpo.config import load_config
     from mathgrpo.model import card, common
@@ -213,15 +213,13 @@ def test_the_dry_run_says_whether_skinny_gemm_acts(monkeypatch):
 
     def line(gpu, *settings):
         monkeypatch.setattr(card, "card_of", lambda device: gpu)
-        return preflight.device_choices(load_config("tiny-cpu", ["rollout.skinny_gemm=true", *settings]), brief=True)
+        return preflight.device_choices(load_config("tiny-cpu", list(settings)), brief=True)
 
-    h100, l4 = Card("cuda", "H100", (9, 0), 79.1), Card("cuda", "L4", (8, 9), 22.0)
+    h100, l4, a100 = Card("cuda", "H100", (9, 0), 79.1), Card("cuda", "L4", (8, 9), 22.0), Card("cuda", "A100", (8, 0), 79.1)
     native = ("rollout.engine=native", "model.dtype=bfloat16")
     assert "decode GEMMs of up to 16 rows by the skinny kernel when its packed copies fit" in line(h100, *native)
     assert "skinny kernel (rollout.skinny_gemm)" in line(h100, *native, "rollout.device_snapshots=true")
-    assert "no effect here: the hf engine" in line(h100, "rollout.engine=hf")
-    assert "no effect here: sm_89" in line(l4, *native)
-    assert "no effect here: FP8 weights" in line(h100, *native, "rollout.precision=fp8")
-    assert "no effect here: float32 weights" in line(h100, "rollout.engine=native", "model.dtype=float32")
-    assert "no effect here: no packed copies" in line(h100, *native, "rollout.device_snapshots=false")
-    assert "skinny" not in preflight.device_choices(load_config("tiny-cpu", list(native)), brief=True)
+    for gpu, settings in ((h100, ("rollout.engine=hf",)), (l4, native), (h100, (*native, "rollout.precision=fp8")),
+                          (a100, (*native, "rollout.precision=fp8")), (h100, ("rollout.engine=native", "model.dtype=float32")),
+                          (h100, (*native, "rollout.device_snapshots=false")), (h100, (*native, "rollout.skinny_gemm=false"))):
+        assert "skinny" not in line(gpu, *settings), settings
