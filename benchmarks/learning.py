@@ -57,6 +57,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     # checkpointed training passes (the default recipe's tiny model trains without), keeping the products or not
     "native-ckpt": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=false"],
     "native-ckpt-keep": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=true"],
+    "native-ckpt-auto": ["rollout.engine=native", "model.gradient_checkpointing=true"],  # the memory plan decides
 }
 
 

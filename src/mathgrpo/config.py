@@ -59,11 +59,11 @@ class ModelConfig:
         "wants at model.max_seq_length (its completions, at most grpo.micro_batch_tokens); true/false = always/never.",
     )
     checkpoint_matmuls: Optional[bool] = _f(
-        False,
+        None,
         "With gradient checkpointing on a GPU, also keep each layer's GEMM and attention outputs, so backward "
         "recomputes only its norms, rotary and activation (a third fewer GEMMs; ~15x the checkpoint memory). "
-        "null = GRPO turns it on when its memory plan still fits the micro-batch a step wants with them kept; "
-        "true/false = always/never (false by default until a GPU learning run covers it). Not with offloaded checkpoints.",
+        "null = GRPO turns it on when its memory plan still fits the micro-batch a step wants with them kept "
+        "(--dry-run's memory line says which); true/false = always/never. Not with offloaded checkpoints.",
     )
     cudnn_attention: bool = _f(
         True,
