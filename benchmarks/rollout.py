@@ -539,7 +539,7 @@ PATHS = {  # row label -> NativeEngine keyword arguments (fp8_gemm filled in fro
     "bf16": {"pack": False},
     "fp8": {"precision": "fp8"},
     "fp8-kv": {"precision": "fp8-kv"},
-    "bf16-packed": {"pack": True},
+    "bf16-packed": {"pack": True, "skinny_gemm": False},  # cuBLAS at every row count
     "bf16-skinny": {"pack": True, "skinny_gemm": True},  # rollout.skinny_gemm: the kernel at up to 16 rows
 }
 SHAPES = {"64x(256+1024)": (8, 8), "16x(256+1024)": (4, 4)}  # label -> (prompts, samples per prompt)

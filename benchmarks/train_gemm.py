@@ -53,7 +53,7 @@ def ways(m: int, k: int, n: int, dev: str = "cuda") -> dict:
     ws_row = ws.reshape(1, n).contiguous()
     wq_t = wq.t().contiguous()  # [k, n] row-major: the backward's operand as _scaled_mm wants it (column-major [n, k])
     xq, xs = quantize_rows(x)
-    one = torch.ones((), device=dev)
+    one, ones_k = torch.ones((), device=dev), torch.ones(1, k, device=dev)
     w_deq = (wq.float() * ws).to(torch.bfloat16)
 
     def fp8_forward():
@@ -62,7 +62,7 @@ def ways(m: int, k: int, n: int, dev: str = "cuda") -> dict:
 
     def fp8_backward():
         gq, gs = quantize_rows(g.float() * ws_row)  # g scaled by the weight's row scales, per token
-        return torch._scaled_mm(gq, wq_t.t(), scale_a=gs, scale_b=torch.ones(1, k, device=dev), out_dtype=torch.bfloat16)
+        return torch._scaled_mm(gq, wq_t.t(), scale_a=gs, scale_b=ones_k, out_dtype=torch.bfloat16)
 
     return {
         "bf16 forward": lambda: x @ w.t(),

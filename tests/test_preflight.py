@@ -166,4 +166,3 @@ def test_dry_run_says_what_checkpointed_layers_keep():
     # asked for where not one sequence fits with them: no offload then, and the plan says 0
     assert choice(13, "model.checkpoint_matmuls=true") == ("checkpointed layers keep their GEMM and attention outputs "
                                                             "(model.checkpoint_matmuls=true)", 0)
-

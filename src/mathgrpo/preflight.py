@@ -388,7 +388,8 @@ def checkpoint_choice(cfg: Config, shape: object, device, budget: int) -> tuple:
     m = cfg.model
     plans = {way: plan_for_config(shape, cfg, device, budget, offload=way == "host", keep_matmuls=way == "products")
              for way in ("inputs", "host", "products")}
-    way = Sizing(cfg, plans["inputs"], device=device).checkpoint_way(plans["products"])
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun the sizing keeps inputs (keep_matmuls_fits)
+    way = Sizing(cfg, plans["inputs"], device=device, distributed=distributed).checkpoint_way(plans["products"])
     kept = {"host": f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})",
             "products": "checkpointed layers keep their GEMM and attention outputs",
             "inputs": "checkpointed layers keep their inputs"}[way]
@@ -458,13 +459,13 @@ def device_choices(cfg: Config, brief: bool = False) -> str:
 
 def skinny_note(cfg: Config, card, engine: str, dtype, chosen: str) -> str:
     """", decode GEMMs ... by the skinny kernel" where rollout.skinny_gemm acts on this run (the native engine's
-    packed bf16 / fp16 copies on sm_90+ with Triton), "" where it has no effect (it is on by default, so saying so
+    packed bf16 / fp16 copies of merged LoRA on sm_90+ with Triton), "" where it has no effect (it is on by default, so saying so
     on every other card would be noise)."""
     from .rollout import skinny_gemm
 
     acts = (cfg.rollout.skinny_gemm and engine == "native" and chosen == "model dtype"  # not FP8, nor FP8 refused
             and skinny_gemm.serves_card(card.capability) and dtype in skinny_gemm.DTYPES
-            and cfg.rollout.device_snapshots is not False)
+            and cfg.rollout.device_snapshots is not False and cfg.rollout.lora == "merge")
     if not acts:
         return ""
     when = "" if cfg.rollout.device_snapshots else " when its packed copies fit (rollout.device_snapshots=auto)"

@@ -201,7 +201,7 @@ print("ok")
 def test_the_dry_run_names_the_skinny_kernel_only_where_it_acts(monkeypatch):
     """rollout.skinny_gemm is on by default: preflight's device line names the decode GEMMs of up to 16 rows on an
     H100 with the native engine in bf16, and says nothing where it has no effect (the hf engine, an L4, FP8 weights,
-    FP8 asked for on a card without it, float32, no packed copies) or when it is switched off."""
+    FP8 asked for on a card without it, float32, no packed copies, the adapter beside the weights) or when it is switched off."""
     from mathgrpo import preflight
     from mathgrpo.config import load_config
     from mathgrpo.model import card, common
@@ -221,5 +221,6 @@ def test_the_dry_run_names_the_skinny_kernel_only_where_it_acts(monkeypatch):
     assert "skinny kernel (rollout.skinny_gemm)" in line(h100, *native, "rollout.device_snapshots=true")
     for gpu, settings in ((h100, ("rollout.engine=hf",)), (l4, native), (h100, (*native, "rollout.precision=fp8")),
                           (a100, (*native, "rollout.precision=fp8")), (h100, ("rollout.engine=native", "model.dtype=float32")),
-                          (h100, (*native, "rollout.device_snapshots=false")), (h100, (*native, "rollout.skinny_gemm=false"))):
+                          (h100, (*native, "rollout.device_snapshots=false")), (h100, (*native, "rollout.lora=lowrank")),
+                          (h100, (*native, "rollout.skinny_gemm=false"))):
         assert "skinny" not in line(gpu, *settings), settings

@@ -85,7 +85,7 @@ def precision_refusal(precision: str, engine: str, lora: str, card: Any, device:
 
 def make_engine(engine: Union[str, EngineChoice], model: Any, tokenizer: Any, stop_ids: list, batch_size: int = 0,
                 lora: str = "merge", snapshots_on_device: bool = False, hf_cache: str = "auto",
-                precision: str = "auto", skinny_gemm: bool = False) -> RolloutEngine:
+                precision: str = "auto", skinny_gemm: bool = True) -> RolloutEngine:
     """The engine a rollout.engine value names (chosen by `choose_engine` with `lora` and `precision`), or the one
     an `EngineChoice` made, built for its whole life: `batch_size` sequences per generate call (0: all), whether the
     native engine keeps its copies of the LoRA-merged weights on the GPU (`snapshots_on_device`) and multiplies

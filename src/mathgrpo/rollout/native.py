@@ -215,7 +215,7 @@ class NativeEngine(RolloutEngine):
         pack: Optional[bool] = None,
         fp8_gemm: Union[None, str, dict] = None,
         kv_cache: Optional[str] = None,
-        skinny_gemm: bool = False,
+        skinny_gemm: bool = True,
     ) -> None:
         """precision: auto / bf16 (the model's dtype), fp8 (packed FP8 copies of the projections) or fp8-kv (that
         and the KV cache in FP8). fp8_gemm: how FP8 projections multiply, one of fp8.GEMMS for all or {packed name:

@@ -8,8 +8,9 @@ weights at about 0.7-1.7 TB/s on an H100, this kernel at 1.5-2.5 (`benchmarks/de
   scale a row (quantized upstream, as the `unit` way does) times float8 weights with one scale an output channel,
   both scales applied to the sums. On sm_90, 64-row tiles (wgmma) accumulate float8 products as cuBLAS's
   fast-accumulation mode does (Triton's default there);
-- with `rollout.skinny_gemm=true`, the engine's packed bf16 / fp16 copies on sm_90+ in decode steps of at most
-  `MAX_ROWS` rows, where its tiles beat cuBLAS by a little (off by default: no learning run covers it yet).
+- with `rollout.skinny_gemm` (on by default since the default recipe decoding at 16 rows through it learned as through
+  cuBLAS, docs/performance.md), the engine's packed bf16 / fp16 copies on sm_90+ in decode steps of at most
+  `MAX_ROWS` rows, where its tiles beat cuBLAS by a little.
 
 The grid is (row tiles, column tiles, K splits). With one split a program writes its [BLOCK_M, BLOCK_N] tile in
 the output dtype; with several (for the narrow projections, whose column tiles alone would leave SMs idle) each
