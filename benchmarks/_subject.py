@@ -7,6 +7,23 @@ QWEN3_4B = {
     "rope_theta": 1e6, "max_position_embeddings": 40960,
 }
 
+
+def cuda_ms(fn, iters: int = 20) -> float:
+    """Mean milliseconds of fn() over `iters` calls after three warm-up calls, by CUDA events."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
 CATEGORIES = (  # kernel-name substrings, first match wins
     ("attention", ("flash", "fmha", "attention")),
     ("GEMM", ("gemm", "nvjet", "sm90_xmma", "cutlass", "matmul", "splitk")),

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mathgrpo.model import fused_lora
+from _subject import cuda_ms  # benchmarks/ is on the path when this script runs
 from train_speed import SEQ
 
 TOKENS, R = 20480, 32
@@ -57,20 +58,6 @@ class BaseFirst(torch.autograd.Function):
 
 
 ORDERS = {"base first": BaseFirst, "low-rank first (ours)": fused_lora.LoraLinear}
-
-
-def cuda_ms(fn, iters: int = 20) -> float:
-    """Mean milliseconds of fn() over `iters` calls after three warm-up calls, by CUDA events."""
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def projections() -> list:

@@ -6,7 +6,7 @@ runs (thousands of tokens a pass), where a decode step's 16-64 rows are bound by
 Every projection of the layer as the model holds it (q, k, v, o, gate, up, down); each way timed with CUDA
 events over `--reps` calls after a warm-up, the activation quantization timed with the GEMM where the way needs it.
 
-    python3 benchmarks/train_gemm.py --tokens 20480 8192 --out /tmp/train_gemm.json
+    PYTHONPATH=src python3 benchmarks/train_gemm.py --tokens 20480 8192 --out /tmp/train_gemm.json
 """
 
 from __future__ import annotations
@@ -17,31 +17,13 @@ from pathlib import Path
 
 import torch
 
-HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER = 2560, 32, 8, 128, 9728
-PROJECTIONS = {"q": (HIDDEN, HEADS * HEAD_DIM), "k": (HIDDEN, KV_HEADS * HEAD_DIM), "v": (HIDDEN, KV_HEADS * HEAD_DIM),
-               "o": (HEADS * HEAD_DIM, HIDDEN), "gate": (HIDDEN, INTER), "up": (HIDDEN, INTER), "down": (INTER, HIDDEN)}
-E4M3, E4M3_MAX = torch.float8_e4m3fn, 448.0
+from _subject import QWEN3_4B, cuda_ms  # benchmarks/ is on the path when this script runs
+from mathgrpo.rollout.fp8 import quantize_tokens as quantize_rows  # one float32 scale a row: x ~= q * scale
 
-
-def quantize_rows(x: torch.Tensor) -> tuple:
-    """x [M, K] -> (float8 [M, K], float32 [M, 1]) with one scale per row."""
-    xf = x.float()
-    s = (xf.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp_min(1e-12)
-    return (xf / s).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), s
-
-
-def timed(fn, reps: int) -> float:
-    """Mean milliseconds of `fn()` over `reps` calls after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+_H, _Q, _KV, _I = (QWEN3_4B["hidden_size"], QWEN3_4B["num_attention_heads"] * QWEN3_4B["head_dim"],
+                   QWEN3_4B["num_key_value_heads"] * QWEN3_4B["head_dim"], QWEN3_4B["intermediate_size"])
+PROJECTIONS = {"q": (_H, _Q), "k": (_H, _KV), "v": (_H, _KV), "o": (_Q, _H), "gate": (_H, _I), "up": (_H, _I),
+               "down": (_I, _H)}  # name -> (in, out) features
 
 
 def ways(m: int, k: int, n: int, dev: str = "cuda") -> dict:
@@ -89,7 +71,7 @@ def main() -> None:
         totals: dict = {}
         for name, (k, n) in PROJECTIONS.items():
             for way, fn in ways(m, k, n).items():
-                ms = timed(fn, args.reps)
+                ms = cuda_ms(fn, args.reps)
                 tflops = 2 * m * k * n / ms / 1e9
                 rows.append({"tokens": m, "projection": name, "way": way, "ms": ms, "tflops": tflops})
                 totals[way] = totals.get(way, 0.0) + ms

@@ -40,10 +40,15 @@ class World:
 _WORLD = World()
 
 
+def launched_size() -> int:
+    """How many processes torchrun launched (WORLD_SIZE; 1 without it), known before `init` joins them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init() -> World:
     """Join the process group torchrun describes (once); one process without torchrun."""
     global _WORLD
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_size()
     if size == 1 or torch_dist.is_initialized():
         return _WORLD
     local = int(os.environ.get("LOCAL_RANK", "0"))

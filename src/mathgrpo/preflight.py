@@ -306,11 +306,13 @@ def memory_fixes(cfg: Config, shape: object, have: Memory, need: int) -> list:
 
 def check_memory(cfg: Config, have: Optional[Memory] = None) -> Check:
     """Whether this machine (or `have`) can hold the model with the smallest step of `cfg`; the fixes when not."""
+    from .dist import launched_size
+
     name = cfg.model.name
     shape, source = model_shape(name)
     if shape is None:
         return Check("model.name (memory)", name, f"no estimate ({source})")
-    if cfg.run.parallel == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if cfg.run.parallel == "fsdp" and launched_size() > 1:
         return Check("model.name (memory)", name, "no estimate under FSDP (weights sharded over the ranks)")
     have = have or machine_memory(cfg)
     need, breakdown = memory_needed(cfg, shape, have.gpu, have.bytes)
@@ -382,14 +384,15 @@ def memory_line(cfg: Config) -> str:
 def checkpoint_choice(cfg: Config, shape: object, device, budget: int) -> tuple:
     """(the plan GRPO trains under, what its checkpointed layers keep), as `Sizing.for_model` decides it from the
     model's shape."""
+    from .dist import launched_size
     from .training.memory import plan_for_config
     from .training.sizing import Sizing
 
     m = cfg.model
     plans = {way: plan_for_config(shape, cfg, device, budget, offload=way == "host", keep_matmuls=way == "products")
              for way in ("inputs", "host", "products")}
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under torchrun the sizing keeps inputs (keep_matmuls_fits)
-    way = Sizing(cfg, plans["inputs"], device=device, distributed=distributed).checkpoint_way(plans["products"])
+    sizing = Sizing(cfg, plans["inputs"], device=device, distributed=launched_size() > 1)  # as under torchrun
+    way = sizing.checkpoint_way(plans["products"])
     kept = {"host": f"checkpointed layer inputs on the host (model.offload_checkpoints={_setting(m.offload_checkpoints)})",
             "products": "checkpointed layers keep their GEMM and attention outputs",
             "inputs": "checkpointed layers keep their inputs"}[way]
@@ -417,6 +420,7 @@ def rollout_choice(cfg: Config) -> tuple:
     visible: check_device says so) and the rollout engine it gets."""
     import torch
 
+    from .dist import launched_size
     from .model.card import card_of, choose_engine
     from .model.common import resolve_device
 
@@ -425,7 +429,7 @@ def rollout_choice(cfg: Config) -> tuple:
     except Exception:  # a CUDA device asked for and none visible: check_device says so
         device = torch.device("cpu")
     card = card_of(device)
-    sharded = cfg.run.parallel == "fsdp" and os.environ.get("WORLD_SIZE", "1") != "1"
+    sharded = cfg.run.parallel == "fsdp" and launched_size() > 1
     engine, engine_why = choose_engine(cfg.rollout.engine, card, sharded)
     if engine == "native" and device.type == "cuda" and not card.kernels:
         engine, engine_why = "hf", f"the native engine's kernels need sm_80+ and this card is {card.sm}"
