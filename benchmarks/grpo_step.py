@@ -30,7 +30,7 @@ MODEL_DIR = "/tmp/q4b-random"
 PROMPT, NEW, PROMPTS, G, R = 256, 1024, 8, 8, 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LAYOUT = None  # this phase's log-prob layout (mathgrpo.training.logprobs.PassLayout) set by main from --masked /
-# --width-multiple; None: the default layout
+# --width-multiple / --rows; None: the default layout
 
 
 # ---- shared helpers (run inside each phase's process) ------------------------------------------
@@ -551,7 +551,7 @@ def driver(args) -> None:
             sink["rows"].append({"phase": name, "flags": flags, "skipped": f"{left:.0f} s left, needs ~{need} s"})
             continue
         t = time.perf_counter()
-        passed = [f for f, on in (("--masked", args.masked), ("--ragged", args.ragged)) if on] + (["--extra", *args.extra] if args.extra else [])
+        passed = [f for f, on in (("--masked", args.masked), ("--ragged", args.ragged), ("--rows", args.rows)) if on] + (["--extra", *args.extra] if args.extra else [])
         passed += ["--width-multiple", str(args.width_multiple)] if args.width_multiple else []
         rows = run_phase(name, out, left - 5, *flags, *(passed if name != "build" else []))
         for r in rows:
@@ -606,6 +606,7 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="capped phases: profile one more step")
     p.add_argument("--masked", action="store_true", help="log-probs through the masked path, rows not rotated (A/B; the driver passes it to every phase)")
     p.add_argument("--width-multiple", type=int, default=0, help="round rotated log-prob batches to this many columns instead of WIDTH_MULTIPLE (1 = no rounding; A/B; passed to every phase)")
+    p.add_argument("--rows", action="store_true", help="our steps' log-prob passes as rows, not packed (each prompt once, no padding; A/B; passed to every phase)")
     p.add_argument("--ragged", action="store_true", help="our step phase: prompts of 193-256 tokens (left-padded batches; passed to every phase)")
     p.add_argument("--extra", nargs="*", default=[], help="config overrides for our runs (the driver passes them to every phase)")
     p.add_argument("--only", nargs="*", default=[],
@@ -618,11 +619,11 @@ def main() -> None:
     from mathgrpo.training.logprobs import WIDTH_MULTIPLE, PassLayout
 
     # --masked: the log-probs' masked path for every batch (no rotation); --width-multiple: another rounding (A/B runs)
-    LAYOUT = PassLayout(rotate=not args.masked, width_multiple=args.width_multiple or None)
+    LAYOUT = PassLayout(rotate=not args.masked, width_multiple=args.width_multiple or None, pack=not args.rows)
     try:
         rows = PHASES[args.phase](args)
         for r in rows:
-            r["masked_logprobs"], r["ragged_prompts"] = args.masked, args.ragged
+            r["masked_logprobs"], r["ragged_prompts"], r["packed"] = args.masked, args.ragged, not args.rows
             r["width_multiple"] = args.width_multiple or WIDTH_MULTIPLE
     except Exception as err:
         rows = [{"phase": args.phase, "error": f"{type(err).__name__}: {err}"[:800], "trace": traceback.format_exc()[-2000:]}]

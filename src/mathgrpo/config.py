@@ -237,6 +237,11 @@ class GRPOConfig:
         "When the memory budget sizes micro-batches: at most this many tokens (completions x padded width) a "
         "pass (larger passes use more memory and are hardly faster; docs/performance.md). 0 = no limit.",
     )
+    packed_passes: bool = _f(
+        True,
+        "Log-prob passes with each prompt once and no padding: a micro-batch as one sequence, a prompt's "
+        "completions side by side (transformers backend, Qwen3 / Qwen2 decoders; others run rows). false: rows.",
+    )
     scale_rewards: str = _f(
         "group",
         "Advantage scaling: group (divide by the group's std, GRPO, Shao et al. 2024), batch (the batch's std, "

@@ -9,7 +9,7 @@ from mathgrpo.config import load_config
 from mathgrpo.data.arith import split
 from mathgrpo.training.advantages import group_advantages
 from mathgrpo.training.batch import collate
-from mathgrpo.training.logprobs import model_parts, token_logprobs
+from mathgrpo.training.logprobs import PassLayout, model_parts, token_logprobs
 from mathgrpo.training.grpo import GRPORun
 from mathgrpo.model.loading import apply_liger
 
@@ -117,8 +117,12 @@ def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_p
     body, _ = model_parts(failing.model)
 
     def fail_when_large(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and ids.shape[0] > 2:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, dict):  # a packed pass: one sequence, a tile row per completion
+            sequences = mask["full_attention"].tiles[1].queries.shape[0]
+        else:
+            sequences = kwargs.get("input_ids", args[0] if args else None).shape[0]
+        if sequences > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
     handle = body.register_forward_pre_hook(fail_when_large, with_kwargs=True)
@@ -135,6 +139,31 @@ def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_p
             # rounding, which shows up as ~1e-6 on steps of 1e-3; a wrong update would be off by ~1e-3.
             assert torch.allclose(p, q, atol=2e-5), (name, (p - q).abs().max().item())
     assert failing.sizing.micro(len(batch_b), batch_b.input_ids.shape[1]).size == 2  # kept for later steps
+
+
+def test_a_packed_update_equals_the_rows_update(tmp_path):
+    """The default (packed passes, micro-batches by prompt) and rows laid out by length take the same update:
+    loss, sampler gap and LoRA weights after one step with 3 completions a micro-batch; the packed run's passes
+    are one sequence each and its micro-batches keep prompts together."""
+    over = ("grpo.micro_batch_size=3", "lora.enabled=true", "sft.full_finetune=false")
+    packed, rows = make_run(tmp_path / "a", *over), make_run(tmp_path / "b", *over)
+    rows.model.load_state_dict(packed.model.state_dict())
+    rows.update.layout = PassLayout(pack=False)
+    batch_p, batch_r = rollout_batch(packed), rollout_batch(rows)
+    assert torch.equal(batch_p.input_ids, batch_r.input_ids)
+    body, _ = model_parts(packed.model)
+    widths = []
+    handle = body.register_forward_pre_hook(lambda m, a, k: widths.append(k["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        got = packed.learn(batch_p, len(batch_p))
+    finally:
+        handle.remove()
+    want = rows.learn(batch_r, len(batch_r))
+    assert widths == [1, 1, 1]
+    assert abs(got["loss"] - want["loss"]) < 1e-6 and abs(got["sampler_gap_mean"] - want["sampler_gap_mean"]) < 1e-6
+    for (name, p), (_, q) in zip(packed.model.named_parameters(), rows.model.named_parameters()):
+        if p.requires_grad:
+            assert torch.allclose(p, q, atol=2e-5), (name, (p - q).abs().max().item())
 
 
 def test_liger_skipped_cleanly_on_cpu(tmp_path):

@@ -43,15 +43,22 @@ class RolloutBatch:
             sampler_logp=cut(self.sampler_logp),
         )
 
-    def micro_indices(self, size: int) -> list:
-        """Row indices of micro-batches of at most `size` completions, longest first, grouped by length."""
-        lengths = self.attention_mask[:, self.prompt_width :].sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
+    def micro_indices(self, size: int, by_prompt: bool = False) -> list:
+        """Row indices of micro-batches of at most `size` completions: longest first, grouped by length so
+        padding stays small; with `by_prompt`, each prompt's completions side by side (a packed pass runs each
+        prompt once and pads nothing, see `packing`)."""
+        if by_prompt:
+            _, group = torch.unique(self.input_ids[:, : self.prompt_width] * self.attention_mask[:, : self.prompt_width],
+                                    dim=0, return_inverse=True)
+            order = torch.argsort(group, stable=True)
+        else:
+            lengths = self.attention_mask[:, self.prompt_width :].sum(dim=1)
+            order = torch.argsort(lengths, descending=True, stable=True)
         return [order[i : i + size] for i in range(0, len(self), size)]
 
-    def micro_batches(self, size: int) -> list:
-        """Micro-batches of at most `size` completions, grouped by length so padding stays small."""
-        return [self.rows(index) for index in self.micro_indices(size)]
+    def micro_batches(self, size: int, by_prompt: bool = False) -> list:
+        """Micro-batches of at most `size` completions, in the order `micro_indices` gives."""
+        return [self.rows(index) for index in self.micro_indices(size, by_prompt)]
 
 
 def collate(generations: list, advantages: torch.Tensor, pad_id: int, mask_truncated: bool, device: torch.device) -> RolloutBatch:

@@ -7,7 +7,8 @@ respect to its hidden state, (onehot - softmax) W / temperature, and keeps only 
 backward scales it by the incoming per-token gradient, with no second pass over the vocabulary.
 On a GPU with Triton, one kernel pass over each chunk's logits (`head_kernel`) replaces the fp32
 softmax. A trainable or sharded head instead checkpoints each chunk and recomputes its logits in backward.
-The decoder sees each row rotated past its left padding and no attention mask (`right_aligned`).
+The decoder sees each row rotated past its left padding and no attention mask (`right_aligned`), or,
+inside `packing.attention`, the whole micro-batch as one sequence with each prompt once (`packing`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..model.loading import unwrap
-from . import head_kernel
+from . import head_kernel, packing
 
 
 def model_parts(model: Any) -> tuple:
@@ -158,6 +159,7 @@ class PassLayout:
     width_multiple: Optional[int] = None  # rotated widths rounded up to this; None: WIDTH_MULTIPLE on a GPU, 1 elsewhere
     guard_widths: bool = True  # masked batches widened where cuDNN's backward fails (`safe_attention_width`)
     head_kernel: bool = True  # the frozen head's log-probs through the Triton kernel on a GPU (False: torch chunks)
+    pack: bool = True  # inside `packing.attention`: each prompt once, no padding (`packing`); else rows
 
     def aligned(self, attention_mask: torch.Tensor, prompt_width: int) -> Optional[tuple]:
         """`right_aligned` when rows are rotated, else None (the masked path)."""
@@ -184,17 +186,37 @@ def token_logprobs(
 
     input_ids, attention_mask: [N, P + C], prompts left-padded to P, completions right-padded.
     temperature: the sampling temperature, so the log-probs are those of the sampling distribution.
-    layout: how the rows run through the model; by default rotated past their left padding (no mask,
-    see `right_aligned`).
+    layout: how the rows run through the model; by default packed where `packing.attention` is open (each
+    prompt once, no padding; 0 where a row has no token), else rotated past their left padding (no mask, see
+    `right_aligned`).
     """
     body, head = model_parts(model)
+    if layout.pack and packing.active(model):
+        packed = packing.pack(input_ids, attention_mask, prompt_width, width_multiple(input_ids.device, layout.width_multiple))
+        if packed is not None:
+            return _packed_logprobs(body, head, packed, input_ids.shape[0], input_ids.shape[1] - prompt_width,
+                                    temperature, chunk_tokens, layout)
     hidden = _completion_hidden(body, input_ids, attention_mask, prompt_width, layout)  # [N, C, H] predicts P..P+C-1
     targets = input_ids[:, prompt_width:]  # [N, C]
-    flat_h = hidden.reshape(-1, hidden.shape[-1])
-    flat_t = targets.reshape(-1)
+    return _head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), temperature, chunk_tokens,
+                          layout).view_as(targets)
+
+
+def _packed_logprobs(body: Any, head: Any, packed: packing.PackedPass, rows: int, width: int, temperature: float,
+                     chunk_tokens: int, layout: PassLayout) -> torch.Tensor:
+    """Log-probs of a packed pass's completion tokens laid out as the rows' [N, C]; 0 where a row has no token."""
+    hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                  attention_mask={"full_attention": packed.attention}).last_hidden_state[0]  # [T, H]
+    logp = _head_logprobs(head, hidden[packed.predictors], packed.targets, temperature, chunk_tokens, layout)
+    out = torch.zeros((rows, width), dtype=logp.dtype, device=logp.device)
+    return out.index_put((packed.rows, packed.cols), logp)
+
+
+def _head_logprobs(head: Any, flat_h: torch.Tensor, flat_t: torch.Tensor, temperature: float, chunk_tokens: int,
+                   layout: PassLayout) -> torch.Tensor:
+    """log p(target) of [M, H] hidden states through the output head, chunk by chunk. [M]"""
     if _frozen_plain_head(head) and flat_h.dtype == head.weight.dtype:
-        return FrozenHeadLogProb.apply(flat_h, head.weight, flat_t, temperature, chunk_tokens,
-                                       layout.head_kernel).view_as(targets)
+        return FrozenHeadLogProb.apply(flat_h, head.weight, flat_t, temperature, chunk_tokens, layout.head_kernel)
     pieces = []
     for start in range(0, flat_h.shape[0], chunk_tokens):
         h, t = flat_h[start : start + chunk_tokens], flat_t[start : start + chunk_tokens]
@@ -202,7 +224,7 @@ def token_logprobs(
             pieces.append(checkpoint(_chunk_logprobs, head, h, t, temperature, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(head, h, t, temperature))
-    return torch.cat(pieces).view_as(targets)
+    return torch.cat(pieces)
 
 
 def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,

@@ -10,6 +10,7 @@ rollouts, and freeing them when the sizing says they would shrink the micro-batc
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,6 +20,7 @@ from ..config import GRPOConfig
 from .batch import RolloutBatch
 from ..model.precision import Precision
 from ..progress import notice
+from . import packing
 from .logprobs import PassLayout, token_logprobs
 from .optim import OptimizerStep
 from .loss import LossSettings, policy_loss
@@ -37,7 +39,7 @@ class PolicyUpdate:
         self.held_bytes, self.release = held_bytes, release  # the rollout engine's kept memory, and freeing it
         self.temperature = temperature or 1.0
         self.device = next(model.parameters()).device
-        self.layout = PassLayout()  # how log-prob passes lay batches out (benchmarks set another)
+        self.layout = PassLayout(pack=cfg.packed_passes)  # how log-prob passes lay batches out (benchmarks set another)
         self.applied = False  # an optimizer step of the current GRPO step has been taken
 
     def clock(self) -> float:
@@ -64,12 +66,21 @@ class PolicyUpdate:
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
         """Reference log-probs where needed, then the optimizer steps; `batch` None: nothing kept on this rank."""
         self.model.train()
-        t0 = self.clock()
-        if batch is not None:
-            self.reference_logps(batch)
-        metrics = {"reference_time": self.clock() - t0}
-        metrics.update(self.optimize(batch, total_seqs))
+        with self.attention():  # forward and backward: checkpointed layers run attention again there
+            t0 = self.clock()
+            if batch is not None:
+                self.reference_logps(batch)
+            metrics = {"reference_time": self.clock() - t0}
+            metrics.update(self.optimize(batch, total_seqs))
         return metrics
+
+    def attention(self):
+        """The context the step's passes run in: packed passes where the layout asks and the model allows."""
+        return packing.attention(self.model) if self.layout.pack else nullcontext(False)
+
+    def packed(self) -> bool:
+        """Whether this step's passes are packed (then micro-batches keep each prompt's completions together)."""
+        return self.layout.pack and packing.active(self.model)
 
     def reference_logps(self, batch: RolloutBatch) -> None:
         """Fill old_logp (num_iterations > 1) and ref_logp (beta > 0) without gradients, micro-batch by micro-batch.
@@ -84,7 +95,7 @@ class PolicyUpdate:
         old = torch.zeros((len(batch), C), device=self.device) if need_old else None
         ref = torch.zeros((len(batch), C), device=self.device) if need_ref else None
         with torch.no_grad():
-            for index in batch.micro_indices(self.micro_size(batch)):
+            for index in batch.micro_indices(self.micro_size(batch), self.packed()):
                 micro = batch.rows(index)
                 width = micro.completion_mask.shape[1]
                 if need_old:
@@ -151,7 +162,7 @@ class PolicyUpdate:
     def _accumulate(self, batch, size: int, total_tokens: float, total_seqs: int, times: dict) -> dict:
         """Forward and backward over every micro-batch of `size` sequences, gradients summed; the loss statistics."""
         stats = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "gap": {}}
-        for micro in batch.micro_batches(size) if batch is not None else []:
+        for micro in batch.micro_batches(size, self.packed()) if batch is not None else []:
             t0 = self.clock()
             logp = self.logps(micro)
             old = micro.old_logp if micro.old_logp is not None else logp.detach()

@@ -1,0 +1,128 @@
+"""Packed log-prob passes (each prompt once, no padding) give the row layout's log-probs and LoRA gradients,
+through eager and SDPA attention, checkpointed layers (products kept or not) and a whole GRPO update; the
+model's attention implementation is restored after; models packing cannot serve run as rows."""
+
+import pytest
+import torch
+
+from mathgrpo.config import LoraConfig
+from mathgrpo.model.loading import add_lora, checkpoint_layers
+from mathgrpo.model.tiny import build_tiny
+from mathgrpo.training import packing
+from mathgrpo.training.batch import RolloutBatch
+from mathgrpo.training.logprobs import PassLayout, model_parts, plain_token_logprobs, token_logprobs
+
+P, C = 6, 7
+
+
+def _batch():
+    """Five rows: 0-2 share a prompt (left-padded by 2, row 1 with another pad id), row 1 ends early, row 3
+    is a short completion, row 4 a 2-token prompt."""
+    torch.manual_seed(0)
+    ids = torch.randint(3, 100, (5, P + C))
+    mask = torch.ones_like(ids)
+    ids[1, :P] = ids[0, :P]
+    ids[2, :P] = ids[0, :P]
+    mask[:3, :2] = 0
+    ids[1, :2] = 5
+    mask[1, P + 4 :] = 0
+    mask[3, P + 2 :] = 0
+    mask[4, :4] = 0
+    return ids, mask
+
+
+def _lora_model(seed: int = 3, attention: str = "eager"):
+    model = add_lora(build_tiny(seed=seed)[0], LoraConfig(r=4, alpha=8))
+    model.set_attn_implementation(attention)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def _logps_and_grads(model, fn, weights):
+    model.zero_grad()
+    logp = fn()
+    (logp * weights).sum().backward()
+    return logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+def test_pack_runs_each_prompt_once_and_no_padding():
+    """Three distinct prompts (4 + 6 + 2 tokens) once each, then every real completion token (7+4+7+2+7);
+    positions restart after the prompt for each completion; each first token is predicted by its prompt's last."""
+    ids, mask = _batch()
+    packed = packing.pack(ids, mask, P)
+    assert packed.input_ids.shape == (1, 12 + 27)
+    assert packed.position_ids[0, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # prompt 0, then row 0
+    assert packed.position_ids[0, 11:15].tolist() == [4, 5, 6, 7]  # row 1 starts after the shared prompt
+    assert packed.targets.tolist() == ids[mask.bool() & (torch.arange(P + C) >= P)].tolist()
+    first = [i for i, c in enumerate(packed.cols.tolist()) if c == 0]
+    assert packed.predictors[first].tolist() == [3, 3, 3, 27, 31]  # rows 0-2 share prompt 0's last token
+    assert [tuple(t.queries.shape) for t in packed.attention.tiles] == [(3, 6), (5, 7)]
+    assert tuple(packing.pack(ids, mask, P, multiple=8).attention.tiles[1].keys.shape) == (5, 16)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_logprobs_and_gradients_match_the_rows(attention):
+    """Same values (at real completion tokens; 0 elsewhere) and LoRA gradients as the full-logits reference at
+    temperature 0.7, the frozen head's chunks smaller than the pass; the implementation is restored after."""
+    model = _lora_model(attention=attention)
+    ids, mask = _batch()
+    real = mask[:, P:].bool()
+    weights = torch.randn(5, C) * real
+    ref, ref_grads = _logps_and_grads(model, lambda: plain_token_logprobs(model, ids, mask, P, 0.7), weights)
+    with packing.attention(model) as on:
+        assert on and packing.active(model)
+        got, grads = _logps_and_grads(model, lambda: token_logprobs(model, ids, mask, P, 0.7, chunk_tokens=4), weights)
+    assert model.config._attn_implementation == attention and not packing.active(model)
+    assert torch.allclose(got[real], ref[real], atol=1e-5) and torch.all(got[~real] == 0)
+    assert torch.allclose(grads, ref_grads, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep_matmuls", [False, True])
+def test_packed_passes_through_checkpointed_layers(keep_matmuls):
+    """Checkpointed layers run the packed attention again in backward (inside the context): same gradients."""
+    model = _lora_model(seed=5, attention="sdpa")
+    ids, mask = _batch()
+    weights = torch.randn(5, C) * mask[:, P:]
+    rows = lambda: token_logprobs(model, ids, mask, P, 1.0, layout=PassLayout(pack=False))  # noqa: E731
+    _, want = _logps_and_grads(model, rows, weights)
+    checkpoint_layers(model, keep_matmuls=keep_matmuls)
+    model.train()
+    with packing.attention(model):
+        _, got = _logps_and_grads(model, lambda: token_logprobs(model, ids, mask, P, 1.0), weights)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_outside_the_context_or_unsupported_the_rows_run():
+    """Without the context a pass is laid out as rows (the body sees [N, width]); a model type packing does not
+    know yields False and is left alone; the implementation comes back after an error inside."""
+    model = _lora_model()
+    ids, mask = _batch()
+    body, _ = model_parts(model)
+    seen = []
+    handle = body.register_forward_pre_hook(lambda m, a, k: seen.append(tuple(k["input_ids"].shape)), with_kwargs=True)
+    token_logprobs(model, ids, mask, P)
+    with packing.attention(model):
+        token_logprobs(model, ids, mask, P)
+    handle.remove()
+    assert seen[0][0] == 5 and seen[1] == (1, 39)
+    with pytest.raises(RuntimeError), packing.attention(model):
+        raise RuntimeError("inside")
+    assert model.config._attn_implementation == "eager"
+    model.config.model_type = "llama"  # whose decoder does not take masks as a dict
+    assert "llama" in packing.supported(model)
+    with packing.attention(model) as on:
+        assert not on and model.config._attn_implementation == "eager"
+
+
+def test_micro_batches_by_prompt_keep_each_prompt_together():
+    ids, mask = _batch()
+    order = [0, 3, 1, 4, 2]  # rows 0, 1, 2 share a prompt
+    batch = RolloutBatch(ids[order], mask[order], P, mask[order, P:].float(), torch.zeros(5))
+    flat = torch.cat(batch.micro_indices(3, by_prompt=True)).tolist()
+    at = sorted(flat.index(i) for i in (0, 2, 4))
+    assert at[2] - at[0] == 2 and sorted(flat) == [0, 1, 2, 3, 4]  # side by side, every row once
+    assert [len(i) for i in batch.micro_indices(3, by_prompt=True)] == [3, 2]
+    by_length = torch.cat(batch.micro_indices(3)).tolist()
+    assert by_length == [0, 3, 4, 2, 1]  # the default: longest completions first
