@@ -5,7 +5,7 @@ Subject: the Qwen3-4B shape with random bf16 weights, LoRA r32 / alpha 64 on all
 Liger where installed, checkpointed layers keeping their products (what the memory plan picks on an 80 GB card)
 or only their inputs (`--plain`). A step's batch: 8 prompts x 8 completions, either every prompt 256 tokens and
 every completion 256 (the GRPO step benchmark's shape) or prompts of 193-256 and completions of 32-256 tokens
-(`ragged`). Micro-batches of 32 completions as the trainer cuts them (rows: longest first; packed: by prompt).
+(`ragged`). Micro-batches of 16 completions cut as the trainer cuts them (rows: longest first; packed: by prompt).
 For each layout: the tokens the layers run, forward + backward of the whole batch (CUDA events, mean of 5 after
 3 warm-up calls), peak memory; between the two, the largest log-prob difference at real completion tokens and
 the cosine of the LoRA gradients (bf16 both ways, so not zero).
@@ -24,7 +24,7 @@ import torch
 
 from _subject import QWEN3_4B, cuda_ms
 
-R, PROMPTS, G, MICRO = 32, 8, 8, 32
+R, PROMPTS, G, MICRO = 32, 8, 8, 16
 
 
 def build(keep: bool):
@@ -32,6 +32,7 @@ def build(keep: bool):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from mathgrpo.config import LoraConfig, ModelConfig
+    from mathgrpo.model.fused_lora import fuse_lora
     from mathgrpo.model.loading import add_lora, apply_liger, checkpoint_layers
 
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ def build(keep: bool):
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
+    fuse_lora(model)  # as the trainer runs it (model.fused_lora)
     checkpoint_layers(model, keep_matmuls=keep)
     model.enable_input_require_grads()
     model.train()

@@ -34,6 +34,7 @@ def _batch():
 def _lora_model(seed: int = 3, attention: str = "eager"):
     model = add_lora(build_tiny(seed=seed)[0], LoraConfig(r=4, alpha=8))
     model.set_attn_implementation(attention)
+    torch.manual_seed(seed)
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
@@ -58,8 +59,10 @@ def test_pack_runs_each_prompt_once_and_no_padding():
     assert packed.targets.tolist() == ids[mask.bool() & (torch.arange(P + C) >= P)].tolist()
     first = [i for i, c in enumerate(packed.cols.tolist()) if c == 0]
     assert packed.predictors[first].tolist() == [3, 3, 3, 27, 31]  # rows 0-2 share prompt 0's last token
-    assert [tuple(t.queries.shape) for t in packed.attention.tiles] == [(3, 6), (5, 7)]
-    assert tuple(packing.pack(ids, mask, P, multiple=8).attention.tiles[1].keys.shape) == (5, 16)
+    att = packed.attention  # sequences: each prompt over itself, each completion over its prompt and itself
+    assert att.cu_q.tolist() == [0, 4, 11, 15, 22, 28, 30, 32, 39] and (att.max_q, att.max_k) == (7, 11)
+    assert att.bounds[2] == (11, 15, 15, 23) and att.keys[15:23].tolist() == [0, 1, 2, 3, 11, 12, 13, 14]
+    assert att.cu_k.tolist()[-1] == len(att.keys) == 4 + 11 + 8 + 11 + 6 + 8 + 2 + 9
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -126,3 +129,29 @@ def test_micro_batches_by_prompt_keep_each_prompt_together():
     assert [len(i) for i in batch.micro_indices(3, by_prompt=True)] == [3, 2]
     by_length = torch.cat(batch.micro_indices(3)).tolist()
     assert by_length == [0, 3, 4, 2, 1]  # the default: longest completions first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash kernel's variable-length path needs a GPU")
+def test_flash_path_matches_the_reference_on_a_gpu():
+    """bf16 on a GPU: the flash kernel's output and input gradients equal the per-sequence SDPA reference's (in
+    float32) to bf16 rounding, for grouped-query heads."""
+    ids, mask = _batch()
+    att = packing.pack(ids.cuda(), mask.cuda(), P).attention
+    T, (h, kvh, d) = 39, (8, 2, 64)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, n, T, d, device="cuda", requires_grad=True) for n in (h, kvh, kvh))
+    grad = torch.randn(1, T, h, d, device="cuda")
+    results = []
+    for cast, force_reference in ((torch.float32, True), (torch.bfloat16, False)):
+        for t in (q, k, v):
+            t.grad = None
+        qc, kc, vc = (t.to(cast) for t in (q, k, v))
+        if force_reference:
+            seq = lambda t: t[0].transpose(0, 1)  # noqa: E731  [T, heads, d]
+            out = packing._reference(seq(qc), seq(kc)[att.keys], seq(vc)[att.keys], att, None)[None]
+        else:
+            out, _ = packing.packed_attention(None, qc, kc, vc, att)
+        (out.float() * grad).sum().backward()
+        results.append([out.float()] + [t.grad.clone() for t in (q, k, v)])
+    for want, got in zip(*results):
+        assert torch.allclose(got, want, atol=3e-2, rtol=3e-2), (got - want).abs().max()

@@ -35,7 +35,7 @@ KEPT_OPS = frozenset(
     # not bmm: eager attention's score matrices are sequence x sequence a head, far more than they save
     for name in ("mm", "addmm", "addmm_", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_efficient_attention",
-                 "_scaled_dot_product_flash_attention_for_cpu")
+                 "_scaled_dot_product_flash_attention_for_cpu", "_flash_attention_forward")  # the last: packed passes
     if hasattr(_aten, name)
 )
 

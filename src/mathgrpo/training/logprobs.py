@@ -192,7 +192,7 @@ def token_logprobs(
     """
     body, head = model_parts(model)
     if layout.pack and packing.active(model):
-        packed = packing.pack(input_ids, attention_mask, prompt_width, width_multiple(input_ids.device, layout.width_multiple))
+        packed = packing.pack(input_ids, attention_mask, prompt_width)
         if packed is not None:
             return _packed_logprobs(body, head, packed, input_ids.shape[0], input_ids.shape[1] - prompt_width,
                                     temperature, chunk_tokens, layout)

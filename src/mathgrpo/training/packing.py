@@ -35,32 +35,18 @@ MODEL_TYPES = frozenset({"qwen3", "qwen2"})
 
 
 @dataclass
-class Tile:
-    """Segments of one kind padded to one shape: for each, the packed positions of its queries and its keys
-    and which key each query may see. Padding points at position 0 and is masked (as a key) or dropped (as a
-    query); every query row keeps at least one key, so no row of the softmax is empty."""
-
-    queries: torch.Tensor  # [S, Q] packed positions
-    keys: torch.Tensor  # [S, K] packed positions
-    allowed: torch.Tensor  # [S, Q, K] bool
-    _bias: dict = field(default_factory=dict, repr=False)
-
-    def bias(self, dtype: torch.dtype, rep: int) -> torch.Tensor:
-        """The additive mask for queries folded as [S, kv heads, rep x Q] (see `packed_attention`). [S, 1, rep*Q, K]"""
-        if (dtype, rep) not in self._bias:
-            S, Q, K = self.allowed.shape
-            zero = torch.zeros((), dtype=dtype, device=self.allowed.device)
-            bias = torch.where(self.allowed, zero, torch.finfo(dtype).min)
-            self._bias[(dtype, rep)] = bias[:, None, None].expand(S, 1, rep, Q, K).reshape(S, 1, rep * Q, K)
-        return self._bias[(dtype, rep)]
-
-
-@dataclass
 class PackedAttention:
-    """What `packed_attention` needs of a packed pass; handed to the model in place of its attention mask."""
+    """The attention of a packed pass as variable-length sequences: each one's queries are a run of the packed
+    tokens (a prompt, or one completion), its keys gathered from them (the prompt itself, or the completion's
+    prompt and then the completion); causal, aligned at the end (a sequence's last query sees all its keys).
+    Handed to the model in place of its attention mask."""
 
-    tiles: tuple  # of Tile: the prompts, then the completions (each with its prompt's keys)
-    inverse: torch.Tensor  # [T] where each packed token's output lies in the tiles' outputs, flattened in order
+    cu_q: torch.Tensor  # [n + 1] int32 query offsets (the sequences cover the packed tokens in order)
+    cu_k: torch.Tensor  # [n + 1] int32 key offsets into `keys`
+    max_q: int
+    max_k: int
+    keys: torch.Tensor  # [Tk] the packed position of every sequence's keys, one sequence after another
+    bounds: list  # [(q0, q1, k0, k1)] the same offsets on the host
 
 
 @dataclass
@@ -76,10 +62,6 @@ class PackedPass:
     cols: torch.Tensor  # [M] and column among its completion tokens
 
 
-def _rounded(width: int, multiple: int) -> int:
-    return width + (-width % multiple)
-
-
 def _real_parts(ids: list, mask: list, prompt_width: int) -> tuple:
     """(prompt tokens, completion tokens) of one row of a left-padded / right-padded batch."""
     prompt = [t for t, m in zip(ids[:prompt_width], mask[:prompt_width]) if m]
@@ -87,14 +69,13 @@ def _real_parts(ids: list, mask: list, prompt_width: int) -> tuple:
     return prompt, completion
 
 
-def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, multiple: int = 1) -> Optional[PackedPass]:
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> Optional[PackedPass]:
     """The packed pass of a batch laid out as `token_logprobs` takes it ([N, P + C], prompts left-padded to P,
-    completions right-padded); rows with the same prompt tokens share one copy of it. Tiles are padded to a
-    multiple of `multiple` positions (on a GPU, so SDPA sees few distinct shapes). None when a row has no
+    completions right-padded); rows with the same prompt tokens share one copy of it. None when a row has no
     prompt token or no completion token is real (nothing to pack)."""
     ids, mask = input_ids.tolist(), attention_mask.tolist()
     tokens, positions, groups = [], [], {}  # groups: prompt tuple -> (start, length)
-    blocks = []  # (row, start, length, group start, group length)
+    blocks = []  # (row, start, length, prompt start, prompt length)
     for row, (r_ids, r_mask) in enumerate(zip(ids, mask)):
         prompt, completion = _real_parts(r_ids, r_mask, prompt_width)
         if not prompt:
@@ -112,7 +93,6 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: in
     if not blocks:
         return None
     device = input_ids.device
-    attention = _attention(list(groups.values()), blocks, len(tokens), multiple, device)
     predictors, targets, rows, cols = [], [], [], []
     for row, start, c, g_start, p in blocks:
         predictors += [g_start + p - 1] + list(range(start, start + c - 1))
@@ -120,63 +100,59 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: in
         rows += [row] * c
         cols += range(c)
     as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return PackedPass(as_tensor([tokens]), as_tensor([positions]), attention, as_tensor(predictors),
-                      as_tensor(targets), as_tensor(rows), as_tensor(cols))
+    return PackedPass(as_tensor([tokens]), as_tensor([positions]), _attention(list(groups.values()), blocks, device),
+                      as_tensor(predictors), as_tensor(targets), as_tensor(rows), as_tensor(cols))
 
 
-def _attention(prompts: list, blocks: list, total: int, multiple: int, device: torch.device) -> PackedAttention:
-    """The two tiles of a packed pass: each prompt causal over itself; each completion over its prompt and,
-    causally, itself. prompts: [(start, length)]; blocks: [(row, start, length, prompt start, prompt length)]."""
-    Pw = _rounded(max(p for _, p in prompts), multiple)
-    Cw = _rounded(max(c for _, _, c, _, _ in blocks), multiple)
-    p_pos = torch.zeros((len(prompts), Pw), dtype=torch.long)
-    p_len = torch.tensor([p for _, p in prompts])
-    for i, (start, p) in enumerate(prompts):
-        p_pos[i, :p] = torch.arange(start, start + p)
-    c_pos = torch.zeros((len(blocks), Cw), dtype=torch.long)
-    c_prompt = torch.zeros((len(blocks), Pw), dtype=torch.long)
-    c_plen = torch.tensor([p for *_, p in blocks])
-    which = {start: i for i, (start, _) in enumerate(prompts)}
-    for i, (_, start, c, g_start, _) in enumerate(blocks):
-        c_pos[i, :c] = torch.arange(start, start + c)
-        c_prompt[i] = p_pos[which[g_start]]
-    col_p, col_c = torch.arange(Pw), torch.arange(Cw)
-    causal_p = col_p[None, :] <= col_p[:, None]  # [Q, K]
-    prompt_tile = causal_p[None] & (col_p[None, None, :] < p_len[:, None, None])
-    own = (col_c[None, :] <= col_c[:, None])[None].expand(len(blocks), Cw, Cw)
-    seen = (col_p[None, :] < c_plen[:, None])[:, None, :].expand(len(blocks), Cw, Pw)
-    completion_tile = torch.cat([seen, own], dim=2)  # keys: the prompt's, then its own
-    inverse = torch.empty(total, dtype=torch.long)
-    for i, (start, p) in enumerate(prompts):
-        inverse[start : start + p] = torch.arange(i * Pw, i * Pw + p)
-    base = len(prompts) * Pw
-    for i, (_, start, c, _, _) in enumerate(blocks):
-        inverse[start : start + c] = torch.arange(base + i * Cw, base + i * Cw + c)
-    tiles = (Tile(p_pos.to(device), p_pos.to(device), prompt_tile.to(device)),
-             Tile(c_pos.to(device), torch.cat([c_prompt, c_pos], dim=1).to(device), completion_tile.to(device)))
-    return PackedAttention(tiles, inverse.to(device))
+def _attention(prompts: list, blocks: list, device: torch.device) -> PackedAttention:
+    """The sequences of a packed pass in packed order: each prompt over itself, each completion over its prompt
+    and itself. prompts: [(start, length)]; blocks: [(row, start, length, prompt start, prompt length)]."""
+    spans = sorted([(start, p, start, p) for start, p in prompts] + [(start, c, g, p) for _, start, c, g, p in blocks])
+    keys, bounds, k0 = [], [], 0
+    for start, n, g_start, p in spans:  # a prompt is its own "prompt" with nothing after it
+        own = [] if start == g_start else list(range(start, start + n))
+        keys += list(range(g_start, g_start + p)) + own
+        bounds.append((start, start + n, k0, len(keys)))
+        k0 = len(keys)
+    cu_q = torch.tensor([0] + [q1 for _, q1, _, _ in bounds], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0] + [k1 for *_, k1 in bounds], dtype=torch.int32, device=device)
+    return PackedAttention(cu_q, cu_k, max(q1 - q0 for q0, q1, _, _ in bounds), max(k1 - k0 for _, _, k0, k1 in bounds),
+                           torch.tensor(keys, dtype=torch.long, device=device), bounds)
+
+
+def _flash_ready(query: torch.Tensor) -> bool:
+    """Whether the flash kernel's variable-length attention serves `query` (CUDA, half precision)."""
+    return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and hasattr(torch.ops.aten, "_flash_attention_forward")
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedAttention, scale: Optional[float]) -> torch.Tensor:
+    """The same attention one sequence at a time through SDPA with an end-aligned causal mask (CPU, float32)."""
+    rep = q.shape[1] // k.shape[1]
+    outs = []
+    for q0, q1, k0, k1 in layout.bounds:
+        nq, nk = q1 - q0, k1 - k0
+        causal = torch.ones((nq, nk), dtype=torch.bool, device=q.device).tril(nk - nq)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q[q0:q1].transpose(0, 1), k[k0:k1].transpose(0, 1).repeat_interleave(rep, dim=0),
+            v[k0:k1].transpose(0, 1).repeat_interleave(rep, dim=0), attn_mask=causal, scale=scale)
+        outs.append(out.transpose(0, 1))
+    return torch.cat(outs)
 
 
 def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: PackedAttention,
                      scaling: Optional[float] = None, dropout: float = 0.0, **kwargs: Any) -> tuple:
     """Attention over a packed sequence, as transformers calls an attention function: query [1, h, T, d], key
-    and value [1, kv heads, T, d]; returns ([1, T, h, d], None).
-
-    Grouped-query heads are folded into the query length ([S, kv heads, rep x Q, d]) so keys and values are
-    never repeated; the mask is repeated to match instead.
-    """
-    h, kvh, d = query.shape[1], key.shape[1], query.shape[3]
-    rep = h // kvh
-    outs = []
-    for tile in layout.tiles:
-        S, Q = tile.queries.shape
-        q = query[0][:, tile.queries].view(kvh, rep, S, Q, d).permute(2, 0, 1, 3, 4).reshape(S, kvh, rep * Q, d)
-        k = key[0][:, tile.keys].transpose(0, 1)  # [S, kvh, K, d]
-        v = value[0][:, tile.keys].transpose(0, 1)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tile.bias(q.dtype, rep),
-                                                               dropout_p=dropout, scale=scaling)
-        outs.append(out.view(S, kvh, rep, Q, d).permute(0, 3, 1, 2, 4).reshape(S * Q, h, d))
-    return torch.cat(outs)[layout.inverse][None], None
+    and value [1, kv heads, T, d]; returns ([1, T, h, d], None). On a GPU in half precision the flash kernel's
+    variable-length form (grouped-query heads as they are); elsewhere `_reference`."""
+    q = query[0].transpose(0, 1)  # [T, h, d]
+    k = key[0].transpose(0, 1)[layout.keys]  # [Tk, kv heads, d]
+    v = value[0].transpose(0, 1)[layout.keys]
+    if _flash_ready(q):
+        out = torch.ops.aten._flash_attention_forward(q.contiguous(), k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k,
+                                                      dropout, True, False, scale=scaling)[0]
+    else:
+        out = _reference(q, k, v, layout, scaling)
+    return out[None], None
 
 
 def supported(model: Any) -> Optional[str]:
