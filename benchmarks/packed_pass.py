@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _subject import QWEN3_4B, cuda_ms
+from _subject import QWEN3_4B, cuda_ms, kernel_profile
 
 R, PROMPTS, G, MICRO = 32, 8, 8, 16
 
@@ -126,13 +126,40 @@ def compare(batch, rows: dict, packed: dict) -> dict:
     return {"logp_diff_max": diff.max().item(), "logp_diff_mean": diff.mean().item(), "grad_cosine": cos}
 
 
+def profile(out: Path) -> None:
+    """Kernel time by category of one micro-batch (16 completions, 256 + 256) forward + backward, rows and packed,
+    the top kernels to files; and the host time of packing it."""
+    import time
+
+    from mathgrpo.config import ModelConfig
+    from mathgrpo.model.loading import training_attention
+    from mathgrpo.training import packing
+    from mathgrpo.training.logprobs import PassLayout, token_logprobs
+
+    model, batch = build(True), step_batch(False)
+    micro = batch.micro_batches(MICRO, by_prompt=True)[0]
+    t = time.perf_counter()
+    packing.pack(micro.input_ids, micro.attention_mask, micro.prompt_width)
+    report = {"pack_host_ms": (time.perf_counter() - t) * 1000}
+    for packed in (False, True):
+        run = lambda: (token_logprobs(model, micro.input_ids, micro.attention_mask, micro.prompt_width, 1.0, 1024,  # noqa: E731
+                                      PassLayout(pack=packed)) * micro.completion_mask).sum().backward()
+        with training_attention(ModelConfig(), torch.device("cuda")), (packing.attention(model) if packed else nullcontext()):
+            report["packed" if packed else "rows"] = kernel_profile(run, out / f"profile_{'packed' if packed else 'rows'}.txt")
+    print(json.dumps(report, indent=1))
+    (out / "packed_profile.json").write_text(json.dumps(report, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--plain", action="store_true", help="also with plain checkpointing (inputs only)")
+    ap.add_argument("--profile", action="store_true", help="only: kernel time of one micro-batch's forward + backward each way")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        return profile(out)
     results = []
     for keep in (True, False) if args.plain else (True,):
         model = build(keep)
