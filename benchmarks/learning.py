@@ -58,9 +58,9 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native-ckpt": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=false"],
     "native-ckpt-keep": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=true"],
     "native-ckpt-auto": ["rollout.engine=native", "model.gradient_checkpointing=true"],  # the memory plan decides
-    # log-prob passes as rows (longest first, padded) instead of packed (each prompt once, no padding)
-    "hf-rows": ["rollout.engine=hf", "grpo.packed_passes=false"],
-    "native-rows": ["rollout.engine=native", "grpo.packed_passes=false"],
+    # log-prob passes packed (each prompt once, no padding) instead of rows (longest first, padded)
+    "hf-packed": ["rollout.engine=hf", "grpo.packed_passes=true"],
+    "native-packed": ["rollout.engine=native", "grpo.packed_passes=true"],
 }
 
 

@@ -238,9 +238,10 @@ class GRPOConfig:
         "pass (larger passes use more memory and are hardly faster; docs/performance.md). 0 = no limit.",
     )
     packed_passes: bool = _f(
-        True,
+        False,
         "Log-prob passes with each prompt once and no padding: a micro-batch as one sequence, a prompt's "
-        "completions side by side (transformers backend, Qwen3 / Qwen2 decoders; others run rows). false: rows.",
+        "completions side by side (transformers backend, Qwen3 / Qwen2 decoders; others run rows). Less memory a "
+        "pass; not faster on an H100 as measured (docs/performance.md).",
     )
     scale_rewards: str = _f(
         "group",

@@ -9,7 +9,7 @@ from mathgrpo.config import load_config
 from mathgrpo.data.arith import split
 from mathgrpo.training.advantages import group_advantages
 from mathgrpo.training.batch import collate
-from mathgrpo.training.logprobs import PassLayout, model_parts, token_logprobs
+from mathgrpo.training.logprobs import model_parts, token_logprobs
 from mathgrpo.training.grpo import GRPORun
 from mathgrpo.model.loading import apply_liger
 
@@ -142,13 +142,13 @@ def test_planned_micro_batch_that_runs_out_of_memory_is_halved_and_retried(tmp_p
 
 
 def test_a_packed_update_equals_the_rows_update(tmp_path):
-    """The default (packed passes, micro-batches by prompt) and rows laid out by length take the same update:
+    """Packed passes (micro-batches by prompt) and rows laid out by length (the default) take the same update:
     loss, sampler gap and LoRA weights after one step with 3 completions a micro-batch; the packed run's passes
     are one sequence each and its micro-batches keep prompts together."""
     over = ("grpo.micro_batch_size=3", "lora.enabled=true", "sft.full_finetune=false")
-    packed, rows = make_run(tmp_path / "a", *over), make_run(tmp_path / "b", *over)
+    packed, rows = make_run(tmp_path / "a", *over, "grpo.packed_passes=true"), make_run(tmp_path / "b", *over)
     rows.model.load_state_dict(packed.model.state_dict())
-    rows.update.layout = PassLayout(pack=False)
+    assert not rows.update.layout.pack and packed.update.layout.pack
     batch_p, batch_r = rollout_batch(packed), rollout_batch(rows)
     assert torch.equal(batch_p.input_ids, batch_r.input_ids)
     body, _ = model_parts(packed.model)
