@@ -126,7 +126,7 @@ def compare(batch, rows: dict, packed: dict) -> dict:
     return {"logp_diff_max": diff.max().item(), "logp_diff_mean": diff.mean().item(), "grad_cosine": cos}
 
 
-def profile(out: Path) -> None:
+def profile(out: Path, keep: bool = True) -> None:
     """Kernel time by category of one micro-batch (16 completions, 256 + 256) forward + backward, rows and packed,
     the top kernels to files; and the host time of packing it."""
     import time
@@ -136,7 +136,7 @@ def profile(out: Path) -> None:
     from mathgrpo.training import packing
     from mathgrpo.training.logprobs import PassLayout, token_logprobs
 
-    model, batch = build(True), step_batch(False)
+    model, batch = build(keep), step_batch(False)
     micro = batch.micro_batches(MICRO, by_prompt=True)[0]
     t = time.perf_counter()
     packing.pack(micro.input_ids, micro.attention_mask, micro.prompt_width)
@@ -153,13 +153,13 @@ def profile(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--plain", action="store_true", help="also with plain checkpointing (inputs only)")
+    ap.add_argument("--plain", action="store_true", help="also with plain checkpointing (inputs only); with --profile: only")
     ap.add_argument("--profile", action="store_true", help="only: kernel time of one micro-batch's forward + backward each way")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        return profile(out)
+        return profile(out, keep=not args.plain)
     results = []
     for keep in (True, False) if args.plain else (True,):
         model = build(keep)

@@ -161,9 +161,12 @@ def test_a_packed_update_equals_the_rows_update(tmp_path):
     want = rows.learn(batch_r, len(batch_r))
     assert widths == [1, 1, 1]
     assert abs(got["loss"] - want["loss"]) < 1e-6 and abs(got["sampler_gap_mean"] - want["sampler_gap_mean"]) < 1e-6
+    assert abs(got["grad_norm"] - want["grad_norm"]) < 1e-5 * want["grad_norm"]
     for (name, p), (_, q) in zip(packed.model.named_parameters(), rows.model.named_parameters()):
         if p.requires_grad:
-            assert torch.allclose(p, q, atol=2e-5), (name, (p - q).abs().max().item())
+            # Adam's first step is ~lr x sign(grad) (lr 1e-3 here): a near-zero gradient summed in another order
+            # moves by up to ~3e-5 (seen); a wrong update would be off by ~1e-3 on most weights
+            assert torch.allclose(p, q, atol=1e-4), (name, (p - q).abs().max().item())
 
 
 def test_liger_skipped_cleanly_on_cpu(tmp_path):
