@@ -155,3 +155,20 @@ def test_flash_path_matches_the_reference_on_a_gpu():
         results.append([out.float()] + [t.grad.clone() for t in (q, k, v)])
     for want, got in zip(*results):
         assert torch.allclose(got, want, atol=3e-2, rtol=3e-2), (got - want).abs().max()
+
+
+def test_a_run_asking_for_packed_passes_on_a_model_that_cannot_says_so_once(tmp_path, capsys):
+    """grpo.packed_passes=true on a model packing does not know: rows, and one notice that says why."""
+    from mathgrpo.config import load_config
+    from mathgrpo.data.arith import split
+    from mathgrpo.training.grpo import GRPORun
+
+    cfg = load_config("tiny-cpu", ["grpo.prompts_per_step=2", "grpo.num_generations=2", "rollout.max_new_tokens=4",
+                                   "run.progress=false", "model.device=cpu", "grpo.packed_passes=true"])
+    train, _, test = split(0)
+    run = GRPORun(cfg, tmp_path, train[:10], test[:2])
+    run.model.config.model_type = "llama"
+    for _ in range(2):
+        with run.update.attention() as packed:
+            assert not packed
+    assert capsys.readouterr().out.count("grpo.packed_passes: model type 'llama'") == 1

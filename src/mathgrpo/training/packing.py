@@ -6,9 +6,10 @@ distinct prompt once, then the real tokens of each of its completions, each comp
 where its prompt ends. The layers' projections, norms and MLPs see only real tokens; attention alone needs
 to know the layout. `attention` registers a transformers attention function (`packed_attention`) and points
 the model at it while a packed pass may run, its forward and its backward (checkpointed layers run their
-forward again there). That function gathers each prompt, and each completion with its prompt, into padded
-tiles and runs SDPA with a mask on them: a completion attends to its prompt and to itself, never to a
-sibling. Other passes in that time (a mask that is not a `PackedAttention`) go to the model's own function.
+forward again there). That function runs attention as variable-length sequences, each prompt over itself and
+each completion over its prompt and itself (never a sibling): on a GPU in half precision one call of the flash
+kernel's variable-length form a layer, elsewhere a per-sequence SDPA loop. Other passes in that time (a mask
+that is not a `PackedAttention`) go to the model's own function.
 
 Each prompt's last hidden state predicts the first token of all its completions, so its gradient sums
 theirs, as the gradients of G copies of it would sum in the row layout: the same log-probs and gradients.

@@ -41,6 +41,7 @@ class PolicyUpdate:
         self.device = next(model.parameters()).device
         self.layout = PassLayout(pack=cfg.packed_passes)  # how log-prob passes lay batches out (benchmarks set another)
         self.applied = False  # an optimizer step of the current GRPO step has been taken
+        self._said_unpacked = False  # the notice that this model's passes cannot be packed was given
 
     def clock(self) -> float:
         """Wall time once the GPU has finished the work queued so far, so each phase is timed on its own."""
@@ -75,8 +76,15 @@ class PolicyUpdate:
         return metrics
 
     def attention(self):
-        """The context the step's passes run in: packed passes where the layout asks and the model allows."""
-        return packing.attention(self.model) if self.layout.pack else nullcontext(False)
+        """The context the step's passes run in: packed passes where the layout asks and the model allows (where it
+        does not, said once)."""
+        if not self.layout.pack:
+            return nullcontext(False)
+        refusal = packing.supported(self.model)
+        if refusal and not self._said_unpacked:
+            notice(f"grpo.packed_passes: {refusal}; its passes run as rows")
+            self._said_unpacked = True
+        return packing.attention(self.model)
 
     def packed(self) -> bool:
         """Whether this step's passes are packed (then micro-batches keep each prompt's completions together)."""
