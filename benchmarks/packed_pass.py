@@ -104,8 +104,7 @@ def run_layout(model, batch, packed: bool) -> dict:
         ms = cuda_ms(pass_, iters=5)
         peak = torch.cuda.max_memory_allocated() / 2**30
     model.zero_grad(set_to_none=True)
-    return {"tokens": sum(tokens), "ms": ms, "peak_gib": peak, "_logps": logps, "_grads": grads,
-            "_rows": [m for m in micros]}
+    return {"tokens": sum(tokens), "ms": ms, "peak_gib": peak, "_logps": logps, "_grads": grads}
 
 
 def compare(batch, rows: dict, packed: dict) -> dict:
@@ -115,7 +114,7 @@ def compare(batch, rows: dict, packed: dict) -> dict:
         out = torch.zeros(batch.completion_mask.shape, device="cuda")
         order = torch.cat(batch.micro_indices(MICRO, by_prompt=key == "packed"))
         at = 0
-        for micro, logp in zip(res["_rows"], res["_logps"]):
+        for logp in res["_logps"]:
             n = logp.shape[0]
             out[order[at : at + n], : logp.shape[1]] = logp.float()
             at += n
