@@ -206,7 +206,7 @@ def _packed_logprobs(body: Any, head: Any, packed: packing.PackedPass, rows: int
                      chunk_tokens: int, layout: PassLayout) -> torch.Tensor:
     """Log-probs of a packed pass's completion tokens laid out as the rows' [N, C]; 0 where a row has no token."""
     hidden = body(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                  attention_mask={"full_attention": packed.attention}).last_hidden_state[0]  # [T, H]
+                  attention_mask={"full_attention": packed.attention}, use_cache=False).last_hidden_state[0]  # [T, H]
     logp = _head_logprobs(head, hidden[packed.predictors], packed.targets, temperature, chunk_tokens, layout)
     out = torch.zeros((rows, width), dtype=logp.dtype, device=logp.device)
     return out.index_put((packed.rows, packed.cols), logp)
@@ -235,7 +235,7 @@ def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch
         pad, cols = aligned
         rotated = input_ids.gather(1, cols)
         wider = pass_width(rotated.shape[1], rotated.device, layout.width_multiple) - rotated.shape[1]
-        last = body(input_ids=torch.nn.functional.pad(rotated, (0, wider))).last_hidden_state
+        last = body(input_ids=torch.nn.functional.pad(rotated, (0, wider)), use_cache=False).last_hidden_state
         completion = input_ids.shape[1] - prompt_width
         at = (prompt_width - 1 - pad)[:, None] + torch.arange(completion, device=input_ids.device)[None]  # [N, C]
         return last.gather(1, at[..., None].expand(-1, -1, last.shape[-1]))
@@ -244,7 +244,8 @@ def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch
         input_ids = torch.nn.functional.pad(input_ids, (extra, 0))
         attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0))
         prompt_width += extra
-    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+               use_cache=False)
     return out.last_hidden_state[:, prompt_width - 1 : -1]
 
 
