@@ -65,6 +65,13 @@ class ModelConfig:
         "null = GRPO turns it on when its memory plan still fits the micro-batch a step wants with them kept "
         "(--dry-run's memory line says which); true/false = always/never. Not with offloaded checkpoints.",
     )
+    compile_layers: Optional[bool] = _f(
+        False,
+        "Compile each decoder layer for training passes (torch.compile, Triton; sm_80+ GPUs): fused norms, rotary "
+        "and activation, and far less Python launching kernels. Where checkpointing would keep the products, the "
+        "layers run without it (the compiler keeps them). The first steps compile (tens of seconds). null = on "
+        "where it can run; true = required; false = off. Not with model.backend=unsloth.",
+    )
     cudnn_attention: bool = _f(
         True,
         "Let PyTorch's SDPA use its cuDNN backend while training on a GPU. Training batches run without a mask "
@@ -441,6 +448,9 @@ def validate(cfg: Config) -> Config:
     if cfg.model.checkpoint_matmuls and cfg.model.offload_checkpoints:
         raise ConfigError("model.checkpoint_matmuls=true keeps products on the GPU, model.offload_checkpoints=true moves "
                           "layer inputs to the host: set one of them to false (or null)")
+    if cfg.model.compile_layers and cfg.model.backend != "transformers":
+        raise ConfigError("model.compile_layers=true needs model.backend=transformers (Unsloth compiles its own layers): "
+                          "set model.compile_layers=false")
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):

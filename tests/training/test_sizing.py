@@ -200,3 +200,21 @@ def test_for_model_has_checkpointed_layers_keep_products_where_they_fit(setting,
     assert (layer._gradient_checkpointing_func.keywords.get("context_fn") is matmul_keeping_contexts) == kept
     plain = plan_for_model(model, cfg, torch.device("cuda"))
     assert (sizing.plan.train_per_token > plain.train_per_token) == kept and not sizing.offloaded
+
+
+def test_for_model_runs_compiled_layers_unchecked_where_the_products_fit():
+    """With compiled layers (model.compile_layers) and model.checkpoint_matmuls=null, where the plan fits the products
+    the layers' checkpointing is switched off (the compiler keeps the products) and the plan counts them kept."""
+    from mathgrpo.model.compiled import compile_layers
+    from mathgrpo.model.loading import add_lora, checkpoint_layers
+
+    cfg = load_config("tiny-cpu", ["grpo.max_memory_gb=4", "model.gradient_checkpointing=true", "lora.enabled=true",
+                                   "sft.full_finetune=false"])
+    model, _ = build_tiny()
+    model = add_lora(model, cfg.lora)
+    checkpoint_layers(model)  # as loading does on a GPU
+    compile_layers(model)  # nothing compiles until a layer runs
+    sizing = Sizing.for_model(model, cfg, torch.device("cuda"))
+    assert not model.get_base_model().model.layers[0].gradient_checkpointing
+    plain = plan_for_model(model, cfg, torch.device("cuda"))
+    assert sizing.plan.train_per_token > plain.train_per_token

@@ -17,6 +17,7 @@ from ..config import Config, ConfigError, LoraConfig, ModelConfig
 from .card import card_of
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
 from .checkpointing import checkpoint_kwargs, keep_refusal
+from .compiled import compile_layers, compile_refusal
 from .liger import quiet_optional_backends
 
 
@@ -87,6 +88,8 @@ def apply_liger(model: Any, cfg: ModelConfig) -> bool:
     if cfg.use_liger is False:
         return False
     device = next(model.parameters()).device
+    if cfg.use_liger is None and compile_wanted(cfg, device):
+        return False  # compiled layers fuse the norms, rotary and SwiGLU themselves
     family = getattr(model.config, "model_type", "")
     reason = None
     if device.type != "cuda":
@@ -201,9 +204,11 @@ def unwrap(model: Any) -> Any:
 
 
 def ready_for_training(model: Any, cfg: ModelConfig) -> None:
-    """Gradient checkpointing (GPU; offloaded to the host when asked) and, when model.fused_lora is on, the
-    fused LoRA projections. (The SDPA backends for training are chosen per pass: `training_attention`.)"""
-    if enable_checkpointing(model, cfg) and cfg.offload_checkpoints:
+    """Gradient checkpointing (GPU; offloaded to the host when asked), when model.fused_lora is on the fused LoRA
+    projections, and when model.compile_layers allows it compiled decoder layers. (The SDPA backends for training
+    are chosen per pass: `training_attention`; the compiled layers run inside `compiled.training_passes`.)"""
+    compile_now = compile_wanted(cfg, next(model.parameters()).device)
+    if enable_checkpointing(model, cfg, compile_now) and cfg.offload_checkpoints:
         from .offload import offload_checkpoints
 
         offload_checkpoints(model)
@@ -211,6 +216,18 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
         from .fused_lora import fuse_lora
 
         fuse_lora(model)
+    if compile_now:
+        compile_layers(model)
+
+
+def compile_wanted(cfg: ModelConfig, device: torch.device) -> bool:
+    """Whether model.compile_layers compiles the decoder layers on `device` (true where it cannot: an error)."""
+    if cfg.compile_layers is False or cfg.backend != "transformers":
+        return False
+    refusal = compile_refusal(torch.device(device))
+    if refusal and cfg.compile_layers:
+        raise ModelError(f"model.compile_layers=true but {refusal}; set model.compile_layers=null or false")
+    return refusal is None
 
 
 @contextmanager
@@ -228,11 +245,14 @@ def training_attention(cfg: ModelConfig, device: torch.device) -> Iterator[bool]
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
-def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
-    """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on."""
+def enable_checkpointing(model: Any, cfg: ModelConfig, compiled: bool = False) -> bool:
+    """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on. With
+    `compiled` layers, products to keep (model.checkpoint_matmuls=true) mean no checkpointing: the compiler keeps them."""
     if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):
         return False
     keep = cfg.checkpoint_matmuls is True
+    if keep and compiled:
+        return False
     refusal = keep_refusal(model) if keep else None
     if refusal:
         raise ConfigError(refusal)
@@ -253,6 +273,12 @@ def checkpoint_layers(model: Any, keep_matmuls: bool = False) -> None:
         renamed(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def uncheckpoint_layers(model: Any) -> None:
+    """Every decoder layer's checkpointing off (either name, as `checkpoint_layers`)."""
+    renamed = getattr(model, "activation_checkpointing_disable", None)
+    (renamed or model.gradient_checkpointing_disable)()
 
 
 def stop_token_ids(tokenizer: Any) -> list:

@@ -26,6 +26,7 @@ from ..evaluation.heldout import heldout_accuracy
 from ..grading.judge import grade
 from ..grading.rewards import RewardContext, build_rewards
 from ..model.common import is_adapter_dir
+from ..model.compiled import training_passes
 from ..model.loading import load_base, load_with_adapter, make_trainable, ready_for_training, stop_token_ids, training_attention
 from ..model.reward_model import load_reward_model
 from ..progress import notice
@@ -232,8 +233,9 @@ class GRPORun(Stage):
         return collate(kept, adv.values[adv.keep], self.tok.pad_token_id, self.cfg.grpo.mask_truncated, self.device)
 
     def learn(self, batch: Optional[RolloutBatch], total_seqs: int) -> dict:
-        """The training half of a step (`PolicyUpdate.learn`), with the SDPA backends chosen for training."""
-        with training_attention(self.cfg.model, self.device):
+        """The training half of a step (`PolicyUpdate.learn`), with the SDPA backends chosen for training and the
+        compiled decoder layers where model.compile_layers gave them."""
+        with training_attention(self.cfg.model, self.device), training_passes(self.model):
             return self.update.learn(batch, total_seqs)
 
     def step_times(self, rollouts: Rollouts, t0: float, rollout_time: float) -> dict:

@@ -20,6 +20,7 @@ from .. import dist
 from ..config import Config
 from ..data.formats import Format, get_format, render_prompt
 from ..evaluation.heldout import heldout_accuracy
+from ..model.compiled import training_passes
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..progress import notice
 from ..rollout import make_engine
@@ -164,7 +165,7 @@ class SFTRun(Stage):
         micro = self.cfg.sft.micro_batch_size or len(batch)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        with training_attention(self.cfg.model, self.device):
+        with training_attention(self.cfg.model, self.device), training_passes(self.model):
             for i in range(0, len(batch), micro):
                 with self.precision.autocast():
                     loss = sft_loss(self.model, batch[i : i + micro], self.tok.pad_token_id, self.device, total_tokens)

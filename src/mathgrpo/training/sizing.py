@@ -18,7 +18,8 @@ import torch
 from .. import dist
 from ..config import Config
 from ..model.checkpointing import keep_refusal
-from ..model.loading import checkpoint_layers
+from ..model.compiled import compiled
+from ..model.loading import checkpoint_layers, uncheckpoint_layers
 from ..model.offload import offload_checkpoints
 from ..progress import notice
 from .logprobs import pass_width
@@ -27,6 +28,9 @@ from .stopping import TrainingStopped
 
 KEEP_NOTE = ("grpo: the memory plan fits a full micro-batch with each checkpointed layer's GEMM and attention outputs kept; "
              "backward recomputes only norms and activations (model.checkpoint_matmuls=false turns this off)")
+COMPILED_KEEP_NOTE = ("grpo: the memory plan fits a full micro-batch with each layer's GEMM and attention outputs kept; "
+                      "the compiled layers run without checkpointing and keep them (model.checkpoint_matmuls=false "
+                      "turns this off)")
 OFFLOAD_NOTE = ("grpo: a full micro-batch at model.max_seq_length does not fit the memory plan; offloading checkpointed "
                 "layer inputs to pinned host memory (model.offload_checkpoints=false turns this off)")
 
@@ -63,6 +67,10 @@ class Sizing:
         if way == "host" and not offloaded and offload_checkpoints(model) > 0:
             notice(OFFLOAD_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
+        if way == "products" and not kept and compiled(model):
+            uncheckpoint_layers(model)  # the compiled layers' backward keeps the products itself
+            notice(COMPILED_KEEP_NOTE)
+            return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
         if way == "products" and not kept and keep_refusal(model) is None:
             checkpoint_layers(model, keep_matmuls=True)
             notice(KEEP_NOTE)

@@ -1,0 +1,84 @@
+"""Compiled decoder layers for training passes: the eager layers' log-probs and LoRA gradients (compiled for real,
+by inductor's CPU backend), switched in only inside `training_passes`, and where `model.compile_layers` applies."""
+
+import pytest
+import torch
+
+from mathgrpo.config import LoraConfig, ModelConfig
+from mathgrpo.model.common import ModelError
+from mathgrpo.model.compiled import compile_layers, compile_refusal, compiled, decoder_layers, training_passes
+from mathgrpo.model.fused_lora import fuse_lora
+from mathgrpo.model.loading import add_lora, compile_wanted
+from mathgrpo.model.tiny import build_tiny
+from mathgrpo.training.logprobs import token_logprobs
+
+
+def _lora_model(fused: bool = True):
+    """The tiny model with LoRA drawn non-zero from a fixed seed, SDPA attention, in train mode."""
+    model, _ = build_tiny(seed=5)
+    model.set_attn_implementation("sdpa")
+    model = add_lora(model, LoraConfig(r=4, alpha=8))
+    torch.manual_seed(0)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    if fused:
+        fuse_lora(model)
+    return model.train()
+
+
+def _pass(model, ids, mask) -> tuple:
+    """Log-probs and adapter gradients of one weighted log-prob loss inside `training_passes`."""
+    model.zero_grad(set_to_none=True)
+    with training_passes(model):
+        logp = token_logprobs(model, ids, mask, 4, 1.0)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+    return logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused LoRA", "PEFT's forward"])
+def test_compiled_layers_give_the_eager_log_probs_and_gradients(fused):
+    """Compiled by inductor (float32 on the CPU), the layers' log-probs and LoRA gradients equal the eager ones, for
+    two batch shapes (dynamic shapes: the second is not compiled again) and a padded row."""
+    eager, fast = _lora_model(fused), _lora_model(fused)
+    assert compile_layers(fast) == len(decoder_layers(fast)) and compiled(fast) and not compiled(eager)
+    torch.manual_seed(1)
+    for rows, width in ((3, 12), (2, 16)):
+        ids = torch.randint(3, 90, (rows, width))
+        mask = torch.ones_like(ids)
+        mask[0, :3] = 0
+        (lp_e, g_e), (lp_c, g_c) = _pass(eager, ids, mask), _pass(fast, ids, mask)
+        assert torch.allclose(lp_c, lp_e, atol=2e-6), (lp_c - lp_e).abs().max()
+        assert torch.allclose(g_c, g_e, atol=3e-5, rtol=1e-4), (g_c - g_e).abs().max()  # float32, summed in another order
+        assert (g_c - g_e).norm() < 1e-5 * g_e.norm()
+        assert g_e.abs().max() > 1e-3  # the gradients compared are not all zero
+
+
+def test_compiled_forwards_are_switched_in_only_inside_training_passes():
+    """Outside `training_passes` the layers run their own forward (generation passes a KV cache the compiler would
+    guard on); inside they run the compiled one; after an error inside, their own again."""
+    model = _lora_model()
+    compile_layers(model)
+    layers = decoder_layers(model)
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    with training_passes(model) as on:
+        assert on and all(layer._compiled_call_impl is layer._mathgrpo_compiled for layer in layers)
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    with pytest.raises(RuntimeError, match="inside"):
+        with training_passes(model):
+            raise RuntimeError("inside")
+    assert all(layer._compiled_call_impl is None for layer in layers)
+    with training_passes(_lora_model()) as on:  # a model without compiled layers: nothing to switch
+        assert not on
+
+
+def test_compile_layers_is_used_only_where_it_can_run():
+    """On the CPU: null and false compile nothing, true is an error that names the setting and what to do; the CPU
+    and pre-sm_80 reasons are given."""
+    cpu = torch.device("cpu")
+    assert "cpu" in compile_refusal(cpu)
+    assert not compile_wanted(ModelConfig(compile_layers=None), cpu)
+    assert not compile_wanted(ModelConfig(compile_layers=False), cpu)
+    assert not compile_wanted(ModelConfig(compile_layers=True, backend="unsloth"), cpu)
+    with pytest.raises(ModelError, match=r"model.compile_layers=true but the model is on cpu.*null or false"):
+        compile_wanted(ModelConfig(compile_layers=True), cpu)
