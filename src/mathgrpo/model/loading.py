@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..config import Config, ConfigError, LoraConfig, ModelConfig
+from ..progress import notice
 from .card import card_of
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
 from .checkpointing import checkpoint_kwargs, keep_refusal
@@ -218,6 +219,8 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
         fuse_lora(model)
     if compile_now:
         compile_layers(model)
+        notice("model.compile_layers: the decoder layers compile at their first training passes (tens of seconds "
+               "each: forward and backward; model.compile_layers=false runs them as they are)")
 
 
 def compile_wanted(cfg: ModelConfig, device: torch.device) -> bool:
