@@ -23,21 +23,24 @@ from contextlib import nullcontext
 
 import torch
 
-# name -> (checkpointing, keep products, packed passes); packed passes run the per-sequence reference attention
-# on the CPU (one SDPA call a sequence, where the GPU makes one flash call a layer), so their figure is high here
+# name -> (checkpointing, keep products, packed passes, compiled layers); packed passes run the per-sequence
+# reference attention on the CPU (one SDPA call a sequence, where the GPU makes one flash call a layer), so their
+# figure is high here; compiled layers (`model.compile_layers`, not checkpointed) compile at the warm-up passes
 SETTINGS = {
-    "none": (False, False, False),
-    "inputs": (True, False, False),
-    "products": (True, True, False),
-    "products-packed": (True, True, True),
+    "none": (False, False, False, False),
+    "inputs": (True, False, False, False),
+    "products": (True, True, False, False),
+    "products-packed": (True, True, True, False),
+    "compiled": (False, False, False, True),
 }
 
 
-def build(checkpointing: bool, keep: bool):
-    """The deep, narrow LoRA model in train mode, checkpointed as asked."""
+def build(checkpointing: bool, keep: bool, compiled: bool = False):
+    """The deep, narrow LoRA model in train mode, checkpointed or compiled as asked."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from mathgrpo.config import LoraConfig
+    from mathgrpo.model.compiled import compile_layers
     from mathgrpo.model.fused_lora import fuse_lora
     from mathgrpo.model.loading import add_lora, checkpoint_layers
 
@@ -50,22 +53,25 @@ def build(checkpointing: bool, keep: bool):
     if checkpointing:
         checkpoint_layers(model, keep_matmuls=keep)
         model.enable_input_require_grads()
+    if compiled:
+        compile_layers(model)
     model.train()
     return model
 
 
 def pass_fn(setting: str):
     """(a zero-argument forward + backward of the setting, the context it runs in)."""
+    from mathgrpo.model.compiled import training_passes
     from mathgrpo.training import packing
     from mathgrpo.training.logprobs import PassLayout, token_logprobs
 
-    checkpointing, keep, packed = SETTINGS[setting]
-    model = build(checkpointing, keep)
+    checkpointing, keep, packed, compiled = SETTINGS[setting]
+    model = build(checkpointing, keep, compiled)
     ids = torch.randint(3, 999, (4, 32), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     layout = PassLayout(pack=packed)
     run = lambda: token_logprobs(model, ids, mask, 16, 1.0, layout=layout).sum().backward()  # noqa: E731
-    return run, packing.attention(model) if packed else nullcontext()
+    return run, packing.attention(model) if packed else training_passes(model) if compiled else nullcontext()
 
 
 def measure(setting: str, iters: int) -> float:
@@ -98,7 +104,7 @@ def profile(setting: str, rows: int = 20) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", nargs="*", default=["none", "inputs", "products"], choices=list(SETTINGS))
+    ap.add_argument("--only", nargs="*", default=["none", "inputs", "products", "compiled"], choices=list(SETTINGS))
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--profile", choices=list(SETTINGS), help="instead: cProfile one setting")
     args = ap.parse_args()

@@ -61,6 +61,10 @@ VARIANTS = {  # name -> overrides of the default recipe
     # log-prob passes packed (each prompt once, no padding) instead of rows (longest first, padded)
     "hf-packed": ["rollout.engine=hf", "grpo.packed_passes=true"],
     "native-packed": ["rollout.engine=native", "grpo.packed_passes=true"],
+    "native-compiled": ["rollout.engine=native", "model.compile_layers=true"],
+    "native-ckpt-compiled": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=false",
+                             "model.compile_layers=true"],  # compiled layers run inside checkpointing
+    "hf-compiled": ["rollout.engine=hf", "model.compile_layers=true"],  # generation through the layers' own forward
 }
 
 
