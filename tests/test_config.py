@@ -83,6 +83,9 @@ def test_overrides_apply_and_type_check():
         ("model.checkpoint_matmuls=true model.gradient_checkpointing=true model.backend=unsloth sft.full_finetune=false "
          "lora.enabled=true", r"needs model.backend=transformers \(Unsloth .*\): set model.checkpoint_matmuls=false"),
         ("model.checkpoint_matmuls=true", "set model.gradient_checkpointing=true, or model.checkpoint_matmuls=false"),
+        ("model.compile_layers=true model.backend=unsloth sft.full_finetune=false lora.enabled=true",
+         r"model.compile_layers=true needs model.backend=transformers \(Unsloth compiles its own layers\)"),
+        ("model.compile_layers=true run.parallel=fsdp sft.full_finetune=false", "use run.parallel=ddp, or model.compile_layers=false"),
     ],
 )
 def test_validation_messages(override, message):

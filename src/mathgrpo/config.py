@@ -451,6 +451,9 @@ def validate(cfg: Config) -> Config:
     if cfg.model.compile_layers and cfg.model.backend != "transformers":
         raise ConfigError("model.compile_layers=true needs model.backend=transformers (Unsloth compiles its own layers): "
                           "set model.compile_layers=false")
+    if cfg.model.compile_layers and cfg.run.parallel == "fsdp":
+        raise ConfigError("model.compile_layers=true is not tried with run.parallel=fsdp (sharded layers): use "
+                          "run.parallel=ddp, or model.compile_layers=false")
     if cfg.model.load_in_4bit and cfg.model.backend != "unsloth":
         raise ConfigError("model.load_in_4bit needs model.backend=unsloth")
     if cfg.model.backend == "unsloth" and (not cfg.lora.enabled or cfg.sft.full_finetune):
