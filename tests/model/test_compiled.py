@@ -82,3 +82,49 @@ def test_compile_layers_is_used_only_where_it_can_run():
     assert not compile_wanted(ModelConfig(compile_layers=True, backend="unsloth"), cpu)
     with pytest.raises(ModelError, match=r"model.compile_layers=true but the model is on cpu.*null or false"):
         compile_wanted(ModelConfig(compile_layers=True), cpu)
+
+
+def _saved_bytes(layers: int, tokens: int) -> int:
+    """Bytes of the distinct non-parameter tensors a compiled bf16 body of `layers` layers saves for backward over 2
+    rows of `tokens` tokens (LoRA r8 on every projection)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**SHAPE, num_hidden_layers=layers)).to(torch.bfloat16)
+    model.set_attn_implementation("sdpa")
+    model = add_lora(model, LoraConfig(r=8, alpha=16))
+    fuse_lora(model)
+    compile_layers(model.train())
+    params = {p.data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    body, ids = model.get_base_model().model, torch.randint(3, 500, (2, tokens))
+    with training_passes(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        body(input_ids=ids, use_cache=False)
+    return sum(seen.values())
+
+
+SHAPE = dict(vocab_size=512, hidden_size=256, intermediate_size=960, num_attention_heads=8, num_key_value_heads=2,
+             head_dim=32)
+
+
+def test_the_memory_plan_counts_what_compiled_layers_save():
+    """`ModelShape.compiled_saved` is the values a token keeps in a compiled layer: the bytes saved for backward, per
+    layer (two layers against one) and per token (32 tokens a row against 16), counted as inductor's partitioner
+    picked them; more than checkpointing with the products kept holds, which the plan counts for such layers."""
+    from transformers import Qwen3Config
+
+    from mathgrpo.training.memory import PROJECTIONS, ModelShape, plan_memory
+
+    per_layer = {t: _saved_bytes(2, t) - _saved_bytes(1, t) for t in (16, 32)}
+    values = (per_layer[32] - per_layer[16]) / (2 * 16) / 2  # 2 rows, bf16
+    shape = ModelShape.from_config(Qwen3Config(**SHAPE, num_hidden_layers=1))
+    assert values == shape.compiled_saved(8, PROJECTIONS)
+    assert shape.compiled_saved(8, PROJECTIONS) > shape.kept_products(8, PROJECTIONS) + shape.hidden
+    kept = plan_memory(shape, 2**34, lora_r=8, keep_matmuls=True)
+    assert plan_memory(shape, 2**34, lora_r=8, keep_matmuls=True, compiled=True).train_per_token > kept.train_per_token

@@ -135,6 +135,19 @@ class ModelShape:
             values += sum(2 * o + lora_r for o in lora)
         return values
 
+    def compiled_saved(self, lora_r: int = 0, targets: tuple = ()) -> int:
+        """Values one token keeps in one compiled layer (`model.compile_layers`, not checkpointed) for backward, as
+        AOTAutograd's partitioner picks them: the layer input and both normalised inputs, q and k before and after
+        their norms and rotary, v, the attention output and its log-sum-exp, the intermediate state after the
+        attention, gate, up and their SwiGLU product, each LoRA projection's rank-r product, and the norms' fp32
+        reciprocal RMS values (two 16-bit values each). The output and down projections' outputs are not kept
+        (only added onto the residual). Counted on the CPU against the bytes saved (tests/model/test_compiled.py)."""
+        io = self.projection_sizes()
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        lora = sum(1 for t in targets if t in io) * lora_r
+        rstd = 2 * (2 + self.heads + self.kv_heads)  # input and post-attention norms, q and k norms a head
+        return 4 * self.hidden + 2 * q + 3 * kv + q + 2 * self.heads + 3 * self.intermediate + lora + rstd
+
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """KV-cache bytes one token takes: K and V for every layer and key/value head."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
@@ -215,10 +228,13 @@ def plan_memory(
     offload_checkpoints: bool = False,
     beside: int = 0,
     keep_matmuls: bool = False,
+    compiled: bool = False,
 ) -> MemoryPlan:
     """The memory plan for training `shape` with LoRA (or every weight) inside `budget_bytes`, beside `beside`
     bytes of other models kept on the device (`reward_model_bytes`); `keep_matmuls`: checkpointing keeps each layer's
-    products as well as its input."""
+    products as well as its input; `compiled`: compiled layers (`model.compile_layers`), which keep their products
+    without checkpointing (`ModelShape.compiled_saved`, more than checkpointing keeps) and save that much for the
+    layer whose backward runs when checkpointed."""
     targets = lora_targets if lora_targets is not None else PROJECTIONS
     weight_bytes = shape.weight_bytes(dtype_bytes, load_in_4bit)
     trained = shape.params if full_finetune else shape.lora_params(lora_r, targets)
@@ -226,11 +242,15 @@ def plan_memory(
     resident = weight_bytes + state_bytes + fixed_overhead + beside
     per_hidden, per_intermediate = (ACT_HIDDEN, ACT_INTERMEDIATE) if fused_lora else (ACT_HIDDEN_PEFT, ACT_INTERMEDIATE_PEFT)
     layer_values = per_hidden * shape.hidden + per_intermediate * shape.intermediate
-    if gradient_checkpointing:
+    r = 0 if full_finetune else lora_r
+    if compiled:
+        layer_values = max(layer_values, shape.compiled_saved(r, targets))
+    if gradient_checkpointing and keep_matmuls and compiled:
+        per_token = dtype_bytes * (shape.layers * shape.compiled_saved(r, targets) + layer_values)
+    elif gradient_checkpointing:
         kept_layers = 0 if offload_checkpoints else shape.layers
         per_token = dtype_bytes * (kept_layers * shape.hidden + layer_values)
         if keep_matmuls:
-            r = 0 if full_finetune else lora_r
             per_token += dtype_bytes * shape.layers * shape.kept_products(r, targets, peft_forward=not fused_lora)
     else:
         per_token = dtype_bytes * shape.layers * layer_values
@@ -288,10 +308,11 @@ def device_budget(max_memory_gb: Optional[float], device: Any) -> Optional[int]:
 
 
 def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offload: bool = False,
-                    keep_matmuls: bool = False) -> MemoryPlan:
+                    keep_matmuls: bool = False, compiled: Optional[bool] = None) -> MemoryPlan:
     """The plan a run's Config gives `shape` on `device` within `budget` bytes: gradient checkpointing (when set)
     and the CUDA overhead on a GPU only, the reward model beside; `offload`: checkpointed layer inputs on the host;
-    `keep_matmuls`: checkpointed layers keep their products too.
+    `keep_matmuls`: checkpointed layers keep their products too; `compiled`: the layers are compiled (None: as
+    model.compile_layers asks, on a GPU; null counted as on, the larger plan).
     The trainer, the dry run and preflight's can-it-hold check all plan through here."""
     import torch
 
@@ -299,6 +320,8 @@ def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offlo
 
     device = torch.device(device)
     gpu = device.type == "cuda"
+    if compiled is None:
+        compiled = gpu and cfg.model.compile_layers is not False and cfg.model.backend == "transformers"
     return plan_memory(
         shape,
         budget,
@@ -313,6 +336,7 @@ def plan_for_config(shape: ModelShape, cfg: Any, device: Any, budget: int, offlo
         offload_checkpoints=offload,
         beside=reward_model_bytes(cfg, device),
         keep_matmuls=keep_matmuls,  # counted only with checkpointing (on a GPU), as plan_memory does
+        compiled=compiled,
     )
 
 
@@ -326,7 +350,10 @@ def plan_for_model(model: Any, cfg: Any, device: Any, offload: bool = False, kee
     budget = device_budget(cfg.grpo.max_memory_gb, device)
     if budget is None:
         return None
-    plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload, keep_matmuls)
+    from ..model.compiled import compiled
+
+    plan = plan_for_config(ModelShape.from_config(model.config), cfg, device, budget, offload, keep_matmuls,
+                           compiled(model))
     if not quiet:
         notice(plan.summary(cfg.model.max_seq_length))
     return plan
