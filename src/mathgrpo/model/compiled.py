@@ -5,10 +5,11 @@ On the GPU a training pass of the Qwen3-4B shape is bound by the host at the mic
 Python of transformers' layers, PEFT, the checkpointing and its selective cache launches the kernels more slowly
 than the card runs them (docs/performance.md, "Packed passes"). Compiled, a layer's norms, rotary and SwiGLU become
 a few fused kernels around its GEMMs and attention, and AOTAutograd's partitioner picks what forward saves for
-backward: the products' outputs, with the pointwise work run again from them, which is what checkpointing with
-the products kept holds, without a dispatch hook on every op. So where the memory plan keeps the products, compiled
-layers run without checkpointing (`training.sizing`); where it keeps only layer inputs, checkpointing calls the
-compiled layer, once in forward and again in backward.
+backward: the products' outputs and some of what lies between them (the normalised inputs, q and k after their
+norms and rotary, the SwiGLU product: about 1.5x what checkpointing with the products kept holds, counted by
+`training.memory.ModelShape.compiled_saved`), without a dispatch hook on every op. So where the memory plan fits
+that, compiled layers run without checkpointing (`training.sizing`); where it keeps only layer inputs,
+checkpointing calls the compiled layer, once in forward and again in backward.
 
 The compiled layers are switched in only inside `training_passes` (the trainers' forward and backward passes):
 generation through the model's own forward (the hf rollout engine, evaluation) passes a KV cache whose state the
