@@ -19,7 +19,6 @@ import json
 import pstats
 import statistics
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -71,7 +70,7 @@ def pass_fn(setting: str):
     mask = torch.ones_like(ids)
     layout = PassLayout(pack=packed)
     run = lambda: token_logprobs(model, ids, mask, 16, 1.0, layout=layout).sum().backward()  # noqa: E731
-    return run, packing.attention(model) if packed else training_passes(model) if compiled else nullcontext()
+    return run, packing.attention(model) if packed else training_passes(model)
 
 
 def measure(setting: str, iters: int) -> float:

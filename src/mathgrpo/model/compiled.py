@@ -62,19 +62,25 @@ def compile_layers(model: Any) -> int:
     return len(layers)
 
 
+def _compiled_layers(model: Any) -> list:
+    """The decoder layers that have a compiled forward (`compile_layers`); none for a model without them."""
+    try:
+        layers = decoder_layers(model)
+    except TypeError:
+        return []
+    return [layer for layer in layers if getattr(layer, "_mathgrpo_compiled", None) is not None]
+
+
 def compiled(model: Any) -> bool:
     """Whether the model's decoder layers have compiled forwards (`compile_layers`)."""
-    try:
-        return any(getattr(layer, "_mathgrpo_compiled", None) is not None for layer in decoder_layers(model))
-    except TypeError:
-        return False
+    return bool(_compiled_layers(model))
 
 
 @contextmanager
 def training_passes(model: Any) -> Iterator[bool]:
     """Within: the decoder layers run their compiled forwards (where `compile_layers` gave them one); after, and
     after an error, their own. Yields whether they are compiled."""
-    layers = decoder_layers(model) if compiled(model) else []
+    layers = _compiled_layers(model)
     before = [layer._compiled_call_impl for layer in layers]
     for layer in layers:
         layer._compiled_call_impl = layer._mathgrpo_compiled  # what nn.Module.__call__ runs when set

@@ -18,7 +18,7 @@ from ..progress import notice
 from .card import card_of
 from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
 from .checkpointing import checkpoint_kwargs, keep_refusal
-from .compiled import compile_layers, compile_refusal
+from .compiled import compile_layers, compile_refusal, compiled
 from .liger import quiet_optional_backends
 
 
@@ -208,8 +208,11 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
     """Gradient checkpointing (GPU; offloaded to the host when asked), when model.fused_lora is on the fused LoRA
     projections, and when model.compile_layers allows it compiled decoder layers. (The SDPA backends for training
     are chosen per pass: `training_attention`; the compiled layers run inside `compiled.training_passes`.)"""
-    compile_now = compile_wanted(cfg, next(model.parameters()).device)
-    if enable_checkpointing(model, cfg, compile_now) and cfg.offload_checkpoints:
+    if compile_wanted(cfg, next(model.parameters()).device):  # first: checkpointing asks whether layers are compiled
+        compile_layers(model)
+        notice("model.compile_layers: the decoder layers compile at their first training passes (tens of seconds "
+               "each: forward and backward; model.compile_layers=false runs them as they are)")
+    if enable_checkpointing(model, cfg) and cfg.offload_checkpoints:
         from .offload import offload_checkpoints
 
         offload_checkpoints(model)
@@ -217,10 +220,6 @@ def ready_for_training(model: Any, cfg: ModelConfig) -> None:
         from .fused_lora import fuse_lora
 
         fuse_lora(model)
-    if compile_now:
-        compile_layers(model)
-        notice("model.compile_layers: the decoder layers compile at their first training passes (tens of seconds "
-               "each: forward and backward; model.compile_layers=false runs them as they are)")
 
 
 def compile_wanted(cfg: ModelConfig, device: torch.device) -> bool:
@@ -248,13 +247,13 @@ def training_attention(cfg: ModelConfig, device: torch.device) -> Iterator[bool]
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
-def enable_checkpointing(model: Any, cfg: ModelConfig, compiled: bool = False) -> bool:
+def enable_checkpointing(model: Any, cfg: ModelConfig) -> bool:
     """Gradient checkpointing on GPU when asked (CPU tiny runs gain nothing from it); whether it is on. With
-    `compiled` layers, products to keep (model.checkpoint_matmuls=true) mean no checkpointing: the compiler keeps them."""
+    compiled layers, products to keep (model.checkpoint_matmuls=true) mean no checkpointing: the compiler keeps them."""
     if not (cfg.gradient_checkpointing and next(model.parameters()).device.type == "cuda"):
         return False
     keep = cfg.checkpoint_matmuls is True
-    if keep and compiled:
+    if keep and compiled(model):
         return False
     refusal = keep_refusal(model) if keep else None
     if refusal:

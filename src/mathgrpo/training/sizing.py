@@ -67,13 +67,12 @@ class Sizing:
         if way == "host" and not offloaded and offload_checkpoints(model) > 0:
             notice(OFFLOAD_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
-        if way == "products" and not kept and compiled(model):
-            uncheckpoint_layers(model)  # the compiled layers' backward keeps the products itself
-            notice(COMPILED_KEEP_NOTE)
-            return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
-        if way == "products" and not kept and keep_refusal(model) is None:
-            checkpoint_layers(model, keep_matmuls=True)
-            notice(KEEP_NOTE)
+        if way == "products" and not kept and (compiled(model) or keep_refusal(model) is None):
+            if compiled(model):
+                uncheckpoint_layers(model)  # the compiled layers' backward keeps the products itself
+            else:
+                checkpoint_layers(model, keep_matmuls=True)
+            notice(COMPILED_KEEP_NOTE if compiled(model) else KEEP_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
         return sizing
 
