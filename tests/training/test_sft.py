@@ -29,6 +29,27 @@ def test_padded_rows_lose_what_they_would_alone():
     assert torch.allclose(together, alone, rtol=1e-5)
 
 
+def test_the_warm_up_pass_builds_no_kv_cache():
+    """No decoder layer is handed a KV cache in a warm-up pass: one is never read there, costs memory, and its
+    per-layer state makes compiled layers (model.compile_layers) compile again for every layer."""
+    from transformers.cache_utils import Cache
+
+    from mathgrpo.model.compiled import decoder_layers
+    from mathgrpo.model.tiny import build_tiny
+    from mathgrpo.training.sft import sft_loss
+
+    model, _ = build_tiny(seed=2)
+    assert model.config.use_cache  # the tiny model generates with a cache; the pass must ask for none
+    caches = []
+    hooks = [layer.register_forward_pre_hook(
+        lambda m, a, kw: caches.extend(v for v in kw.values() if isinstance(v, Cache)), with_kwargs=True)
+        for layer in decoder_layers(model)]
+    sft_loss(model, [Example(list(range(3, 40)), 10)], 0, torch.device("cpu"), 1.0).backward()
+    for hook in hooks:
+        hook.remove()
+    assert caches == []
+
+
 def test_warm_up_says_why_it_ended():
     """An early stop on purpose is named as such; ending far below the target is a warning before GRPO."""
     from mathgrpo.training.sft import ending_note
