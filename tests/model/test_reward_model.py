@@ -52,6 +52,22 @@ def test_batched_scores_equal_one_by_one(classifier):
     assert len(set(round(s, 4) for s in alone)) == 4  # four different texts, four different scores
 
 
+def test_scoring_builds_no_kv_cache(classifier):
+    """The classifier's passes ask for no KV cache (its config asks for one by default; none is ever read)."""
+    from transformers.cache_utils import Cache
+
+    rm = RewardModel.load(str(classifier), normalize="none")
+    assert rm.model.config.use_cache
+    caches = []
+    hooks = [layer.register_forward_pre_hook(
+        lambda m, a, kw: caches.extend(v for v in kw.values() if isinstance(v, Cache)), with_kwargs=True)
+        for layer in rm.model.model.layers]
+    rm(COMPLETIONS, problems())
+    for hook in hooks:
+        hook.remove()
+    assert caches == []
+
+
 def test_score_is_the_head_logit_of_the_rendered_text(classifier):
     """A one-label head's score is its logit on `question\\n\\ncompletion` (no chat template here)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -137,7 +137,7 @@ class RewardModel:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             batch = self.tok.pad({"input_ids": [ids[i] for i in chunk]}, padding=True, return_tensors="pt")
-            logits = self.model(input_ids=batch["input_ids"].to(self.device),
+            logits = self.model(input_ids=batch["input_ids"].to(self.device), use_cache=False,
                                 attention_mask=batch["attention_mask"].to(self.device)).logits.float()  # [n, labels]
             values = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
             for i, v in zip(chunk, values.tolist()):  # the host waits for the GPU here

@@ -251,6 +251,7 @@ def _completion_hidden(body: Any, input_ids: torch.Tensor, attention_mask: torch
 
 def plain_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, temperature: float = 1.0) -> torch.Tensor:
     """The same log-probs through the full logits (the reference the chunked path is checked against)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)).logits
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                   use_cache=False).logits
     logits = logits[:, prompt_width - 1 : -1].float() / (temperature if temperature > 0 else 1.0)
     return torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, prompt_width:, None]).squeeze(-1)
