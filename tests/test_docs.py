@@ -13,7 +13,7 @@ def test_evaluation_doc_quotes_the_readme_run():
     run = re.search(r"R=(runs/tiny-cpu-\S+)", readme).group(1)
     assert f"R={run}" in doc
     a, b, diff, lo, hi, fixed, broken = re.search(
-        r"│ procedural_arith@test │\s+200 │ ([\d.]+%) │ ([\d.]+%) │ ([+-][\d.]+) │ ([+-][\d.]+), ([+-][\d.]+) │\s+(\d+) │\s+(\d+) │",
+        r"│ procedural_arith@test │\s+200 │ ([\d.]+%) │ ([\d.]+%) │ ([+-][\d.]+) │\s+([+-][\d.]+), ([+-][\d.]+) │\s+(\d+) │\s+(\d+) │",
         readme).groups()
     row = f"| procedural_arith@test | 200 | {a} | {b} | {diff} pts | {lo} to {hi} | {fixed} | {broken} |"
     assert row in doc
