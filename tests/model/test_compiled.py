@@ -54,6 +54,29 @@ def test_compiled_layers_give_the_eager_log_probs_and_gradients(fused):
         assert g_e.abs().max() > 1e-3  # the gradients compared are not all zero
 
 
+def test_packed_passes_through_compiled_layers():
+    """Packed passes (`grpo.packed_passes`) through compiled layers: the per-sequence reference attention (what runs
+    off the flash kernel: CPU, float32) is left out of the graph and run as it is; eager log-probs and gradients."""
+    from torch._dynamo.utils import counters
+
+    from mathgrpo.training import packing
+
+    eager, fast = _lora_model(), _lora_model()
+    compile_layers(fast)
+    torch.manual_seed(2)
+    ids = torch.randint(3, 90, (4, 12))
+    ids[1, :4] = ids[0, :4]  # two rows of one prompt: packed once
+    mask = torch.ones_like(ids)
+    mask[2, :2] = 0
+    mask[3, -3:] = 0
+    counters.clear()
+    with packing.attention(eager), packing.attention(fast):
+        (lp_e, g_e), (lp_c, g_c) = _pass(eager, ids, mask), _pass(fast, ids, mask)
+    assert any("_reference" in reason for reason in counters["graph_break"])  # its loop is not traced
+    assert torch.allclose(lp_c, lp_e, atol=2e-6), (lp_c - lp_e).abs().max()
+    assert (g_c - g_e).norm() < 1e-5 * g_e.norm() and g_e.abs().max() > 1e-3
+
+
 def test_compiled_forwards_are_switched_in_only_inside_training_passes():
     """Outside `training_passes` the layers run their own forward (generation passes a KV cache the compiler would
     guard on); inside they run the compiled one; after an error inside, their own again."""

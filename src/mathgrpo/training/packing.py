@@ -126,6 +126,7 @@ def _flash_ready(query: torch.Tensor) -> bool:
     return query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and hasattr(torch.ops.aten, "_flash_attention_forward")
 
 
+@torch.compiler.disable  # compiled layers (model.compile_layers) run this loop over sequences as it is
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedAttention, scale: Optional[float]) -> torch.Tensor:
     """The same attention one sequence at a time through SDPA with an end-aligned causal mask (CPU, float32)."""
     rep = q.shape[1] // k.shape[1]
