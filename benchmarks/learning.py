@@ -65,6 +65,7 @@ VARIANTS = {  # name -> overrides of the default recipe
     "native-ckpt-compiled": ["rollout.engine=native", "model.gradient_checkpointing=true", "model.checkpoint_matmuls=false",
                              "model.compile_layers=true"],  # compiled layers run inside checkpointing
     "hf-compiled": ["rollout.engine=hf", "model.compile_layers=true"],  # generation through the layers' own forward
+    "native-packed-compiled": ["rollout.engine=native", "grpo.packed_passes=true", "model.compile_layers=true"],
 }
 
 
