@@ -20,6 +20,7 @@ compiles a handful of times (forward with and without gradients, rows and packed
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -56,6 +57,8 @@ def compile_layers(model: Any) -> int:
     """Give every decoder layer a compiled forward (dynamic shapes; its backward follows), used inside
     `training_passes`; returns how many layers have one. Compiling happens at the first call."""
     layers = decoder_layers(model)
+    # inductor (torch 2.11) says so of a softmax it splits (eager attention); nothing a user can act on
+    warnings.filterwarnings("ignore", message=r"\s*Online softmax is disabled on the fly", category=UserWarning)
     for layer in layers:
         if getattr(layer, "_mathgrpo_compiled", None) is None:
             layer._mathgrpo_compiled = torch.compile(layer._call_impl, dynamic=True)
