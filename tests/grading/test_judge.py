@@ -292,3 +292,19 @@ def test_labelled_pairs_agree_at_least_as_often_as_plain_math_verify():
     assert result["by_source"]["all"]["n"] > 2000
     for source, entry in result["by_source"].items():
         assert entry["mathgrpo"] >= entry["math_verify"], source
+
+
+@pytest.mark.parametrize("pred, gold, equal", [
+    # repeating decimals as public teaching material writes them, with the value it gives each
+    ("8.\\overline{3}", "8\\frac{1}{3}", True), ("3.\\overline{3}", "\\frac{10}{3}", True),
+    ("\\frac{1}{21}", "0.\\overline{047619}", True), ("83.\\overline{3}", "\\frac{250}{3}", True),
+    ("0.\\overline{142857}", "\\frac17", True), ("\\boxed{0.\\overline{5}}", "\\frac{5}{9}", True),
+    ("\\frac{121}{909}", "0.\\overline{1331}", True),  # MATH-500's 0.\\overline{1331} = a/b
+    ("0.333333", "0.\\overline{3}", True),  # six digits: the approximation rule, as 0.33333 = 1/3
+    # what math-verify reads as the integer part (0.\\overline{3} as 0) was equal to it, and to other such decimals
+    ("0", "0.\\overline{3}", False), ("0.\\overline{6}", "0.\\overline{3}", False), ("1", "1.\\overline{3}", False),
+    ("83.3", "83.\\overline{3}", False), ("0.33", "0.\\overline{3}", False),
+])
+def test_repeating_decimals_compare_by_their_value(pred, gold, equal):
+    """A repeating decimal is the exact fraction it writes: equal to it, and to nothing else."""
+    assert judge.decide(pred, gold).equal is equal

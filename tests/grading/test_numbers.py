@@ -75,3 +75,15 @@ def test_decimal_literals_by_value():
     assert found[Fraction("0.6")] == Fraction(1, 10)
     assert found[Fraction("2.6667")] == Fraction(1, 10**4)
     assert found[Fraction("0.0015")] == Fraction(1, 10**4)
+
+
+@pytest.mark.parametrize("text, written", [
+    ("0.\\overline{3}", "\\frac{1}{3}"), ("0.\\overline{36}", "\\frac{4}{11}"), ("1.1\\overline{6}", "\\frac{7}{6}"),
+    (".\\bar{142857}", "\\frac{1}{7}"), ("0.\\overline9", "1"), ("-2.\\overline{ 5 }", "-\\frac{23}{9}"),
+    ("(0.\\overline{3}, 0.\\overline{6})", "(\\frac{1}{3}, \\frac{2}{3})"),
+    ("\\overline{AB}", "\\overline{AB}"), ("0.3", "0.3"), ("x.\\overline{3}", "x.\\overline{3}"),
+])
+def test_repeating_decimals_are_written_as_their_fractions(text, written):
+    """Digits, a point, digits and repeating digits under `\\overline` or `\\bar` become the exact fraction; an
+    overline over letters, a plain decimal and a variable's name are left alone."""
+    assert numbers.repeating_as_fractions(text) == written

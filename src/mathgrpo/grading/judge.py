@@ -37,7 +37,8 @@ from typing import Optional, Union
 
 from . import client, worker
 from .readings import case_matters
-from .numbers import APPROX_REL_TOL, MAX_EXPONENT, approximates, as_number, base_numeral, shown_place  # noqa: F401
+from .numbers import (APPROX_REL_TOL, MAX_EXPONENT, approximates, as_number, base_numeral,  # noqa: F401
+                      repeating_as_fractions, shown_place)
 from .client import GradingError  # noqa: F401  (raised from here to the callers)
 from ..data.formats import Format, get_format, last_boxed, parse_completion
 
@@ -196,14 +197,15 @@ def _drop_thousands(text: str) -> str:
 
 
 def _present(answer: str) -> str:
-    """An answer with presentation removed: box, `$`, spacing, `\\text{}`, `;` lists, `1 1/2` (what math-verify reads)."""
+    """An answer with presentation removed: box, `$`, spacing, `\\text{}`, `;` lists, `1 1/2`, repeating decimals
+    as fractions (what math-verify reads)."""
     text = _unwrap_boxed(answer.strip()).strip().strip("$").strip()
     m = _MATH_DELIMS.match(text)
     text = m.group(1).strip() if m else text
     for pattern, repl in _SUBS:
         text = pattern.sub(repl, text)
     text = _unwrap_text(text).strip().rstrip(".").strip().replace(";", ",")
-    text = _MIXED_NUMBER.sub(r"\1\\frac{\2}{\3}", text)
+    text = _MIXED_NUMBER.sub(r"\1\\frac{\2}{\3}", repeating_as_fractions(text))
     return _drop_thousands(_strip_units(text))
 
 

@@ -67,6 +67,26 @@ def as_number(key: str) -> Optional[Fraction]:
     return None
 
 
+# `0.\overline{3}`, `8.1\overline{6}`, `.\bar{142857}`: digits, a point, digits, then the repeating digits
+_REPEATING = re.compile(r"(?<![\w.])(\d{0,40})\.(\d{0,40})\\(?:overline|bar)\s*(?:\{\s*(\d{1,40})\s*\}|(\d))")
+
+
+def _repeating_value(whole: str, fixed: str, repeat: str) -> Fraction:
+    """whole.fixed(repeat)(repeat)...: whole + (fixed+repeat - fixed) / (10^len(fixed) * (10^len(repeat) - 1))."""
+    return int(whole or 0) + Fraction(int(fixed + repeat) - int(fixed or 0), 10 ** len(fixed) * (10 ** len(repeat) - 1))
+
+
+def repeating_as_fractions(text: str) -> str:
+    """Every repeating decimal in `text` written as the exact fraction it is (`0.\\overline{3}` -> `\\frac{1}{3}`,
+    `1.1\\overline{6}` -> `\\frac{7}{6}`), so that every reading of an answer sees its value (math-verify reads
+    `0.\\overline{3}` as 0)."""
+    def fraction(m: re.Match) -> str:
+        value = _repeating_value(m.group(1), m.group(2), m.group(3) or m.group(4))
+        return f"\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator != 1 else str(value)
+
+    return _REPEATING.sub(fraction, text) if "\\" in text else text
+
+
 def shown_place(key: str) -> Optional[Fraction]:
     """The place value of the last digit a decimal shows (`3.1416` -> 1/10000, `6.02e23` -> 10^21),
     or None for a number written exactly (integer, fraction, `1e6`)."""
