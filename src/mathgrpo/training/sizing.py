@@ -58,7 +58,8 @@ class Sizing:
     def for_model(cls, model: Any, cfg: Config, device: Any) -> "Sizing":
         """The sizing of a run training `model`: plans its memory and, when `offload_wanted` and the model has
         checkpointed layers, turns their offloading on and plans again; when `keep_matmuls_fits` instead, has its
-        checkpointed layers keep their products and plans with them."""
+        checkpointed layers keep their products (compiled layers: runs them without checkpointing, the compiler
+        keeps the products) and plans with them."""
         facts = {"device": device, "distributed": dist.world().active, "sharded": dist.is_sharded(model)}
         offloaded = cfg.model.offload_checkpoints is True  # already applied at loading
         kept = cfg.model.checkpoint_matmuls is True  # likewise
@@ -67,12 +68,13 @@ class Sizing:
         if way == "host" and not offloaded and offload_checkpoints(model) > 0:
             notice(OFFLOAD_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, offload=True), offloaded=True, **facts)
-        if way == "products" and not kept and (compiled(model) or keep_refusal(model) is None):
-            if compiled(model):
+        is_compiled = compiled(model)
+        if way == "products" and not kept and (is_compiled or keep_refusal(model) is None):
+            if is_compiled:
                 uncheckpoint_layers(model)  # the compiled layers' backward keeps the products itself
             else:
                 checkpoint_layers(model, keep_matmuls=True)
-            notice(COMPILED_KEEP_NOTE if compiled(model) else KEEP_NOTE)
+            notice(COMPILED_KEEP_NOTE if is_compiled else KEEP_NOTE)
             return cls(cfg, plan_for_model(model, cfg, device, keep_matmuls=True), **facts)
         return sizing
 
