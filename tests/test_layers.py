@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mathgrpo"
 
 # Lowest first. A unit is a subpackage (data/) or a top-level module (config.py); "mathgrpo" is __init__.py.
 FLOORS = [
-    ("errors", "diskio", "config", "dist", "progress", "tracking", "runs"),  # what every stage shares
+    ("errors", "diskio", "config", "dist", "progress", "tracking", "runs", "hubcheck"),  # what every stage shares
     ("data",),
     ("grading",),
     ("model",),

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config, ConfigError, config_yaml
+from .hubcheck import hub_status
 
-HUB_TIMEOUT_S = 5.0
 GPU_DTYPES = ("bfloat16", "float16")
 
 
@@ -38,43 +38,6 @@ class Check:
     value: str
     found: Optional[str]  # where it comes from when usable
     problem: Optional[str] = None  # what is wrong and what to do, when not
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def hub_status(repo: str, repo_type: str, setting: str = "model.name") -> tuple:
-    """(where, problem) for a hub repo: the local hub cache, else the hub itself if it answers in time.
-    setting: the model setting to point at a local folder instead."""
-    from huggingface_hub import constants, repo_info
-
-    prefix = "models" if repo_type == "model" else "datasets"
-    if (Path(constants.HF_HUB_CACHE) / f"{prefix}--{repo.replace('/', '--')}").is_dir():
-        return "local hub cache", None
-    if repo_type == "dataset" and _datasets_cache_has(repo):
-        return "local datasets cache", None
-    todo = (f"download it where there is network (huggingface-cli download {repo}) or set {setting} to a local folder"
-            if repo_type == "model" else
-            f"put a copy laid out like the hub repo in MATHGRPO_HUB_ROOT/{repo}, or download it where there is "
-            f"network (huggingface-cli download --repo-type dataset {repo})")
-    if _offline():
-        return None, f"not in the local hub cache and HF_HUB_OFFLINE=1; {todo}"
-    try:
-        repo_info(repo, repo_type=repo_type, timeout=HUB_TIMEOUT_S)
-    except Exception as err:  # no network, unknown repo, gated repo: the hub client raises many types
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        return None, f"not in the local hub cache and the hub did not answer ({reason}); {todo}"
-    return "the hub (downloaded on first use)", None
-
-
-def _datasets_cache_has(repo: str) -> bool:
-    """Whether `datasets` has a prepared copy of `repo` in its own cache."""
-    try:
-        from datasets import config
-    except ImportError:
-        return False
-    return (Path(config.HF_DATASETS_CACHE) / repo.replace("/", "___")).is_dir()
 
 
 def check_model(name: str, setting: str = "model.name") -> Check:
@@ -114,34 +77,10 @@ def check_reward_model(name: str) -> Check:
 
 def check_source(spec: str, split: str, setting: str) -> Check:
     """One data source: bundled, procedural, a local file or a hub data set (names and splits, no rows read)."""
-    from .data import bundled, files, hub, procedural
-    from .data.problem import DataError
+    from .data import DataError, locate_source
 
-    name, at, spec_split = spec.partition("@")
-    want = spec_split if at else split
     try:
-        if spec.startswith("hub:"):
-            dataset_id = hub.parse_spec(spec[len("hub:"):], split)[0]
-            path = hub.resolve_path(dataset_id, None)
-            if Path(path).is_dir():
-                return Check(setting, spec, f"local folder {path}")
-            found, problem = hub_status(dataset_id, "dataset")
-            return Check(setting, spec, found, problem)
-        if spec.startswith("procedural:"):
-            gen = name[len("procedural:"):]
-            if want not in procedural.SPLITS:
-                raise DataError(f"{spec} has splits {', '.join(procedural.SPLITS)} (not {want!r})")
-            if gen != "arith":
-                procedural.check_name(gen)
-            return Check(setting, spec, "generated")
-        if name in bundled.SETS:
-            if want not in bundled.SETS[name][1]:
-                bundled.load(name, want)  # raises the DataError that names the right split
-            return Check(setting, spec, f"bundled ({want} split)")
-        if Path(spec).suffix or Path(spec).exists():
-            return Check(setting, spec, f"file {files.check_path(spec)}")
-        raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
-                        f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+        return Check(setting, spec, locate_source(spec, split))
     except DataError as err:
         return Check(setting, spec, None, str(err))
 

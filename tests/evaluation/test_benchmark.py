@@ -199,6 +199,18 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_a_bench_that_names_nothing_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A typo in --bench is the first thing said, even where the model named is nowhere to be had."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for bench, said in (("gsm8k,nosuch", "unknown data source 'nosuch'"), ("gsm8k@dev", "gsm8k has split"),
+                        (str(tmp_path / "none.jsonl"), "none.jsonl: no such file")):
+        assert cli(["eval", "--model", "owner/absent", "--bench", bench, "--output", str(tmp_path / "res")]) == 2
+        err = capsys.readouterr().err
+        assert f"--bench {bench.split(',')[-1]}: " in err and said in err and "owner/absent" not in err
+    assert not (tmp_path / "res").exists()
+
+
 def test_a_folder_of_other_files_is_refused_untouched(tiny_dir, tmp_path, capsys):
     """--output into a folder that is not a results folder of ours: refused, the user's files as they were."""
     out = tmp_path / "mine"

@@ -1,5 +1,8 @@
 """Model loading, LoRA, saving, and export: a merged model equals base + adapter."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -76,6 +79,22 @@ def test_missing_model_message(tmp_path):
     """A model that cannot be found names itself and suggests what to do."""
     with pytest.raises(ModelError, match="no-such-model"):
         load_base(ModelConfig(name=str(tmp_path / "no-such-model"), device="cpu"))
+
+
+def test_a_hub_id_the_hub_cannot_give_fails_at_once_with_what_to_do(tmp_path):
+    """A hub id not in the cache while the hub refuses connections: the tokenizer is None and loading raises the
+    one line that says so, before transformers' loaders retry the hub for most of a minute."""
+    code = ("from mathgrpo.config import ModelConfig\n"
+            "from mathgrpo.model.loading import load_base, load_tokenizer\n"
+            "cfg = ModelConfig(name='owner/absent', device='cpu')\n"
+            "print('tokenizer', load_tokenizer(cfg.name, cfg))\n"
+            "try:\n    load_base(cfg)\nexcept Exception as err:\n    print(type(err).__name__, err)\n")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    assert "tokenizer None" in out
+    assert "ModelError cannot load model 'owner/absent': not in the local hub cache and the hub did not answer" in out
+    assert "set model.name (or --model) to a local folder" in out
 
 
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("bfloat16", 0.1)])

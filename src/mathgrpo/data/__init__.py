@@ -18,7 +18,8 @@ from . import arith, bundled, files, hub, procedural
 from .problem import BadRow, DataError, LoadReport, Problem, as_dict
 from .solutions import sft_text
 
-__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_configured", "load_source", "sft_text", "take_subset"]
+__all__ = ["BadRow", "DataError", "LoadReport", "Problem", "as_dict", "load_configured", "load_source", "locate_source",
+           "sft_text", "take_subset"]
 
 
 def take_subset(problems: list, limit: Optional[int], seed: int) -> list:
@@ -66,6 +67,39 @@ def _dispatch(spec: str, split: str, fields: dict, size: int, seed: int, strict:
         return bundled.load(name, bundled_split, strict=strict)
     if Path(spec).suffix or Path(spec).exists():
         return files.load(spec, strict=strict, **fields)
+    raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
+                    f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+
+
+def locate_source(spec: str, split: str) -> str:
+    """Where `spec` (see the module docstring) comes from, in a few words, checked in seconds without reading rows:
+    names and splits, a local file's path, a hub data set in the caches or on a hub that answers. Raises
+    DataError that says what to pass when it names nothing to be had."""
+    from ..hubcheck import hub_status
+
+    name, want = _with_split(spec, split)
+    if spec.startswith("hub:"):
+        dataset_id = hub.parse_spec(spec[len("hub:"):], split)[0]
+        path = hub.resolve_path(dataset_id, None)
+        if Path(path).is_dir():
+            return f"local folder {path}"
+        found, problem = hub_status(dataset_id, "dataset")
+        if problem:
+            raise DataError(problem)
+        return found
+    if spec.startswith("procedural:"):
+        gen = name[len("procedural:"):]
+        if want not in procedural.SPLITS:
+            raise DataError(f"{spec} has splits {', '.join(procedural.SPLITS)} (not {want!r})")
+        if gen != "arith":
+            procedural.check_name(gen)
+        return "generated"
+    if name in bundled.SETS:
+        if want not in bundled.SETS[name][1]:
+            bundled.load(name, want)  # raises the DataError that names the right split
+        return f"bundled ({want} split)"
+    if Path(spec).suffix or Path(spec).exists():
+        return f"file {files.check_path(spec)}"
     raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
                     f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
 

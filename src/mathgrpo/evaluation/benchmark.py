@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from .. import dist
 from ..config import Config, ConfigError, to_dict
-from ..data import LoadReport, load_configured, load_source, sft_text
+from ..data import DataError, LoadReport, load_configured, load_source, locate_source, sft_text
 from ..diskio import writing
 from .fingerprint import weights_fingerprint
 from ..data.formats import Format, get_format, prompts_for, render_prompt, resolved_template
@@ -60,6 +60,16 @@ def bench_specs(bench: str) -> list:
     if not specs:
         raise ConfigError("eval.bench is empty; pass e.g. --bench gsm8k,math500")
     return list(dict.fromkeys(specs))
+
+
+def check_benches(bench: str) -> None:
+    """Refuse a benchmark spec that names nothing (unknown name or split, missing file) before any model loads,
+    in one line that says what to pass (`data.locate_source`: names and splits, no rows read)."""
+    for spec in bench_specs(bench):
+        try:
+            locate_source(spec, "test")
+        except DataError as err:
+            raise EvalError(f"--bench {spec}: {err}") from None
 
 
 def bench_key(spec: str) -> str:
@@ -397,6 +407,7 @@ def run(cfg: Config, model_ref: Optional[str] = None, bench: Optional[str] = Non
     report; (metrics, results folder, report path), or (None, folder, None) on a rank other than the first."""
     if bench:
         cfg.eval.bench = bench
+    check_benches(cfg.eval.bench)
     if model_ref is None:
         if cfg.model.name == "tiny":
             raise EvalError("no --model: pass a run folder, model or adapter folder, or hub id (--model tiny "

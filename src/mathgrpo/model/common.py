@@ -73,6 +73,19 @@ def local_config(name: str) -> Optional[Any]:
         return None
 
 
+def hub_problem(name: str) -> Optional[str]:
+    """Why the model `name` cannot be had here, in one line with what to do, when it is a hub id that is neither in
+    the hub cache nor on a hub that answers (`hubcheck.hub_status`); None for `tiny`, a local path, or a repo that
+    can be had. Asked before a hub id is loaded: the loaders retry an unreachable hub for most of a minute."""
+    from ..hubcheck import hub_status
+
+    if name == "tiny" or Path(name).expanduser().exists():
+        return None
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return "no such folder (a hub id looks like owner/name)"
+    return hub_status(name, "model", "model.name (or --model)")[1]
+
+
 def quiet_transformers() -> None:
     """No "Loading weights" / "Writing model shards" bars from transformers on every load and save (our own
     bars and lines say what happens); the hub's download bars stay, a long download should show. Nor

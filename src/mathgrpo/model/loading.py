@@ -16,7 +16,8 @@ import torch
 from ..config import Config, ConfigError, LoraConfig, ModelConfig
 from ..progress import notice
 from .card import card_of
-from .common import ModelError, adapter_base, is_adapter_dir, prepare_tokenizer, resolve_device, resolve_dtype
+from .common import (ModelError, adapter_base, hub_problem, is_adapter_dir, prepare_tokenizer, resolve_device,
+                     resolve_dtype)
 from .checkpointing import checkpoint_kwargs, keep_refusal
 from .compiled import compile_layers, compile_refusal, compiled
 from .liger import quiet_optional_backends
@@ -27,6 +28,9 @@ def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).exists()
+    problem = None if local else hub_problem(name)
+    if problem:
+        raise ModelError(f"cannot load model {name!r}: {problem}")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     attn = None if cfg.attn_implementation == "auto" else cfg.attn_implementation
     try:
@@ -124,6 +128,8 @@ def load_tokenizer(name: str, cfg: ModelConfig) -> Optional[Any]:
     path = Path(name)
     if path.exists() and is_adapter_dir(path) and not (path / "tokenizer_config.json").exists():
         name = adapter_base(path)
+    if hub_problem(name):
+        return None
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError):

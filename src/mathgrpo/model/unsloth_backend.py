@@ -35,7 +35,7 @@ import torch
 
 from ..config import LoraConfig, ModelConfig
 from ..progress import notice
-from .common import ModelError, prepare_tokenizer
+from .common import ModelError, hub_problem, prepare_tokenizer
 
 INSTALL = "pip install 'mathgrpo[unsloth]'"
 # Unsloth 2026.10's pins on the packages it patches; read from its own metadata when it is installed.
@@ -113,6 +113,9 @@ def load_unsloth(cfg: ModelConfig, dtype: torch.dtype, seed: int = 0) -> tuple:
     """(model, tokenizer) through FastLanguageModel.from_pretrained; Unsloth picks the device (its GPU if any)."""
     FastLanguageModel = import_unsloth()
     name = _tiny_folder(seed) if cfg.name == "tiny" else cfg.name
+    problem = hub_problem(name)
+    if problem:
+        raise ModelError(f"Unsloth cannot load model {cfg.name!r}: {problem}")
     try:
         model, tok = FastLanguageModel.from_pretrained(
             model_name=name,
