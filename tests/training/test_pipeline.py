@@ -100,6 +100,19 @@ def test_existing_run_folder_refused(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_source_the_held_out_set_takes_whole_stops_with_what_to_change(tmp_path, capsys, monkeypatch):
+    """150 problems and the default 200 held out: nothing left to train on says so (no traceback), names the
+    settings to change, and leaves no run folder."""
+    bundled = Path(__file__).resolve().parents[2] / "src" / "mathgrpo" / "data" / "bundled" / "gsm8k_test.jsonl"
+    (tmp_path / "small.jsonl").write_text("\n".join(bundled.read_text().splitlines()[:150]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "data.source=small.jsonl", f"run.output_dir={tmp_path / 'runs'}", "run.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "no problems left to train on: data.source=small.jsonl gives 150 [train]" in err
+    assert "data.heldout_size below 150 (e.g. 30)" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").iterdir())  # the run folder is gone
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_advice_after_saving(tmp_path, capsys):
     """An absurd learning rate makes the loss NaN: exit 1, advice, and a checkpoint of the state the step started from."""

@@ -35,8 +35,26 @@ def load_problems(d: DataConfig) -> tuple:
     except DataError:
         dev = test
     held = {p.question for p in test} | {p.question for p in dev}
-    train = [p for p in _load(d, d.source, d.split, d.limit, d.seed) if p.question not in held]
+    problems = _load(d, d.source, d.split, d.limit, d.seed)
+    train = [p for p in problems if p.question not in held]
+    if not train:
+        raise DataError(_nothing_to_train(d, len(problems), len(held)))
     return train, dev, test
+
+
+def _nothing_to_train(d: DataConfig, loaded: int, held: int) -> str:
+    """What to change when the held-out problems are every problem the training source gives."""
+    if not loaded:
+        return f"data.source={d.source} gives no problems [{d.split}]; check the source, its split and data.limit"
+    if d.heldout_source:
+        fix = "set data.heldout_source to a source without data.source's questions"
+    elif loaded > 1:
+        fix = f"set data.heldout_size below {loaded} (e.g. {max(1, loaded // 5)}) or data.heldout_source to another source"
+    else:
+        fix = "add problems to it or set data.heldout_source to another source"
+    return (f"no problems left to train on: data.source={d.source} gives {loaded} [{d.split}], and all of them are "
+            f"among the {held} held out (data.heldout_size={d.heldout_size}, from "
+            f"{d.heldout_source or 'the same source'}); {fix}")
 
 
 def _sft_problems(cfg: Config, train: list) -> list:
