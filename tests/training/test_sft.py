@@ -70,3 +70,23 @@ def test_an_early_stop_completes_the_bar():
     task = bar._progress.tasks[0]
     assert (task.completed, task.total, task.finished) == (130, 130, True)
     bar.close()
+
+
+def test_no_warm_up_examples_says_which_cause_and_what_to_change():
+    """Problems without worked solutions, and solved problems whose prompts fill model.max_seq_length, are two
+    causes with two fixes; the message names the one that holds."""
+    from mathgrpo.config import load_config
+    from mathgrpo.data import Problem
+    from mathgrpo.data.formats import get_format
+    from mathgrpo.model.tiny import build_tiny
+    from mathgrpo.training.sft import make_examples, no_examples_reason
+
+    _, tok = build_tiny(seed=0)
+    cfg = load_config("tiny-cpu", ["data.source=mine.jsonl"])
+    fmt = get_format(cfg.format.preset)
+    bare = [Problem(f"p{i}", f"{i}+1", str(i + 1), "mine") for i in range(3)]
+    long = [Problem(f"q{i}", "What is " * 20 + f"{i}+1?", str(i + 1), "mine", solution=f"{i}+1={i + 1}") for i in range(2)]
+    for problems, said in ((bare, "none of the 3 problems of mine.jsonl has a worked solution; set sft.source"),
+                           (long, "all 2 problems of mine.jsonl with a worked solution take model.max_seq_length=64")):
+        assert make_examples(problems, fmt, tok, cfg.format.template, cfg.model.max_seq_length) == []
+        assert said in no_examples_reason(problems, fmt, cfg)

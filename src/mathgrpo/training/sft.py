@@ -18,6 +18,7 @@ import torch
 
 from .. import dist
 from ..config import Config
+from ..data import DataError
 from ..data.formats import Format, get_format, render_prompt
 from ..evaluation.heldout import heldout_accuracy
 from ..model.compiled import training_passes
@@ -50,6 +51,21 @@ def make_examples(problems: list, fmt: Format, tokenizer: Any, template: str, ma
         if len(ids) > len(prompt_ids):
             examples.append(Example(ids, len(prompt_ids)))
     return examples
+
+
+def no_examples_reason(problems: list, fmt: Format, cfg: Config) -> str:
+    """Why `make_examples` gave nothing, and what to change: no worked solutions, or prompts that fill
+    model.max_seq_length."""
+    from ..data.solutions import sft_text
+
+    source = cfg.sft.source or cfg.data.source
+    solved = sum(sft_text(p, fmt) is not None for p in problems)
+    if not solved:
+        return (f"no warm-up examples: none of the {len(problems)} problems of {source} has a worked solution; "
+                "set sft.source to a source with solutions, or sft.enabled=false")
+    return (f"no warm-up examples: the prompts of all {solved} problems of {source} with a worked solution take "
+            f"model.max_seq_length={cfg.model.max_seq_length} tokens or more; raise model.max_seq_length (if the "
+            "model allows) or use shorter problems")
 
 
 def collate(examples: list, pad_id: int, device: torch.device) -> tuple:
@@ -120,7 +136,7 @@ class SFTRun(Stage):
         self.device = self.prepare(model)
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
         if not self.examples:
-            raise ValueError(f"no warm-up examples: {cfg.sft.source or cfg.data.source} has no worked solutions; set sft.enabled=false or sft.source")
+            raise DataError(no_examples_reason(train, self.fmt, cfg))
         self.dev = dev
         self.train_with(cfg.sft.lr, cfg.sft.weight_decay, "constant", cfg.sft.warmup_steps, cfg.sft.steps, cfg.sft.max_grad_norm)
         self.rng = random.Random(cfg.run.seed)
