@@ -281,3 +281,24 @@ def test_the_engine_is_built_with_the_rollout_batch_the_sizing_gives_it(tmp_path
     """The trainer asks the sizing first and builds the engine with its rollout batch; nothing is set on it later."""
     run = make_run(tmp_path, "rollout.engine=native", "rollout.batch_size=3", "lora.enabled=true", "sft.full_finetune=false")
     assert run.engine.batch_size == run.sizing.rollout_batch_size(run.engine.shares_prompt_cache) == 3
+
+
+def test_problems_whose_prompts_do_not_fit_are_left_out_and_said(tmp_path, capsys):
+    """A prompt that with rollout.max_new_tokens runs past model.max_seq_length is left out of training and of
+    the held-out set, in a line that names the settings; a source with none that fits stops with what to change."""
+    from dataclasses import replace
+
+    from mathgrpo.data import DataError
+
+    train, _, test = split(0)
+    long = [replace(p, id=f"long{i}", question=p.question + " " * 40) for i, p in enumerate(train[:5])]
+    cfg = ["grpo.prompts_per_step=2", "grpo.num_generations=2", "rollout.max_new_tokens=16", "run.progress=false",
+           "model.device=cpu", "model.max_seq_length=48"]
+    run = GRPORun(load_config("tiny-cpu", cfg), tmp_path / "a", train[:20] + long, test[:3] + long[:2])
+    out = capsys.readouterr().out
+    assert [p.id for p in run.train_problems] == [p.id for p in train[:20]]
+    assert [p.id for p in run.heldout] == [p.id for p in test[:3]]
+    assert "5 of 25 training problems have prompts that with rollout.max_new_tokens=16 take more than " \
+           "model.max_seq_length=48" in out and "2 of 5 held-out problems" in out
+    with pytest.raises(DataError, match="none is left; raise model.max_seq_length to"):
+        GRPORun(load_config("tiny-cpu", cfg), tmp_path / "b", long, test[:3])

@@ -56,6 +56,31 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     return make_trainable(model, cfg, cfg.lora.enabled), tok
 
 
+def fitting_problems(problems: list, what: str, cfg: Config, model, tok, fmt) -> list:
+    """The problems whose prompt and rollout.max_new_tokens fit the token limit (model.max_seq_length, or the
+    model's positions where fewer: `evaluation.benchmark.token_limit`); how many were left out is said in a line,
+    and none fitting is a DataError that names what to change. Longer prompts would run past the limit the
+    memory plan and the model were sized for."""
+    from ..data import DataError
+    from ..evaluation.benchmark import token_limit
+
+    limit, setting = token_limit(cfg, model)
+    budget = cfg.rollout.max_new_tokens
+    prompts = prompts_for(problems, fmt, tok, cfg.format.template)
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    kept = [p for p, n in zip(problems, lengths) if n + budget <= limit]
+    if len(kept) == len(problems):
+        return problems
+    longest = max(lengths)
+    said = (f"{len(problems) - len(kept)} of {len(problems)} {what} problems have prompts that with "
+            f"rollout.max_new_tokens={budget} take more than {setting} (longest prompt {longest} tokens)")
+    fixes = f"raise model.max_seq_length to {longest + budget} (if the model allows) or lower rollout.max_new_tokens"
+    if not kept:
+        raise DataError(f"{said}: none is left; {fixes}")
+    notice(f"grpo: {said}; they are left out ({fixes} to keep them)")
+    return kept
+
+
 def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:
     """The rollout engine, built with the batch size and the snapshot placement that the memory plan gives the
     engine `rollout.engine` chooses."""
@@ -112,9 +137,11 @@ class GRPORun(Stage):
         self.fmt = get_format(cfg.format.preset, cfg.format.system_prompt, cfg.format.instruction)
         model, self.tok = prepare_policy(cfg, start_from)
         self.device = self.prepare(model)
-        self.train_problems, self.heldout = train, heldout
         if not train:
             raise ValueError(f"no training problems from {cfg.data.source}")
+        train = fitting_problems(train, "training", cfg, self.model, self.tok, self.fmt)
+        heldout = fitting_problems(heldout, "held-out", cfg, self.model, self.tok, self.fmt)
+        self.train_problems, self.heldout = train, heldout
         self.rewards = build_rewards(cfg.rewards.preset, dict(cfg.rewards.weights),
                                      load_reward_model(cfg.rewards, g.num_generations, self.device))
         self.sizing = Sizing.for_model(self.model, cfg, self.device)  # micro-batches, rollout batch, offload, snapshots
