@@ -113,6 +113,19 @@ def test_a_source_the_held_out_set_takes_whole_stops_with_what_to_change(tmp_pat
     assert not list((tmp_path / "runs").iterdir())  # the run folder is gone
 
 
+def test_the_training_count_says_how_many_problems_are_held_out(tmp_path, capsys, monkeypatch):
+    """A file is held-out and training source at once: the line after loading gives the problems GRPO draws from."""
+    from mathgrpo.config import load_config
+    from mathgrpo.training.pipeline import load_problems
+
+    bundled = Path(__file__).resolve().parents[2] / "src" / "mathgrpo" / "data" / "bundled" / "gsm8k_test.jsonl"
+    (tmp_path / "forty.jsonl").write_text("\n".join(bundled.read_text().splitlines()[:40]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    train, _, test = load_problems(load_config("tiny-cpu", ["data.source=forty.jsonl", "data.heldout_size=8"]).data)
+    assert (len(train), len(test)) == (32, 8) and not {p.question for p in train} & {p.question for p in test}
+    assert "data: 32 problems to train on (8 of the 40 are held out)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_advice_after_saving(tmp_path, capsys):
     """An absurd learning rate makes the loss NaN: exit 1, advice, and a checkpoint of the state the step started from."""

@@ -39,6 +39,9 @@ def load_problems(d: DataConfig) -> tuple:
     train = [p for p in problems if p.question not in held]
     if not train:
         raise DataError(_nothing_to_train(d, len(problems), len(held)))
+    if len(train) < len(problems):
+        notice(f"data: {len(train)} problems to train on ({len(problems) - len(train)} of the {len(problems)} are "
+               "held out)")
     return train, dev, test
 
 
