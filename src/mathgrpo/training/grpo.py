@@ -33,6 +33,7 @@ from ..progress import notice
 from ..rollout import RolloutEngine, SamplingParams, choose_engine, make_engine, sequence_seed
 from .advantages import Advantages, step_advantages
 from .batch import RolloutBatch, collate
+from .fitting import fitting_problems
 from .loss import LossSettings
 from .rollouts import Rollouts, rollout_metrics
 from .sampler import GapWatch
@@ -54,31 +55,6 @@ def prepare_policy(cfg: Config, start_from: Optional[Path]) -> tuple:
     model_cfg = cfg.model if start_from is None else type(cfg.model)(**{**cfg.model.__dict__, "name": str(Path(start_from).resolve())})
     model, tok = load_base(model_cfg, seed=cfg.run.seed)
     return make_trainable(model, cfg, cfg.lora.enabled), tok
-
-
-def fitting_problems(problems: list, what: str, cfg: Config, model, tok, fmt) -> list:
-    """The problems whose prompt and rollout.max_new_tokens fit the token limit (model.max_seq_length, or the
-    model's positions where fewer: `evaluation.benchmark.token_limit`); how many were left out is said in a line,
-    and none fitting is a DataError that names what to change. Longer prompts would run past the limit the
-    memory plan and the model were sized for."""
-    from ..data import DataError
-    from ..evaluation.benchmark import token_limit
-
-    limit, setting = token_limit(cfg, model)
-    budget = cfg.rollout.max_new_tokens
-    prompts = prompts_for(problems, fmt, tok, cfg.format.template)
-    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-    kept = [p for p, n in zip(problems, lengths) if n + budget <= limit]
-    if len(kept) == len(problems):
-        return problems
-    longest = max(lengths)
-    said = (f"{len(problems) - len(kept)} of {len(problems)} {what} problems have prompts that with "
-            f"rollout.max_new_tokens={budget} take more than {setting} (longest prompt {longest} tokens)")
-    fixes = f"raise model.max_seq_length to {longest + budget} (if the model allows) or lower rollout.max_new_tokens"
-    if not kept:
-        raise DataError(f"{said}: none is left; {fixes}")
-    notice(f"grpo: {said}; they are left out ({fixes} to keep them)")
-    return kept
 
 
 def sized_engine(model, tok, r: RolloutConfig, sizing: Sizing) -> RolloutEngine:

@@ -25,6 +25,7 @@ from ..model.compiled import training_passes
 from ..model.loading import load_base, make_trainable, publish_model, stop_token_ids, training_attention
 from ..progress import notice
 from ..rollout import make_engine
+from .fitting import fitting_problems
 from .stage import Stage
 
 
@@ -137,7 +138,7 @@ class SFTRun(Stage):
         self.examples = make_examples(train, self.fmt, self.tok, cfg.format.template, cfg.model.max_seq_length)
         if not self.examples:
             raise DataError(no_examples_reason(train, self.fmt, cfg))
-        self.dev = dev
+        self.dev = fitting_problems(dev, "warm-up dev", cfg, self.model, self.tok, self.fmt)
         self.train_with(cfg.sft.lr, cfg.sft.weight_decay, "constant", cfg.sft.warmup_steps, cfg.sft.steps, cfg.sft.max_grad_norm)
         self.rng = random.Random(cfg.run.seed)
         self.last_dev: Optional[dict] = None
