@@ -52,6 +52,12 @@ def _load_arith(split: str) -> LoadReport:
     return LoadReport(source=f"procedural:arith@{split}", problems=list(problems))
 
 
+def _unknown_source(spec: str) -> DataError:
+    """The error for a spec that names no kind of source, with the kinds there are."""
+    return DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
+                     f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+
+
 def _dispatch(spec: str, split: str, fields: dict, size: int, seed: int, strict: bool,
               hub_root: Optional[str], cache_dir: Optional[str]) -> LoadReport:
     """The report of the loader that `spec` names, before any subset."""
@@ -67,8 +73,7 @@ def _dispatch(spec: str, split: str, fields: dict, size: int, seed: int, strict:
         return bundled.load(name, bundled_split, strict=strict)
     if Path(spec).suffix or Path(spec).exists():
         return files.load(spec, strict=strict, **fields)
-    raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
-                    f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+    raise _unknown_source(spec)
 
 
 def locate_source(spec: str, split: str) -> str:
@@ -100,8 +105,7 @@ def locate_source(spec: str, split: str) -> str:
         return f"bundled ({want} split)"
     if Path(spec).suffix or Path(spec).exists():
         return f"file {files.check_path(spec)}"
-    raise DataError(f"unknown data source {spec!r}; use {', '.join(bundled.SETS)}, hub:<id>[:config][@split], "
-                    f"a {'/'.join(files.SUFFIXES)} file, or procedural:<name>")
+    raise _unknown_source(spec)
 
 
 def default_split(spec: str) -> str:

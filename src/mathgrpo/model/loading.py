@@ -28,7 +28,7 @@ def _from_pretrained(name: str, cfg: ModelConfig, dtype: torch.dtype) -> tuple:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(name).exists()
-    problem = None if local else hub_problem(name)
+    problem = hub_problem(name)
     if problem:
         raise ModelError(f"cannot load model {name!r}: {problem}")
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
